@@ -1,0 +1,209 @@
+"""Command line: `mpirun -np N+1 python launch_client.py --cf CONFIG [--run_id ID] [--set s.k=v ...]`.
+
+Order of work on every rank, so that mistakes end the job before anything waits:
+1. parse the command line and validate the config (exit 2 on any problem);
+2. resolve the dataset and the run plan, and check the MPI world size and
+   --rank/--role against it, without any MPI communication (exit 2);
+3. agree on the run id, import FedML, build this rank's server or client;
+4. run FedML's cross-silo loop. From here a failure on any rank aborts the
+   whole MPI job: the failing rank prints its traceback once, naming itself.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import traceback
+from datetime import datetime
+from pathlib import Path
+from typing import List, Optional
+
+PROCESS_START = time.time()
+
+from . import __version__  # noqa: E402
+from .config import describe_options, load_config  # noqa: E402
+from .errors import UserError  # noqa: E402
+from .launch import CLIENT, SERVER, World, check_world, mpi_world, rank_from_environment  # noqa: E402
+
+EXIT_USER_ERROR = 2
+EXIT_FAILURE = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="launch_client.py",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run a FLamby cross-silo benchmark as a distributed job: rank 0 is a FedML "
+                    "cross-silo server, rank k (1..N) trains FLamby centre k-1; they exchange "
+                    "models over FedML's MPI communication manager.",
+        epilog="examples:\n"
+               "  mpirun -np 5 python launch_client.py --cf config/fedml_config.yaml\n"
+               "  mpirun -np 5 python launch_client.py --cf config/fed_heart_disease.yaml \\\n"
+               "      --set data_args.data_path=/data/heart --set common_args.random_seed=42\n\n"
+               "config keys (section.key), settable in the YAML file or with --set:\n"
+               + describe_options(),
+    )
+    parser.add_argument("--cf", required=True, metavar="CONFIG",
+                        help="YAML config in FedML's section layout (see config/)")
+    parser.add_argument("--run_id", default=None,
+                        help="name of this run (default: common_args.run_id, else a timestamp); "
+                             "outputs go to runs/<run_id> unless common_args.output_dir is set")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one config key (value parsed as YAML); repeatable")
+    parser.add_argument("--rank", type=int, default=None,
+                        help="this process's rank; under mpirun it must equal the MPI rank")
+    parser.add_argument("--role", choices=(SERVER, CLIENT), default=None,
+                        help="server for rank 0, client for ranks 1..N (give with --rank)")
+    parser.add_argument("--version", action="version", version=f"flamby-mpi {__version__}")
+    return parser
+
+
+def _print_user_error(error: UserError, rank: Optional[int]):
+    # Under mpirun every rank finds the same problem: say it once, from rank 0.
+    if rank in (None, 0):
+        print(f"flamby-mpi: error: {error}", file=sys.stderr, flush=True)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.rank is not None and args.rank < 0:
+        build_parser().error("--rank must be >= 0")
+    announced_rank = rank_from_environment()
+    try:
+        overrides = list(args.set)
+        if args.run_id is not None:
+            overrides.append(f"common_args.run_id={_yaml_string(args.run_id)}")
+        config = load_config(args.cf, overrides)
+        from .plan import make_plan  # imports torch: after the cheap checks
+
+        plan = make_plan(config)
+        world = mpi_world()
+        check_world(world, plan.world_size, plan.dataset.name, args.rank, args.role)
+    except UserError as error:
+        _print_user_error(error, announced_rank)
+        return error.exit_code
+    return _run(world, plan)
+
+
+def _yaml_string(text: str) -> str:
+    import json
+
+    return json.dumps(text)  # a JSON string is a YAML string: keeps ids like 001 or true as text
+
+
+def _run(world: World, plan) -> int:
+    """Steps 3-4. Returns 0 on success; on failure aborts the MPI job (never returns)."""
+    try:
+        return _run_role(world, plan)
+    except UserError as error:
+        print(f"flamby-mpi: error on rank {world.rank} ({world.role}, host {world.host}): {error}",
+              file=sys.stderr, flush=True)
+        world.abort(EXIT_USER_ERROR)
+    except BaseException:  # noqa: B902 - any failure must end every rank, not hang them
+        print(f"flamby-mpi: rank {world.rank} ({world.role}, host {world.host}) failed; "
+              f"ending the whole job. Original error:\n{traceback.format_exc()}",
+              file=sys.stderr, flush=True)
+        world.abort(EXIT_FAILURE)
+    return EXIT_FAILURE  # not reached: Abort ends the process
+
+
+def _agree_run_id(world: World, configured: Optional[str]) -> str:
+    run_id = configured
+    if run_id is None and world.is_server:
+        run_id = datetime.now().strftime("%Y%m%d-%H%M%S")
+    if configured is None:
+        run_id = world.comm.bcast(run_id, root=0)
+    return run_id
+
+
+def _pick_device(plan, world: World):
+    import torch
+
+    from .logs import console_logger
+
+    if not plan.config.device_args.using_gpu or world.is_server:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        if world.rank == 1:
+            console_logger().warning("device_args.using_gpu is true but no GPU is visible: "
+                                     "clients run on CPU")
+        return torch.device("cpu")
+    local_rank = int(os.environ.get("MPI_LOCALRANKID", os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK",
+                                    os.environ.get("SLURM_LOCALID", world.rank))))
+    return torch.device(f"cuda:{local_rank % torch.cuda.device_count()}")
+
+
+def _run_role(world: World, plan) -> int:
+    import torch
+
+    from . import fedml_bridge
+    from .logs import console_logger, setup_rank_logging
+    from .watchdog import Watchdog
+
+    config = plan.config
+    run_id = _agree_run_id(world, config.common_args.run_id)
+    config.common_args.run_id = run_id
+    output_dir = Path(config.common_args.output_dir or os.path.join("runs", run_id))
+    setup_rank_logging(output_dir, world.rank, config.tracking_args.log_level)
+    console = console_logger()
+    threads = config.device_args.cpu_threads or max(1, (os.cpu_count() or 1) // world.size)
+    torch.set_num_threads(threads)
+    device = _pick_device(plan, world)
+    if world.is_server:
+        console.info("run %s: %s", run_id, ", ".join(f"{k}={v}" for k, v in plan.summary().items()))
+        console.info("outputs in %s", output_dir)
+        (output_dir / "config.yaml").write_text(config.to_yaml())
+        import logging
+
+        logging.getLogger("flamby_mpi").info("resolved config:\n%s", config.to_yaml())
+
+    def expire(reason: str):
+        print(f"flamby-mpi: rank {world.rank} ({world.role}, host {world.host}): {reason}; "
+              "ending the whole job", file=sys.stderr, flush=True)
+        world.abort(EXIT_FAILURE)
+
+    watchdog = Watchdog(config.comm_args.round_timeout_s, expire).start()
+    fedml_bridge.import_fedml()
+    fedml_args = fedml_bridge.fedml_args(plan, world, run_id, device)
+    if world.is_server:
+        return _serve(world, plan, fedml_args, output_dir, watchdog, console)
+    _train(world, plan, fedml_args, device, watchdog)
+    return 0
+
+
+def _serve(world, plan, fedml_args, output_dir: Path, watchdog, console) -> int:
+    from . import fedml_bridge
+    from .results import format_table, write_results
+    from .server import ServerRun, make_aggregator
+
+    server_run = ServerRun(plan, console.info)
+    aggregator = make_aggregator(server_run, fedml_args)
+
+    def first_round():
+        server_run.start_first_round()
+        console.info("all %d clients joined; time to first round %.1f s",
+                     plan.num_clients, server_run.first_round_at - PROCESS_START)
+
+    fedml_bridge.run_server(fedml_args, world, aggregator, first_round, watchdog)
+    end = time.time()
+    first = server_run.first_round_at or end
+    timing = {"startup_s": first - PROCESS_START,
+              "train_s": (server_run.last_round_at or end) - first,
+              "total_s": end - PROCESS_START}
+    results = write_results(output_dir, plan, server_run, fedml_args.run_id, timing, world.size)
+    console.info("final metrics (%s, %d rounds):\n%s", plan.dataset.name, server_run.rounds_completed,
+                 format_table(results["metrics"]))
+    console.info("done in %.1f s (startup %.1f s, training %.1f s); results in %s",
+                 timing["total_s"], timing["startup_s"], timing["train_s"], output_dir / "results.json")
+    return 0
+
+
+def _train(world, plan, fedml_args, device, watchdog):
+    from . import fedml_bridge
+    from .client import ClientRun, make_trainer
+
+    client_run = ClientRun(plan, world.rank, device)
+    trainer = make_trainer(client_run, fedml_args)
+    fedml_bridge.run_client(fedml_args, world, trainer, client_run.center,
+                            client_run.learner.num_train_samples, watchdog)

@@ -1,0 +1,275 @@
+"""The run configuration: FedML's YAML section layout, validated once into typed sections.
+
+Precedence is defaults < YAML file (`--cf`) < `--set section.key=value` flags. All
+problems (unknown sections or keys, wrong types, impossible values) are collected
+and reported together, each with the valid choices. Checks that need the dataset
+(number of centres, its default batch size...) happen in `flamby_mpi.plan`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import yaml
+
+from .errors import ConfigError, UserError
+
+# Keys found in FedML/FLamby example configs that this launcher does not use,
+# with what to do instead. Unknown keys without a hint just list the valid ones.
+FEDML_KEY_HINTS = {
+    "epochs": "FLamby counts local work in optimizer steps: use train_args.num_updates",
+    "weight_decay": "not supported; pick the optimizer with train_args.client_optimizer",
+    "client_id_list": "client ids are the MPI ranks 1..N; remove this key",
+    "partition_method": "FLamby datasets have natural per-centre partitions; remove this key",
+    "partition_alpha": "FLamby datasets have natural per-centre partitions; remove this key",
+    "data_cache_dir": "use data_args.data_path",
+    "preprocessed": "remove this key",
+    "log_file_dir": "logs are written to <common_args.output_dir>/logs; remove this key",
+    "wandb_key": "wandb is not supported by this launcher; remove this key",
+    "wandb_project": "wandb is not supported by this launcher; remove this key",
+    "wandb_name": "wandb is not supported by this launcher; remove this key",
+    "gpu_mapping_file": "GPU placement is round-robin by local rank; remove this key",
+    "gpu_mapping_key": "GPU placement is round-robin by local rank; remove this key",
+    "is_mobile": "remove this key",
+    "scenario": "only the horizontal cross-silo scenario exists here; remove this key",
+}
+
+OPTIMIZER_CHOICES = ("sgd", "adam", "adamw", "adagrad", "rmsprop")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _meta(choices=None, minimum=None, help=""):
+    return {"choices": choices, "minimum": minimum, "help": help}
+
+
+@dataclass
+class CommonArgs:
+    training_type: str = field(default="cross_silo", metadata=_meta(choices=("cross_silo",)))
+    random_seed: int = field(default=0, metadata=_meta(minimum=0, help="seeds model init and data order"))
+    run_id: Optional[str] = field(default=None, metadata=_meta(help="--run_id overrides; default: a timestamp"))
+    output_dir: Optional[str] = field(default=None, metadata=_meta(help="default: runs/<run_id>"))
+    using_mlops: bool = field(default=False, metadata=_meta(choices=(False,),
+                                                           help="FedML's cloud is never contacted"))
+
+
+@dataclass
+class DataArgs:
+    dataset: str = field(default="synthetic", metadata=_meta(
+        help="FLamby name (fed_heart_disease, Fed-Heart-Disease...), dotted module path, or synthetic"))
+    data_path: Optional[str] = field(default=None, metadata=_meta(help="passed to FLamby's dataset class"))
+    debug: bool = field(default=False, metadata=_meta(help="FLamby's debug subset, where supported"))
+    synthetic_num_centers: int = field(default=4, metadata=_meta(minimum=1))
+    synthetic_samples_per_center: int = field(default=200, metadata=_meta(minimum=8))
+    num_workers: int = field(default=0, metadata=_meta(minimum=0, help="DataLoader worker processes"))
+
+
+@dataclass
+class ModelArgs:
+    model: str = field(default="baseline", metadata=_meta(choices=("baseline",),
+                                                         help="the dataset's Baseline model"))
+
+
+@dataclass
+class TrainArgs:
+    federated_optimizer: str = field(default="FedAvg", metadata=_meta(choices=("FedAvg",)))
+    client_num_in_total: Optional[int] = field(default=None, metadata=_meta(minimum=1))
+    client_num_per_round: Optional[int] = field(default=None, metadata=_meta(minimum=1))
+    comm_round: Optional[int] = field(default=None, metadata=_meta(
+        minimum=1, help="default: the dataset's get_nb_max_rounds(num_updates)"))
+    num_updates: int = field(default=100, metadata=_meta(minimum=1, help="local optimizer steps per round"))
+    batch_size: Optional[int] = field(default=None, metadata=_meta(minimum=1, help="default: dataset's BATCH_SIZE"))
+    learning_rate: Optional[float] = field(default=None, metadata=_meta(minimum=0.0, help="default: dataset's LR"))
+    client_optimizer: Optional[str] = field(default=None, metadata=_meta(
+        help=f"one of {', '.join(OPTIMIZER_CHOICES)} or a dotted class such as torch.optim.SGD; "
+             "default: the dataset's Optimizer"))
+
+
+@dataclass
+class ValidationArgs:
+    frequency_of_the_test: int = field(default=5, metadata=_meta(minimum=1))
+    pooled_test: bool = field(default=True, metadata=_meta(
+        help="send test predictions and labels to the server for FLamby's Pooled Test"))
+    test_batch_size: Optional[int] = field(default=None, metadata=_meta(minimum=1))
+
+
+@dataclass
+class DeviceArgs:
+    worker_num: Optional[int] = field(default=None, metadata=_meta(minimum=1, help="number of clients"))
+    using_gpu: bool = False
+    cpu_threads: Optional[int] = field(default=None, metadata=_meta(
+        minimum=1, help="torch threads per rank; default: cores / ranks"))
+
+
+@dataclass
+class CommArgs:
+    backend: str = field(default="MPI", metadata=_meta(choices=("MPI",)))
+    round_timeout_s: float = field(default=1800.0, metadata=_meta(
+        minimum=1.0, help="a rank that hears nothing for this long ends the job"))
+
+
+@dataclass
+class TrackingArgs:
+    log_level: str = field(default="warning", metadata=_meta(
+        choices=LOG_LEVELS, help="level of FedML's own log records"))
+    enable_wandb: bool = field(default=False, metadata=_meta(choices=(False,)))
+
+
+@dataclass
+class RunConfig:
+    common_args: CommonArgs = field(default_factory=CommonArgs)
+    data_args: DataArgs = field(default_factory=DataArgs)
+    model_args: ModelArgs = field(default_factory=ModelArgs)
+    train_args: TrainArgs = field(default_factory=TrainArgs)
+    validation_args: ValidationArgs = field(default_factory=ValidationArgs)
+    device_args: DeviceArgs = field(default_factory=DeviceArgs)
+    comm_args: CommArgs = field(default_factory=CommArgs)
+    tracking_args: TrackingArgs = field(default_factory=TrackingArgs)
+
+    def to_dict(self) -> Dict[str, Dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+SECTIONS: Dict[str, type] = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+_SECTION_TYPES = typing.get_type_hints(RunConfig)
+
+
+def _describe(tp) -> str:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is typing.Union:
+        inner = [a for a in args if a is not type(None)]
+        return f"{_describe(inner[0])} or null"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[tp]
+
+
+def _coerce(value: Any, tp) -> Tuple[bool, Any]:
+    """Returns (ok, converted value) for one YAML value against a field type."""
+    if typing.get_origin(tp) is typing.Union:
+        if value is None:
+            return True, None
+        tp = [a for a in typing.get_args(tp) if a is not type(None)][0]
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if tp is str:
+        return isinstance(value, str), value
+    raise TypeError(f"unsupported config field type {tp}")  # a bug in this module
+
+
+def _check_field(where: str, f: dataclasses.Field, tp, value: Any, problems: List[str]):
+    ok, value = _coerce(value, tp)
+    if not ok:
+        problems.append(f"{where}: expected {_describe(tp)}, got {value!r}")
+        return None, False
+    choices = f.metadata.get("choices")
+    if choices is not None and value not in choices:
+        shown = ", ".join(yaml.safe_dump(c).strip().removesuffix("...").strip() for c in choices)
+        problems.append(f"{where}: {value!r} is not supported; valid choices: {shown}")
+        return None, False
+    minimum = f.metadata.get("minimum")
+    if minimum is not None and value is not None and value < minimum:
+        problems.append(f"{where}: must be >= {minimum}, got {value!r}")
+        return None, False
+    return value, True
+
+
+def parse_override(text: str) -> Tuple[str, str, Any]:
+    """`section.key=value` -> (section, key, value parsed as YAML)."""
+    target, sep, raw = text.partition("=")
+    section, dot, key = target.strip().partition(".")
+    if not sep or not dot or not section or not key:
+        raise UserError(f"--set {text!r}: expected section.key=value",
+                        hint="for example --set train_args.comm_round=3")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise UserError(f"--set {text!r}: the value is not valid YAML ({exc})")
+    return section, key, value
+
+
+def read_yaml(path: str) -> Dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file not found: {path}",
+                        hint="pass an existing file with --cf, e.g. --cf config/fedml_config.yaml")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML: {exc}")
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: the top level must be a mapping of sections "
+                        f"({', '.join(SECTIONS)})")
+    return data
+
+
+def build_config(raw: Dict[str, Any], overrides: List[str] = (), source: str = "config") -> RunConfig:
+    """Validates a YAML mapping plus `--set` overrides into a RunConfig.
+
+    Raises ConfigError listing every problem found.
+    """
+    problems: List[str] = []
+    merged: Dict[str, Dict[str, Any]] = {}
+    for section, body in raw.items():
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            problems.append(f"{source}: section {section!r} must be a mapping of keys")
+            continue
+        merged[str(section)] = dict(body)
+    for text in overrides:
+        section, key, value = parse_override(text)
+        merged.setdefault(section, {})[key] = value
+
+    sections = {}
+    for section, body in merged.items():
+        if section not in SECTIONS:
+            problems.append(f"unknown section {section!r}; valid sections: {', '.join(SECTIONS)}")
+            continue
+        cls = _SECTION_TYPES[section]
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values = {}
+        for key, value in body.items():
+            where = f"{section}.{key}"
+            if key not in fields:
+                hint = FEDML_KEY_HINTS.get(key)
+                msg = f"unknown key {where}; " + (f"{hint}" if hint else
+                                                  f"valid keys in {section}: {', '.join(fields)}")
+                problems.append(msg)
+                continue
+            converted, ok = _check_field(where, fields[key], hints[key], value, problems)
+            if ok:
+                values[key] = converted
+        sections[section] = cls(**values)
+    if problems:
+        raise ConfigError(problems)
+    return RunConfig(**sections)
+
+
+def load_config(path: str, overrides: List[str] = ()) -> RunConfig:
+    return build_config(read_yaml(path), overrides, source=path)
+
+
+def describe_options() -> str:
+    """One line per option, for --help and the README."""
+    lines = []
+    for section, cls in _SECTION_TYPES.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else None
+            extra = f.metadata.get("help", "")
+            choices = f.metadata.get("choices")
+            if choices and len(choices) > 1:
+                extra = (extra + "; " if extra else "") + "choices: " + ", ".join(map(str, choices))
+            lines.append(f"  {section}.{f.name} ({_describe(hints[f.name])}, default {default!r})"
+                         + (f": {extra}" if extra else ""))
+    return "\n".join(lines)

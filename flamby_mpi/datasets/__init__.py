@@ -1,0 +1,63 @@
+"""Resolves `data_args.dataset` to a DatasetSpec.
+
+Accepted: `synthetic` (built in), a FLamby name in either spelling
+(`fed_heart_disease`, `Fed-Heart-Disease`), or a dotted path to any module with
+FLamby's dataset-module interface (how users bring their own silos).
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+
+from ..errors import UserError
+from .flamby_datasets import (
+    FLAMBY_DATASETS,
+    canonical_flamby_name,
+    check_licence_accepted,
+    flamby_construction_guard,
+    import_flamby_dataset,
+)
+from .spec import REQUIRED_ATTRIBUTES, DatasetSpec, spec_from_module
+from .synthetic import SyntheticModule
+
+__all__ = ["DatasetSpec", "resolve_dataset", "FLAMBY_DATASETS"]
+
+
+def resolve_dataset(data_args, seed: int) -> DatasetSpec:
+    name = data_args.dataset
+    if name.strip().lower() == "synthetic":
+        module = SyntheticModule(seed, data_args.synthetic_num_centers, data_args.synthetic_samples_per_center)
+        if data_args.data_path is not None:
+            raise UserError("the synthetic dataset is generated from the seed and takes no data_path",
+                            hint="remove data_args.data_path, or choose a FLamby dataset")
+        return spec_from_module(module, "synthetic")
+
+    flamby_name = canonical_flamby_name(name)
+    if flamby_name is not None:
+        module = import_flamby_dataset(flamby_name)
+        _check_interface(module, flamby_name)
+        check_licence_accepted(flamby_name)
+        return spec_from_module(module, flamby_name, data_args.data_path, data_args.debug,
+                                make_guard=functools.partial(flamby_construction_guard, flamby_name))
+
+    if "." in name:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            raise UserError(f"cannot import dataset module {name!r}: {exc}",
+                            hint="make sure the module is importable on every host (PYTHONPATH, pip install)")
+        _check_interface(module, name)
+        return spec_from_module(module, name, data_args.data_path, data_args.debug)
+
+    raise UserError(
+        f"unknown dataset {name!r}",
+        hint="use synthetic, one of FLamby's datasets (" + ", ".join(FLAMBY_DATASETS)
+             + ") or a dotted path to a module with FLamby's dataset interface")
+
+
+def _check_interface(module, name: str):
+    missing = [a for a in REQUIRED_ATTRIBUTES if not hasattr(module, a)]
+    if missing:
+        raise UserError(f"dataset module {name!r} lacks {', '.join(missing)}",
+                        hint="a dataset module must define " + ", ".join(REQUIRED_ATTRIBUTES)
+                             + " like flamby.datasets.fed_heart_disease")

@@ -1,0 +1,101 @@
+"""FLamby behind one door: names, imports, licence prompts and data-missing errors."""
+from __future__ import annotations
+
+import builtins
+import contextlib
+import importlib
+import os
+
+from ..errors import UserError
+
+FLAMBY_DATASETS = (
+    "fed_heart_disease", "fed_tcga_brca", "fed_ixi", "fed_isic2019",
+    "fed_camelyon16", "fed_kits19", "fed_lidc_idri",
+)
+# FLamby's pip extras per dataset (setup.py extras_require).
+FLAMBY_EXTRAS = {
+    "fed_heart_disease": "heart", "fed_tcga_brca": "tcga", "fed_ixi": "ixi",
+    "fed_isic2019": "isic2019", "fed_camelyon16": "cam16", "fed_kits19": "kits19",
+    "fed_lidc_idri": "lidc",
+}
+# Datasets whose class calls flamby.utils.accept_license() (an input() prompt) when built.
+LICENCE_PROMPT_AT_LOAD = {
+    "fed_tcga_brca": "https://gdc.cancer.gov/access-data/data-access-processes-and-tools",
+}
+
+FLAMBY_INSTALL = (
+    "install FLamby from its git repository, with the extra for your dataset:\n"
+    "  git clone https://github.com/owkin/FLamby.git && pip install -e './FLamby[{extra}]'"
+)
+
+
+def canonical_flamby_name(name: str):
+    """'Fed-Heart-Disease', 'fed_heart_disease', 'heart_disease' -> 'fed_heart_disease' (or None)."""
+    key = name.strip().lower().replace("-", "_")
+    if not key.startswith("fed_"):
+        key = "fed_" + key
+    return key if key in FLAMBY_DATASETS else None
+
+
+def import_flamby_dataset(name: str):
+    module_name = f"flamby.datasets.{name}"
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing == "flamby" or missing.startswith("flamby."):
+            raise UserError(f"dataset {name} needs FLamby, which is not installed",
+                            hint=FLAMBY_INSTALL.format(extra=FLAMBY_EXTRAS[name]))
+        raise UserError(f"FLamby's {name} needs the package {missing!r}, which is not installed",
+                        hint=f"in your FLamby checkout: pip install -e '.[{FLAMBY_EXTRAS[name]}]'")
+
+
+def licence_file(name: str) -> str:
+    import flamby.datasets as datasets_pkg
+
+    folder = os.path.join(os.path.dirname(os.path.realpath(datasets_pkg.__file__)), name,
+                          "dataset_creation_scripts")
+    return os.path.join(folder, f"license_agreement_{name}")
+
+
+def _licence_advice(name: str, link: str) -> str:
+    return (f"FLamby asks once, interactively, that you accept the data terms of {name} ({link}). "
+            "Under MPI nobody can answer that prompt. Accept it once in a terminal:\n"
+            f"  python -c \"from flamby.utils import accept_license; accept_license('{link}', '{name}')\"\n"
+            "then launch again.")
+
+
+def check_licence_accepted(name: str):
+    """Detects FLamby's interactive licence prompt before launch instead of hanging on input()."""
+    link = LICENCE_PROMPT_AT_LOAD.get(name)
+    if link and not os.path.exists(licence_file(name)):
+        raise UserError(f"the data licence of {name} has not been accepted yet",
+                        hint=_licence_advice(name, link))
+
+
+def download_advice(name: str) -> str:
+    return (f"download it with FLamby's script (see FLamby/flamby/datasets/{name}/README.md), e.g.\n"
+            f"  python -m flamby.datasets.{name}.dataset_creation_scripts.download --output-folder DIR\n"
+            "then set data_args.data_path=DIR (or rely on the path FLamby's download recorded)")
+
+
+@contextlib.contextmanager
+def flamby_construction_guard(name: str):
+    """Turns FLamby's prompts and data-missing errors into clear UserErrors."""
+    original_input = builtins.input
+
+    def refuse_prompt(prompt=""):
+        raise UserError(f"FLamby asked a question while loading {name}: {str(prompt).strip()[:200]}",
+                        hint=_licence_advice(name, LICENCE_PROMPT_AT_LOAD.get(name, "see FLamby's README")))
+
+    builtins.input = refuse_prompt
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as exc:
+        text = str(exc)
+        if any(s in text for s in ("not downloaded", "not a valid path", "No such file",
+                                   "partially downloaded", "config file")):
+            raise UserError(f"the data of {name} was not found: {text}", hint=download_advice(name)) from exc
+        raise
+    finally:
+        builtins.input = original_input

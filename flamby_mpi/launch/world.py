@@ -1,0 +1,99 @@
+"""The MPI world a rank runs in, and the rank -> role rule.
+
+Rank 0 is the FedML cross-silo server (aggregator); rank k >= 1 is the client
+trainer of FLamby centre k-1. Sizes and roles are checked before any collective
+call, so a wrong `-np` or `--rank/--role` ends every rank at once.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from typing import Optional
+
+from ..errors import UserError, WorldSizeError
+
+SERVER, CLIENT = "server", "client"
+
+# Rank variables set by the launchers we know (MPICH/Hydra, Open MPI, PMIx, SLURM).
+_RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")
+
+
+def role_of(rank: int) -> str:
+    return SERVER if rank == 0 else CLIENT
+
+
+def rank_from_environment() -> Optional[int]:
+    """The rank a launcher announced, read without initialising MPI (None if none did)."""
+    for name in _RANK_VARIABLES:
+        value = os.environ.get(name)
+        if value is not None and value.strip().isdigit():
+            return int(value)
+    return None
+
+
+@dataclass
+class World:
+    comm: object  # an mpi4py intracommunicator
+    rank: int
+    size: int
+    host: str
+
+    @property
+    def role(self) -> str:
+        return role_of(self.rank)
+
+    @property
+    def is_server(self) -> bool:
+        return self.rank == 0
+
+    def abort(self, code: int):
+        """Ends every rank of the job (mpiexec kills the others)."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.comm.Abort(code)
+
+
+def mpi_world() -> World:
+    """The world started by mpirun/mpiexec/srun (COMM_WORLD)."""
+    from mpi4py import MPI  # initialises MPI (MPI_THREAD_MULTIPLE, which FedML's two threads need)
+
+    if MPI.Query_thread() < MPI.THREAD_MULTIPLE:
+        raise UserError("this MPI library does not provide MPI_THREAD_MULTIPLE, which FedML's "
+                        "communication threads need",
+                        hint="use MPICH or Open MPI built with thread support (pip install mpich)")
+    comm = MPI.COMM_WORLD
+    return World(comm=comm, rank=comm.Get_rank(), size=comm.Get_size(), host=socket.gethostname())
+
+
+def check_world(world: World, expected_size: int, dataset_name: str,
+                cli_rank: Optional[int], cli_role: Optional[str]):
+    """Raises a UserError when the world cannot run this plan; no MPI call is made."""
+    if (cli_rank is None) != (cli_role is None):
+        raise UserError("--rank and --role go together",
+                        hint="give both (e.g. --rank 0 --role server) or neither")
+    if cli_rank is not None:
+        if role_of(cli_rank) != cli_role:
+            expected = "--role server" if cli_rank == 0 else "--role client"
+            raise UserError(f"--rank {cli_rank} --role {cli_role}: rank 0 is the server and "
+                            f"ranks 1..N are clients", hint=f"use --rank {cli_rank} {expected}")
+        if world.size > 1 and cli_rank != world.rank:
+            raise UserError(f"--rank {cli_rank} disagrees with the MPI rank {world.rank} that "
+                            "mpirun gave this process",
+                            hint="under mpirun leave --rank/--role out (each process gets its rank from MPI)")
+    if world.size == 1 and expected_size > 1:
+        if cli_rank is not None:
+            raise UserError("starting one process per terminal (--rank/--role without mpirun) "
+                            "is not available in this version",
+                            hint=f"start all ranks at once: mpirun -np {expected_size} python "
+                                 "launch_client.py --cf <config>")
+        raise WorldSizeError(
+            f"only 1 MPI process is running, but {dataset_name} needs {expected_size} "
+            f"(1 server + {expected_size - 1} clients)",
+            hint=f"run: mpirun -np {expected_size} python launch_client.py --cf <config>")
+    if world.size != expected_size:
+        raise WorldSizeError(
+            f"{world.size} MPI processes were started, but {dataset_name} has {expected_size - 1} "
+            f"centres: this run needs 1 server + {expected_size - 1} clients = {expected_size} processes",
+            hint=f"use mpirun -np {expected_size}")

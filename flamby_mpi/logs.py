@@ -1,0 +1,43 @@
+"""Per-rank log files and the rank-0 console.
+
+Every rank writes `<output_dir>/logs/rank<k>.log` with our records and FedML's
+records at `tracking_args.log_level` and above. Rank 0 also shows progress on
+stdout; clients print only warnings and errors, prefixed with their rank.
+`print` is left alone (FedML's init would hijack it; we never call that).
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+_FORMAT = "%(asctime)s %(levelname)s [%(name)s] %(message)s"
+
+
+def setup_rank_logging(output_dir: Path, rank: int, fedml_level: str) -> Path:
+    log_dir = output_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    path = log_dir / f"rank{rank}.log"
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    file_handler = logging.FileHandler(path, mode="w")
+    file_handler.setFormatter(logging.Formatter(_FORMAT))
+    root.addHandler(file_handler)
+    # FedML logs through the root logger: its level decides what of FedML is kept.
+    root.setLevel(getattr(logging, fedml_level.upper()))
+
+    ours = logging.getLogger("flamby_mpi")
+    ours.setLevel(logging.INFO)  # our own records always reach the file
+    console = logging.StreamHandler(sys.stdout if rank == 0 else sys.stderr)
+    console.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    prefix = "[flamby-mpi] " if rank == 0 else f"[flamby-mpi rank {rank}] "
+    console.setFormatter(logging.Formatter(prefix + "%(message)s"))
+    ours.addHandler(console)
+    ours.propagate = True
+    return path
+
+
+def console_logger() -> logging.Logger:
+    """Records shown to the user on rank 0 (and kept in the rank's log file)."""
+    return logging.getLogger("flamby_mpi.progress")

@@ -1,0 +1,102 @@
+"""The output contract, read by tools outside the project (DESIGN.md section 6).
+
+In the output directory: results.json, results.csv (FLamby's benchmark layout),
+metrics.csv (one row per evaluated round and test set), global_model.pt
+(`torch.save(state_dict)`) and config.yaml (the resolved config). Files are
+written to a temporary name and renamed, so a reader never sees half a file.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+
+RESULTS_CSV_COLUMNS = ["Test", "Method", "Metric", "seed", "learning_rate", "optimizer_class", "num_updates",
+                       "rounds"]
+
+
+def _atomic_write_bytes(path: Path, data: bytes):
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _json_number(value):
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def flamby_method_name(strategy: str, num_updates: int) -> str:
+    """FLamby names a federated method by strategy and local updates, e.g. FedAvg100."""
+    return f"{strategy}{num_updates}"
+
+
+def write_results(output_dir: Path, plan, server_run, run_id: str, timing: Dict[str, float],
+                  world_size: int, extra: Optional[Dict] = None) -> Dict:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    metrics = {k: _json_number(v) for k, v in (server_run.final_metrics or {}).items()}
+    strategy = plan.config.train_args.federated_optimizer
+    optimizer = plan.optimizer_class
+    results = {
+        "run_id": run_id,
+        "dataset": plan.dataset.name,
+        "strategy": strategy,
+        "seed": plan.seed,
+        "num_clients": plan.num_clients,
+        "world_size": world_size,
+        "rounds_planned": plan.rounds,
+        "rounds_completed": server_run.rounds_completed,
+        "num_updates": plan.num_updates,
+        "batch_size": plan.batch_size,
+        "learning_rate": plan.learning_rate,
+        "optimizer": f"{optimizer.__module__}.{optimizer.__name__}",
+        "metrics": metrics,
+        "devices": {f"client_{c}": d for c, d in sorted(server_run.devices.items())},
+        "timing": {k: round(v, 3) for k, v in timing.items()},
+    }
+    if extra:
+        results.update(extra)
+
+    torch_buffer = io.BytesIO()
+    torch.save(server_run.model.state_dict(), torch_buffer)
+    _atomic_write_bytes(output_dir / "global_model.pt", torch_buffer.getvalue())
+
+    rows = io.StringIO()
+    writer = csv.writer(rows)
+    writer.writerow(RESULTS_CSV_COLUMNS)
+    method = flamby_method_name(strategy, plan.num_updates)
+    test_names = [k for k in metrics if k.startswith("client_test_")]
+    if metrics.get("pooled") is not None:
+        test_names.append("pooled")
+    for name in test_names:
+        writer.writerow(["Pooled Test" if name == "pooled" else name, method, metrics[name], plan.seed,
+                         plan.learning_rate, f"<class '{optimizer.__module__}.{optimizer.__name__}'>",
+                         plan.num_updates, plan.rounds])
+    _atomic_write_bytes(output_dir / "results.csv", rows.getvalue().encode())
+
+    history = io.StringIO()
+    writer = csv.writer(history)
+    writer.writerow(["round", "test", "metric", "num_samples"])
+    for row in server_run.history:
+        writer.writerow([row["round"], row["test"], row["metric"], row["num_samples"]])
+    _atomic_write_bytes(output_dir / "metrics.csv", history.getvalue().encode())
+
+    _atomic_write_bytes(output_dir / "config.yaml", plan.config.to_yaml().encode())
+    # results.json last: its presence means the run finished and everything else is there.
+    _atomic_write_bytes(output_dir / "results.json", (json.dumps(results, indent=2) + "\n").encode())
+    return results
+
+
+def format_table(metrics: Dict[str, Optional[float]]) -> str:
+    """The final per-centre table shown on the console."""
+    width = max(len(k) for k in metrics) if metrics else 10
+    lines = [f"{'test set':<{width}}  metric", f"{'-' * width}  ------"]
+    for name, value in metrics.items():
+        shown = "n/a" if value is None or value != value else f"{value:.4f}"
+        lines.append(f"{name:<{width}}  {shown}")
+    return "\n".join(lines)

@@ -1,0 +1,111 @@
+"""FLamby's local-training and evaluation semantics, free of FedML and MPI.
+
+- A round is `num_updates` optimizer steps, not epochs.
+- Batches come from an endless iterator over the client's train loader whose
+  position survives across rounds (FLamby's DataLoaderWithMemory).
+- The client keeps one optimizer, and its state, for the whole run; the global
+  model is copied into the same parameter tensors each round.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+import torch
+
+
+def derived_seed(seed: int, rank: int) -> int:
+    """A per-rank seed for data order and local randomness, stable across launch modes."""
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+
+
+class DataLoaderWithMemory:
+    """Iterates a DataLoader forever, restarting it silently; the position is kept between calls."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader):
+        self.loader = loader
+        self._iterator: Iterator = iter(loader)
+        self.batches_drawn = 0
+
+    def __len__(self) -> int:
+        return len(self.loader.dataset)
+
+    def get_samples(self):
+        try:
+            batch = next(self._iterator)
+        except StopIteration:
+            self._iterator = iter(self.loader)
+            batch = next(self._iterator)
+        self.batches_drawn += 1
+        return batch
+
+
+class LocalLearner:
+    """One client's model, optimizer and endless batch stream."""
+
+    def __init__(self, model: torch.nn.Module, optimizer_class: type, learning_rate: float,
+                 loss: torch.nn.Module, train_loader: torch.utils.data.DataLoader,
+                 device: torch.device):
+        self.device = device
+        self.model = model.to(device)
+        self.loss = loss.to(device)
+        self.optimizer = optimizer_class(self.model.parameters(), lr=learning_rate)
+        self.batches = DataLoaderWithMemory(train_loader)
+
+    @property
+    def num_train_samples(self) -> int:
+        return len(self.batches)
+
+    def load_global_state(self, state_dict):
+        # load_state_dict copies into the existing tensors, so the optimizer
+        # (which holds references to them) keeps working and keeps its state.
+        self.model.load_state_dict(state_dict)
+
+    def train_steps(self, num_updates: int) -> float:
+        """Runs num_updates optimizer steps; returns the mean training loss."""
+        self.model.train()
+        total = 0.0
+        for _ in range(num_updates):
+            x, y = self.batches.get_samples()
+            x, y = x.to(self.device), y.to(self.device)
+            loss = self.loss(self.model(x), y)
+            loss.backward()
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+            total += loss.item()
+        return total / max(1, num_updates)
+
+
+@dataclass
+class Evaluation:
+    metric: float
+    num_samples: int
+    y_true: np.ndarray
+    y_pred: np.ndarray
+
+
+def evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader,
+             metric: Callable, device: torch.device) -> Evaluation:
+    """FLamby's evaluate_model_on_tests for one test loader, keeping predictions."""
+    was_training = model.training
+    model.eval()
+    # Iterating a loader can touch torch's global RNG; keep training reproducible.
+    rng_state = torch.get_rng_state()
+    y_true, y_pred = [], []
+    with torch.no_grad():
+        for x, y in loader:
+            y_pred.append(model(x.to(device)).detach().cpu().numpy())
+            y_true.append(y.detach().cpu().numpy())
+    torch.set_rng_state(rng_state)
+    model.train(was_training)
+    if not y_true:
+        return Evaluation(float("nan"), 0, np.empty(0), np.empty(0))
+    y_true_all, y_pred_all = np.concatenate(y_true), np.concatenate(y_pred)
+    return Evaluation(float(metric(y_true_all, y_pred_all)), len(y_true_all), y_true_all, y_pred_all)
+
+
+def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int,
+                generator: Optional[torch.Generator] = None) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
+                                       num_workers=num_workers, generator=generator)
