@@ -97,15 +97,23 @@ def _run(world: World, plan) -> int:
     try:
         return _run_role(world, plan)
     except UserError as error:
-        print(f"flamby-mpi: error on rank {world.rank} ({world.role}, host {world.host}): {error}",
-              file=sys.stderr, flush=True)
+        _report_failure(f"flamby-mpi: error on rank {world.rank} ({world.role}, host {world.host}): {error}")
         world.abort(EXIT_USER_ERROR)
     except BaseException:  # noqa: B902 - any failure must end every rank, not hang them
-        print(f"flamby-mpi: rank {world.rank} ({world.role}, host {world.host}) failed; "
-              f"ending the whole job. Original error:\n{traceback.format_exc()}",
-              file=sys.stderr, flush=True)
+        _report_failure(f"flamby-mpi: rank {world.rank} ({world.role}, host {world.host}) failed; "
+                        f"ending the whole job. Original error:\n{traceback.format_exc()}")
         world.abort(EXIT_FAILURE)
     return EXIT_FAILURE  # not reached: Abort ends the process
+
+
+def _report_failure(text: str):
+    """Shown once on the console (stderr) and kept in the rank's log file."""
+    import logging
+
+    print(text, file=sys.stderr, flush=True)
+    for handler in logging.getLogger().handlers:  # the rank's log file, once set up
+        handler.handle(logging.makeLogRecord({"msg": text, "levelno": logging.ERROR,
+                                              "levelname": "ERROR", "name": "flamby_mpi"}))
 
 
 def _agree_run_id(world: World, configured: Optional[str]) -> str:
@@ -159,8 +167,8 @@ def _run_role(world: World, plan) -> int:
         logging.getLogger("flamby_mpi").info("resolved config:\n%s", config.to_yaml())
 
     def expire(reason: str):
-        print(f"flamby-mpi: rank {world.rank} ({world.role}, host {world.host}): {reason}; "
-              "ending the whole job", file=sys.stderr, flush=True)
+        _report_failure(f"flamby-mpi: rank {world.rank} ({world.role}, host {world.host}): {reason}; "
+                        "ending the whole job")
         world.abort(EXIT_FAILURE)
 
     watchdog = Watchdog(config.comm_args.round_timeout_s, expire).start()

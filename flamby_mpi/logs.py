@@ -29,12 +29,27 @@ def setup_rank_logging(output_dir: Path, rank: int, fedml_level: str) -> Path:
 
     ours = logging.getLogger("flamby_mpi")
     ours.setLevel(logging.INFO)  # our own records always reach the file
-    console = logging.StreamHandler(sys.stdout if rank == 0 else sys.stderr)
-    console.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-    prefix = "[flamby-mpi] " if rank == 0 else f"[flamby-mpi rank {rank}] "
-    console.setFormatter(logging.Formatter(prefix + "%(message)s"))
-    ours.addHandler(console)
     ours.propagate = True
+    for handler in list(ours.handlers):
+        ours.removeHandler(handler)
+    # Warnings and errors of any rank go to stderr, naming the rank.
+    warnings_out = logging.StreamHandler(sys.stderr)
+    warnings_out.setLevel(logging.WARNING)
+    warnings_out.setFormatter(logging.Formatter(f"[flamby-mpi rank {rank}] %(levelname)s: %(message)s"))
+    ours.addHandler(warnings_out)
+    # Progress is shown by rank 0 only.
+    progress = console_logger()
+    for handler in list(progress.handlers):
+        progress.removeHandler(handler)
+    progress.propagate = False
+    progress.setLevel(logging.INFO)
+    progress.addHandler(file_handler)
+    if rank == 0:
+        shown = logging.StreamHandler(sys.stdout)
+        shown.setFormatter(logging.Formatter("[flamby-mpi] %(message)s"))
+        progress.addHandler(shown)
+    else:
+        progress.addHandler(warnings_out)
     return path
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 from dataclasses import dataclass
 from typing import Optional
 
 from ..errors import UserError, WorldSizeError
 
 SERVER, CLIENT = "server", "client"
+ABORT_GRACE_S = 0.5
 
 # Rank variables set by the launchers we know (MPICH/Hydra, Open MPI, PMIx, SLURM).
 _RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")
@@ -52,6 +54,9 @@ class World:
         """Ends every rank of the job (mpiexec kills the others)."""
         sys.stdout.flush()
         sys.stderr.flush()
+        # Give the launcher a moment to forward what this rank just printed:
+        # Abort makes it kill every process, and unforwarded output is lost.
+        time.sleep(ABORT_GRACE_S)
         self.comm.Abort(code)
 
 

@@ -1,0 +1,16 @@
+import uuid
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    """A fresh working directory and HOME for one job, with a unique marker for leftover checks."""
+    home = tmp_path / "home"
+    home.mkdir()
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    return cwd, home, f"t{uuid.uuid4().hex[:10]}"

@@ -1,0 +1,132 @@
+"""Real multi-process runs: `mpiexec -n K python launch_client.py ...` with deadlines."""
+import hashlib
+import json
+
+import pytest
+import torch
+
+from support.mpi import DEFAULT_CONFIG, run_mpi
+
+pytestmark = pytest.mark.mpi
+
+FAST = ["--set", "train_args.comm_round=4", "--set", "train_args.num_updates=10",
+        "--set", "validation_args.frequency_of_the_test=2"]
+
+
+def _run(workdir, np_=5, extra=(), deadline_s=120, env=None, config=DEFAULT_CONFIG):
+    cwd, home, marker = workdir
+    out = cwd / "out"
+    args = ["--cf", str(config), "--run_id", marker, "--set", f"common_args.output_dir={out}", *extra]
+    return run_mpi(np_, args, cwd, home, deadline_s, env, marker=marker), out
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_full_synthetic_run_writes_the_output_contract(workdir):
+    cwd, home, marker = workdir
+    job, out = _run(workdir, extra=FAST)
+    assert job.returncode == 0, job.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["dataset"] == "synthetic" and results["strategy"] == "FedAvg"
+    assert results["num_clients"] == 4 and results["rounds_completed"] == 4
+    assert results["seed"] == 0 and results["run_id"] == marker
+    metrics = results["metrics"]
+    assert set(metrics) == {"client_test_0", "client_test_1", "client_test_2", "client_test_3",
+                            "average", "pooled"}
+    assert all(0.0 <= metrics[k] <= 1.0 for k in metrics)
+    # Better than chance after 4 rounds of FedAvg on a learnable task.
+    assert metrics["pooled"] > 0.6
+    assert set(results["timing"]) >= {"startup_s", "train_s", "total_s"}
+    assert results["devices"] == {f"client_{k}": "cpu" for k in range(4)}
+
+    csv_rows = (out / "results.csv").read_text().splitlines()
+    assert csv_rows[0].split(",")[:4] == ["Test", "Method", "Metric", "seed"]
+    assert [r.split(",")[0] for r in csv_rows[1:]] == [f"client_test_{k}" for k in range(4)] + ["Pooled Test"]
+    assert all(r.split(",")[1] == "FedAvg10" for r in csv_rows[1:])
+
+    metric_rows = (out / "metrics.csv").read_text().splitlines()[1:]
+    rounds = sorted({int(r.split(",")[0]) for r in metric_rows})
+    assert rounds == [2, 4]  # every 2 rounds, and the last one
+    state = torch.load(out / "global_model.pt")
+    assert set(state) == {"linear.weight", "linear.bias"}
+    assert sorted(p.name for p in (out / "logs").iterdir()) == [f"rank{k}.log" for k in range(5)]
+    assert "train_args" in (out / "config.yaml").read_text()
+
+    # Progress and the per-centre table on the console.
+    assert "round 4/4 done" in job.stdout and "client_test_3" in job.stdout
+    # No side effects outside the output directory; nothing left running.
+    assert not (home / ".fedml").exists()
+    assert not (cwd / "log").exists()
+    assert sorted(p.name for p in cwd.iterdir()) == ["out"]
+    assert job.leftovers == []
+
+
+def test_same_seed_gives_bitwise_identical_model_and_other_seed_does_not(workdir, tmp_path):
+    first, out1 = _run(workdir, extra=FAST + ["--set", "common_args.random_seed=7"])
+    assert first.returncode == 0, first.output
+    cwd, home, marker = workdir
+    second, out2 = _run((cwd, home, marker + "b"),
+                        extra=FAST + ["--set", "common_args.random_seed=7",
+                                      "--set", f"common_args.output_dir={cwd / 'out2'}"])
+    assert second.returncode == 0, second.output
+    out2 = cwd / "out2"
+    assert _sha(out1 / "global_model.pt") == _sha(out2 / "global_model.pt")
+    assert json.loads((out1 / "results.json").read_text())["metrics"] == \
+        json.loads((out2 / "results.json").read_text())["metrics"]
+
+    third, _ = _run((cwd, home, marker + "c"),
+                    extra=FAST + ["--set", "common_args.random_seed=8",
+                                  "--set", f"common_args.output_dir={cwd / 'out3'}"])
+    assert third.returncode == 0, third.output
+    a, b = torch.load(out1 / "global_model.pt"), torch.load(cwd / "out3" / "global_model.pt")
+    assert not torch.equal(a["linear.weight"], b["linear.weight"])
+
+
+def test_wrong_world_size_fails_fast_with_advice(workdir):
+    cwd, home, marker = workdir
+    job, out = _run(workdir, np_=3, deadline_s=60)
+    assert job.returncode != 0
+    assert job.seconds < 20, f"took {job.seconds:.1f} s"
+    assert "mpirun -np 5" in job.stderr
+    assert job.stderr.count("flamby-mpi: error") == 1  # said once, by rank 0
+    assert not out.exists()  # nothing was started
+    assert job.leftovers == []
+
+
+def test_client_failing_in_round_2_ends_the_job_with_its_traceback(workdir):
+    cwd, home, marker = workdir
+    updates, batch = 10, 16
+    job, out = _run(workdir, deadline_s=90,
+                    extra=FAST + ["--set", "data_args.dataset=support.faulty_dataset",
+                                  "--set", f"train_args.num_updates={updates}"],
+                    env={"FAULT_CENTER": "2", "FAULT_AFTER_ITEMS": str(updates * batch + 5)})
+    assert job.returncode != 0
+    assert "rank 3 (client" in job.stderr
+    assert "injected failure after" in job.stderr
+    assert job.stderr.count("Traceback (most recent call last)") == 1
+    assert not (out / "results.json").exists()
+    assert job.leftovers == []
+
+
+def test_server_failure_ends_the_job(workdir):
+    cwd, home, marker = workdir
+    job, out = _run(workdir, deadline_s=90,
+                    extra=FAST + ["--set", "data_args.dataset=support.faulty_dataset"],
+                    env={"FAULT_SERVER_METRIC": "1"})
+    assert job.returncode != 0
+    assert "rank 0 (server" in job.stderr
+    assert "injected failure in the server's pooled metric" in job.stderr
+    assert not (out / "results.json").exists()
+    assert job.leftovers == []
+
+
+def test_config_error_is_reported_once_without_traceback(workdir):
+    cwd, home, marker = workdir
+    job, _ = _run(workdir, deadline_s=60,
+                  extra=["--set", "train_args.epochs=3", "--set", "train_args.num_updates=-1"])
+    assert job.returncode != 0
+    assert job.stderr.count("invalid configuration (2 problem(s))") == 1
+    assert "train_args.num_updates" in job.stderr and "train_args.epochs" in job.stderr
+    assert "Traceback" not in job.stderr
