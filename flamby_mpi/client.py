@@ -55,7 +55,7 @@ class ClientRun:
         if final or (round_idx > 0 and round_idx % frequency == 0):
             result = evaluate(self.learner.model, self.test_loader, plan.dataset.metric, self.device)
             report["evaluation"] = {"round": round_idx, "metric": result.metric, "num_samples": result.num_samples}
-            if final and plan.config.validation_args.pooled_test:
+            if final and plan.config.validation_args.pooled_test == "predictions":
                 report["predictions"] = {"y_true": result.y_true, "y_pred": result.y_pred}
         if final:
             return {"state_dict": None, "report": report}

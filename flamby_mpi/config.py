@@ -39,10 +39,20 @@ FEDML_KEY_HINTS = {
 
 OPTIMIZER_CHOICES = ("sgd", "adam", "adamw", "adagrad", "rmsprop")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+POOLED_TEST_MODES = ("predictions", "flamby", "off")
 
 
-def _meta(choices=None, minimum=None, help=""):
-    return {"choices": choices, "minimum": minimum, "help": help}
+def _meta(choices=None, minimum=None, help="", normalize=None):
+    return {"choices": choices, "minimum": minimum, "help": help, "normalize": normalize}
+
+
+def _pooled_test_mode(value):
+    # Booleans stay accepted: true is the original meaning (predictions), false turns it off.
+    if value is True:
+        return "predictions"
+    if value is False:
+        return "off"
+    return value
 
 
 @dataclass
@@ -90,8 +100,11 @@ class TrainArgs:
 @dataclass
 class ValidationArgs:
     frequency_of_the_test: int = field(default=5, metadata=_meta(minimum=1))
-    pooled_test: bool = field(default=True, metadata=_meta(
-        help="send test predictions and labels to the server for FLamby's Pooled Test"))
+    pooled_test: str = field(default="predictions", metadata=_meta(
+        choices=POOLED_TEST_MODES, normalize=_pooled_test_mode,
+        help="how the Pooled Test metric is computed: predictions (clients send test predictions and "
+             "labels to the server), flamby (the server evaluates on FLamby's pooled test set, reading "
+             "the data), off; true/false mean predictions/off"))
     test_batch_size: Optional[int] = field(default=None, metadata=_meta(minimum=1))
 
 
@@ -166,6 +179,9 @@ def _coerce(value: Any, tp) -> Tuple[bool, Any]:
 
 
 def _check_field(where: str, f: dataclasses.Field, tp, value: Any, problems: List[str]):
+    normalize = f.metadata.get("normalize")
+    if normalize is not None:
+        value = normalize(value)
     ok, value = _coerce(value, tp)
     if not ok:
         problems.append(f"{where}: expected {_describe(tp)}, got {value!r}")

@@ -56,6 +56,7 @@ def write_results(output_dir: Path, plan, server_run, run_id: str, timing: Dict[
         "learning_rate": plan.learning_rate,
         "optimizer": f"{optimizer.__module__}.{optimizer.__name__}",
         "metrics": metrics,
+        "pooled_test": plan.config.validation_args.pooled_test,
         "devices": {f"client_{c}": d for c, d in sorted(server_run.devices.items())},
         "timing": {k: round(v, 3) for k, v in timing.items()},
     }

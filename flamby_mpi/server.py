@@ -11,6 +11,7 @@ import torch
 
 from .aggregation import fedavg, weighted_mean
 from .plan import RunPlan
+from .training import evaluate, make_loader
 
 log = logging.getLogger("flamby_mpi.server")
 
@@ -86,7 +87,10 @@ class ServerRun:
         self.final_metrics = metrics
 
     def _pooled_metric(self, reports: List[Dict]) -> Optional[float]:
-        if not self.plan.config.validation_args.pooled_test:
+        mode = self.plan.config.validation_args.pooled_test
+        if mode == "flamby":
+            return self._pooled_metric_on_flamby_pooled_set()
+        if mode != "predictions":
             return None
         ordered = sorted(reports, key=lambda r: r["center"])
         parts = [r["predictions"] for r in ordered if r.get("predictions") and len(r["predictions"]["y_true"])]
@@ -95,6 +99,15 @@ class ServerRun:
         y_true = np.concatenate([p["y_true"] for p in parts])
         y_pred = np.concatenate([p["y_pred"] for p in parts])
         return float(self.plan.dataset.metric(y_true, y_pred))
+
+    def _pooled_metric_on_flamby_pooled_set(self) -> float:
+        # Exactly FLamby's benchmark: the model on FedClass(train=False, pooled=True). Some datasets
+        # normalise that set with pooled-train statistics, so it differs from concatenated centres.
+        plan = self.plan
+        pooled = plan.dataset.pooled_dataset(train=False)
+        loader = make_loader(pooled, plan.test_batch_size, shuffle=False,
+                             num_workers=plan.config.data_args.num_workers)
+        return evaluate(self.model, loader, plan.dataset.metric, torch.device("cpu")).metric
 
 
 def make_aggregator(server_run: ServerRun, fedml_args):

@@ -37,7 +37,13 @@ class DatasetSpec:
     debug: bool = False
 
     def center_dataset(self, center: int, train: bool) -> torch.utils.data.Dataset:
-        kwargs = {"center": center, "train": train, "pooled": False}
+        return self._build(center=center, train=train, pooled=False)
+
+    def pooled_dataset(self, train: bool) -> torch.utils.data.Dataset:
+        """FLamby's pooled set (all centres together), as its benchmark's Pooled Test uses."""
+        return self._build(train=train, pooled=True)
+
+    def _build(self, **kwargs) -> torch.utils.data.Dataset:
         accepted = _accepted_kwargs(self.fed_class)
         if self.data_path is not None:
             if accepted is not None and "data_path" not in accepted:
