@@ -1,0 +1,37 @@
+"""FLamby itself on real data, over MPI (skipped when FLamby or ../shared/data is absent)."""
+import csv
+import json
+
+import pytest
+
+from conftest import SHARED_DATA
+from support.mpi import REPO, run_mpi
+
+pytestmark = [pytest.mark.mpi, pytest.mark.realdata]
+
+HEART = SHARED_DATA / "fed_heart_disease"
+PUBLISHED = SHARED_DATA / "flamby_benchmark_results" / "fed_heart_disease"
+
+
+def _published(seed, method="FedAvg100"):
+    with open(PUBLISHED / f"heart_seed{seed}.csv") as f:
+        return {row["Test"]: float(row["Metric"]) for row in csv.DictReader(f) if row["Method"] == method}
+
+
+def test_fedavg_on_fed_heart_disease_reproduces_flamby_seed_42(workdir):
+    pytest.importorskip("flamby.datasets.fed_heart_disease", reason="FLamby is not installed")
+    if not HEART.is_dir() or not PUBLISHED.is_dir():
+        pytest.skip(f"{HEART} or {PUBLISHED} is absent")
+    cwd, home, marker = workdir
+    out = cwd / "out"
+    job = run_mpi(5, ["--cf", str(REPO / "config" / "fed_heart_disease.yaml"), "--run_id", marker,
+                      "--set", f"data_args.data_path={HEART}", "--set", f"common_args.output_dir={out}"],
+                  cwd, home, deadline_s=180, marker=marker)
+    assert job.returncode == 0, job.output
+    metrics = json.loads((out / "results.json").read_text())["metrics"]
+    published = _published(42)
+    # FLamby's published FedAvg100 seed-42 numbers; pooled within the acceptance band.
+    assert abs(metrics["pooled"] - 0.748) <= 0.03
+    assert metrics["pooled"] == pytest.approx(published["Pooled Test"], abs=0.02)
+    for k in range(4):
+        assert metrics[f"client_test_{k}"] == pytest.approx(published[f"client_test_{k}"], abs=0.05)
