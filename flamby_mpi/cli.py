@@ -28,6 +28,7 @@ from .launch import CLIENT, SERVER, World, check_world, mpi_world, rank_from_env
 
 EXIT_USER_ERROR = 2
 EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +100,10 @@ def _run(world: World, plan) -> int:
     except UserError as error:
         _report_failure(f"flamby-mpi: error on rank {world.rank} ({world.role}, host {world.host}): {error}")
         world.abort(EXIT_USER_ERROR)
+    except KeyboardInterrupt:
+        if world.is_server:
+            _report_failure("flamby-mpi: interrupted; ending the whole job")
+        world.abort(EXIT_INTERRUPTED)
     except BaseException:  # noqa: B902 - any failure must end every rank, not hang them
         _report_failure(f"flamby-mpi: rank {world.rank} ({world.role}, host {world.host}) failed; "
                         f"ending the whole job. Original error:\n{traceback.format_exc()}")
@@ -172,20 +177,66 @@ def _run_role(world: World, plan) -> int:
         world.abort(EXIT_FAILURE)
 
     watchdog = Watchdog(config.comm_args.round_timeout_s, expire).start()
+    # Each rank loads what it owns (data, model) before FedML is imported, and the
+    # ranks compare notes: a missing file on any centre ends every rank in seconds
+    # with one message, instead of after FedML's start-up with N copies of it.
+    role_run, exit_code = _preflight(world, plan, device, console)
+    if role_run is None:
+        watchdog.stop()
+        return exit_code
     fedml_bridge.import_fedml()
     fedml_args = fedml_bridge.fedml_args(plan, world, run_id, device)
     if world.is_server:
-        return _serve(world, plan, fedml_args, output_dir, watchdog, console)
-    _train(world, plan, fedml_args, device, watchdog)
+        return _serve(world, plan, role_run, fedml_args, output_dir, watchdog, console)
+    _train(world, role_run, fedml_args, watchdog)
     return 0
 
 
-def _serve(world, plan, fedml_args, output_dir: Path, watchdog, console) -> int:
+def _preflight(world: World, plan, device, console):
+    """Builds this rank's ServerRun/ClientRun, then all ranks compare notes (one allgather).
+
+    Returns (role_run, 0) when every rank is ready, else (None, exit code) on every rank.
+    """
+    from .client import ClientRun
+    from .server import ServerRun
+
+    problem = None
+    role_run = None
+    try:
+        if world.is_server:
+            role_run = ServerRun(plan, console.info)
+            role_run.check_pooled_test_data()
+        else:
+            role_run = ClientRun(plan, world.rank, device)
+    except UserError as error:
+        problem = (True, str(error))
+    except Exception:  # noqa: B902 - reported below with its traceback, once
+        problem = (False, traceback.format_exc())
+    problems = world.comm.allgather(problem)
+    if not any(problems):
+        return role_run, 0
+    failed = [(rank, p) for rank, p in enumerate(problems) if p]
+    if not all(is_user for _, (is_user, _) in failed):
+        # A bug, not a user mistake: each failing rank shows its own traceback once.
+        if problem is not None and not problem[0]:
+            _report_failure(f"flamby-mpi: rank {world.rank} ({world.role}, host {world.host}) failed "
+                            f"while loading its data and model. Original error:\n{problem[1]}")
+        return None, EXIT_FAILURE
+    if world.is_server:
+        by_message = {}
+        for rank, (_, message) in failed:
+            by_message.setdefault(message, []).append(rank)
+        for message, ranks in by_message.items():
+            where = "rank " + ", ".join(map(str, ranks)) if len(ranks) < world.size else "every rank"
+            _report_failure(f"flamby-mpi: error on {where}: {message}")
+    return None, EXIT_USER_ERROR
+
+
+def _serve(world, plan, server_run, fedml_args, output_dir: Path, watchdog, console) -> int:
     from . import fedml_bridge
     from .results import format_table, write_results
-    from .server import ServerRun, make_aggregator
+    from .server import make_aggregator
 
-    server_run = ServerRun(plan, console.info)
     aggregator = make_aggregator(server_run, fedml_args)
 
     def first_round():
@@ -207,11 +258,10 @@ def _serve(world, plan, fedml_args, output_dir: Path, watchdog, console) -> int:
     return 0
 
 
-def _train(world, plan, fedml_args, device, watchdog):
+def _train(world, client_run, fedml_args, watchdog):
     from . import fedml_bridge
-    from .client import ClientRun, make_trainer
+    from .client import make_trainer
 
-    client_run = ClientRun(plan, world.rank, device)
     trainer = make_trainer(client_run, fedml_args)
     fedml_bridge.run_client(fedml_args, world, trainer, client_run.center,
                             client_run.learner.num_train_samples, watchdog)

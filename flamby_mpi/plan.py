@@ -57,9 +57,9 @@ def resolve_optimizer(name: str) -> type:
         module_name, _, cls_name = key.rpartition(".")
         try:
             cls = getattr(importlib.import_module(module_name), cls_name)
-        except (ImportError, AttributeError):
+        except (ImportError, AttributeError, ValueError, TypeError):  # e.g. ".SGD", "..SGD"
             cls = None
-        if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer):
+        if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer) and cls is not torch.optim.Optimizer:
             return cls
     raise ValueError(f"train_args.client_optimizer: {name!r} is not an optimizer; valid choices: "
                      f"{', '.join(OPTIMIZER_CHOICES)} or a dotted class such as torch.optim.SGD")

@@ -95,7 +95,7 @@ def write_results(output_dir: Path, plan, server_run, run_id: str, timing: Dict[
 
 def format_table(metrics: Dict[str, Optional[float]]) -> str:
     """The final per-centre table shown on the console."""
-    width = max(len(k) for k in metrics) if metrics else 10
+    width = max([len("test set"), *map(len, metrics)])
     lines = [f"{'test set':<{width}}  metric", f"{'-' * width}  ------"]
     for name, value in metrics.items():
         shown = "n/a" if value is None or value != value else f"{value:.4f}"

@@ -31,6 +31,12 @@ class ServerRun:
         self.first_round_at: Optional[float] = None
         self.last_round_at: Optional[float] = None
         self._round_started: Optional[float] = None
+        self._pooled_test_set = None
+
+    def check_pooled_test_data(self):
+        """With pooled_test: flamby the server reads FLamby's pooled test set: fail now, not at the end."""
+        if self.plan.config.validation_args.pooled_test == "flamby":
+            self._pooled_test_set = self.plan.dataset.pooled_dataset(train=False)
 
     def global_state(self) -> "OrderedDict[str, torch.Tensor]":
         return OrderedDict((k, v.detach().clone()) for k, v in self.model.state_dict().items())
@@ -104,7 +110,7 @@ class ServerRun:
         # Exactly FLamby's benchmark: the model on FedClass(train=False, pooled=True). Some datasets
         # normalise that set with pooled-train statistics, so it differs from concatenated centres.
         plan = self.plan
-        pooled = plan.dataset.pooled_dataset(train=False)
+        pooled = self._pooled_test_set or plan.dataset.pooled_dataset(train=False)
         loader = make_loader(pooled, plan.test_batch_size, shuffle=False,
                              num_workers=plan.config.data_args.num_workers)
         return evaluate(self.model, loader, plan.dataset.metric, torch.device("cpu")).metric

@@ -130,3 +130,15 @@ def test_config_error_is_reported_once_without_traceback(workdir):
     assert job.stderr.count("invalid configuration (2 problem(s))") == 1
     assert "train_args.num_updates" in job.stderr and "train_args.epochs" in job.stderr
     assert "Traceback" not in job.stderr
+
+
+def test_a_centre_whose_data_fails_to_load_ends_every_rank_before_fedml_starts(workdir):
+    job, out = _run(workdir, deadline_s=90,
+                    extra=FAST + ["--set", "data_args.dataset=support.faulty_dataset"],
+                    env={"FAULT_LOAD_CENTER": "1"})
+    assert job.returncode != 0
+    assert "rank 2 (client" in job.stderr and "/data/centre1/train.csv" in job.stderr
+    assert job.stderr.count("Traceback (most recent call last)") == 1
+    assert "all 4 clients joined" not in job.stdout  # ended before training started
+    assert not (out / "results.json").exists()
+    assert job.leftovers == []

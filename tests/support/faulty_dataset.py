@@ -4,7 +4,8 @@ The synthetic dataset with 4 centres, plus faults chosen by environment
 variables, so tests can check that one failing rank ends the whole MPI job:
 - FAULT_CENTER=k and FAULT_AFTER_ITEMS=n: centre k's training data raises after
   n samples were read (n = 2 * num_updates * batch_size fails in round 2);
-- FAULT_SERVER_METRIC=1: the metric raises when the server computes the pooled metric.
+- FAULT_SERVER_METRIC=1: the metric raises when the server computes the pooled metric;
+- FAULT_LOAD_CENTER=k: building centre k's data raises FileNotFoundError (a missing file).
 """
 import os
 
@@ -43,6 +44,8 @@ class FaultyCenter(torch.utils.data.Dataset):
 
 
 def FedClass(center=0, train=True, pooled=False):
+    if str(center) == os.environ.get("FAULT_LOAD_CENTER"):
+        raise FileNotFoundError(f"/data/centre{center}/train.csv")
     inner = _module.FedClass(center=center, train=train, pooled=pooled)
     failing = train and str(center) == os.environ.get("FAULT_CENTER")
     return FaultyCenter(inner, int(os.environ["FAULT_AFTER_ITEMS"]) if failing else None)

@@ -1,0 +1,435 @@
+"""Unit tests of flamby_mpi.config and of the CLI's config-error path (no MPI)."""
+import sys
+from pathlib import Path
+
+import pytest
+
+from flamby_mpi import cli
+from flamby_mpi.config import (
+    FEDML_KEY_HINTS,
+    OPTIMIZER_CHOICES,
+    SECTIONS,
+    RunConfig,
+    build_config,
+    describe_options,
+    load_config,
+    parse_override,
+    read_yaml,
+)
+from flamby_mpi.errors import ConfigError, UserError
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "config"
+RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")
+
+
+def _write(tmp_path, text, name="run.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+# --- defaults -----------------------------------------------------------------------------
+
+def test_runconfig_defaults():
+    c = RunConfig()
+    assert c.common_args.training_type == "cross_silo"
+    assert c.common_args.random_seed == 0
+    assert c.common_args.run_id is None
+    assert c.common_args.output_dir is None
+    assert c.common_args.using_mlops is False
+    assert c.data_args.dataset == "synthetic"
+    assert c.data_args.data_path is None
+    assert c.data_args.debug is False
+    assert c.data_args.synthetic_num_centers == 4
+    assert c.data_args.synthetic_samples_per_center == 200
+    assert c.data_args.num_workers == 0
+    assert c.model_args.model == "baseline"
+    assert c.train_args.federated_optimizer == "FedAvg"
+    assert c.train_args.comm_round is None
+    assert c.train_args.num_updates == 100
+    assert c.train_args.batch_size is None
+    assert c.train_args.learning_rate is None
+    assert c.train_args.client_optimizer is None
+    assert c.train_args.client_num_in_total is None
+    assert c.validation_args.frequency_of_the_test == 5
+    assert c.validation_args.pooled_test == "predictions"
+    assert c.validation_args.test_batch_size is None
+    assert c.device_args.worker_num is None
+    assert c.device_args.using_gpu is False
+    assert c.comm_args.backend == "MPI"
+    assert c.comm_args.round_timeout_s == 1800.0
+    assert c.tracking_args.log_level == "warning"
+    assert c.tracking_args.enable_wandb is False
+
+
+def test_empty_mapping_gives_defaults():
+    assert build_config({}) == RunConfig()
+    # A section present but empty (YAML `train_args:` with nothing under it) is also the default.
+    assert build_config({"train_args": None}) == RunConfig()
+
+
+def test_to_dict_has_every_section():
+    d = RunConfig().to_dict()
+    assert list(d) == list(SECTIONS)
+    assert d["train_args"]["num_updates"] == 100
+    assert "train_args:" in RunConfig().to_yaml()
+
+
+# --- shipped config files -----------------------------------------------------------------
+
+def test_fedml_config_yaml_validates():
+    c = load_config(str(CONFIG_DIR / "fedml_config.yaml"))
+    assert c.data_args.dataset == "synthetic"
+    assert c.data_args.synthetic_num_centers == 4
+    assert c.train_args.comm_round == 10
+    assert c.train_args.num_updates == 50
+    assert c.validation_args.pooled_test == "predictions"
+    # round_timeout_s: 600 in the YAML is an int; the float field converts it.
+    assert c.comm_args.round_timeout_s == 600.0
+    assert isinstance(c.comm_args.round_timeout_s, float)
+
+
+FLAMBY_CONFIGS = sorted(CONFIG_DIR.glob("fed_*.yaml"))
+
+
+def test_there_are_flamby_configs():
+    assert len(FLAMBY_CONFIGS) >= 7
+
+
+@pytest.mark.parametrize("path", FLAMBY_CONFIGS, ids=lambda p: p.name)
+def test_flamby_config_yaml_validates(path):
+    c = load_config(str(path))
+    assert c.data_args.dataset == path.stem
+    assert c.train_args.num_updates >= 1
+    assert c.validation_args.pooled_test in ("predictions", "flamby", "off")
+
+
+# --- precedence and YAML parsing of --set ---------------------------------------------------
+
+def test_precedence_defaults_file_set(tmp_path):
+    path = _write(tmp_path, "train_args:\n  comm_round: 7\n  num_updates: 20\n"
+                            "common_args:\n  random_seed: 3\n")
+    c = load_config(path, ["train_args.comm_round=3", "validation_args.frequency_of_the_test=2"])
+    assert c.train_args.comm_round == 3          # --set beats the file
+    assert c.train_args.num_updates == 20        # file beats the default
+    assert c.common_args.random_seed == 3        # file
+    assert c.validation_args.frequency_of_the_test == 2  # --set beats the default
+    assert c.train_args.batch_size is None       # default
+    # The last --set of the same key wins.
+    c = load_config(path, ["train_args.comm_round=3", "train_args.comm_round=9"])
+    assert c.train_args.comm_round == 9
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("train_args.comm_round=3", 3),
+    ("train_args.learning_rate=0.25", 0.25),
+    ("device_args.using_gpu=true", True),
+    ("device_args.using_gpu=false", False),
+    ("train_args.batch_size=null", None),
+    ("train_args.batch_size=", None),
+    ("data_args.dataset=fed_ixi", "fed_ixi"),
+    ("data_args.data_path='/a=b'", "/a=b"),
+    ("common_args.run_id=\"001\"", "001"),
+])
+def test_parse_override_values_are_yaml(text, expected):
+    section, key, value = parse_override(text)
+    assert (section, key) == tuple(text.split("=")[0].split("."))
+    assert value == expected
+    assert type(value) is type(expected)
+
+
+def test_set_values_reach_the_config_with_their_types():
+    c = build_config({}, ["train_args.learning_rate=0.5", "device_args.using_gpu=true",
+                          "train_args.comm_round=4", "train_args.batch_size=null"])
+    assert c.train_args.learning_rate == 0.5
+    assert c.device_args.using_gpu is True
+    assert c.train_args.comm_round == 4
+    assert c.train_args.batch_size is None
+
+
+def test_cli_run_id_stays_a_string():
+    # The CLI quotes --run_id so that ids such as 001 or true are not read as numbers/bools.
+    for run_id in ("001", "true", "my run"):
+        c = build_config({}, [f"common_args.run_id={cli._yaml_string(run_id)}"])
+        assert c.common_args.run_id == run_id
+
+
+@pytest.mark.parametrize("text", [
+    "train_args.comm_round",     # no '='
+    "comm_round=3",              # no section
+    ".comm_round=3",             # empty section
+    "train_args.=3",             # empty key
+    "=3",
+])
+def test_bad_set_syntax_is_a_user_error(text):
+    with pytest.raises(UserError) as info:
+        parse_override(text)
+    assert not isinstance(info.value, ConfigError)
+    assert "section.key=value" in str(info.value)
+    with pytest.raises(UserError):
+        build_config({}, [text])
+
+
+def test_set_value_that_is_not_yaml_is_a_user_error():
+    with pytest.raises(UserError, match="not valid YAML"):
+        parse_override("train_args.comm_round=[1")
+
+
+# --- all problems reported together -----------------------------------------------------------
+
+def test_every_problem_is_reported_in_one_error():
+    raw = {
+        "bogus_section": {"a": 1},
+        "train_args": {"epochs": 3, "nonsense": 1, "num_updates": "many", "comm_round": 0},
+        "tracking_args": {"log_level": "loud"},
+    }
+    with pytest.raises(ConfigError) as info:
+        build_config(raw)
+    err = info.value
+    problems = err.problems
+    assert len(problems) == 6, problems
+    text = str(err)
+    assert "6 problem(s)" in text
+
+    def one(fragment):
+        hits = [p for p in problems if fragment in p]
+        assert len(hits) == 1, (fragment, problems)
+        return hits[0]
+
+    section = one("bogus_section")
+    assert "unknown section" in section
+    for name in SECTIONS:
+        assert name in section
+    epochs = one("train_args.epochs")
+    assert "num_updates" in epochs and epochs.endswith(FEDML_KEY_HINTS["epochs"])
+    nonsense = one("train_args.nonsense")
+    assert "valid keys in train_args" in nonsense
+    for key in ("federated_optimizer", "comm_round", "num_updates", "batch_size", "learning_rate",
+                "client_optimizer"):
+        assert key in nonsense
+    wrong_type = one("train_args.num_updates:")
+    assert "expected an integer" in wrong_type and "'many'" in wrong_type
+    too_small = one("train_args.comm_round")
+    assert "must be >= 1" in too_small and "got 0" in too_small
+    choice = one("tracking_args.log_level")
+    assert "'loud'" in choice and "valid choices: debug, info, warning, error" in choice
+    # Every problem also appears in the printed message.
+    for p in problems:
+        assert p in text
+
+
+def test_problems_from_file_and_set_are_reported_together(tmp_path):
+    path = _write(tmp_path, "train_args:\n  epochs: 3\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["comm_args.round_timeout_s=0.5", "model_args.model=resnet"])
+    assert len(info.value.problems) == 3
+    joined = "\n".join(info.value.problems)
+    assert "train_args.epochs" in joined
+    assert "comm_args.round_timeout_s: must be >= 1.0" in joined
+    assert "valid choices: baseline" in joined
+
+
+def test_section_that_is_not_a_mapping():
+    with pytest.raises(ConfigError) as info:
+        build_config({"train_args": 5, "device_args": ["x"]})
+    assert len(info.value.problems) == 2
+    assert all("must be a mapping" in p for p in info.value.problems)
+
+
+def test_bool_choice_is_shown_in_yaml_spelling():
+    with pytest.raises(ConfigError) as info:
+        build_config({"common_args": {"using_mlops": True}})
+    assert "valid choices: false" in info.value.problems[0]
+
+
+# --- types ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value, expected", [(True, "predictions"), (False, "off"),
+                                             ("flamby", "flamby"), ("off", "off")])
+def test_pooled_test_accepts_booleans(value, expected):
+    c = build_config({"validation_args": {"pooled_test": value}})
+    assert c.validation_args.pooled_test == expected
+
+
+def test_pooled_test_bad_choice_lists_choices():
+    with pytest.raises(ConfigError) as info:
+        build_config({"validation_args": {"pooled_test": "yes"}})
+    problem = info.value.problems[0]
+    assert "'yes' is not supported; valid choices: predictions, flamby, " in problem
+    assert problem.endswith("off") or problem.endswith("'off'")  # YAML spelling of the string off
+
+
+def test_int_for_float_field_is_converted():
+    c = build_config({"train_args": {"learning_rate": 1}, "comm_args": {"round_timeout_s": 60}})
+    assert c.train_args.learning_rate == 1.0 and type(c.train_args.learning_rate) is float
+    assert c.comm_args.round_timeout_s == 60.0 and type(c.comm_args.round_timeout_s) is float
+
+
+@pytest.mark.parametrize("section, key", [("train_args", "comm_round"), ("train_args", "num_updates"),
+                                          ("common_args", "random_seed"),
+                                          ("train_args", "learning_rate")])
+def test_bool_is_rejected_for_numeric_fields(section, key):
+    with pytest.raises(ConfigError) as info:
+        build_config({section: {key: True}})
+    assert len(info.value.problems) == 1
+    assert f"{section}.{key}: expected" in info.value.problems[0]
+    assert "got True" in info.value.problems[0]
+
+
+def test_float_is_rejected_for_int_field_and_int_for_bool_field():
+    with pytest.raises(ConfigError) as info:
+        build_config({"train_args": {"num_updates": 2.5}, "device_args": {"using_gpu": 1}})
+    joined = "\n".join(info.value.problems)
+    assert "train_args.num_updates: expected an integer, got 2.5" in joined
+    assert "device_args.using_gpu: expected true or false, got 1" in joined
+
+
+def test_string_field_rejects_numbers():
+    with pytest.raises(ConfigError) as info:
+        build_config({"common_args": {"run_id": 42}})
+    assert "expected a string or null" in info.value.problems[0]
+
+
+def test_optional_fields_accept_null():
+    c = build_config({"train_args": {"comm_round": None, "learning_rate": None}})
+    assert c.train_args.comm_round is None and c.train_args.learning_rate is None
+
+
+def test_exponent_notation_learning_rate_is_accepted():
+    c = build_config({}, ["train_args.learning_rate=1e-3"])
+    assert c.train_args.learning_rate == pytest.approx(0.001)
+
+
+# --- files ----------------------------------------------------------------------------------
+
+def test_missing_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="config file not found") as info:
+        load_config(str(tmp_path / "nope.yaml"))
+    assert "--cf" in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "42\n"])
+def test_non_mapping_yaml_is_a_user_error(tmp_path, text):
+    with pytest.raises(UserError, match="top level must be a mapping") as info:
+        read_yaml(_write(tmp_path, text))
+    assert not isinstance(info.value, ConfigError)
+
+
+def test_invalid_yaml_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="not valid YAML"):
+        read_yaml(_write(tmp_path, "train_args: [1, 2\n"))
+
+
+def test_empty_file_gives_defaults(tmp_path):
+    assert load_config(_write(tmp_path, "")) == RunConfig()
+
+
+def test_describe_options_lists_every_key():
+    text = describe_options()
+    for section, cls in RunConfig().to_dict().items():
+        for key in cls:
+            assert f"{section}.{key} " in text
+    assert "choices: " + ", ".join(OPTIMIZER_CHOICES) not in text  # client_optimizer is free text
+    assert "train_args.num_updates (an integer, default 100)" in text
+
+
+# --- the CLI's user-error path (returns before MPI is touched) ----------------------------------
+
+@pytest.fixture
+def no_rank_env(monkeypatch):
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+def _error_lines(err):
+    return [line for line in err.splitlines() if line.startswith("flamby-mpi: error")]
+
+
+def test_cli_invalid_config_exits_2_with_one_error_line(tmp_path, capsys, no_rank_env):
+    mpi_loaded = "mpi4py.MPI" in sys.modules
+    path = _write(tmp_path, "train_args:\n  epochs: 3\n  comm_round: 0\n")
+    assert cli.main(["--cf", path]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert len(_error_lines(err)) == 1
+    assert "invalid configuration (2 problem(s))" in err
+    assert "train_args.epochs" in err and "train_args.comm_round" in err
+    if not mpi_loaded:
+        assert "mpi4py.MPI" not in sys.modules
+
+
+def test_cli_bad_set_and_missing_file_exit_2(tmp_path, capsys, no_rank_env):
+    assert cli.main(["--cf", str(tmp_path / "missing.yaml")]) == 2
+    _, err = capsys.readouterr()
+    assert len(_error_lines(err)) == 1 and "config file not found" in err
+    path = _write(tmp_path, "")
+    assert cli.main(["--cf", path, "--set", "comm_round=3"]) == 2
+    _, err = capsys.readouterr()
+    assert len(_error_lines(err)) == 1 and "section.key=value" in err
+
+
+def test_cli_plan_mismatch_exits_2_before_mpi(tmp_path, capsys, no_rank_env):
+    mpi_loaded = "mpi4py.MPI" in sys.modules
+    path = _write(tmp_path, "device_args:\n  worker_num: 3\n")
+    assert cli.main(["--cf", path]) == 2
+    _, err = capsys.readouterr()
+    assert len(_error_lines(err)) == 1
+    assert "device_args.worker_num" in err and "must be 4" in err
+    if not mpi_loaded:
+        assert "mpi4py.MPI" not in sys.modules
+
+
+def test_cli_error_is_printed_by_rank_0_only(tmp_path, capsys, monkeypatch, no_rank_env):
+    path = _write(tmp_path, "train_args:\n  epochs: 3\n")
+    monkeypatch.setenv("PMI_RANK", "2")
+    assert cli.main(["--cf", path]) == 2
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("PMI_RANK", "0")
+    assert cli.main(["--cf", path]) == 2
+    assert len(_error_lines(capsys.readouterr().err)) == 1
+
+
+def test_build_parser():
+    args = cli.build_parser().parse_args(["--cf", "x.yaml", "--set", "a.b=1", "--set", "c.d=2",
+                                          "--rank", "1", "--role", "client", "--run_id", "r"])
+    assert args.cf == "x.yaml"
+    assert args.set == ["a.b=1", "c.d=2"]
+    assert (args.rank, args.role, args.run_id) == (1, "client", "r")
+    args = cli.build_parser().parse_args(["--cf", "x.yaml"])
+    assert (args.set, args.rank, args.role, args.run_id) == ([], None, None, None)
+
+
+@pytest.mark.parametrize("argv", [[], ["--cf", "x.yaml", "--role", "boss"],
+                                  ["--cf", "x.yaml", "--rank", "-1"]])
+def test_cli_usage_errors_exit_2(argv, capsys, no_rank_env):
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_pooled_test_off_unquoted_in_a_file(tmp_path):
+    # YAML 1.1 reads an unquoted off as false; it must still mean "off".
+    c = load_config(_write(tmp_path, "validation_args:\n  pooled_test: off\n"))
+    assert c.validation_args.pooled_test == "off"
+
+
+# --- docs in step with the code -------------------------------------------------------------
+
+def test_every_config_key_is_documented_in_the_readme_and_help():
+    import dataclasses
+    from pathlib import Path
+
+    from flamby_mpi.cli import build_parser
+    from flamby_mpi.config import RunConfig
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    help_text = build_parser().format_help()
+    import typing
+
+    for section_name, section_type in typing.get_type_hints(RunConfig).items():
+        for f in dataclasses.fields(section_type):
+            key = f"{section_name}.{f.name}"
+            assert f"`{key}`" in readme, f"{key} is missing from README's config table"
+            assert key in help_text, f"{key} is missing from --help"

@@ -1,0 +1,108 @@
+"""Unit tests of flamby_mpi.plan (config + dataset -> run values), synthetic dataset only."""
+import pytest
+import torch
+
+from flamby_mpi.config import RunConfig, build_config
+from flamby_mpi.errors import ConfigError
+from flamby_mpi.plan import make_plan, resolve_optimizer
+
+
+def _plan(**sections):
+    return make_plan(build_config(sections))
+
+
+def test_plan_defaults_for_synthetic():
+    plan = make_plan(RunConfig())
+    assert plan.dataset.name == "synthetic"
+    assert plan.num_clients == 4
+    assert plan.world_size == 5
+    assert plan.batch_size == 16
+    assert plan.test_batch_size == 16
+    assert plan.learning_rate == 0.05
+    assert plan.optimizer_class is torch.optim.SGD
+    assert plan.num_updates == 100
+    assert plan.seed == 0
+    # comm_round null -> the dataset's get_nb_max_rounds(num_updates)
+    assert plan.rounds == plan.dataset.get_nb_max_rounds(100) == 4
+    assert plan.summary() == {
+        "dataset": "synthetic", "strategy": "FedAvg", "num_clients": 4, "rounds": 4,
+        "num_updates": 100, "batch_size": 16, "learning_rate": 0.05,
+        "optimizer": "torch.optim.sgd.SGD", "seed": 0,
+    }
+
+
+def test_rounds_follow_num_updates_when_comm_round_is_null():
+    plan = _plan(train_args={"num_updates": 10})
+    assert plan.rounds == plan.dataset.get_nb_max_rounds(10) == 40
+
+
+def test_plan_takes_config_values():
+    plan = _plan(train_args={"comm_round": 10, "num_updates": 50, "batch_size": 8,
+                             "learning_rate": 0.5, "client_optimizer": "adam"},
+                 validation_args={"test_batch_size": 64},
+                 data_args={"synthetic_num_centers": 3},
+                 common_args={"random_seed": 9})
+    assert (plan.rounds, plan.num_updates, plan.batch_size, plan.test_batch_size) == (10, 50, 8, 64)
+    assert plan.learning_rate == 0.5
+    assert plan.optimizer_class is torch.optim.Adam
+    assert (plan.num_clients, plan.world_size, plan.seed) == (3, 4, 9)
+
+
+def test_learning_rate_zero_is_kept():
+    assert _plan(train_args={"learning_rate": 0.0}).learning_rate == 0.0
+
+
+def test_matching_client_counts_pass():
+    plan = _plan(train_args={"client_num_in_total": 4, "client_num_per_round": 4},
+                 device_args={"worker_num": 4})
+    assert plan.num_clients == 4
+
+
+def test_client_count_mismatches_are_reported_together():
+    with pytest.raises(ConfigError) as info:
+        _plan(train_args={"client_num_in_total": 3, "client_num_per_round": 2,
+                          "client_optimizer": "sgdd"},
+              device_args={"worker_num": 5})
+    problems = info.value.problems
+    assert len(problems) == 4, problems
+    assert problems[0] == ("train_args.client_num_in_total: synthetic has 4 centres, so this must be 4 "
+                           "(or be left out), got 3")
+    assert problems[1].startswith("train_args.client_num_per_round:") and problems[1].endswith("got 2")
+    assert problems[2].startswith("device_args.worker_num:") and problems[2].endswith("got 5")
+    assert "'sgdd' is not an optimizer" in problems[3]
+
+
+@pytest.mark.parametrize("name, cls", [
+    ("sgd", torch.optim.SGD), ("SGD", torch.optim.SGD), ("adam", torch.optim.Adam),
+    ("AdamW", torch.optim.AdamW), ("adagrad", torch.optim.Adagrad), ("RMSprop", torch.optim.RMSprop),
+    ("torch.optim.Adam", torch.optim.Adam), (" torch.optim.SGD ", torch.optim.SGD),
+    ("torch.optim.adam.Adam", torch.optim.Adam),
+])
+def test_resolve_optimizer(name, cls):
+    assert resolve_optimizer(name) is cls
+
+
+@pytest.mark.parametrize("name", ["sgdd", "torch.optim.Nope", "torch.nn.Linear", "no_such_module.Opt",
+                                  "os.path", "torch..SGD"])
+def test_bad_optimizer_is_reported(name):
+    with pytest.raises(ValueError) as info:
+        resolve_optimizer(name)
+    text = str(info.value)
+    assert text.startswith(f"train_args.client_optimizer: {name!r} is not an optimizer")
+    assert "sgd, adam, adamw, adagrad, rmsprop" in text
+    with pytest.raises(ConfigError) as info:
+        _plan(train_args={"client_optimizer": name})
+    assert len(info.value.problems) == 1
+    assert "train_args.client_optimizer" in info.value.problems[0]
+
+
+@pytest.mark.parametrize("name", [".SGD", "..SGD"])
+def test_relative_optimizer_name_is_a_config_problem(name):
+    with pytest.raises(ConfigError) as info:
+        _plan(train_args={"client_optimizer": name})
+    assert info.value.problems[0].startswith("train_args.client_optimizer:")
+
+
+def test_abstract_optimizer_base_class_is_rejected():
+    with pytest.raises(ValueError):
+        resolve_optimizer("torch.optim.Optimizer")

@@ -1,0 +1,104 @@
+"""Unit tests of flamby_mpi.launch.world: size and rank/role checks with a fake world (no MPI)."""
+import pytest
+
+from flamby_mpi.errors import UserError, WorldSizeError
+from flamby_mpi.launch import CLIENT, SERVER, World, check_world, rank_from_environment, role_of
+
+RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")
+
+
+def _world(rank, size):
+    return World(comm=None, rank=rank, size=size, host="h")
+
+
+def test_roles():
+    assert role_of(0) == SERVER == "server"
+    assert role_of(1) == role_of(4) == CLIENT == "client"
+    assert _world(0, 5).is_server and _world(0, 5).role == "server"
+    assert not _world(3, 5).is_server and _world(3, 5).role == "client"
+
+
+@pytest.mark.parametrize("size", [2, 3, 4, 6, 9])
+def test_size_mismatch(size):
+    with pytest.raises(WorldSizeError) as info:
+        check_world(_world(0, size), 5, "synthetic", None, None)
+    err = info.value
+    assert err.hint == "use mpirun -np 5"
+    assert f"{size} MPI processes were started, but synthetic has 4 centres" in str(err)
+    assert "1 server + 4 clients = 5 processes" in str(err)
+    assert err.exit_code == 2
+
+
+def test_single_process():
+    with pytest.raises(WorldSizeError) as info:
+        check_world(_world(0, 1), 5, "fed_heart_disease", None, None)
+    assert "only 1 MPI process is running, but fed_heart_disease needs 5" in str(info.value)
+    assert "mpirun -np 5" in info.value.hint
+
+
+def test_single_process_with_rank_and_role_is_not_supported():
+    with pytest.raises(UserError) as info:
+        check_world(_world(0, 1), 5, "synthetic", 0, "server")
+    assert not isinstance(info.value, WorldSizeError)
+    assert "one process per terminal" in str(info.value)
+    assert "mpirun -np 5" in info.value.hint
+
+
+@pytest.mark.parametrize("rank, role", [(1, None), (None, "client")])
+def test_rank_and_role_go_together(rank, role):
+    with pytest.raises(UserError, match="--rank and --role go together") as info:
+        check_world(_world(1, 5), 5, "synthetic", rank, role)
+    assert not isinstance(info.value, WorldSizeError)
+
+
+@pytest.mark.parametrize("rank, role, fix", [(0, "client", "--role server"), (2, "server", "--role client")])
+def test_rank_role_mismatch(rank, role, fix):
+    with pytest.raises(UserError) as info:
+        check_world(_world(rank, 5), 5, "synthetic", rank, role)
+    assert not isinstance(info.value, WorldSizeError)
+    assert f"--rank {rank} --role {role}" in str(info.value)
+    assert info.value.hint == f"use --rank {rank} {fix}"
+
+
+def test_cli_rank_disagrees_with_mpi_rank():
+    with pytest.raises(UserError) as info:
+        check_world(_world(1, 5), 5, "synthetic", 2, "client")
+    assert not isinstance(info.value, WorldSizeError)
+    assert "--rank 2 disagrees with the MPI rank 1" in str(info.value)
+
+
+@pytest.mark.parametrize("rank", range(5))
+def test_matching_world_passes(rank):
+    assert check_world(_world(rank, 5), 5, "synthetic", None, None) is None
+    assert check_world(_world(rank, 5), 5, "synthetic", rank, role_of(rank)) is None
+
+
+def test_one_client_world_of_two():
+    assert check_world(_world(1, 2), 2, "synthetic", None, None) is None
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_rank_from_environment_none(clean_env):
+    assert rank_from_environment() is None
+
+
+@pytest.mark.parametrize("name", RANK_VARIABLES)
+def test_rank_from_environment_reads_each_launcher(clean_env, name):
+    clean_env.setenv(name, "3")
+    assert rank_from_environment() == 3
+
+
+def test_rank_from_environment_precedence_and_garbage(clean_env):
+    clean_env.setenv("OMPI_COMM_WORLD_RANK", "4")
+    clean_env.setenv("PMI_RANK", "1")
+    assert rank_from_environment() == 1
+    clean_env.setenv("PMI_RANK", "not-a-rank")
+    assert rank_from_environment() == 4
+    clean_env.setenv("PMI_RANK", " 0 ")
+    assert rank_from_environment() == 0
