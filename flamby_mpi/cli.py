@@ -23,8 +23,9 @@ PROCESS_START = time.time()
 
 from . import __version__  # noqa: E402
 from .config import describe_options, load_config  # noqa: E402
-from .errors import UserError  # noqa: E402
-from .launch import CLIENT, SERVER, World, check_world, mpi_world, rank_from_environment  # noqa: E402
+from .errors import RankMismatchError, UserError  # noqa: E402
+from .launch import CLIENT, SERVER, World, check_world, mpi_world, rank_from_environment, singleton_world  # noqa: E402
+from .launch.separate import join_world, reexec_under_mpiexec, should_reexec  # noqa: E402
 
 EXIT_USER_ERROR = 2
 EXIT_FAILURE = 1
@@ -40,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "models over FedML's MPI communication manager.",
         epilog="examples:\n"
                "  mpirun -np 5 python launch_client.py --cf config/fedml_config.yaml\n"
+               "  python launch_client.py --cf config/fedml_config.yaml --run_id r1 --rank 0 --role server\n"
+               "  python launch_client.py --cf config/fedml_config.yaml --run_id r1 --rank 1 --role client  # ... to 4\n"
                "  mpirun -np 5 python launch_client.py --cf config/fed_heart_disease.yaml \\\n"
                "      --set data_args.data_path=/data/heart --set common_args.random_seed=42\n\n"
                "config keys (section.key), settable in the YAML file or with --set:\n"
@@ -53,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config key (value parsed as YAML); repeatable")
     parser.add_argument("--rank", type=int, default=None,
-                        help="this process's rank; under mpirun it must equal the MPI rank")
+                        help="this process's rank. Without mpirun, start each rank in its own terminal "
+                             "with the same --cf and --run_id: they meet through comm_args.rendezvous_dir. "
+                             "Under mpirun it must equal the MPI rank")
     parser.add_argument("--role", choices=(SERVER, CLIENT), default=None,
                         help="server for rank 0, client for ranks 1..N (give with --rank)")
     parser.add_argument("--version", action="version", version=f"flamby-mpi {__version__}")
@@ -61,12 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_user_error(error: UserError, rank: Optional[int]):
-    # Under mpirun every rank finds the same problem: say it once, from rank 0.
-    if rank in (None, 0):
+    # Under mpirun every rank finds the same problem: say it once, from rank 0,
+    # unless the problem is this rank's own.
+    if rank in (None, 0) or isinstance(error, RankMismatchError):
         print(f"flamby-mpi: error: {error}", file=sys.stderr, flush=True)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if args.rank is not None and args.rank < 0:
         build_parser().error("--rank must be >= 0")
@@ -79,12 +86,35 @@ def main(argv: Optional[List[str]] = None) -> int:
         from .plan import make_plan  # imports torch: after the cheap checks
 
         plan = make_plan(config)
+        if should_reexec(args.rank):
+            # Started by hand in its own terminal: check what can be checked, then rerun
+            # this same command under `mpiexec -n 1` so that MPI can connect the ranks.
+            check_world(singleton_world(), plan.world_size, plan.dataset.name, args.rank, args.role)
+            _require_run_id(config)
+            reexec_under_mpiexec(argv)
         world = mpi_world()
         check_world(world, plan.world_size, plan.dataset.name, args.rank, args.role)
+        if world.size == 1 and plan.world_size > 1:  # one process per terminal
+            _require_run_id(config)
+            world = join_world(plan, args.rank, config.common_args.run_id, _rendezvous_dir(config))
     except UserError as error:
         _print_user_error(error, announced_rank)
         return error.exit_code
     return _run(world, plan)
+
+
+def _require_run_id(config):
+    if config.common_args.run_id is None:
+        raise UserError("--run_id is required when each rank is started on its own",
+                        hint="give every rank the same --run_id, e.g. --run_id heart_disease")
+
+
+def _output_dir(config) -> Path:
+    return Path(config.common_args.output_dir or os.path.join("runs", config.common_args.run_id))
+
+
+def _rendezvous_dir(config) -> Path:
+    return Path(config.comm_args.rendezvous_dir or _output_dir(config) / "rendezvous")
 
 
 def _yaml_string(text: str) -> str:
@@ -96,7 +126,9 @@ def _yaml_string(text: str) -> str:
 def _run(world: World, plan) -> int:
     """Steps 3-4. Returns 0 on success; on failure aborts the MPI job (never returns)."""
     try:
-        return _run_role(world, plan)
+        code = _run_role(world, plan)
+        world.finish()
+        return code
     except UserError as error:
         _report_failure(f"flamby-mpi: error on rank {world.rank} ({world.role}, host {world.host}): {error}")
         world.abort(EXIT_USER_ERROR)
@@ -157,7 +189,7 @@ def _run_role(world: World, plan) -> int:
     config = plan.config
     run_id = _agree_run_id(world, config.common_args.run_id)
     config.common_args.run_id = run_id
-    output_dir = Path(config.common_args.output_dir or os.path.join("runs", run_id))
+    output_dir = _output_dir(config)
     setup_rank_logging(output_dir, world.rank, config.tracking_args.log_level)
     console = console_logger()
     threads = config.device_args.cpu_threads or max(1, (os.cpu_count() or 1) // world.size)

@@ -122,6 +122,11 @@ class CommArgs:
     backend: str = field(default="MPI", metadata=_meta(choices=("MPI",)))
     round_timeout_s: float = field(default=1800.0, metadata=_meta(
         minimum=1.0, help="a rank that hears nothing for this long ends the job"))
+    join_timeout_s: float = field(default=300.0, metadata=_meta(
+        minimum=1.0, help="ranks started one per terminal must all join within this time"))
+    rendezvous_dir: Optional[str] = field(default=None, metadata=_meta(
+        help="where a separately started server publishes how to reach it (any shared filesystem); "
+             "default: <output_dir>/rendezvous"))
 
 
 @dataclass

@@ -31,3 +31,7 @@ class ConfigError(UserError):
 
 class WorldSizeError(UserError):
     """The number of MPI processes does not match the dataset's centres."""
+
+
+class RankMismatchError(UserError):
+    """--rank given under mpirun disagrees with this process's MPI rank (only this rank knows)."""

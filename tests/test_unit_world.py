@@ -36,12 +36,24 @@ def test_single_process():
     assert "mpirun -np 5" in info.value.hint
 
 
-def test_single_process_with_rank_and_role_is_not_supported():
+def test_single_process_with_rank_and_role_is_one_process_per_terminal():
+    # Accepted: the ranks then meet through the rendezvous (launch/separate.py).
+    check_world(_world(0, 1), 5, "synthetic", 0, "server")
+    check_world(_world(0, 1), 5, "synthetic", 4, "client")
+
+
+def test_single_process_rank_out_of_range_for_the_dataset():
     with pytest.raises(UserError) as info:
-        check_world(_world(0, 1), 5, "synthetic", 0, "server")
-    assert not isinstance(info.value, WorldSizeError)
-    assert "one process per terminal" in str(info.value)
-    assert "mpirun -np 5" in info.value.hint
+        check_world(_world(0, 1), 5, "synthetic", 5, "client")
+    assert "--rank 5 is out of range" in str(info.value)
+    assert "1..4" in str(info.value) and "--rank 0..4" in info.value.hint
+
+
+def test_rank_disagreeing_with_mpi_is_a_rank_mismatch_error():
+    from flamby_mpi.errors import RankMismatchError
+
+    with pytest.raises(RankMismatchError):
+        check_world(_world(1, 5), 5, "synthetic", 2, "client")
 
 
 @pytest.mark.parametrize("rank, role", [(1, None), (None, "client")])

@@ -10,10 +10,10 @@ import os
 import socket
 import sys
 import time
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional
 
-from ..errors import UserError, WorldSizeError
+from ..errors import RankMismatchError, UserError, WorldSizeError
 
 SERVER, CLIENT = "server", "client"
 ABORT_GRACE_S = 0.5
@@ -41,6 +41,12 @@ class World:
     rank: int
     size: int
     host: str
+    # Run at the end of the job and before an abort (e.g. removing rendezvous files).
+    cleanups: List[Callable[[], None]] = field(default_factory=list)
+
+    def finish(self):
+        for cleanup in self.cleanups:
+            cleanup()
 
     @property
     def role(self) -> str:
@@ -52,12 +58,20 @@ class World:
 
     def abort(self, code: int):
         """Ends every rank of the job (mpiexec kills the others)."""
-        sys.stdout.flush()
-        sys.stderr.flush()
+        try:
+            self.finish()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
         # Give the launcher a moment to forward what this rank just printed:
         # Abort makes it kill every process, and unforwarded output is lost.
         time.sleep(ABORT_GRACE_S)
         self.comm.Abort(code)
+
+
+def singleton_world() -> World:
+    """The world of a process started by hand, before MPI is initialised: itself alone."""
+    return World(comm=None, rank=0, size=1, host=socket.gethostname())
 
 
 def mpi_world() -> World:
@@ -84,15 +98,17 @@ def check_world(world: World, expected_size: int, dataset_name: str,
             raise UserError(f"--rank {cli_rank} --role {cli_role}: rank 0 is the server and "
                             f"ranks 1..N are clients", hint=f"use --rank {cli_rank} {expected}")
         if world.size > 1 and cli_rank != world.rank:
-            raise UserError(f"--rank {cli_rank} disagrees with the MPI rank {world.rank} that "
+            raise RankMismatchError(f"--rank {cli_rank} disagrees with the MPI rank {world.rank} that "
                             "mpirun gave this process",
                             hint="under mpirun leave --rank/--role out (each process gets its rank from MPI)")
     if world.size == 1 and expected_size > 1:
-        if cli_rank is not None:
-            raise UserError("starting one process per terminal (--rank/--role without mpirun) "
-                            "is not available in this version",
-                            hint=f"start all ranks at once: mpirun -np {expected_size} python "
-                                 "launch_client.py --cf <config>")
+        if cli_rank is not None:  # one process per terminal: the ranks meet through the rendezvous
+            if cli_rank >= expected_size:
+                raise UserError(f"--rank {cli_rank} is out of range: {dataset_name} has "
+                                f"{expected_size - 1} centres, so ranks are 0 (server) and "
+                                f"1..{expected_size - 1} (clients)",
+                                hint=f"use --rank 0..{expected_size - 1}")
+            return
         raise WorldSizeError(
             f"only 1 MPI process is running, but {dataset_name} needs {expected_size} "
             f"(1 server + {expected_size - 1} clients)",

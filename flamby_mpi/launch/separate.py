@@ -1,0 +1,119 @@
+"""Starting one process per terminal: `python launch_client.py --cf C --run_id R --rank K --role ROLE`.
+
+With MPICH, two plain singletons cannot connect to each other, but processes
+started as `mpiexec -n 1 ...` can: so a process started without any MPI
+launcher re-executes itself once under `mpiexec -n 1` (the user still types
+only the command above). Then the ranks meet through the rendezvous
+(rendezvous.py) and the job continues exactly as under mpirun.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, List, Optional
+
+from ..errors import UserError
+from . import rendezvous
+from .world import World, rank_from_environment
+
+# Set in the environment of the re-executed process so that it never re-executes again.
+REEXEC_MARKER = "FLAMBY_MPI_REEXECUTED"
+# After the join deadline, a client waits this much longer for the server's own verdict.
+CLIENT_GRACE_S = 30.0
+
+
+def find_mpiexec() -> Optional[str]:
+    beside_python = Path(sys.executable).parent / "mpiexec"
+    if beside_python.exists():
+        return str(beside_python)
+    return shutil.which("mpiexec")
+
+
+def should_reexec(cli_rank: Optional[int]) -> bool:
+    """True for a process started by hand (no MPI launcher) that names its rank."""
+    return cli_rank is not None and rank_from_environment() is None and not os.environ.get(REEXEC_MARKER)
+
+
+def reexec_under_mpiexec(argv: List[str]):
+    """Replaces this process by `mpiexec -n 1 python <same program> <same arguments>`."""
+    mpiexec = find_mpiexec()
+    if mpiexec is None:
+        raise UserError("starting one process per terminal needs the MPI launcher (mpiexec), which "
+                        "was not found beside python nor on PATH",
+                        hint='install the project as the README says (pip install -e ".[test]" brings mpich)')
+    program = os.path.abspath(sys.argv[0])
+    target = [program] if program.endswith(".py") and os.path.isfile(program) else ["-m", "flamby_mpi"]
+    env = dict(os.environ, **{REEXEC_MARKER: "1"})
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(mpiexec, [mpiexec, "-n", "1", sys.executable, *target, *argv], env)
+
+
+def _announcer(rank: int) -> Callable[[str], None]:
+    def announce(message: str):
+        prefix = "[flamby-mpi]" if rank == 0 else f"[flamby-mpi rank {rank}]"
+        print(f"{prefix} {message}", flush=True)
+    return announce
+
+
+def join_world(plan, cli_rank: int, run_id: str, rendezvous_dir: Path) -> World:
+    """Meets the other separately started ranks; returns a World ordered by --rank."""
+    from mpi4py import MPI
+
+    config = plan.config
+    timeout = config.comm_args.join_timeout_s
+    files = rendezvous.RendezvousFiles(rendezvous_dir, run_id)
+    fingerprint = rendezvous.config_fingerprint(config.to_yaml())
+    announce = _announcer(cli_rank)
+    deadline = time.monotonic() + timeout
+    host = socket.gethostname()
+    size = plan.world_size
+
+    if cli_rank == 0:
+        port = MPI.Open_port()
+        publication = rendezvous.publish(files, port)
+        joining = rendezvous.ServerJoin(MPI, port, publication.secret, set(range(1, size)), fingerprint, announce)
+        announce(f"run {run_id}: waiting up to {timeout:g} s for {size - 1} clients "
+                 f"(rendezvous {files.info}); start each with: python launch_client.py --cf <config> "
+                 f"--run_id {run_id} --rank K --role client")
+
+        def give_up():
+            missing = ", ".join(map(str, joining.missing))
+            print(f"flamby-mpi: error: run {run_id}: rank(s) {missing} did not join within "
+                  f"comm_args.join_timeout_s = {timeout:g} s (rendezvous {files.info}); ending the job.\n"
+                  "HINT: start the missing clients with the same --cf, --run_id and rendezvous "
+                  "directory, or raise comm_args.join_timeout_s", file=sys.stderr, flush=True)
+            publication.close()
+            joining.current.Abort(1)  # also ends the clients that did join
+
+        timer = threading.Timer(timeout, give_up)
+        timer.daemon = True
+        timer.start()
+        comm = joining.run()
+        timer.cancel()
+
+        announce(f"all {size - 1} clients joined")
+        # The files stay (heartbeat on) while the run lives: a second server is refused meanwhile.
+        return World(comm=comm, rank=0, size=size, host=host, cleanups=[publication.close])
+
+    announce(f"run {run_id}: looking for the server in {files.info} (up to {timeout:g} s)")
+    info = rendezvous.wait_for_server(files, deadline)
+
+    def no_verdict():
+        print(f"flamby-mpi: error: rank {cli_rank}: run {run_id} did not start within "
+              f"comm_args.join_timeout_s = {timeout:g} s (+{CLIENT_GRACE_S:g} s); the server at "
+              f"{info.get('host')} (pid {info.get('pid')}) stopped answering", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    timer = threading.Timer(max(0.0, deadline - time.monotonic()) + CLIENT_GRACE_S, no_verdict)
+    timer.daemon = True
+    timer.start()
+    comm = rendezvous.client_join(MPI, info["port"], info["secret"], cli_rank, fingerprint)
+    timer.cancel()
+    announce(f"joined run {run_id} as rank {cli_rank} (server on {info.get('host')})")
+    return World(comm=comm, rank=cli_rank, size=size, host=host)
