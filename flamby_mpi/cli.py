@@ -26,6 +26,7 @@ from .config import describe_options, load_config  # noqa: E402
 from .errors import RankMismatchError, UserError  # noqa: E402
 from .launch import CLIENT, SERVER, World, check_world, mpi_world, rank_from_environment, singleton_world  # noqa: E402
 from .launch.separate import join_world, reexec_under_mpiexec, should_reexec  # noqa: E402
+from .launch.environment import warn_if_foreign_launcher  # noqa: E402
 
 EXIT_USER_ERROR = 2
 EXIT_FAILURE = 1
@@ -92,6 +93,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             check_world(singleton_world(), plan.world_size, plan.dataset.name, args.rank, args.role)
             _require_run_id(config)
             reexec_under_mpiexec(argv)
+        warn_if_foreign_launcher()  # before MPI_Init, which a foreign launcher breaks
         world = mpi_world()
         check_world(world, plan.world_size, plan.dataset.name, args.rank, args.role)
         if world.size == 1 and plan.world_size > 1:  # one process per terminal
@@ -163,20 +165,10 @@ def _agree_run_id(world: World, configured: Optional[str]) -> str:
 
 
 def _pick_device(plan, world: World):
-    import torch
-
+    from .devices import pick_device
     from .logs import console_logger
 
-    if not plan.config.device_args.using_gpu or world.is_server:
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        if world.rank == 1:
-            console_logger().warning("device_args.using_gpu is true but no GPU is visible: "
-                                     "clients run on CPU")
-        return torch.device("cpu")
-    local_rank = int(os.environ.get("MPI_LOCALRANKID", os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK",
-                                    os.environ.get("SLURM_LOCALID", world.rank))))
-    return torch.device(f"cuda:{local_rank % torch.cuda.device_count()}")
+    return pick_device(plan.config.device_args, world, console_logger().warning)
 
 
 def _run_role(world: World, plan) -> int:

@@ -32,8 +32,6 @@ FEDML_KEY_HINTS = {
     "wandb_key": "wandb is not supported by this launcher; remove this key",
     "wandb_project": "wandb is not supported by this launcher; remove this key",
     "wandb_name": "wandb is not supported by this launcher; remove this key",
-    "gpu_mapping_file": "GPU placement is round-robin by local rank; remove this key",
-    "gpu_mapping_key": "GPU placement is round-robin by local rank; remove this key",
     "is_mobile": "remove this key",
     "scenario": "only the horizontal cross-silo scenario exists here; remove this key",
 }
@@ -112,9 +110,18 @@ class ValidationArgs:
 @dataclass
 class DeviceArgs:
     worker_num: Optional[int] = field(default=None, metadata=_meta(minimum=1, help="number of clients"))
-    using_gpu: bool = False
+    using_gpu: bool = field(default=False, metadata=_meta(
+        help="clients train on GPUs: round-robin over the GPUs visible on their host by local rank, "
+             "or as gpu_mapping_file says; the server stays on CPU; CPU with one warning when no GPU "
+             "is visible"))
     cpu_threads: Optional[int] = field(default=None, metadata=_meta(
         minimum=1, help="torch threads per rank; default: cores / ranks"))
+    gpu_mapping_file: Optional[str] = field(default=None, metadata=_meta(
+        help="YAML file as FedML's gpu_mapping.yaml: <key>: {<host>: [processes on GPU 0, on GPU 1, "
+             "...]}, counting every process on the host (server included) in local-rank order; "
+             "host \"*\" matches any other host; default: round-robin"))
+    gpu_mapping_key: str = field(default="mapping_default", metadata=_meta(
+        help="which mapping of gpu_mapping_file to use"))
 
 
 @dataclass

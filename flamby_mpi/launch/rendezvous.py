@@ -15,6 +15,7 @@ trusted.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -26,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional, Set
+from typing import Callable, Dict, List, Optional, Set
 
 from ..errors import UserError
 
@@ -35,6 +36,8 @@ log = logging.getLogger("flamby_mpi.rendezvous")
 HEARTBEAT_S = 2.0
 STALE_AFTER_S = 10.0
 POLL_S = 0.2
+# A connect turn held longer than this belongs to a client that died while connecting.
+TURN_STALE_S = 30.0
 
 
 @dataclass
@@ -164,33 +167,53 @@ def wait_for_server(files: RendezvousFiles, deadline: float) -> Dict:
 # Joining: the server accepts clients one at a time; every process already joined takes part in
 # each Accept (it is collective over the growing communicator), then all merge with the newcomer.
 
-_ACCEPT, _DONE = "accept", "done"
+_ACCEPT, _DONE, _TIMEOUT = "accept", "done", "timeout"
 
 
 class ServerJoin:
-    """Rank 0's side of joining; `current` and `joined` are readable by a timeout thread."""
+    """Rank 0's side of joining; `joined` is readable by a timeout thread."""
 
-    def __init__(self, MPI, port: str, secret: str, expected_ranks: Set[int], fingerprint: str,
-                 announce: Callable[[str], None]):
-        self.MPI, self.port, self.secret = MPI, port, secret
+    def __init__(self, MPI, files: RendezvousFiles, port: str, secret: str, expected_ranks: Set[int],
+                 fingerprint: str, announce: Callable[[str], None]):
+        self.MPI, self.files, self.port, self.secret = MPI, files, port, secret
         self.expected, self.fingerprint, self.announce = set(expected_ranks), fingerprint, announce
-        self.current = MPI.COMM_SELF  # the communicator of everyone joined so far
         self.joined: Dict[int, str] = {}
 
     @property
     def missing(self):
         return sorted(self.expected - set(self.joined))
 
-    def run(self):
-        """Returns the intracommunicator of all ranks, ordered by rank."""
+    def _wait_for_a_connecting_client(self, deadline: float) -> bool:
+        # MPI_Comm_accept cannot time out, so only call it once a client holds the connect
+        # turn (it is about to connect): the deadline stays ours to enforce.
+        turn = turn_file(self.files)
+        while not turn.exists():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(POLL_S / 4)
+        return True
+
+    def run(self, deadline: float, timeout_message: Callable[[List[int]], str]):
+        """Returns the intracommunicator of all ranks, ordered by rank.
+
+        Raises UserError at the deadline, after telling the clients that did join.
+        """
         MPI = self.MPI
+        intra = MPI.COMM_SELF  # everyone joined so far
         while self.missing:
-            intra = self.current
-            intra.bcast(_ACCEPT, root=0)
+            if not self._wait_for_a_connecting_client(deadline):
+                message = timeout_message(self.missing)
+                intra.bcast((_TIMEOUT, message), root=0)
+                raise UserError(message, hint="start the missing clients with the same --cf, --run_id "
+                                              "and rendezvous directory, or raise comm_args.join_timeout_s")
+            intra.bcast((_ACCEPT, None), root=0)
             inter = intra.Accept(self.port, root=0)
             hello = inter.recv(source=0)
             reason = _refusal(hello, self.secret, self.expected, self.joined, self.fingerprint)
-            inter.send({"ok": reason is None, "reason": reason}, dest=0)
+            # The deadline goes with the answer: a joined client then waits for the server's
+            # verdict until then, whenever it started.
+            inter.send({"ok": reason is None, "reason": reason,
+                        "deadline": time.time() + max(0.0, deadline - time.monotonic())}, dest=0)
             intra.bcast(reason is None, root=0)
             if reason is not None:
                 self.announce(f"refused a process from {hello.get('host')} (pid {hello.get('pid')}): {reason}")
@@ -198,19 +221,17 @@ class ServerJoin:
                 continue
             merged = inter.Merge(high=False)
             inter.Free()
-            self.current = merged
             if intra is not MPI.COMM_SELF:
                 intra.Free()
+            intra = merged
             self.joined[int(hello["rank"])] = f"{hello.get('host')} pid {hello.get('pid')}"
             missing = self.missing
             self.announce(f"rank {hello['rank']} joined from {hello.get('host')}"
                           + (f"; waiting for rank(s) {', '.join(map(str, missing))}" if missing else ""))
-        intra = self.current
-        intra.bcast(_DONE, root=0)
+        intra.bcast((_DONE, None), root=0)
         ordered = intra.Split(0, 0)
         if intra is not MPI.COMM_SELF:
             intra.Free()
-        self.current = ordered
         return ordered
 
 
@@ -228,19 +249,32 @@ def _refusal(hello: Dict, secret: str, expected: Set[int], joined: Dict[int, str
     return None
 
 
-def client_join(MPI, port: str, secret: str, rank: int, fingerprint: str):
-    """Rank k >= 1: connects, presents itself, then follows the server's joining of the others."""
-    inter = MPI.COMM_SELF.Connect(port)
-    inter.send({"rank": rank, "secret": secret, "fingerprint": fingerprint,
-                "host": socket.gethostname(), "pid": os.getpid()}, dest=0)
-    reply = inter.recv(source=0)
-    if not reply.get("ok"):
-        inter.Disconnect()
-        raise UserError(f"the server refused rank {rank}: {reply.get('reason')}",
-                        hint="check --rank (each client rank once), --run_id and the config")
-    intra = inter.Merge(high=True)
-    inter.Free()
-    while intra.bcast(None, root=0) == _ACCEPT:
+def client_join(MPI, port: str, secret: str, rank: int, fingerprint: str, turn=None,
+                on_joined: Optional[Callable[[Dict], None]] = None):
+    """Rank k >= 1: connects, presents itself, then follows the server's joining of the others.
+
+    `turn` (a context manager) is held from Connect until this client is merged: MPICH can
+    crash when several processes connect to one port at the same time, so clients take turns.
+    """
+    with turn if turn is not None else contextlib.nullcontext():
+        inter = MPI.COMM_SELF.Connect(port)
+        inter.send({"rank": rank, "secret": secret, "fingerprint": fingerprint,
+                    "host": socket.gethostname(), "pid": os.getpid()}, dest=0)
+        reply = inter.recv(source=0)
+        if not reply.get("ok"):
+            inter.Disconnect()
+            raise UserError(f"the server refused rank {rank}: {reply.get('reason')}",
+                            hint="check --rank (each client rank once), --run_id and the config")
+        intra = inter.Merge(high=True)
+        inter.Free()
+    if on_joined is not None:
+        on_joined(reply)
+    while True:
+        command, message = intra.bcast(None, root=0)
+        if command == _DONE:
+            break
+        if command == _TIMEOUT:
+            raise UserError(f"rank {rank}: the server gave up: {message}")
         inter = intra.Accept(None, root=0)
         if intra.bcast(None, root=0):
             merged = inter.Merge(high=False)
@@ -252,3 +286,37 @@ def client_join(MPI, port: str, secret: str, rank: int, fingerprint: str):
     ordered = intra.Split(0, rank)
     intra.Free()
     return ordered
+
+
+def turn_file(files: RendezvousFiles) -> Path:
+    return files.directory / f"{files.run_id}.connecting"
+
+
+@contextlib.contextmanager
+def connect_turn(files: RendezvousFiles, deadline: float):
+    """One client at a time: an O_EXCL lock file (works on shared filesystems such as NFS)."""
+    lock = turn_file(files)
+    while True:
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            break
+        except FileExistsError:
+            try:
+                if time.time() - lock.stat().st_mtime > TURN_STALE_S:  # its holder died
+                    lock.unlink()
+                    continue
+            except FileNotFoundError:
+                continue
+            if time.monotonic() > deadline:
+                raise UserError(f"could not get a turn to connect ({lock} stayed in place)",
+                                hint="remove that file if no client of this run is starting")
+            time.sleep(POLL_S / 4)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    try:
+        yield
+    finally:
+        try:
+            lock.unlink()
+        except FileNotFoundError:
+            pass

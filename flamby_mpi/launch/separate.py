@@ -54,6 +54,13 @@ def reexec_under_mpiexec(argv: List[str]):
     os.execve(mpiexec, [mpiexec, "-n", "1", sys.executable, *target, *argv], env)
 
 
+def _start_timer(seconds: float, action: Callable[[], None]) -> threading.Timer:
+    timer = threading.Timer(seconds, action)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 def _announcer(rank: int) -> Callable[[str], None]:
     def announce(message: str):
         prefix = "[flamby-mpi]" if rank == 0 else f"[flamby-mpi rank {rank}]"
@@ -77,29 +84,34 @@ def join_world(plan, cli_rank: int, run_id: str, rendezvous_dir: Path) -> World:
     if cli_rank == 0:
         port = MPI.Open_port()
         publication = rendezvous.publish(files, port)
-        joining = rendezvous.ServerJoin(MPI, port, publication.secret, set(range(1, size)), fingerprint, announce)
+        joining = rendezvous.ServerJoin(MPI, files, port, publication.secret, set(range(1, size)),
+                                        fingerprint, announce)
         announce(f"run {run_id}: waiting up to {timeout:g} s for {size - 1} clients "
                  f"(rendezvous {files.info}); start each with: python launch_client.py --cf <config> "
                  f"--run_id {run_id} --rank K --role client")
 
-        def give_up():
-            missing = ", ".join(map(str, joining.missing))
-            print(f"flamby-mpi: error: run {run_id}: rank(s) {missing} did not join within "
-                  f"comm_args.join_timeout_s = {timeout:g} s (rendezvous {files.info}); ending the job.\n"
-                  "HINT: start the missing clients with the same --cf, --run_id and rendezvous "
-                  "directory, or raise comm_args.join_timeout_s", file=sys.stderr, flush=True)
+        def timeout_message(missing):
+            return (f"run {run_id}: rank(s) {', '.join(map(str, missing))} did not join within "
+                    f"comm_args.join_timeout_s = {timeout:g} s (rendezvous {files.info})")
+
+        def stuck():  # a client died between taking its turn and connecting: Accept never returns
+            print(f"flamby-mpi: error: {timeout_message(joining.missing)}; a client stopped while "
+                  "connecting", file=sys.stderr, flush=True)
             publication.close()
-            joining.current.Abort(1)  # also ends the clients that did join
+            os._exit(1)
 
-        timer = threading.Timer(timeout, give_up)
-        timer.daemon = True
-        timer.start()
-        comm = joining.run()
-        timer.cancel()
-
+        timer = _start_timer(timeout + CLIENT_GRACE_S, stuck)
+        try:
+            comm = joining.run(deadline, timeout_message)
+        except BaseException:
+            publication.close()
+            raise
+        finally:
+            timer.cancel()
         announce(f"all {size - 1} clients joined")
         # The files stay (heartbeat on) while the run lives: a second server is refused meanwhile.
-        return World(comm=comm, rank=0, size=size, host=host, cleanups=[publication.close])
+        return World(comm=comm, rank=0, size=size, host=host, cleanups=[publication.close],
+                     joined_separately=True)
 
     announce(f"run {run_id}: looking for the server in {files.info} (up to {timeout:g} s)")
     info = rendezvous.wait_for_server(files, deadline)
@@ -110,10 +122,15 @@ def join_world(plan, cli_rank: int, run_id: str, rendezvous_dir: Path) -> World:
               f"{info.get('host')} (pid {info.get('pid')}) stopped answering", file=sys.stderr, flush=True)
         os._exit(1)
 
-    timer = threading.Timer(max(0.0, deadline - time.monotonic()) + CLIENT_GRACE_S, no_verdict)
-    timer.daemon = True
-    timer.start()
-    comm = rendezvous.client_join(MPI, info["port"], info["secret"], cli_rank, fingerprint)
-    timer.cancel()
+    timers = [_start_timer(max(0.0, deadline - time.monotonic()) + CLIENT_GRACE_S, no_verdict)]
+
+    def joined(reply):  # from now on the server's deadline counts, not this process's own
+        timers[0].cancel()
+        timers[0] = _start_timer(max(0.0, reply["deadline"] - time.time()) + CLIENT_GRACE_S, no_verdict)
+
+    comm = rendezvous.client_join(MPI, info["port"], info["secret"], cli_rank, fingerprint,
+                                  turn=rendezvous.connect_turn(files, deadline + CLIENT_GRACE_S),
+                                  on_joined=joined)
+    timers[0].cancel()
     announce(f"joined run {run_id} as rank {cli_rank} (server on {info.get('host')})")
-    return World(comm=comm, rank=cli_rank, size=size, host=host)
+    return World(comm=comm, rank=cli_rank, size=size, host=host, joined_separately=True)

@@ -43,8 +43,15 @@ class World:
     host: str
     # Run at the end of the job and before an abort (e.g. removing rendezvous files).
     cleanups: List[Callable[[], None]] = field(default_factory=list)
+    # Whether the ranks were connected one by one (separate processes) rather than started together.
+    joined_separately: bool = False
 
-    def finish(self):
+    def finish(self, success: bool = True):
+        if success and self.joined_separately:
+            # Processes connected by MPI_Comm_connect/accept finalize collectively and can
+            # hang in MPI_Finalize; disconnecting first (collective, all ranks reach it at
+            # the end of a successful run) leaves each process free to exit on its own.
+            self.comm.Disconnect()
         for cleanup in self.cleanups:
             cleanup()
 
@@ -59,7 +66,7 @@ class World:
     def abort(self, code: int):
         """Ends every rank of the job (mpiexec kills the others)."""
         try:
-            self.finish()
+            self.finish(success=False)
         finally:
             sys.stdout.flush()
             sys.stderr.flush()

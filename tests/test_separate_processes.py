@@ -1,0 +1,215 @@
+"""One process per terminal: ranks started separately (no mpirun) meet through the rendezvous."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from support.mpi import DEFAULT_CONFIG, run_mpi
+from support.separate import SeparateRanks
+
+pytestmark = pytest.mark.mpi
+
+FAST = ["--set", "train_args.comm_round=3", "--set", "train_args.num_updates=10"]
+
+
+@pytest.fixture
+def ranks(workdir):
+    cwd, home, marker = workdir
+    started = []
+
+    def make(run_id=marker, common=FAST, env=None):
+        r = SeparateRanks(cwd, home, DEFAULT_CONFIG, run_id, common, env)
+        started.append(r)
+        return r
+
+    yield make
+    for r in started:
+        r.kill_all()
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_clients_first_server_last_matches_mpirun_bitwise(workdir, ranks):
+    cwd, home, marker = workdir
+    r = ranks()
+    for k in (3, 1, 4, 2):
+        r.start(k)
+        time.sleep(1.5)
+    r.start(0)
+    codes = r.wait(150)
+    assert codes == {f"rank{k}": 0 for k in (3, 1, 4, 2, 0)}, r.all_logs()
+    out = cwd / "runs" / marker
+    results = json.loads((out / "results.json").read_text())
+    assert results["rounds_completed"] == 3 and results["world_size"] == 5
+    assert "rank 4 joined" in r.log("rank0") and "all 4 clients joined" in r.log("rank0")
+    assert "joined run" in r.log("rank2")
+    # The rendezvous files are gone after a clean run.
+    assert list((out / "rendezvous").iterdir()) == []
+    assert r.leftovers() == []
+
+    # The same config and seed under mpirun gives the identical final model.
+    mpi_out = cwd / "mpirun-out"
+    job = run_mpi(5, ["--cf", str(DEFAULT_CONFIG), "--run_id", marker + "m",
+                      "--set", f"common_args.output_dir={mpi_out}", *FAST], cwd, home, 120)
+    assert job.returncode == 0, job.output
+    assert _sha(out / "global_model.pt") == _sha(mpi_out / "global_model.pt")
+
+
+def test_server_first_and_two_runs_share_a_rendezvous_directory(workdir, ranks):
+    cwd, home, marker = workdir
+    shared = ["--set", f"comm_args.rendezvous_dir={cwd / 'rdv'}"]
+    a = ranks(run_id=marker + "a", common=FAST + shared)
+    b = ranks(run_id=marker + "b", common=FAST + shared + ["--set", "common_args.random_seed=3"])
+    a.start(0)
+    b.start(0)
+    time.sleep(2)
+    for k in (1, 2, 3, 4):
+        a.start(k)
+        b.start(k)
+    assert a.wait(200) == {f"rank{k}": 0 for k in range(5)}, a.all_logs()
+    assert b.wait(60) == {f"rank{k}": 0 for k in range(5)}, b.all_logs()
+    ra = json.loads((cwd / "runs" / (marker + "a") / "results.json").read_text())
+    rb = json.loads((cwd / "runs" / (marker + "b") / "results.json").read_text())
+    assert (ra["seed"], rb["seed"]) == (0, 3)
+    assert ra["metrics"] != rb["metrics"]
+    assert list((cwd / "rdv").iterdir()) == []
+
+
+def test_missing_client_times_out_naming_it(workdir, ranks):
+    r = ranks(common=FAST + ["--set", "comm_args.join_timeout_s=8"])
+    r.start(0)
+    for k in (1, 2, 4):
+        r.start(k)
+    codes = r.wait(90)
+    assert codes["rank0"] != 0
+    assert "rank(s) 3 did not join within comm_args.join_timeout_s = 8 s" in r.log("rank0")
+    # The clients that did join end too, instead of waiting forever.
+    assert all(codes[f"rank{k}"] != 0 for k in (1, 2, 4)), codes
+    assert r.leftovers() == []
+
+
+def test_client_without_server_times_out_naming_run_and_place(workdir, ranks):
+    cwd, home, marker = workdir
+    r = ranks(common=FAST + ["--set", "comm_args.join_timeout_s=3"])
+    r.start(2)
+    codes = r.wait(60)
+    assert codes["rank2"] == 2
+    log = r.log("rank2")
+    assert f"no server for run_id '{marker}' appeared" in log
+    assert str(cwd / "runs" / marker / "rendezvous" / f"{marker}.json") in log or \
+        f"runs/{marker}/rendezvous/{marker}.json" in log
+
+
+def test_duplicate_rank_and_second_server_are_refused(workdir, ranks):
+    r = ranks(common=FAST + ["--set", "comm_args.join_timeout_s=40"])
+    r.start(0)
+    r.start(2)
+    time.sleep(1)
+    r.start(2, name="rank2-again")
+    r.start(0, name="server-again")
+    codes = r.wait(60, names=["rank2-again", "server-again"])
+    assert codes == {"rank2-again": 2, "server-again": 2}
+    assert "the server refused rank 2: rank 2 has already joined" in r.log("rank2-again")
+    assert "a server for run_id" in r.log("server-again") and "already running" in r.log("server-again")
+    for k in (1, 3, 4):
+        r.start(k)
+    codes = r.wait(150, names=["rank0", "rank1", "rank2", "rank3", "rank4"])
+    assert set(codes.values()) == {0}, r.all_logs()
+    assert "refused a process" in r.log("rank0")
+
+
+def test_process_without_the_secret_cannot_join(workdir, ranks):
+    cwd, home, marker = workdir
+    r = ranks(common=FAST + ["--set", "comm_args.join_timeout_s=40"])
+    r.start(0)
+    info_file = cwd / "runs" / marker / "rendezvous" / f"{marker}.json"
+    deadline = time.monotonic() + 40
+    while not info_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    port = json.loads(info_file.read_text())["port"]
+    intruder = (
+        "import sys\n"
+        "from mpi4py import MPI\n"
+        "from flamby_mpi.errors import UserError\n"
+        "from flamby_mpi.launch import rendezvous\n"
+        "import time\n"
+        "from pathlib import Path\n"
+        "files = rendezvous.RendezvousFiles(Path(sys.argv[2]), sys.argv[3])\n"
+        "turn = rendezvous.connect_turn(files, time.monotonic() + 30)\n"
+        "try:\n"
+        "    rendezvous.client_join(MPI, sys.argv[1], 'not-the-secret', 1, 'x', turn=turn)\n"
+        "except UserError as e:\n"
+        "    print('REFUSED', e)\n"
+        "    sys.exit(3)\n"
+    )
+    from support.mpi import mpiexec, run_job, test_env
+
+    # It may take a turn to connect (the rendezvous directory is shared), but not the secret.
+    job = run_job([mpiexec(), "-n", "1", sys.executable, "-c", intruder, port, str(info_file.parent), marker],
+                  cwd, test_env(home), 60)
+    assert job.returncode == 3, job.output
+    assert "did not present this run's secret" in job.stdout
+    assert oct(os.stat(cwd / "runs" / marker / "rendezvous" / f"{marker}.secret").st_mode & 0o777) == "0o600"
+    for k in (1, 2, 3, 4):
+        r.start(k)
+    assert set(r.wait(150).values()) == {0}, r.all_logs()
+
+
+def test_stale_rendezvous_file_is_replaced_not_trusted(workdir, ranks):
+    cwd, home, marker = workdir
+    rdv = cwd / "runs" / marker / "rendezvous"
+    rdv.mkdir(parents=True)
+    (rdv / f"{marker}.json").write_text(json.dumps(
+        {"run_id": marker, "port": "tag#0$description#nowhere$port#1$", "host": "elsewhere",
+         "pid": 1, "heartbeat": time.time() - 3600}))
+    (rdv / f"{marker}.secret").write_text("old")
+    r = ranks()
+    r.start(1)
+    time.sleep(2)  # the client sees only the stale file and keeps waiting
+    r.start(0)
+    for k in (2, 3, 4):
+        r.start(k)
+    assert set(r.wait(150).values()) == {0}, r.all_logs()
+    assert "replacing a stale rendezvous file" in r.log("rank0")
+
+
+def test_client_failing_after_joining_ends_every_process(workdir, ranks):
+    r = ranks(common=FAST + ["--set", "data_args.dataset=support.faulty_dataset"],
+              env={"FAULT_CENTER": "1", "FAULT_AFTER_ITEMS": str(10 * 16 + 5)})
+    for k in range(5):
+        r.start(k)
+    codes = r.wait(120)
+    assert all(code != 0 for code in codes.values()), codes
+    assert "rank 2 (client" in r.log("rank2") and "injected failure" in r.log("rank2")
+    assert r.leftovers() == []
+
+
+def test_rank_role_mistakes_are_explained(workdir, ranks):
+    r = ranks()
+    r.start(0, role="client", name="bad-role")
+    r.start(9, role="client", name="bad-rank")
+    codes = r.wait(60)
+    assert codes == {"bad-role": 2, "bad-rank": 2}
+    assert "rank 0 is the server" in r.log("bad-role")
+    assert "--rank 9 is out of range" in r.log("bad-rank")
+
+
+def test_start_local_script_runs_every_rank_in_the_background(workdir):
+    from support.mpi import REPO, run_job, test_env
+
+    cwd, home, marker = workdir
+    env = test_env(home, {"FLAMBY_MPI_NO_TMUX": "1", "FLAMBY_MPI_PYTHON": sys.executable})
+    job = run_job(["bash", str(REPO / "scripts" / "start_local.sh"), str(DEFAULT_CONFIG), marker, "--", *FAST],
+                  cwd, env, 180, marker=marker)
+    assert job.returncode == 0, job.output
+    assert "1 server + 4 clients" in job.stdout
+    assert json.loads((cwd / "runs" / marker / "results.json").read_text())["rounds_completed"] == 3
+    logs = sorted(p.name for p in (cwd / "runs" / marker / "terminals").iterdir())
+    assert logs == [f"rank{k}.log" for k in range(5)]
+    assert job.leftovers == []
