@@ -87,6 +87,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         from .plan import make_plan  # imports torch: after the cheap checks
 
         plan = make_plan(config)
+        if config.comm_args.backend == "inprocess":
+            if args.rank is not None or announced_rank not in (None, 0):
+                raise UserError("comm_args.backend=inprocess runs every rank in this one process",
+                                hint="start it once, without mpirun and without --rank/--role")
+            return _run_inprocess(plan)
         if should_reexec(args.rank):
             # Started by hand in its own terminal: check what can be checked, then rerun
             # this same command under `mpiexec -n 1` so that MPI can connect the ranks.
@@ -258,7 +263,6 @@ def _preflight(world: World, plan, device, console):
 
 def _serve(world, plan, server_run, fedml_args, output_dir: Path, watchdog, console) -> int:
     from . import fedml_bridge
-    from .results import format_table, write_results
     from .server import make_aggregator
 
     aggregator = make_aggregator(server_run, fedml_args)
@@ -269,16 +273,55 @@ def _serve(world, plan, server_run, fedml_args, output_dir: Path, watchdog, cons
                      plan.num_clients, server_run.first_round_at - PROCESS_START)
 
     fedml_bridge.run_server(fedml_args, world, aggregator, first_round, watchdog)
+    _write_and_report(plan, server_run, output_dir, world.size, console)
+    return 0
+
+
+def _write_and_report(plan, server_run, output_dir: Path, world_size: int, console):
+    from .results import format_table, write_results
+
     end = time.time()
     first = server_run.first_round_at or end
     timing = {"startup_s": first - PROCESS_START,
               "train_s": (server_run.last_round_at or end) - first,
               "total_s": end - PROCESS_START}
-    results = write_results(output_dir, plan, server_run, fedml_args.run_id, timing, world.size)
-    console.info("final metrics (%s, %d rounds):\n%s", plan.dataset.name, server_run.rounds_completed,
-                 format_table(results["metrics"]))
+    results = write_results(output_dir, plan, server_run, plan.config.common_args.run_id, timing, world_size,
+                            extra={"backend": plan.config.comm_args.backend})
+    console.info("final metrics (%s, %s, %d rounds):\n%s", plan.dataset.name, results["strategy"],
+                 server_run.rounds_completed, format_table(results["metrics"]))
     console.info("done in %.1f s (startup %.1f s, training %.1f s); results in %s",
                  timing["total_s"], timing["startup_s"], timing["train_s"], output_dir / "results.json")
+
+
+def _run_inprocess(plan) -> int:
+    """comm_args.backend=inprocess: server and clients in this process (see inprocess.py)."""
+    import torch
+
+    from .client import ClientRun
+    from .inprocess import run_rounds
+    from .logs import console_logger, setup_rank_logging
+    from .server import ServerRun
+
+    config = plan.config
+    if config.common_args.run_id is None:
+        config.common_args.run_id = datetime.now().strftime("%Y%m%d-%H%M%S")
+    output_dir = _output_dir(config)
+    setup_rank_logging(output_dir, 0, config.tracking_args.log_level)
+    console = console_logger()
+    # The thread count an MPI rank would use: same arithmetic, same results.
+    torch.set_num_threads(config.device_args.cpu_threads or max(1, (os.cpu_count() or 1) // plan.world_size))
+    console.info("run %s (in-process, %d clients): %s", config.common_args.run_id, plan.num_clients,
+                 ", ".join(f"{k}={v}" for k, v in plan.summary().items()))
+    (output_dir / "config.yaml").write_text(config.to_yaml())
+    try:
+        server_run = ServerRun(plan, console.info)
+        server_run.check_pooled_test_data()
+        clients = [ClientRun(plan, rank, torch.device("cpu")) for rank in range(1, plan.world_size)]
+    except UserError as error:
+        print(f"flamby-mpi: error: {error}", file=sys.stderr, flush=True)
+        return EXIT_USER_ERROR
+    run_rounds(server_run, clients)
+    _write_and_report(plan, server_run, output_dir, 1, console)
     return 0
 
 

@@ -8,6 +8,7 @@ the end it may carry test predictions and labels for FLamby's Pooled Test.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -15,21 +16,26 @@ from collections import OrderedDict
 import torch
 
 from .plan import RunPlan
+from .strategies import make_strategy
 from .training import LocalLearner, derived_seed, evaluate, make_loader
 
 log = logging.getLogger("flamby_mpi.client")
 
 
 class ClientRun:
-    """Everything a client rank owns: data, learner, test loader (built before FedML starts)."""
+    """Everything a client rank owns: data, learner, strategy half, test loader, RNG state."""
 
     def __init__(self, plan: RunPlan, rank: int, device: torch.device):
         self.plan = plan
         self.rank = rank
         self.center = rank - 1
         self.device = device
+        self.strategy = make_strategy(plan)
+        self._server_extras = None
         seed = derived_seed(plan.seed, rank)
-        # Dropout and other global-RNG users on this rank; data order has its own generator.
+        # This centre's own global-RNG stream (dropout, FedML-free code): seeded here, and
+        # swapped in around all of this client's work, so that clients sharing one process
+        # (the in-process backend) compute exactly what separate processes compute.
         torch.manual_seed(seed)
         dataset = plan.dataset
         train_set = dataset.center_dataset(self.center, train=True)
@@ -42,28 +48,49 @@ class ClientRun:
         self.test_loader = make_loader(test_set, plan.test_batch_size, shuffle=False, num_workers=workers)
         self.learner = LocalLearner(dataset.baseline(), plan.optimizer_class, plan.learning_rate,
                                     dataset.baseline_loss(), train_loader, device)
+        self._rng_state = torch.get_rng_state()
         log.info("rank %d: centre %d of %s, %d train / %d test samples, device %s",
                  rank, self.center, dataset.name, len(train_set), len(test_set), device)
 
+    @contextlib.contextmanager
+    def _own_rng(self):
+        outer = torch.get_rng_state()
+        torch.set_rng_state(self._rng_state)
+        try:
+            yield
+        finally:
+            self._rng_state = torch.get_rng_state()
+            torch.set_rng_state(outer)
+
+    def receive(self, message):
+        """The server's message: the global model, plus strategy extras (Scaffold's c)."""
+        self.learner.load_global_state(message["state_dict"])
+        self._server_extras = message.get("extras")
+
     def round_report(self, round_idx: int) -> dict:
         """Evaluates (when due) the global model just received, then trains unless this is the end."""
+        with self._own_rng():
+            return self._round_report(round_idx)
+
+    def _round_report(self, round_idx: int) -> dict:
         plan = self.plan
         final = round_idx == plan.rounds
         report = {"center": self.center, "round": round_idx, "device": str(self.device),
                   "train_samples": self.learner.num_train_samples}
         frequency = plan.config.validation_args.frequency_of_the_test
         if final or (round_idx > 0 and round_idx % frequency == 0):
-            result = evaluate(self.learner.model, self.test_loader, plan.dataset.metric, self.device)
+            model = self.strategy.model_for_evaluation(self.learner, final)
+            result = evaluate(model, self.test_loader, plan.dataset.metric, self.device)
             report["evaluation"] = {"round": round_idx, "metric": result.metric, "num_samples": result.num_samples}
             if final and plan.config.validation_args.pooled_test == "predictions":
                 report["predictions"] = {"y_true": result.y_true, "y_pred": result.y_pred}
-        if final:
-            return {"state_dict": None, "report": report}
+        if final or self.center not in self.strategy.participants(round_idx):
+            return {"state_dict": None, "extras": None, "report": report}
         tick = time.perf_counter()
-        report["train_loss"] = self.learner.train_steps(plan.num_updates)
+        report["train_loss"], extras = self.strategy.local_train(self.learner, round_idx, self._server_extras)
         report["train_s"] = time.perf_counter() - tick
-        state = OrderedDict((k, v.detach().cpu()) for k, v in self.learner.model.state_dict().items())
-        return {"state_dict": state, "report": report}
+        state = OrderedDict((k, v.detach().cpu().clone()) for k, v in self.learner.model.state_dict().items())
+        return {"state_dict": state, "extras": extras, "report": report}
 
 
 def make_trainer(client_run: ClientRun, fedml_args):
@@ -79,7 +106,7 @@ def make_trainer(client_run: ClientRun, fedml_args):
             return self._payload
 
         def set_model_params(self, model_parameters):
-            client_run.learner.load_global_state(model_parameters)
+            client_run.receive(model_parameters)
 
         def update_dataset(self, local_train_dataset, local_test_dataset, local_sample_number):
             pass  # the data of this centre was loaded once, in ClientRun

@@ -39,6 +39,9 @@ FEDML_KEY_HINTS = {
 OPTIMIZER_CHOICES = ("sgd", "adam", "adamw", "adagrad", "rmsprop")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 POOLED_TEST_MODES = ("predictions", "flamby", "off")
+# FLamby's strategy names (flamby_mpi/strategies has one module each).
+STRATEGY_NAMES = ("FedAvg", "FedProx", "FedAdam", "FedYogi", "FedAdagrad", "Scaffold", "Cyclic",
+                  "FedAvgFineTuning")
 
 
 def _meta(choices=None, minimum=None, help="", normalize=None):
@@ -83,9 +86,10 @@ class ModelArgs:
 
 @dataclass
 class TrainArgs:
-    federated_optimizer: str = field(default="FedAvg", metadata=_meta(choices=("FedAvg",)))
+    federated_optimizer: str = field(default="FedAvg", metadata=_meta(choices=STRATEGY_NAMES))
     client_num_in_total: Optional[int] = field(default=None, metadata=_meta(minimum=1))
-    client_num_per_round: Optional[int] = field(default=None, metadata=_meta(minimum=1))
+    client_num_per_round: Optional[int] = field(default=None, metadata=_meta(
+        minimum=1, help="centres sampled per round (seeded); default: all"))
     comm_round: Optional[int] = field(default=None, metadata=_meta(
         minimum=1, help="default: the dataset's get_nb_max_rounds(num_updates)"))
     num_updates: int = field(default=100, metadata=_meta(minimum=1, help="local optimizer steps per round"))
@@ -94,6 +98,17 @@ class TrainArgs:
     client_optimizer: Optional[str] = field(default=None, metadata=_meta(
         help=f"one of {', '.join(OPTIMIZER_CHOICES)} or a dotted class such as torch.optim.SGD; "
              "default: the dataset's Optimizer"))
+    # Strategy hyperparameters, with FLamby's names (flamby/config_<dataset>.json).
+    mu: Optional[float] = field(default=None, metadata=_meta(minimum=0.0, help="FedProx: proximal term weight"))
+    server_learning_rate: Optional[float] = field(default=None, metadata=_meta(
+        minimum=0.0, help="FedAdam/FedYogi/FedAdagrad (default 0.01), Scaffold (default 1.0)"))
+    beta1: Optional[float] = field(default=None, metadata=_meta(minimum=0.0, help="FedOpt family (default 0.9)"))
+    beta2: Optional[float] = field(default=None, metadata=_meta(minimum=0.0, help="FedOpt family (default 0.999)"))
+    tau: Optional[float] = field(default=None, metadata=_meta(minimum=0.0, help="FedOpt family (default 0.001)"))
+    deterministic_cycle: Optional[bool] = field(default=None, metadata=_meta(
+        help="Cyclic: centres in order 0..N-1 instead of a seeded random order per cycle (default false)"))
+    num_fine_tuning_steps: Optional[int] = field(default=None, metadata=_meta(
+        minimum=0, help="FedAvgFineTuning: local steps on the final model before evaluation"))
 
 
 @dataclass
@@ -126,7 +141,9 @@ class DeviceArgs:
 
 @dataclass
 class CommArgs:
-    backend: str = field(default="MPI", metadata=_meta(choices=("MPI",)))
+    backend: str = field(default="MPI", metadata=_meta(
+        choices=("MPI", "inprocess"),
+        help="inprocess: the same server and client code in one process, no MPI (debugging, reference)"))
     round_timeout_s: float = field(default=1800.0, metadata=_meta(
         minimum=1.0, help="a rank that hears nothing for this long ends the job"))
     join_timeout_s: float = field(default=300.0, metadata=_meta(

@@ -65,6 +65,30 @@ def resolve_optimizer(name: str) -> type:
                      f"{', '.join(OPTIMIZER_CHOICES)} or a dotted class such as torch.optim.SGD")
 
 
+def _strategy_problems(train, num_clients: int) -> List[str]:
+    from .strategies import HYPERPARAMETER_USERS, STRATEGIES
+
+    strategy = STRATEGIES[train.federated_optimizer]
+    problems = []
+    for key, users in HYPERPARAMETER_USERS.items():
+        value = getattr(train, key)
+        if key in strategy.hyperparameters:
+            if value is None and strategy.hyperparameters[key] is None:
+                problems.append(f"train_args.{key}: {strategy.name} needs it (FLamby's name); "
+                                f"strategies using it: {', '.join(users)}")
+        elif value is not None:
+            problems.append(f"train_args.{key}: not used by {strategy.name} (only by {', '.join(users)}); "
+                            "remove it or choose one of those strategies")
+    per_round = train.client_num_per_round
+    if per_round is not None:
+        if per_round > num_clients:
+            problems.append(f"train_args.client_num_per_round: at most {num_clients} (the centres), got {per_round}")
+        elif per_round < num_clients and not strategy.allows_client_sampling:
+            problems.append(f"train_args.client_num_per_round: {strategy.name} picks its own centre each "
+                            "round; leave client_num_per_round out")
+    return problems
+
+
 def make_plan(config: RunConfig) -> RunPlan:
     seed = config.common_args.random_seed
     dataset = resolve_dataset(config.data_args, seed)
@@ -73,11 +97,11 @@ def make_plan(config: RunConfig) -> RunPlan:
     n = dataset.num_clients
 
     for where, value in (("train_args.client_num_in_total", train.client_num_in_total),
-                         ("train_args.client_num_per_round", train.client_num_per_round),
                          ("device_args.worker_num", config.device_args.worker_num)):
         if value is not None and value != n:
             problems.append(f"{where}: {dataset.name} has {n} centres, so this must be {n} "
                             f"(or be left out), got {value}")
+    problems += _strategy_problems(train, n)
 
     optimizer_class = dataset.optimizer_class
     if train.client_optimizer is not None:

@@ -9,8 +9,9 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from .aggregation import fedavg, weighted_mean
+from .aggregation import weighted_mean
 from .plan import RunPlan
+from .strategies import make_strategy
 from .training import evaluate, make_loader
 
 log = logging.getLogger("flamby_mpi.server")
@@ -24,6 +25,7 @@ class ServerRun:
         self.console = console
         torch.manual_seed(plan.seed)  # the initial global model depends on the seed only
         self.model = plan.dataset.baseline()
+        self.strategy = make_strategy(plan)
         self.history: List[Dict] = []  # one row per evaluated round and test set
         self.final_metrics: Optional[Dict[str, float]] = None
         self.devices: Dict[int, str] = {}
@@ -41,27 +43,40 @@ class ServerRun:
     def global_state(self) -> "OrderedDict[str, torch.Tensor]":
         return OrderedDict((k, v.detach().clone()) for k, v in self.model.state_dict().items())
 
+    def global_message(self, round_idx: int) -> "OrderedDict":
+        """What every client receives for round round_idx: the model and strategy extras.
+
+        An OrderedDict, not a dict: FedML treats a plain dict as one model per client."""
+        return OrderedDict(state_dict=self.global_state(), extras=self.strategy.server_extras(round_idx))
+
     def start_first_round(self):
         self.first_round_at = self._round_started = time.time()
 
-    def aggregate(self, round_idx: int, payloads: List) -> "OrderedDict[str, torch.Tensor]":
-        """payloads: (train samples, {"state_dict", "report"}) per client, in rank order."""
+    def aggregate(self, round_idx: int, payloads: List) -> "OrderedDict":
+        """payloads: (train samples, client payload) per client, in rank order.
+
+        Returns the message for the next round."""
         reports = [p["report"] for _, p in payloads]
         for report in reports:
             self.devices[report["center"]] = report["device"]
         self._record_evaluations(round_idx, reports)
         if round_idx >= self.plan.rounds:  # the evaluation-only round after the last one
             self._finish(reports)
-            return self.global_state()
-        new_state = fedavg(self.model.state_dict(), [(n, p["state_dict"]) for n, p in payloads])
-        self.model.load_state_dict(new_state)
+            return self.global_message(round_idx + 1)
+        results = {p["report"]["center"]: (n, p["state_dict"], p.get("extras"))
+                   for n, p in payloads if p["state_dict"] is not None}
+        expected = self.strategy.participants(round_idx)
+        if sorted(results) != expected:
+            raise RuntimeError(f"round {round_idx}: updates from centres {sorted(results)}, expected {expected}")
+        self.model.load_state_dict(self.strategy.aggregate(round_idx, self.global_state(), results))
         self.rounds_completed = round_idx + 1
         now = time.time()
-        losses = [r.get("train_loss", float("nan")) for r in reports]
+        losses = [r["train_loss"] for r in reports if "train_loss" in r]
+        who = "" if len(expected) == self.plan.num_clients else f" (centres {', '.join(map(str, expected))})"
         self.console(f"round {self.rounds_completed}/{self.plan.rounds} done in "
-                     f"{now - (self._round_started or now):.2f} s, mean train loss {np.nanmean(losses):.4f}")
+                     f"{now - (self._round_started or now):.2f} s{who}, mean train loss {np.mean(losses):.4f}")
         self.last_round_at = self._round_started = now
-        return self.global_state()
+        return self.global_message(round_idx + 1)
 
     def _record_evaluations(self, round_idx: int, reports: List[Dict]):
         evaluated = [r for r in reports if "evaluation" in r]
@@ -122,11 +137,10 @@ def make_aggregator(server_run: ServerRun, fedml_args):
 
     class FlambyServerAggregator(ServerAggregator):
         def get_model_params(self):
-            # An OrderedDict, not a dict: FedML treats a plain dict as per-client models.
-            return server_run.global_state()
+            return server_run.global_message(int(fedml_args.round_idx))
 
         def set_model_params(self, model_parameters):
-            server_run.model.load_state_dict(model_parameters)
+            server_run.model.load_state_dict(model_parameters["state_dict"])
 
         def on_before_aggregation(self, raw_client_model_or_grad_list):
             return raw_client_model_or_grad_list, list(range(len(raw_client_model_or_grad_list)))

@@ -62,18 +62,29 @@ class LocalLearner:
         # (which holds references to them) keeps working and keeps its state.
         self.model.load_state_dict(state_dict)
 
-    def train_steps(self, num_updates: int) -> float:
-        """Runs num_updates optimizer steps; returns the mean training loss."""
+    def train_steps(self, num_updates: int, extra_loss=None, grad_hook=None) -> float:
+        """Runs num_updates optimizer steps; returns the mean training loss.
+
+        extra_loss(model) adds a term to the loss (FedProx); grad_hook(model) edits the
+        gradients before each step (Scaffold's correction).
+        """
         self.model.train()
         total = 0.0
         for _ in range(num_updates):
             x, y = self.batches.get_samples()
             x, y = x.to(self.device), y.to(self.device)
             loss = self.loss(self.model(x), y)
+            reported = loss.item()
+            if extra_loss is not None:
+                term = extra_loss(self.model)
+                if term is not None:
+                    loss = loss + term
             loss.backward()
+            if grad_hook is not None:
+                grad_hook(self.model)
             self.optimizer.step()
             self.optimizer.zero_grad()
-            total += loss.item()
+            total += reported
         return total / max(1, num_updates)
 
 

@@ -60,16 +60,40 @@ def test_matching_client_counts_pass():
 
 def test_client_count_mismatches_are_reported_together():
     with pytest.raises(ConfigError) as info:
-        _plan(train_args={"client_num_in_total": 3, "client_num_per_round": 2,
+        _plan(train_args={"client_num_in_total": 3, "client_num_per_round": 7,
                           "client_optimizer": "sgdd"},
               device_args={"worker_num": 5})
     problems = info.value.problems
     assert len(problems) == 4, problems
     assert problems[0] == ("train_args.client_num_in_total: synthetic has 4 centres, so this must be 4 "
                            "(or be left out), got 3")
-    assert problems[1].startswith("train_args.client_num_per_round:") and problems[1].endswith("got 2")
-    assert problems[2].startswith("device_args.worker_num:") and problems[2].endswith("got 5")
+    assert problems[1].startswith("device_args.worker_num:") and problems[1].endswith("got 5")
+    assert problems[2] == "train_args.client_num_per_round: at most 4 (the centres), got 7"
     assert "'sgdd' is not an optimizer" in problems[3]
+
+
+def test_client_sampling_is_allowed_below_the_number_of_centres():
+    assert _plan(train_args={"client_num_per_round": 2}).config.train_args.client_num_per_round == 2
+
+
+def test_strategy_hyperparameters_missing_or_foreign_are_reported():
+    with pytest.raises(ConfigError) as info:
+        _plan(train_args={"federated_optimizer": "FedProx", "tau": 0.1})
+    text = "\n".join(info.value.problems)
+    assert "train_args.mu: FedProx needs it" in text
+    assert "train_args.tau: not used by FedProx (only by FedAdam, FedYogi, FedAdagrad)" in text
+    with pytest.raises(ConfigError) as info:
+        _plan(train_args={"federated_optimizer": "Cyclic", "client_num_per_round": 2})
+    assert "Cyclic picks its own centre each round" in info.value.problems[0]
+
+
+def test_unknown_strategy_lists_the_valid_ones():
+    from flamby_mpi.config import build_config
+
+    with pytest.raises(ConfigError) as info:
+        build_config({"train_args": {"federated_optimizer": "FedNova"}})
+    assert "FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad, Scaffold, Cyclic, FedAvgFineTuning" in \
+        info.value.problems[0]
 
 
 @pytest.mark.parametrize("name, cls", [

@@ -1,0 +1,87 @@
+"""What a federated strategy is here: a server half and a client half, free of FedML and MPI.
+
+The same strategy object type runs in every process; the server uses the
+server half, each client the client half. Which centres train in a round is a
+pure function of (seed, round), so clients and server agree without talking.
+Every client answers every FedML round (FedML's cross-silo server waits for
+all of them); a centre that does not train this round answers with no update.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..aggregation import fedavg
+
+State = "OrderedDict[str, torch.Tensor]"
+# One client's result of a round: (train samples, local state, strategy extras).
+ClientResult = Tuple[int, State, Optional[Dict]]
+
+
+class Strategy:
+    name = "FedAvg"
+    # Strategy-specific train_args keys and their defaults (None: required).
+    hyperparameters: Dict[str, object] = {}
+    allows_client_sampling = True
+
+    def __init__(self, plan):
+        self.plan = plan
+        self.num_clients = plan.num_clients
+        self.per_round = plan.config.train_args.client_num_per_round or plan.num_clients
+        self.hp = {k: getattr(plan.config.train_args, k) for k in self.hyperparameters}
+        for key, default in self.hyperparameters.items():
+            if self.hp[key] is None:
+                self.hp[key] = default
+
+    # ---- both sides -----------------------------------------------------------------------
+    def participants(self, round_idx: int) -> List[int]:
+        """Centres that train in this round (sorted); seeded by (seed, round) when sampling."""
+        if self.per_round >= self.num_clients:
+            return list(range(self.num_clients))
+        rng = np.random.default_rng([self.plan.seed, round_idx, 0x5A])
+        return sorted(int(c) for c in rng.choice(self.num_clients, self.per_round, replace=False))
+
+    # ---- server half ----------------------------------------------------------------------
+    def server_extras(self, round_idx: int) -> Optional[Dict]:
+        """Sent to every client with the global model (e.g. Scaffold's control variate)."""
+        return None
+
+    def aggregate(self, round_idx: int, global_state: State, results: Dict[int, ClientResult]) -> State:
+        """results: centre -> (train samples, local state, extras) for this round's participants."""
+        return fedavg(global_state, [(n, state) for n, state, _ in _in_order(results)])
+
+    def server_state(self) -> Dict:
+        return {}
+
+    # ---- client half ----------------------------------------------------------------------
+    def local_train(self, learner, round_idx: int, server_extras: Optional[Dict]) -> Tuple[float, Optional[Dict]]:
+        """Trains in place for num_updates steps; returns (mean loss, extras for the server)."""
+        return learner.train_steps(self.plan.num_updates), None
+
+    def model_for_evaluation(self, learner, final: bool) -> torch.nn.Module:
+        """The model a client evaluates (FedAvgFineTuning fine-tunes a copy at the end)."""
+        return learner.model
+
+
+def _in_order(results: Dict[int, ClientResult]) -> Sequence[ClientResult]:
+    return [results[c] for c in sorted(results)]
+
+
+def floating_keys(state: State) -> List[str]:
+    return [k for k, v in state.items() if torch.is_floating_point(v)]
+
+
+def weighted_delta(global_state: State, results: Dict[int, ClientResult]) -> Dict[str, torch.Tensor]:
+    """Sample-weighted mean of (local - global) over participants, as FLamby computes it."""
+    ordered = _in_order(results)
+    total = float(sum(n for n, _, _ in ordered))
+    delta = {}
+    for key in floating_keys(global_state):
+        acc = torch.zeros_like(global_state[key])
+        for n, state, _ in ordered:
+            acc += (state[key] - global_state[key]) * n
+        delta[key] = acc / total
+    return delta

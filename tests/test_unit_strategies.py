@@ -1,0 +1,133 @@
+"""Each strategy's arithmetic against small hand-computed cases (no MPI)."""
+from collections import OrderedDict
+
+import pytest
+import torch
+
+from flamby_mpi.config import build_config
+from flamby_mpi.plan import make_plan
+from flamby_mpi.strategies import STRATEGIES, make_strategy
+
+
+def _strategy(name, **train):
+    config = build_config({"train_args": {"federated_optimizer": name, "num_updates": 2, "learning_rate": 0.5,
+                                          **train}})
+    return make_strategy(make_plan(config))
+
+
+def _state(w, b=0.0):
+    return OrderedDict([("linear.weight", torch.tensor([[float(w)]])), ("linear.bias", torch.tensor([float(b)]))])
+
+
+def test_fedavg_weights_updates_by_train_samples():
+    s = _strategy("FedAvg")
+    new = s.aggregate(0, _state(1.0), {0: (1, _state(3.0), None), 2: (3, _state(-1.0), None)})
+    # 1 + (1*2 + 3*(-2)) / 4 = 0
+    assert new["linear.weight"].item() == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("name, v_expected", [
+    ("FedAdam", (1 - 0.5) * 4.0),        # b2 v + (1-b2) d^2 with v=0, d=2
+    ("FedYogi", 0 - (1 - 0.5) * 4.0 * -1.0),  # v - (1-b2) d^2 sign(v - d^2)
+    ("FedAdagrad", 4.0),                # v + d^2
+])
+def test_fedopt_first_round_by_hand(name, v_expected):
+    s = _strategy(name, server_learning_rate=0.1, beta1=0.5, beta2=0.5, tau=0.25)
+    new = s.aggregate(0, _state(1.0), {0: (2, _state(3.0), None), 1: (2, _state(3.0), None)})
+    d = 2.0
+    m = 0.5 * d
+    expected = 1.0 + 0.1 * m / (v_expected ** 0.5 + 0.25)
+    assert new["linear.weight"].item() == pytest.approx(expected, rel=1e-6)
+    assert s.m["linear.weight"].item() == pytest.approx(m)
+    assert s.v["linear.weight"].item() == pytest.approx(v_expected)
+
+
+def test_fedadam_moments_persist_across_rounds():
+    s = _strategy("FedAdam", server_learning_rate=1.0, beta1=0.5, beta2=0.5, tau=0.0)
+    s.aggregate(0, _state(0.0), {0: (1, _state(2.0), None)})      # d=2: m=1, v=2
+    s.aggregate(1, _state(0.0), {0: (1, _state(0.0), None)})      # d=0: m=0.5, v=1
+    assert s.m["linear.weight"].item() == pytest.approx(0.5)
+    assert s.v["linear.weight"].item() == pytest.approx(1.0)
+
+
+def test_cyclic_passes_the_model_on_and_cycles_deterministically():
+    s = _strategy("Cyclic", deterministic_cycle=True)
+    assert [s.participants(r)[0] for r in range(6)] == [0, 1, 2, 3, 0, 1]
+    new = s.aggregate(0, _state(1.0), {0: (10, _state(7.0), None)})
+    assert new["linear.weight"].item() == 7.0
+    random_order = _strategy("Cyclic")
+    first_cycle = [random_order.participants(r)[0] for r in range(4)]
+    assert sorted(first_cycle) == [0, 1, 2, 3]
+    assert first_cycle == [_strategy("Cyclic").participants(r)[0] for r in range(4)]  # seeded
+
+
+def test_client_sampling_is_seeded_and_the_same_everywhere():
+    a, b = _strategy("FedAvg", client_num_per_round=2), _strategy("FedAvg", client_num_per_round=2)
+    rounds = [a.participants(r) for r in range(10)]
+    assert rounds == [b.participants(r) for r in range(10)]
+    assert all(len(p) == 2 and p == sorted(set(p)) for p in rounds)
+    assert len({tuple(p) for p in rounds}) > 1  # not the same pair every round
+    assert _strategy("FedAvg").participants(3) == [0, 1, 2, 3]
+
+
+class _OneParamLearner:
+    """A stand-in LocalLearner: w <- w - lr * (grad + correction), loss 0.5 * w^2 (grad = w)."""
+
+    def __init__(self, w):
+        self.model = torch.nn.Module()
+        self.model.w = torch.nn.Parameter(torch.tensor([float(w)]))
+
+    def train_steps(self, n, extra_loss=None, grad_hook=None):
+        for _ in range(n):
+            self.model.w.grad = self.model.w.detach().clone()
+            if grad_hook is not None:
+                grad_hook(self.model)
+            with torch.no_grad():
+                self.model.w -= 0.5 * self.model.w.grad
+        return 0.0
+
+
+def test_scaffold_control_variates_round_trip_by_hand():
+    client = _strategy("Scaffold")
+    learner = _OneParamLearner(4.0)
+    # Round 0, c = c_i = 0: two plain steps 4 -> 2 -> 1; c_i+ = (4 - 1) / (2 * 0.5) = 3.
+    _, extras = client.local_train(learner, 0, None)
+    assert learner.model.w.item() == pytest.approx(1.0)
+    assert extras["delta_c"]["w"].item() == pytest.approx(3.0)
+    assert client.c_i["w"].item() == pytest.approx(3.0)
+
+    server = _strategy("Scaffold", server_learning_rate=1.0)
+    g = OrderedDict(w=torch.tensor([4.0]))
+    new = server.aggregate(0, g, {0: (1, OrderedDict(w=torch.tensor([1.0])), extras)})
+    assert new["w"].item() == pytest.approx(1.0)
+    assert server.c["w"].item() == pytest.approx(3.0 / 4)  # sum of changes / N (4 centres)
+    sent = server.server_extras(1)["c"]
+    assert sent["w"].item() == pytest.approx(0.75)
+
+    # Round 1 from w=1 with c=0.75, c_i=3: correction c - c_i = -2.25 on each gradient.
+    learner.model.w.data = torch.tensor([1.0])
+    client.local_train(learner, 1, {"c": sent})
+    # step 1: w = 1 - 0.5 * (1 - 2.25) = 1.625; step 2: w = 1.625 - 0.5 * (1.625 - 2.25) = 1.9375
+    assert learner.model.w.item() == pytest.approx(1.9375)
+    # c_i+ = c_i - c + (x - y) / (K lr) = 3 - 0.75 + (1 - 1.9375) / 1 = 1.3125
+    assert client.c_i["w"].item() == pytest.approx(1.3125)
+
+
+def test_fedprox_adds_the_proximal_term_against_the_round_start():
+    s = _strategy("FedProx", mu=2.0)
+    seen = []
+
+    class Learner(_OneParamLearner):
+        def train_steps(self, n, extra_loss=None, grad_hook=None):
+            with torch.no_grad():
+                self.model.w += 3.0  # pretend training moved w by 3
+            seen.append(extra_loss(self.model).item())
+            return 0.0
+
+    s.local_train(Learner(1.0), 0, None)
+    assert seen == [pytest.approx(2.0 / 2 * 9.0)]  # mu/2 * (w - w0)^2
+
+
+def test_every_strategy_has_a_module_and_flamby_names():
+    assert list(STRATEGIES) == ["FedAvg", "FedProx", "FedAdam", "FedYogi", "FedAdagrad", "Scaffold", "Cyclic",
+                                "FedAvgFineTuning"]
