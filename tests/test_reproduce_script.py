@@ -1,0 +1,51 @@
+"""scripts/reproduce_flamby_benchmark.py: runs strategies x seeds and compares with published numbers."""
+import csv
+import json
+import sys
+
+import pytest
+
+from support.mpi import REPO, run_job
+from support.mpi import test_env as env_for
+
+SCRIPT = REPO / "scripts" / "reproduce_flamby_benchmark.py"
+COLUMNS = ["seed", "deterministic_cycle", "Metric", "tau", "Method", "learning_rate", "beta1", "beta2", "Test",
+           "server_learning_rate", "mu", "optimizer_class"]
+
+
+def _published(folder, seeds, pooled_by_seed):
+    folder.mkdir()
+    for seed in seeds:
+        with open(folder / f"synthetic_seed{seed}.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=COLUMNS)
+            w.writeheader()
+            for method, extra in (("FedAvg5", {}), ("FedProx5", {"mu": "0.1"})):
+                w.writerow({"seed": seed, "Metric": pooled_by_seed[seed], "Method": method, "Test": "Pooled Test",
+                            "learning_rate": "0.05", "optimizer_class": "<class 'torch.optim.sgd.SGD'>", **extra})
+
+
+def test_reproduction_table_plot_and_verdict(tmp_path):
+    seeds = [1, 2]
+    _published(tmp_path / "published", seeds, {1: "0.75", 2: "0.80"})
+    out = tmp_path / "out"
+    args = [sys.executable, str(SCRIPT), "--dataset", "synthetic", "--config", str(REPO / "config" / "fedml_config.yaml"),
+            "--results-dir", str(tmp_path / "published"), "--output-dir", str(out), "--seeds", "1,2",
+            "--strategies", "FedAvg,FedProx", "--num-updates", "5", "--backend", "inprocess", "--tolerance", "0.5"]
+    home = tmp_path / "home"
+    home.mkdir()
+    job = run_job(args, tmp_path, env_for(home), 300)
+    assert job.returncode == 0, job.output
+    rows = list(csv.DictReader(open(out / "comparison.csv")))
+    assert [r["strategy"] for r in rows] == ["FedAvg", "FedProx"]
+    assert float(rows[0]["flamby_mean"]) == pytest.approx(0.775)
+    ours = [json.loads((out / "runs" / "FedAvg" / f"seed{s}" / "results.json").read_text()) for s in seeds]
+    assert float(rows[0]["ours_mean"]) == pytest.approx(sum(r["metrics"]["pooled"] for r in ours) / 2)
+    # The published hyperparameters were applied (FedProx's mu, SGD at 0.05).
+    prox = json.loads((out / "runs" / "FedProx" / "seed1" / "results.json").read_text())
+    assert prox["strategy"] == "FedProx" and prox["learning_rate"] == 0.05
+    assert "| FedAvg |" in (out / "comparison.md").read_text()
+    assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+
+    # Same outputs reused, but a strict tolerance makes the verdict fail with exit code 1.
+    strict = run_job(args[:-1] + ["0.0000001"], tmp_path, env_for(home), 120)
+    assert strict.returncode == 1, strict.output
