@@ -87,30 +87,28 @@ class _OneParamLearner:
         return 0.0
 
 
-def test_scaffold_control_variates_round_trip_by_hand():
-    client = _strategy("Scaffold")
+def test_scaffold_corrections_by_hand():
+    # FLamby's Scaffold: c_i += (x - y_prev) / (g l K); gradients corrected by -c_i; y = g y + (1 - g) x.
+    client = _strategy("Scaffold", server_learning_rate=0.5)  # l = 0.5, K = 2: g l K = 0.5
     learner = _OneParamLearner(4.0)
-    # Round 0, c = c_i = 0: two plain steps 4 -> 2 -> 1; c_i+ = (4 - 1) / (2 * 0.5) = 3.
-    _, extras = client.local_train(learner, 0, None)
-    assert learner.model.w.item() == pytest.approx(1.0)
-    assert extras["delta_c"]["w"].item() == pytest.approx(3.0)
-    assert client.c_i["w"].item() == pytest.approx(3.0)
+    # Round 0: x = y_prev = 4, c_i = 0: two plain steps 4 -> 2 -> 1; sent y' = 0.5*1 + 0.5*4 = 2.5.
+    client.local_train(learner, 0, None)
+    assert learner.model.w.item() == pytest.approx(2.5)
+    assert client.c_i["w"].item() == 0.0 and client.previous["w"].item() == pytest.approx(2.5)
 
-    server = _strategy("Scaffold", server_learning_rate=1.0)
-    g = OrderedDict(w=torch.tensor([4.0]))
-    new = server.aggregate(0, g, {0: (1, OrderedDict(w=torch.tensor([1.0])), extras)})
-    assert new["w"].item() == pytest.approx(1.0)
-    assert server.c["w"].item() == pytest.approx(3.0 / 4)  # sum of changes / N (4 centres)
-    sent = server.server_extras(1)["c"]
-    assert sent["w"].item() == pytest.approx(0.75)
+    # The server averaged to x = 3 (another client went elsewhere): c_i = 0 + (3 - 2.5) / 0.5 = 1.
+    learner.model.w.data = torch.tensor([3.0])
+    client.local_train(learner, 1, None)
+    assert client.c_i["w"].item() == pytest.approx(1.0)
+    # steps with grad w - 1: 3 -> 3 - 0.5*2 = 2 -> 2 - 0.5*1 = 1.5; sent 0.5*1.5 + 0.5*3 = 2.25
+    assert learner.model.w.item() == pytest.approx(2.25)
+    assert client.previous["w"].item() == pytest.approx(2.25)
 
-    # Round 1 from w=1 with c=0.75, c_i=3: correction c - c_i = -2.25 on each gradient.
-    learner.model.w.data = torch.tensor([1.0])
-    client.local_train(learner, 1, {"c": sent})
-    # step 1: w = 1 - 0.5 * (1 - 2.25) = 1.625; step 2: w = 1.625 - 0.5 * (1.625 - 2.25) = 1.9375
-    assert learner.model.w.item() == pytest.approx(1.9375)
-    # c_i+ = c_i - c + (x - y) / (K lr) = 3 - 0.75 + (1 - 1.9375) / 1 = 1.3125
-    assert client.c_i["w"].item() == pytest.approx(1.3125)
+
+def test_scaffold_server_is_a_weighted_average_of_what_clients_send():
+    server = _strategy("Scaffold")
+    new = server.aggregate(0, _state(1.0), {0: (1, _state(3.0), None), 1: (3, _state(-1.0), None)})
+    assert new["linear.weight"].item() == pytest.approx(0.0)
 
 
 def test_fedprox_adds_the_proximal_term_against_the_round_start():
