@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Submit flamby-mpi to SLURM or PBS with as many ranks as the config's dataset needs (centres + 1).
+
+    python scripts/submit.py CONFIG [--set section.key=value ...] [other launch_client.py flags]
+    python scripts/submit.py --scheduler pbs --dry-run config/fed_ixi.yaml
+
+Everything after CONFIG goes to launch_client.py. Options for sbatch/qsub go
+before CONFIG, one per --option, written with "=" (repeatable):
+    python scripts/submit.py --option=--time=04:00:00 --option=--partition=gpu CONFIG
+The number of centres comes from the dataset (FLamby's NUM_CLIENTS); for
+FLamby's datasets it is known without importing FLamby, so this runs on a login
+node that has only this project installed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+SCRIPTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(SCRIPTS.parent))
+
+from flamby_mpi.config import load_config, parse_override  # noqa: E402
+from flamby_mpi.errors import UserError  # noqa: E402
+
+# FLamby's NUM_CLIENTS per dataset (flamby/datasets/fed_*/common.py).
+FLAMBY_CENTRES = {
+    "fed_heart_disease": 4, "fed_tcga_brca": 6, "fed_ixi": 3, "fed_isic2019": 6,
+    "fed_camelyon16": 2, "fed_kits19": 6, "fed_lidc_idri": 5,
+}
+
+
+def _launch_overrides(launch_args: List[str]) -> List[str]:
+    """The --set values among launch_client.py's flags (both `--set x` and `--set=x`)."""
+    found = []
+    for i, arg in enumerate(launch_args):
+        if arg == "--set" and i + 1 < len(launch_args):
+            found.append(launch_args[i + 1])
+        elif arg.startswith("--set="):
+            found.append(arg[len("--set="):])
+    return found
+
+
+def world_size(config_path: str, launch_args: List[str]) -> int:
+    """Centres + 1 for this config and these --set overrides."""
+    overrides = _launch_overrides(launch_args)
+    for text in overrides:
+        parse_override(text)  # a malformed --set is reported here, not after queueing
+    config = load_config(config_path, overrides)
+    from flamby_mpi.datasets.flamby_datasets import canonical_flamby_name
+
+    flamby_name = canonical_flamby_name(config.data_args.dataset)
+    if flamby_name is not None:
+        return FLAMBY_CENTRES[flamby_name] + 1
+    from flamby_mpi.plan import make_plan  # synthetic or a dotted module: ask the dataset itself
+
+    return make_plan(config).world_size
+
+
+def slurm_command(ranks: int, config: str, launch_args: List[str], options: List[str]) -> List[str]:
+    return (["sbatch", f"--ntasks={ranks}"] + options
+            + [str(SCRIPTS / "slurm_job.sh"), config] + launch_args)
+
+
+def pbs_command(ranks: int, config: str, launch_args: List[str], options: List[str],
+                torque: bool = False) -> List[str]:
+    for arg in [config] + launch_args:
+        if any(c.isspace() for c in arg) or "," in arg:
+            raise UserError(f"{arg!r}: arguments travel to the PBS job in one variable, split on "
+                            "spaces, so they cannot contain spaces or commas",
+                            hint="put such values in the config file instead")
+    job_args = " ".join([config] + launch_args)
+    resources = f"nodes=1:ppn={ranks}" if torque else f"select=1:ncpus={ranks}:mpiprocs={ranks}"
+    passing = ["-F", job_args] if torque else ["-v", f"FLAMBY_MPI_ARGS={job_args}"]
+    return ["qsub", "-l", resources] + passing + options + [str(SCRIPTS / "pbs_job.sh")]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="submit.py", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  python scripts/submit.py config/fed_heart_disease.yaml --set data_args.data_path=/data/heart\n"
+               "  python scripts/submit.py --option=--time=02:00:00 --option=--gpus-per-task=1 config/fed_ixi.yaml\n"
+               "  python scripts/submit.py --scheduler pbs --dry-run config/fedml_config.yaml")
+    parser.add_argument("--scheduler", choices=("slurm", "pbs", "torque"), default="slurm",
+                        help="slurm (sbatch, default), pbs (PBS Pro qsub) or torque (Torque qsub)")
+    parser.add_argument("--option", action="append", default=[], metavar="OPTION",
+                        help="one option for sbatch/qsub, written --option=--time=04:00:00 "
+                             "(or --option='-l walltime=4:00:00'); repeatable")
+    parser.add_argument("--dry-run", action="store_true", help="print the command, submit nothing")
+    parser.add_argument("config", help="YAML config, as for launch_client.py --cf")
+    parser.add_argument("launch_args", nargs=argparse.REMAINDER,
+                        help="launch_client.py flags (--set ..., --run_id ...)")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        ranks = world_size(args.config, args.launch_args)
+        if args.scheduler == "slurm":
+            command = slurm_command(ranks, args.config, args.launch_args, args.option)
+        else:
+            command = pbs_command(ranks, args.config, args.launch_args, args.option,
+                                  torque=args.scheduler == "torque")
+    except UserError as error:
+        print(f"submit.py: error: {error}", file=sys.stderr)
+        return 2
+    print(f"# {ranks} ranks (1 server + {ranks - 1} clients)", file=sys.stderr)
+    print(shlex.join(command), flush=True)
+    if args.dry_run:
+        return 0
+    try:
+        return subprocess.run(command, env=dict(os.environ)).returncode
+    except FileNotFoundError:
+        print(f"submit.py: error: {command[0]} not found: run this on a {args.scheduler} login node, "
+              "or use --dry-run", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

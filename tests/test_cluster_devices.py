@@ -1,0 +1,145 @@
+"""Unit tests of GPU placement (flamby_mpi.devices) with a fake GPU count: no GPU, no MPI."""
+import json
+import logging
+
+import pytest
+import torch
+
+from flamby_mpi import devices
+from flamby_mpi.config import build_config
+from flamby_mpi.devices import gpu_from_mapping, place, read_gpu_mapping, warns_about_missing_gpu
+from flamby_mpi.errors import UserError
+from flamby_mpi.launch import World
+
+
+def _place(local_rank, gpus, is_server=False, using_gpu=True, host="node1", mapping=None):
+    return place(is_server=is_server, using_gpu=using_gpu, gpu_count=gpus, local_rank=local_rank,
+                 host=host, mapping=mapping)
+
+
+def test_round_robin_by_local_rank():
+    # One host, 5 ranks, 2 GPUs: the server (local 0) stays on CPU, clients alternate.
+    assert [_place(k, 2, is_server=(k == 0)) for k in range(5)] == \
+        ["cpu", "cuda:1", "cuda:0", "cuda:1", "cuda:0"]
+    assert [_place(k, 4) for k in range(6)] == ["cuda:0", "cuda:1", "cuda:2", "cuda:3", "cuda:0", "cuda:1"]
+    # A scheduler binding one GPU per task leaves each process one visible GPU: index 0.
+    assert {_place(k, 1) for k in range(5)} == {"cuda:0"}
+
+
+def test_cpu_without_gpus_or_without_using_gpu():
+    assert _place(1, 0) == "cpu"
+    assert _place(1, 4, using_gpu=False) == "cpu"
+    assert _place(0, 4, is_server=True) == "cpu"
+
+
+@pytest.fixture
+def mapping_file(tmp_path):
+    path = tmp_path / "gpu_mapping.yaml"
+    path.write_text("mapping_default:\n  node1: [3, 2]\n  node2: [0, 2, 2]\n"
+                    "mapping_small:\n  '*': [1, 1]\n")
+    return path
+
+
+def test_mapping_file_places_processes_per_gpu(mapping_file):
+    mapping = read_gpu_mapping(str(mapping_file), "mapping_default")
+    assert mapping == {"node1": [3, 2], "node2": [0, 2, 2]}
+    # node1 runs the server (local 0, on CPU) and 4 clients: 3 processes on GPU 0, 2 on GPU 1.
+    assert [_place(k, 2, is_server=(k == 0), mapping=mapping) for k in range(5)] == \
+        ["cpu", "cuda:0", "cuda:0", "cuda:1", "cuda:1"]
+    assert [_place(k, 3, host="node2.cluster.org", mapping=mapping) for k in range(4)] == \
+        ["cuda:1", "cuda:1", "cuda:2", "cuda:2"]
+    any_host = read_gpu_mapping(str(mapping_file), "mapping_small")
+    assert [_place(k, 2, host="elsewhere", mapping=any_host) for k in range(2)] == ["cuda:0", "cuda:1"]
+
+
+def test_mapping_problems_are_user_errors(mapping_file, tmp_path):
+    mapping = read_gpu_mapping(str(mapping_file), "mapping_default")
+    with pytest.raises(UserError, match="no entry for host 'node9'"):
+        gpu_from_mapping(mapping, "node9", 0)
+    with pytest.raises(UserError, match=r"gives host 'node1' 5 process\(es\).*runs at least 6"):
+        gpu_from_mapping(mapping, "node1", 5)
+    with pytest.raises(UserError, match="sees 2 GPU"):
+        _place(2, 2, host="node2", mapping=mapping)  # the mapping names GPU 2 of node2
+    with pytest.raises(UserError, match="no mapping 'mapping_other'.*mapping_default, mapping_small"):
+        read_gpu_mapping(str(mapping_file), "mapping_other")
+    with pytest.raises(UserError, match="no such file"):
+        read_gpu_mapping(str(tmp_path / "missing.yaml"), "mapping_default")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("mapping_default:\n  node1: [1, -1]\n  node2: 3\n")
+    with pytest.raises(UserError) as info:
+        read_gpu_mapping(str(bad), "mapping_default")
+    assert "mapping_default.node1" in str(info.value) and "mapping_default.node2" in str(info.value)
+
+
+def test_one_warning_per_host():
+    # One host of 5 ranks: only rank 1 warns.
+    assert [warns_about_missing_gpu(r, r) for r in range(5)] == [False, True, False, False, False]
+    # Two hosts (ranks 0-1 on the first, 2-4 on the second): rank 1 and rank 2.
+    locals_ = [0, 1, 0, 1, 2]
+    assert [warns_about_missing_gpu(r, locals_[r]) for r in range(5)] == [False, True, True, False, False]
+
+
+def _device_args(**values):
+    return build_config({"device_args": values}).device_args
+
+
+def test_pick_device_falls_back_to_cpu_with_one_warning(monkeypatch, caplog):
+    monkeypatch.setattr(devices, "visible_gpu_count", lambda: 0)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    warnings = []
+    args = _device_args(using_gpu=True)
+    with caplog.at_level(logging.INFO, logger="flamby_mpi.devices"):
+        picked = [devices.pick_device(args, World(None, r, 5, "vm"), warnings.append) for r in range(5)]
+    assert picked == [torch.device("cpu")] * 5
+    assert len(warnings) == 1
+    assert "no GPU is visible on host vm (CUDA_VISIBLE_DEVICES='')" in warnings[0]
+
+
+def test_pick_device_uses_the_fake_gpus(monkeypatch):
+    monkeypatch.setattr(devices, "visible_gpu_count", lambda: 2)
+    for name in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_STEP_ID", "PBS_JOBID"):
+        monkeypatch.delenv(name, raising=False)
+    args = _device_args(using_gpu=True)
+    picked = [str(devices.pick_device(args, World(None, r, 5, "vm"), pytest.fail)) for r in range(5)]
+    assert picked == ["cpu", "cuda:1", "cuda:0", "cuda:1", "cuda:0"]
+    # Local ranks from the launcher (ranks 3 and 4 on a second host): 0 and 1 there.
+    monkeypatch.setenv("PMI_SIZE", "5")
+    for rank, local in ((3, 0), (4, 1)):
+        monkeypatch.setenv("PMI_RANK", str(rank))
+        monkeypatch.setenv("MPI_LOCALRANKID", str(local))
+        assert str(devices.pick_device(args, World(None, rank, 5, "node2"), pytest.fail)) == f"cuda:{local}"
+    assert str(devices.pick_device(_device_args(), World(None, 1, 5, "vm"), pytest.fail)) == "cpu"
+
+
+def test_pick_device_with_mapping_file(monkeypatch, mapping_file):
+    monkeypatch.setattr(devices, "visible_gpu_count", lambda: 2)
+    for name in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_STEP_ID", "PBS_JOBID"):
+        monkeypatch.delenv(name, raising=False)
+    args = _device_args(using_gpu=True, gpu_mapping_file=str(mapping_file))
+    picked = [str(devices.pick_device(args, World(None, r, 5, "node1"), pytest.fail)) for r in range(5)]
+    assert picked == ["cpu", "cuda:0", "cuda:0", "cuda:1", "cuda:1"]
+
+
+def test_gpu_mapping_keys_are_config_keys():
+    args = _device_args(gpu_mapping_file="m.yaml", gpu_mapping_key="mapping_x")
+    assert (args.gpu_mapping_file, args.gpu_mapping_key) == ("m.yaml", "mapping_x")
+    assert _device_args().gpu_mapping_key == "mapping_default"
+
+
+@pytest.mark.mpi
+def test_using_gpu_without_a_visible_gpu_runs_on_cpu_with_one_warning(workdir):
+    """The acceptance check, for real: 5 ranks, using_gpu true, no GPU visible (even on a GPU host)."""
+    from support.mpi import DEFAULT_CONFIG, run_mpi
+
+    cwd, home, marker = workdir
+    out = cwd / "out"
+    job = run_mpi(5, ["--cf", str(DEFAULT_CONFIG), "--run_id", marker,
+                      "--set", f"common_args.output_dir={out}", "--set", "device_args.using_gpu=true",
+                      "--set", "train_args.comm_round=2", "--set", "train_args.num_updates=5"],
+                  cwd, home, deadline_s=240, env_extra={"CUDA_VISIBLE_DEVICES": ""}, marker=marker)
+    assert job.returncode == 0, job.output
+    assert job.output.count("no GPU is visible") == 1, job.output
+    assert "[flamby-mpi rank 1] WARNING: device_args.using_gpu is true but no GPU is visible" in job.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["devices"] == {f"client_{k}": "cpu" for k in range(4)}
+    assert job.leftovers == []

@@ -1,0 +1,159 @@
+"""The job scripts and the submit helper without a scheduler.
+
+PBS cannot run here: its script is checked for syntax and header, its
+directives as scripts/submit.py computes them from the config, and it is run
+for real under a PBS-like environment (PBS_JOBID, PBS_NODEFILE, PBS_O_WORKDIR),
+where MPICH's mpiexec reads the node file as it would under PBS. The SLURM
+script runs on a real SLURM in test_cluster_slurm.py.
+"""
+import json
+import re
+import shlex
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from support.mpi import DEFAULT_CONFIG, REPO, run_job
+from support.mpi import test_env as job_env  # aliased: pytest would collect test_env
+
+SLURM_SCRIPT = REPO / "scripts" / "slurm_job.sh"
+PBS_SCRIPT = REPO / "scripts" / "pbs_job.sh"
+SUBMIT = REPO / "scripts" / "submit.py"
+
+
+def _directives(script, prefix):
+    return [line[len(prefix):].strip() for line in script.read_text().splitlines()
+            if line.startswith(prefix + " ")]
+
+
+@pytest.mark.parametrize("script", [SLURM_SCRIPT, PBS_SCRIPT])
+def test_scripts_are_valid_bash(script):
+    done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    text = script.read_text()
+    assert text.startswith("#!/bin/bash\n")
+    # Where site-specific lines go, and how the project's python is found.
+    for needle in ("Site-specific lines go here", "module load", "FLAMBY_MPI_PYTHON", "VIRTUAL_ENV"):
+        assert needle in text, needle
+
+
+def test_slurm_header():
+    directives = _directives(SLURM_SCRIPT, "#SBATCH")
+    assert "--ntasks=5" in directives  # = 4 centres + 1 for config/fedml_config.yaml
+    for option in ("--cpus-per-task=", "--mem-per-cpu=", "--time=", "--output=", "--job-name="):
+        assert any(d.startswith(option) for d in directives), option
+    text = SLURM_SCRIPT.read_text()
+    for commented in ("##SBATCH --partition=", "##SBATCH --account=", "##SBATCH --gpus-per-task="):
+        assert commented in text
+    # Both ways of starting ranks are documented, with what each MPI needs.
+    assert "--mpi=pmi2" in text and "--mpi=pmix" in text
+
+
+def test_pbs_header():
+    directives = _directives(PBS_SCRIPT, "#PBS")
+    assert "-l select=1:ncpus=5:mpiprocs=5:mem=10gb" in directives
+    assert any(d.startswith("-l walltime=") for d in directives)
+    assert "-N flamby-mpi" in directives and "-j oe" in directives
+    text = PBS_SCRIPT.read_text()
+    assert "##PBS -l nodes=1:ppn=5" in text  # Torque's spelling
+    assert "##PBS -q <queue>" in text and "##PBS -A <account>" in text
+    assert "NOT TESTED ON A REAL PBS" in text
+
+
+def _load_submit():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("submit", SUBMIT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+submit = _load_submit()
+
+
+def _submit(capsys, *args):
+    """scripts/submit.py --dry-run in this process: (exit code, printed command, stderr)."""
+    code = submit.main(["--dry-run", *args])
+    captured = capsys.readouterr()
+    return code, shlex.split(captured.out.strip()), captured.err
+
+
+@pytest.mark.parametrize("config, extra, ranks", [
+    ("config/fedml_config.yaml", [], 5),
+    ("config/fed_ixi.yaml", [], 4),  # FLamby's centres are known without FLamby installed
+    ("config/fed_tcga_brca.yaml", [], 7),
+    ("config/fedml_config.yaml", ["--set", "data_args.synthetic_num_centers=6"], 7),
+])
+def test_submit_computes_ranks_from_the_config(config, extra, ranks, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    code, command, err = _submit(capsys, "--scheduler", "pbs", config, *extra)
+    assert code == 0, err
+    assert f"# {ranks} ranks (1 server + {ranks - 1} clients)" in err
+    assert command[:3] == ["qsub", "-l", f"select=1:ncpus={ranks}:mpiprocs={ranks}"]
+    assert command[3:5] == ["-v", "FLAMBY_MPI_ARGS=" + " ".join([config, *extra])]
+    assert command[-1] == str(PBS_SCRIPT)
+
+    code, torque, _ = _submit(capsys, "--scheduler", "torque", config, *extra)
+    assert torque[:5] == ["qsub", "-l", f"nodes=1:ppn={ranks}", "-F", " ".join([config, *extra])]
+
+    code, slurm, _ = _submit(capsys, "--option=--time=00:10:00", config, *extra)
+    assert slurm == ["sbatch", f"--ntasks={ranks}", "--time=00:10:00", str(SLURM_SCRIPT), config, *extra]
+
+
+def test_submit_reports_config_errors(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    code, _, err = _submit(capsys, "config/fedml_config.yaml", "--set", "train_args.epochs=3")
+    assert code == 2 and "train_args.epochs" in err
+    code, _, err = _submit(capsys, "--scheduler", "pbs", "config/fed_ixi.yaml",
+                           "--set", "data_args.data_path=/my data")
+    assert code == 2 and "cannot contain spaces" in err
+
+
+def test_submit_command_line_runs_without_installing_anything(tmp_path):
+    done = subprocess.run([sys.executable, str(SUBMIT), "--dry-run", "--scheduler", "pbs",
+                           "config/fed_heart_disease.yaml"], capture_output=True, text=True,
+                          cwd=REPO, timeout=120, env=job_env(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("qsub -l select=1:ncpus=5:mpiprocs=5 ")
+
+
+@pytest.mark.parametrize("script, env", [
+    (SLURM_SCRIPT, {"SLURM_JOB_ID": "1", "SLURM_NTASKS": "5"}),
+    (PBS_SCRIPT, {"PBS_JOBID": "1.pbs"}),
+])
+def test_scripts_without_config_print_usage(script, env, tmp_path):
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, cwd=tmp_path,
+                          env=job_env(tmp_path, env), timeout=60)
+    assert done.returncode == 2 and "usage:" in done.stderr
+
+
+def test_slurm_script_outside_slurm_says_so(tmp_path):
+    env = job_env(tmp_path)
+    env.pop("SLURM_JOB_ID", None)
+    done = subprocess.run(["bash", str(SLURM_SCRIPT), str(DEFAULT_CONFIG)], capture_output=True,
+                          text=True, cwd=tmp_path, env=env, timeout=60)
+    assert done.returncode != 0 and "submit with sbatch" in done.stderr
+
+
+@pytest.mark.mpi
+def test_pbs_script_runs_under_a_pbs_like_environment(workdir):
+    """No PBS here: the variables a PBS job gets, and MPICH's mpiexec reading the node file."""
+    cwd, home, marker = workdir
+    nodefile = cwd / "nodefile"
+    nodefile.write_text(f"{socket.gethostname()}\n" * 5)  # PBS Pro: one line per mpiproc
+    env = job_env(home, {
+        "PBS_JOBID": f"{marker}.pbsserver", "PBS_NODEFILE": str(nodefile), "PBS_O_WORKDIR": str(cwd),
+        "PBS_ENVIRONMENT": "PBS_BATCH", "FLAMBY_MPI_PYTHON": sys.executable,
+        "FLAMBY_MPI_ARGS": f"{DEFAULT_CONFIG} --set train_args.comm_round=2 --set train_args.num_updates=5",
+    })
+    job = run_job(["bash", str(PBS_SCRIPT)], REPO, env, deadline_s=240, marker=marker)
+    assert job.returncode == 0, job.output
+    out = cwd / "runs" / f"pbs-{marker}"  # in PBS_O_WORKDIR, named after the job
+    results = json.loads((out / "results.json").read_text())
+    assert results["run_id"] == f"pbs-{marker}" and results["world_size"] == 5
+    assert results["rounds_completed"] == 2
+    assert re.search(r"PBS job \S+, 5 ranks", job.stdout)
+    assert job.leftovers == []

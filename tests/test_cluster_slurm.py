@@ -1,0 +1,149 @@
+"""A real one-node SLURM cluster: `sbatch scripts/slurm_job.sh config/fedml_config.yaml` as a user runs it.
+
+The cluster (munged, slurmctld, slurmd) is started by the fixture and ended
+after the module, whatever happens (tests/support/slurm.py). Each way the script
+starts ranks inside the allocation runs once: mpiexec and srun, with MPICH
+(the project's default) and with Open MPI (tests/support/openmpi.py).
+"""
+import glob
+import json
+import os
+import sys
+
+import pytest
+
+from support.facility import missing
+from support.mpi import DEFAULT_CONFIG, REPO, processes_matching, wait_until_gone
+from support.mpi import test_env as job_env  # aliased: pytest would collect test_env
+from support.openmpi import openmpi_env, openmpi_prefix
+from support.slurm import SlurmCluster, check_available
+
+pytestmark = pytest.mark.mpi
+
+SCRIPT = REPO / "scripts" / "slurm_job.sh"
+SMALL = ["--set", "train_args.comm_round=2", "--set", "train_args.num_updates=5"]
+DEADLINE_S = 240
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    check_available()
+    cluster = SlurmCluster().start()
+    yield cluster
+    cluster.stop()
+
+
+def _python_env(home, marker, extra=None):
+    """The job finds the project's python as a user's would: the active virtual environment."""
+    env = job_env(home, extra)
+    if sys.prefix != sys.base_prefix:
+        env["VIRTUAL_ENV"] = sys.prefix
+        env.pop("FLAMBY_MPI_PYTHON", None)
+    else:
+        env["FLAMBY_MPI_PYTHON"] = sys.executable
+    # The marker reaches every rank's command line (its output directory), for the leftover check.
+    env["FLAMBY_MPI_OUTPUT_ROOT"] = f"runs-{marker}"
+    return env
+
+
+def _submit_and_wait(cluster, workdir, sbatch_args, env_extra=None):
+    cwd, home, marker = workdir
+    env = _python_env(home, marker, env_extra)
+    job_id = cluster.submit(sbatch_args, cwd, env)
+    fields = cluster.wait(job_id, DEADLINE_S)
+    console = cwd / f"flamby-mpi-{job_id}.out"
+    output = console.read_text() if console.exists() else "(no console file)"
+    return job_id, fields, output, cwd / f"runs-{marker}" / f"slurm-{job_id}"
+
+
+def _check_complete_run(job_id, fields, output, out_dir, marker):
+    assert (fields["JobState"], fields["ExitCode"]) == ("COMPLETED", "0:0"), f"{fields}\n{output}"
+    results = json.loads((out_dir / "results.json").read_text())
+    assert results["run_id"] == f"slurm-{job_id}"
+    assert results["world_size"] == 5 and results["num_clients"] == 4
+    assert results["rounds_completed"] == 2 and results["num_updates"] == 5
+    assert set(results["metrics"]) == {"client_test_0", "client_test_1", "client_test_2",
+                                       "client_test_3", "average", "pooled"}
+    assert all(0.0 <= v <= 1.0 for v in results["metrics"].values())
+    assert results["devices"] == {f"client_{k}": "cpu" for k in range(4)}
+    assert (out_dir / "global_model.pt").exists() and (out_dir / "results.csv").exists()
+    assert sorted(p.name for p in (out_dir / "logs").iterdir()) == [f"rank{k}.log" for k in range(5)]
+    assert "final metrics" in output and "round 2/2 done" in output
+    assert wait_until_gone(marker) == []
+
+
+def test_sbatch_with_mpiexec_inside_the_allocation(cluster, workdir):
+    cwd, home, marker = workdir
+    job_id, fields, output, out_dir = _submit_and_wait(
+        cluster, workdir, [str(SCRIPT), str(DEFAULT_CONFIG), *SMALL])
+    _check_complete_run(job_id, fields, output, out_dir, marker)
+    assert "/mpiexec -n 5" in output  # the default launcher: MPICH's Hydra, proxies started by srun
+    # The allocation's CPUs per task became torch's threads per rank.
+    assert "cpu_threads: 1" in (out_dir / "config.yaml").read_text()
+
+
+def test_sbatch_with_srun_pmi2(cluster, workdir):
+    cwd, home, marker = workdir
+    job_id, fields, output, out_dir = _submit_and_wait(
+        cluster, workdir, [str(SCRIPT), str(DEFAULT_CONFIG), *SMALL],
+        env_extra={"FLAMBY_MPI_LAUNCHER": "srun"})
+    _check_complete_run(job_id, fields, output, out_dir, marker)
+    assert "srun --mpi=pmi2 --ntasks=5" in output  # chosen from the MPI that mpi4py loads (MPICH)
+
+
+def test_too_few_tasks_fails_the_job_with_advice(cluster, workdir):
+    cwd, home, marker = workdir
+    job_id, fields, output, out_dir = _submit_and_wait(
+        cluster, workdir, ["--ntasks=3", str(SCRIPT), str(DEFAULT_CONFIG), *SMALL])
+    assert fields["JobState"] == "FAILED" and fields["ExitCode"] == "2:0", f"{fields}\n{output}"
+    assert "3 MPI processes were started" in output and "mpirun -np 5" in output
+    assert not (out_dir / "results.json").exists()
+    assert processes_matching(marker) == []
+
+
+def test_srun_without_mpi_plugin_gets_the_rank_0_warning(cluster, workdir):
+    """The classic mistake: srun with no MPI plugin makes every process a rank 0 singleton."""
+    cwd, home, marker = workdir
+    script = cwd / "plain_srun.sh"
+    script.write_text("#!/bin/bash\n#SBATCH --ntasks=5\n#SBATCH --output=plain-%j.out\n"
+                      f"srun --mpi=none {sys.executable} {REPO / 'launch_client.py'} "
+                      f"--cf {DEFAULT_CONFIG} --set common_args.output_dir={cwd / marker}\n")
+    env = _python_env(home, marker)
+    job_id = cluster.submit([str(script)], cwd, env)
+    fields = cluster.wait(job_id, 120)
+    output = (cwd / f"plain-{job_id}.out").read_text()
+    assert fields["JobState"] == "FAILED", f"{fields}\n{output}"
+    assert output.count("srun started 5 tasks without an MPI plugin") == 1  # said once, by task 0
+    assert "every process would be rank 0" in output and "--mpi=pmi2" in output
+    assert output.count("only 1 MPI process is running") == 1
+
+
+def test_sbatch_with_open_mpi_mpirun_inside_the_allocation(cluster, workdir):
+    prefix = openmpi_prefix()
+    cwd, home, marker = workdir
+    extra = openmpi_env({}, prefix)
+    extra.update({
+        "FLAMBY_MPI_MPIEXEC": str(prefix / "bin" / "mpirun"),
+        # The test node claims more CPUs than this machine has: binding ranks to cores would fail.
+        "FLAMBY_MPI_MPIEXEC_ARGS": "--bind-to none",
+    })
+    extra["PATH"] = f"{prefix / 'bin'}:{os.environ.get('PATH', '')}"
+    job_id, fields, output, out_dir = _submit_and_wait(
+        cluster, workdir, [str(SCRIPT), str(DEFAULT_CONFIG), *SMALL], env_extra=extra)
+    _check_complete_run(job_id, fields, output, out_dir, marker)
+    assert "/mpirun --bind-to none -n 5" in output
+
+
+def test_sbatch_with_open_mpi_srun_pmix(cluster, workdir):
+    prefix = openmpi_prefix()
+    if not glob.glob("/usr/lib/*/libpmix.so") + glob.glob("/usr/lib*/libpmix.so"):
+        missing("SLURM's pmix plugin (srun --mpi=pmix) loads libpmix.so: apt-get install libpmix2 "
+                "libpmix-dev (.ci/run does)")
+    cwd, home, marker = workdir
+    extra = openmpi_env({}, prefix)
+    extra.update({"FLAMBY_MPI_LAUNCHER": "srun"})
+    extra["PATH"] = f"{prefix / 'bin'}:{os.environ.get('PATH', '')}"
+    job_id, fields, output, out_dir = _submit_and_wait(
+        cluster, workdir, [str(SCRIPT), str(DEFAULT_CONFIG), *SMALL], env_extra=extra)
+    _check_complete_run(job_id, fields, output, out_dir, marker)
+    assert "srun --mpi=pmix --ntasks=5" in output  # chosen from the MPI that mpi4py loads
