@@ -14,13 +14,9 @@ results and to abort the job on errors).
 from __future__ import annotations
 
 import json
-import logging
 import warnings
 from types import SimpleNamespace
 from typing import Callable
-
-log = logging.getLogger("flamby_mpi.fedml")
-
 
 def import_fedml():
     """Imports FedML quietly (its import emits dependency warnings that are not ours to fix)."""
@@ -146,9 +142,4 @@ def run_client(args, world, trainer, center: int, train_samples: int, watchdog) 
     manager.run()
 
 
-def silence_fedml_logging(level: int):
-    """FedML logs through the root logger; keep its records at `level` and above."""
-    logging.getLogger().setLevel(level)
-
-
-__all__ = ["import_fedml", "fedml_args", "run_server", "run_client", "silence_fedml_logging"]
+__all__ = ["import_fedml", "fedml_args", "run_server", "run_client"]

@@ -1,7 +1,6 @@
 """The server rank (0): FedML's ServerAggregator doing FLamby's FedAvg and collecting reports."""
 from __future__ import annotations
 
-import logging
 import time
 from collections import OrderedDict
 from typing import Dict, List, Optional
@@ -13,9 +12,6 @@ from .aggregation import weighted_mean
 from .plan import RunPlan
 from .strategies import make_strategy
 from .training import evaluate, make_loader
-
-log = logging.getLogger("flamby_mpi.server")
-
 
 class ServerRun:
     """The global model, the per-round history and the final metrics."""

@@ -53,9 +53,6 @@ class Strategy:
         """results: centre -> (train samples, local state, extras) for this round's participants."""
         return fedavg(global_state, [(n, state) for n, state, _ in _in_order(results)])
 
-    def server_state(self) -> Dict:
-        return {}
-
     # ---- client half ----------------------------------------------------------------------
     def local_train(self, learner, round_idx: int, server_extras: Optional[Dict]) -> Tuple[float, Optional[Dict]]:
         """Trains in place for num_updates steps; returns (mean loss, extras for the server)."""

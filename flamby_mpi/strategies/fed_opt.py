@@ -34,9 +34,6 @@ class _FedOpt(Strategy):
             new_state[key] = global_state[key] + lr * self.m[key] / (torch.sqrt(self.v[key]) + tau)
         return new_state
 
-    def server_state(self):
-        return {"m": self.m, "v": self.v}
-
 
 class FedAdam(_FedOpt):
     name = "FedAdam"
