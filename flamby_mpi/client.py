@@ -17,7 +17,7 @@ import torch
 
 from .plan import RunPlan
 from .strategies import make_strategy
-from .training import LocalLearner, derived_seed, evaluate, make_loader
+from .training import LocalLearner, PrivacySettings, derived_seed, evaluate, make_loader
 
 log = logging.getLogger("flamby_mpi.client")
 
@@ -46,8 +46,13 @@ class ClientRun:
         train_loader = make_loader(train_set, plan.batch_size, shuffle=True, num_workers=workers,
                                    generator=torch.Generator().manual_seed(seed))
         self.test_loader = make_loader(test_set, plan.test_batch_size, shuffle=False, num_workers=workers)
+        train = plan.config.train_args
+        privacy = None
+        if train.dp_target_epsilon is not None:
+            privacy = PrivacySettings(train.dp_target_epsilon, train.dp_target_delta, train.dp_max_grad_norm,
+                                      epochs=plan.rounds, seed=seed)
         self.learner = LocalLearner(dataset.baseline(), plan.optimizer_class, plan.learning_rate,
-                                    dataset.baseline_loss(), train_loader, device)
+                                    dataset.baseline_loss(), train_loader, device, privacy)
         self._rng_state = torch.get_rng_state()
         log.info("rank %d: centre %d of %s, %d train / %d test samples, device %s",
                  rank, self.center, dataset.name, len(train_set), len(test_set), device)
@@ -89,7 +94,7 @@ class ClientRun:
         tick = time.perf_counter()
         report["train_loss"], extras = self.strategy.local_train(self.learner, round_idx, self._server_extras)
         report["train_s"] = time.perf_counter() - tick
-        state = OrderedDict((k, v.detach().cpu().clone()) for k, v in self.learner.model.state_dict().items())
+        state = OrderedDict((k, v.detach().cpu().clone()) for k, v in self.learner.state_dict().items())
         return {"state_dict": state, "extras": extras, "report": report}
 
 
@@ -99,7 +104,7 @@ def make_trainer(client_run: ClientRun, fedml_args):
 
     class FlambyClientTrainer(ClientTrainer):
         def __init__(self):
-            super().__init__(client_run.learner.model, fedml_args)
+            super().__init__(client_run.learner.net, fedml_args)
             self._payload = None
 
         def get_model_params(self):

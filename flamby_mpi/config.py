@@ -109,6 +109,13 @@ class TrainArgs:
         help="Cyclic: centres in order 0..N-1 instead of a seeded random order per cycle (default false)"))
     num_fine_tuning_steps: Optional[int] = field(default=None, metadata=_meta(
         minimum=0, help="FedAvgFineTuning: local steps on the final model before evaluation"))
+    # Differential privacy as FLamby offers it (opacus, an optional install): all three or none.
+    dp_target_epsilon: Optional[float] = field(default=None, metadata=_meta(
+        minimum=0.0, help="differential privacy (needs opacus): target epsilon"))
+    dp_target_delta: Optional[float] = field(default=None, metadata=_meta(
+        minimum=0.0, help="differential privacy: target delta"))
+    dp_max_grad_norm: Optional[float] = field(default=None, metadata=_meta(
+        minimum=0.0, help="differential privacy: per-sample gradient clipping norm"))
 
 
 @dataclass

@@ -79,6 +79,17 @@ def _strategy_problems(train, num_clients: int) -> List[str]:
         elif value is not None:
             problems.append(f"train_args.{key}: not used by {strategy.name} (only by {', '.join(users)}); "
                             "remove it or choose one of those strategies")
+    dp = [train.dp_target_epsilon, train.dp_target_delta, train.dp_max_grad_norm]
+    if any(v is not None for v in dp):
+        if any(v is None for v in dp):
+            problems.append("train_args.dp_target_epsilon, dp_target_delta and dp_max_grad_norm go together "
+                            "(differential privacy needs all three)")
+        else:
+            try:
+                import opacus  # noqa: F401
+            except ImportError:
+                problems.append("train_args.dp_*: differential privacy needs opacus, which is not installed: "
+                                "pip install opacus")
     per_round = train.client_num_per_round
     if per_round is not None:
         if per_round > num_clients:

@@ -46,21 +46,30 @@ class LocalLearner:
 
     def __init__(self, model: torch.nn.Module, optimizer_class: type, learning_rate: float,
                  loss: torch.nn.Module, train_loader: torch.utils.data.DataLoader,
-                 device: torch.device):
+                 device: torch.device, privacy: Optional["PrivacySettings"] = None):
         self.device = device
-        self.model = model.to(device)
+        # `net` is the model whose state travels; `model` is what trains (the same
+        # module, or opacus's wrapper around it when differential privacy is on).
+        self.net = self.model = model.to(device)
         self.loss = loss.to(device)
         self.optimizer = optimizer_class(self.model.parameters(), lr=learning_rate)
+        self._num_train_samples = len(train_loader.dataset)
+        if privacy is not None:
+            self.model, self.optimizer, train_loader = privacy.make_private(
+                self.model, self.optimizer, train_loader, device)
         self.batches = DataLoaderWithMemory(train_loader)
 
     @property
     def num_train_samples(self) -> int:
-        return len(self.batches)
+        return self._num_train_samples
+
+    def state_dict(self):
+        return self.net.state_dict()
 
     def load_global_state(self, state_dict):
         # load_state_dict copies into the existing tensors, so the optimizer
         # (which holds references to them) keeps working and keeps its state.
-        self.model.load_state_dict(state_dict)
+        self.net.load_state_dict(state_dict)
 
     def train_steps(self, num_updates: int, extra_loss=None, grad_hook=None) -> float:
         """Runs num_updates optimizer steps; returns the mean training loss.
@@ -86,6 +95,27 @@ class LocalLearner:
             self.optimizer.zero_grad()
             total += reported
         return total / max(1, num_updates)
+
+
+@dataclass
+class PrivacySettings:
+    """FLamby's differential privacy: opacus's make_private_with_epsilon on each client."""
+
+    target_epsilon: float
+    target_delta: float
+    max_grad_norm: float
+    epochs: int  # FLamby passes the number of rounds
+    seed: int
+
+    def make_private(self, model, optimizer, loader, device):
+        from opacus import PrivacyEngine  # optional dependency, checked when the plan is made
+
+        wrapped, dp_optimizer, dp_loader = PrivacyEngine().make_private_with_epsilon(
+            module=model, optimizer=optimizer, data_loader=loader, epochs=self.epochs,
+            target_epsilon=self.target_epsilon, target_delta=self.target_delta,
+            max_grad_norm=self.max_grad_norm,
+            noise_generator=torch.Generator(device).manual_seed(self.seed))
+        return wrapped, dp_optimizer, dp_loader
 
 
 @dataclass

@@ -22,6 +22,8 @@ CASES = {
     "Cyclic": ["--set", "train_args.comm_round=5"],
     "FedAvgFineTuning": ["--set", "train_args.num_fine_tuning_steps=4"],
     "FedAvg-sampled": ["--set", "train_args.client_num_per_round=2"],
+    "FedAvg-dp": ["--set", "train_args.dp_target_epsilon=5", "--set", "train_args.dp_target_delta=0.001",
+                  "--set", "train_args.dp_max_grad_norm=1.0"],
 }
 
 
@@ -32,6 +34,8 @@ def _sha(path):
 @pytest.mark.parametrize("case", list(CASES))
 def test_strategy_over_mpi_equals_in_process(case, workdir):
     cwd, home, marker = workdir
+    if case.endswith("-dp"):
+        pytest.importorskip("opacus", reason="differential privacy needs opacus (an optional install)")
     strategy = case.split("-")[0]
     args = ["--cf", str(DEFAULT_CONFIG), "--set", f"train_args.federated_optimizer={strategy}",
             "--set", "common_args.random_seed=5", *FAST, *CASES[case]]

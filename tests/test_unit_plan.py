@@ -130,3 +130,18 @@ def test_relative_optimizer_name_is_a_config_problem(name):
 def test_abstract_optimizer_base_class_is_rejected():
     with pytest.raises(ValueError):
         resolve_optimizer("torch.optim.Optimizer")
+
+
+def test_differential_privacy_settings_go_together_and_need_opacus():
+    with pytest.raises(ConfigError) as info:
+        _plan(train_args={"dp_target_epsilon": 1.0})
+    assert "go together" in info.value.problems[0]
+    try:
+        import opacus  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError) as info:
+            _plan(train_args={"dp_target_epsilon": 1.0, "dp_target_delta": 1e-3, "dp_max_grad_norm": 1.0})
+        assert "pip install opacus" in info.value.problems[0]
+    else:
+        plan = _plan(train_args={"dp_target_epsilon": 1.0, "dp_target_delta": 1e-3, "dp_max_grad_norm": 1.0})
+        assert plan.config.train_args.dp_max_grad_norm == 1.0

@@ -60,7 +60,7 @@ class Strategy:
 
     def model_for_evaluation(self, learner, final: bool) -> torch.nn.Module:
         """The model a client evaluates (FedAvgFineTuning fine-tunes a copy at the end)."""
-        return learner.model
+        return learner.net
 
 
 def _in_order(results: Dict[int, ClientResult]) -> Sequence[ClientResult]:

@@ -10,4 +10,4 @@ class FedAvgFineTuning(Strategy):
     def model_for_evaluation(self, learner, final):
         if final:  # training is over: fine-tune this client's copy in place
             learner.train_steps(int(self.hp["num_fine_tuning_steps"]))
-        return learner.model
+        return learner.net
