@@ -70,6 +70,8 @@ else
     exit 2
 fi
 
+# Finding python and the project is also done in slurm_job.sh, on purpose: schedulers run a
+# copy of the job script from their spool directory, so it cannot source a shared helper.
 python=${FLAMBY_MPI_PYTHON:-}
 if [ -z "$python" ]; then
     if [ -n "${VIRTUAL_ENV:-}" ] && [ -x "$VIRTUAL_ENV/bin/python" ]; then

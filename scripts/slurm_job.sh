@@ -67,6 +67,8 @@ shift
 : "${SLURM_JOB_ID:?not inside a SLURM job: submit with sbatch}"
 tasks=${SLURM_NTASKS:?SLURM_NTASKS is not set: request tasks with sbatch --ntasks}
 
+# Finding python and the project is also done in pbs_job.sh, on purpose: schedulers run a
+# copy of the job script from their spool directory, so it cannot source a shared helper.
 python=${FLAMBY_MPI_PYTHON:-}
 if [ -z "$python" ]; then
     if [ -n "${VIRTUAL_ENV:-}" ] && [ -x "$VIRTUAL_ENV/bin/python" ]; then
