@@ -160,10 +160,19 @@ def _report_failure(text: str):
                                               "levelname": "ERROR", "name": "flamby_mpi"}))
 
 
+def _new_run_id() -> str:
+    return datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def _torch_threads(plan) -> int:
+    """Torch threads per rank: the configured number, else this host's cores shared by the ranks."""
+    return plan.config.device_args.cpu_threads or max(1, (os.cpu_count() or 1) // plan.world_size)
+
+
 def _agree_run_id(world: World, configured: Optional[str]) -> str:
     run_id = configured
     if run_id is None and world.is_server:
-        run_id = datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_id = _new_run_id()
     if configured is None:
         run_id = world.comm.bcast(run_id, root=0)
     return run_id
@@ -189,8 +198,7 @@ def _run_role(world: World, plan) -> int:
     output_dir = _output_dir(config)
     setup_rank_logging(output_dir, world.rank, config.tracking_args.log_level)
     console = console_logger()
-    threads = config.device_args.cpu_threads or max(1, (os.cpu_count() or 1) // world.size)
-    torch.set_num_threads(threads)
+    torch.set_num_threads(_torch_threads(plan))
     device = _pick_device(plan, world)
     if world.is_server:
         console.info("run %s: %s", run_id, ", ".join(f"{k}={v}" for k, v in plan.summary().items()))
@@ -304,12 +312,11 @@ def _run_inprocess(plan) -> int:
 
     config = plan.config
     if config.common_args.run_id is None:
-        config.common_args.run_id = datetime.now().strftime("%Y%m%d-%H%M%S")
+        config.common_args.run_id = _new_run_id()
     output_dir = _output_dir(config)
     setup_rank_logging(output_dir, 0, config.tracking_args.log_level)
     console = console_logger()
-    # The thread count an MPI rank would use: same arithmetic, same results.
-    torch.set_num_threads(config.device_args.cpu_threads or max(1, (os.cpu_count() or 1) // plan.world_size))
+    torch.set_num_threads(_torch_threads(plan))  # what an MPI rank uses: same arithmetic, same results
     console.info("run %s (in-process, %d clients): %s", config.common_args.run_id, plan.num_clients,
                  ", ".join(f"{k}={v}" for k, v in plan.summary().items()))
     (output_dir / "config.yaml").write_text(config.to_yaml())

@@ -55,9 +55,9 @@ class ServerRun:
         reports = [p["report"] for _, p in payloads]
         for report in reports:
             self.devices[report["center"]] = report["device"]
-        self._record_evaluations(round_idx, reports)
+        evaluated = self._record_evaluations(round_idx, reports)
         if round_idx >= self.plan.rounds:  # the evaluation-only round after the last one
-            self._finish(reports)
+            self._finish(reports, evaluated)
             return self.global_message(round_idx + 1)
         results = {p["report"]["center"]: (n, p["state_dict"], p.get("extras"))
                    for n, p in payloads if p["state_dict"] is not None}
@@ -74,10 +74,11 @@ class ServerRun:
         self.last_round_at = self._round_started = now
         return self.global_message(round_idx + 1)
 
-    def _record_evaluations(self, round_idx: int, reports: List[Dict]):
+    def _record_evaluations(self, round_idx: int, reports: List[Dict]) -> Dict[str, float]:
+        """Records this round's evaluations; returns client_test_<k> and average (empty if none)."""
         evaluated = [r for r in reports if "evaluation" in r]
         if not evaluated:
-            return
+            return {}
         row_metrics = {}
         for r in sorted(evaluated, key=lambda r: r["center"]):
             e = r["evaluation"]
@@ -90,13 +91,11 @@ class ServerRun:
                              "num_samples": sum(r["evaluation"]["num_samples"] for r in evaluated)})
         shown = ", ".join(f"{k}={v:.4f}" for k, v in row_metrics.items())
         self.console(f"evaluation after round {round_idx}: {shown}, average={average:.4f}")
+        return {**row_metrics, "average": average}
 
-    def _finish(self, reports: List[Dict]):
-        metrics = {}
-        for r in sorted(reports, key=lambda r: r["center"]):
-            metrics[f"client_test_{r['center']}"] = float(r["evaluation"]["metric"])
-        metrics["average"] = weighted_mean(
-            [(r["evaluation"]["metric"], r["evaluation"]["num_samples"]) for r in reports])
+    def _finish(self, reports: List[Dict], evaluated: Dict[str, float]):
+        """evaluated: the final round's metrics from _record_evaluations (every client evaluates)."""
+        metrics = dict(evaluated)
         metrics["pooled"] = self._pooled_metric(reports)
         if metrics["pooled"] is not None:
             self.history.append({"round": self.plan.rounds, "test": "pooled", "metric": metrics["pooled"],

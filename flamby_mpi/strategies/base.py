@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..aggregation import fedavg
+from ..aggregation import fedavg, weighted_update
 
 State = "OrderedDict[str, torch.Tensor]"
 # One client's result of a round: (train samples, local state, strategy extras).
@@ -67,18 +67,6 @@ def _in_order(results: Dict[int, ClientResult]) -> Sequence[ClientResult]:
     return [results[c] for c in sorted(results)]
 
 
-def floating_keys(state: State) -> List[str]:
-    return [k for k, v in state.items() if torch.is_floating_point(v)]
-
-
 def weighted_delta(global_state: State, results: Dict[int, ClientResult]) -> Dict[str, torch.Tensor]:
     """Sample-weighted mean of (local - global) over participants, as FLamby computes it."""
-    ordered = _in_order(results)
-    total = float(sum(n for n, _, _ in ordered))
-    delta = {}
-    for key in floating_keys(global_state):
-        acc = torch.zeros_like(global_state[key])
-        for n, state, _ in ordered:
-            acc += (state[key] - global_state[key]) * n
-        delta[key] = acc / total
-    return delta
+    return weighted_update(global_state, [(n, state) for n, state, _ in _in_order(results)])
