@@ -69,7 +69,7 @@ class ClientRun:
 
     def receive(self, message):
         """The server's message: the global model, plus strategy extras (Scaffold's c)."""
-        self.learner.load_global_state(message["state_dict"])
+        self.strategy.receive(self.learner, message["state_dict"])
         self._server_extras = message.get("extras")
 
     def round_report(self, round_idx: int) -> dict:

@@ -107,6 +107,9 @@ class TrainArgs:
     tau: Optional[float] = field(default=None, metadata=_meta(minimum=0.0, help="FedOpt family (default 0.001)"))
     deterministic_cycle: Optional[bool] = field(default=None, metadata=_meta(
         help="Cyclic: centres in order 0..N-1 instead of a seeded random order per cycle (default false)"))
+    pass_model_on: Optional[bool] = field(default=None, metadata=_meta(
+        help="Cyclic: each centre starts from the previous centre's model (default true); false "
+             "reproduces FLamby's cyclic.py, where every centre trains its own copy and centre 0's is evaluated"))
     num_fine_tuning_steps: Optional[int] = field(default=None, metadata=_meta(
         minimum=0, help="FedAvgFineTuning: local steps on the final model before evaluation"))
     # Differential privacy as FLamby offers it (opacus, an optional install): all three or none.

@@ -46,6 +46,8 @@ def write_results(output_dir: Path, plan, server_run, run_id: str, timing: Dict[
         "run_id": run_id,
         "dataset": plan.dataset.name,
         "strategy": strategy,
+        # The strategy's own hyperparameters as used, defaults filled in (e.g. Cyclic's pass_model_on).
+        "strategy_hyperparameters": dict(server_run.strategy.hp),
         "seed": plan.seed,
         "num_clients": plan.num_clients,
         "world_size": world_size,

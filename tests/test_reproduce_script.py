@@ -19,7 +19,8 @@ def _published(folder, seeds, pooled_by_seed):
         with open(folder / f"synthetic_seed{seed}.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=COLUMNS)
             w.writeheader()
-            for method, extra in (("FedAvg5", {}), ("FedProx5", {"mu": "0.1"})):
+            for method, extra in (("FedAvg5", {}), ("FedProx5", {"mu": "0.1"}),
+                                  ("Cyclic5", {"deterministic_cycle": "False"})):
                 w.writerow({"seed": seed, "Metric": pooled_by_seed[seed], "Method": method, "Test": "Pooled Test",
                             "learning_rate": "0.05", "optimizer_class": "<class 'torch.optim.sgd.SGD'>", **extra})
 
@@ -30,19 +31,23 @@ def test_reproduction_table_plot_and_verdict(tmp_path):
     out = tmp_path / "out"
     args = [sys.executable, str(SCRIPT), "--dataset", "synthetic", "--config", str(REPO / "config" / "fedml_config.yaml"),
             "--results-dir", str(tmp_path / "published"), "--output-dir", str(out), "--seeds", "1,2",
-            "--strategies", "FedAvg,FedProx", "--num-updates", "5", "--backend", "inprocess", "--tolerance", "0.5"]
+            "--strategies", "FedAvg,FedProx,Cyclic", "--num-updates", "5", "--backend", "inprocess", "--tolerance", "0.5"]
     home = tmp_path / "home"
     home.mkdir()
     job = run_job(args, tmp_path, env_for(home), 300)
     assert job.returncode == 0, job.output
     rows = list(csv.DictReader(open(out / "comparison.csv")))
-    assert [r["strategy"] for r in rows] == ["FedAvg", "FedProx"]
+    # Cyclic runs as FLamby's code does unless asked otherwise, and the table says so.
+    assert [r["strategy"] for r in rows] == ["FedAvg", "FedProx", "Cyclic (pass_model_on=false)"]
     assert float(rows[0]["flamby_mean"]) == pytest.approx(0.775)
     ours = [json.loads((out / "runs" / "FedAvg" / f"seed{s}" / "results.json").read_text()) for s in seeds]
     assert float(rows[0]["ours_mean"]) == pytest.approx(sum(r["metrics"]["pooled"] for r in ours) / 2)
     # The published hyperparameters were applied (FedProx's mu, SGD at 0.05).
     prox = json.loads((out / "runs" / "FedProx" / "seed1" / "results.json").read_text())
     assert prox["strategy"] == "FedProx" and prox["learning_rate"] == 0.05
+    assert prox["strategy_hyperparameters"] == {"mu": 0.1}
+    cyclic = json.loads((out / "runs" / "Cyclic-pass_model_on-false" / "seed1" / "results.json").read_text())
+    assert cyclic["strategy_hyperparameters"] == {"deterministic_cycle": False, "pass_model_on": False}
     assert "| FedAvg |" in (out / "comparison.md").read_text()
     assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -20,6 +20,7 @@ CASES = {
     "FedAdagrad": ["--set", "train_args.server_learning_rate=0.05"],
     "Scaffold": [],
     "Cyclic": ["--set", "train_args.comm_round=5"],
+    "Cyclic-own-models": ["--set", "train_args.comm_round=6", "--set", "train_args.pass_model_on=false"],
     "FedAvgFineTuning": ["--set", "train_args.num_fine_tuning_steps=4"],
     "FedAvg-sampled": ["--set", "train_args.client_num_per_round=2"],
     "FedAvg-dp": ["--set", "train_args.dp_target_epsilon=5", "--set", "train_args.dp_target_delta=0.001",

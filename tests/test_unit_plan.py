@@ -78,10 +78,11 @@ def test_client_sampling_is_allowed_below_the_number_of_centres():
 
 def test_strategy_hyperparameters_missing_or_foreign_are_reported():
     with pytest.raises(ConfigError) as info:
-        _plan(train_args={"federated_optimizer": "FedProx", "tau": 0.1})
+        _plan(train_args={"federated_optimizer": "FedProx", "tau": 0.1, "pass_model_on": False})
     text = "\n".join(info.value.problems)
     assert "train_args.mu: FedProx needs it" in text
     assert "train_args.tau: not used by FedProx (only by FedAdam, FedYogi, FedAdagrad)" in text
+    assert "train_args.pass_model_on: not used by FedProx (only by Cyclic)" in text
     with pytest.raises(ConfigError) as info:
         _plan(train_args={"federated_optimizer": "Cyclic", "client_num_per_round": 2})
     assert "Cyclic picks its own centre each round" in info.value.problems[0]

@@ -61,6 +61,52 @@ def test_cyclic_passes_the_model_on_and_cycles_deterministically():
     assert first_cycle == [_strategy("Cyclic").participants(r)[0] for r in range(4)]  # seeded
 
 
+class _StateLearner:
+    """A stand-in LocalLearner holding one number; centre k's training adds 10**k to it."""
+
+    def __init__(self, center):
+        self.center, self.w = center, None
+
+    def load_global_state(self, state):
+        self.w = state["linear.weight"].item()
+
+    def state_dict(self):
+        return _state(self.w)
+
+    def train_steps(self, n, extra_loss=None, grad_hook=None):
+        self.w += 10 ** self.center
+        return 0.0
+
+
+def _cyclic_run(rounds, **train):
+    """Server and four client halves of Cyclic (deterministic order), as the backends wire them."""
+    server = _strategy("Cyclic", deterministic_cycle=True, **train)
+    clients = [_strategy("Cyclic", deterministic_cycle=True, **train) for _ in range(4)]
+    learners = [_StateLearner(c) for c in range(4)]
+    global_state, sent = _state(0.0), []
+    for r in range(rounds):
+        for client, learner in zip(clients, learners):
+            client.receive(learner, global_state)
+        (center,) = server.participants(r)
+        clients[center].local_train(learners[center], r, None)
+        sent.append(learners[center].w)
+        global_state = server.aggregate(r, global_state, {center: (1, learners[center].state_dict(), None)})
+    return global_state["linear.weight"].item(), sent
+
+
+def test_cyclic_passes_the_model_from_centre_to_centre():
+    final, sent = _cyclic_run(8)
+    assert sent == [1, 11, 111, 1111, 1112, 1122, 1222, 2222]
+    assert final == 2222
+
+
+def test_cyclic_without_passing_on_is_flambys_own_models_with_centre_0_evaluated():
+    final, sent = _cyclic_run(8, pass_model_on=False)
+    # Every centre trains its own copy of the initial model, never another centre's.
+    assert sent == [1, 10, 100, 1000, 2, 20, 200, 2000]
+    assert final == 2  # the global model is centre 0's own model
+
+
 def test_client_sampling_is_seeded_and_the_same_everywhere():
     a, b = _strategy("FedAvg", client_num_per_round=2), _strategy("FedAvg", client_num_per_round=2)
     rounds = [a.participants(r) for r in range(10)]

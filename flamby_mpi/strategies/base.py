@@ -54,6 +54,10 @@ class Strategy:
         return fedavg(global_state, [(n, state) for n, state, _ in _in_order(results)])
 
     # ---- client half ----------------------------------------------------------------------
+    def receive(self, learner, state_dict: State) -> None:
+        """Takes the model the server sent; the client evaluates it and (usually) trains from it."""
+        learner.load_global_state(state_dict)
+
     def local_train(self, learner, round_idx: int, server_extras: Optional[Dict]) -> Tuple[float, Optional[Dict]]:
         """Trains in place for num_updates steps; returns (mean loss, extras for the server)."""
         return learner.train_steps(self.plan.num_updates), None

@@ -1,22 +1,38 @@
-"""Cyclic: one centre trains per round, starting from the model the previous one produced.
+"""Cyclic: one centre trains per round; by default it starts from the model the previous one produced.
 
 The order is 0..N-1 repeated with deterministic_cycle, else a new random
-permutation of the centres for every cycle, seeded by common_args.random_seed.
+permutation of the centres for every cycle, seeded by common_args.random_seed
+(the same permutations as FLamby's np.random.default_rng(seed)).
+
+pass_model_on: false reproduces FLamby's own cyclic.py (and so its published
+Cyclic numbers): there every centre trains its own copy of the initial model
+and no model ever moves between centres; FLamby's benchmark then evaluates
+centre 0's copy. Here that copy is the global model, which is what the clients
+evaluate, what the pooled test measures and what global_model.pt holds.
 """
+from collections import OrderedDict
+
 import numpy as np
 
 from .base import Strategy
 
 
+def _copy(state):
+    return OrderedDict((k, v.detach().clone()) for k, v in state.items())
+
+
 class Cyclic(Strategy):
     name = "Cyclic"
-    hyperparameters = {"deterministic_cycle": False}
+    hyperparameters = {"deterministic_cycle": False, "pass_model_on": True}
     allows_client_sampling = False
+    # The centre whose own model FLamby's benchmark evaluates (models_list[0]).
+    EVALUATED_CENTER = 0
 
     def __init__(self, plan):
         super().__init__(plan)
         self._cycles = []
         self._rng = np.random.default_rng(plan.seed)
+        self._own_state = None  # client half, pass_model_on false: this centre's own model
 
     def participants(self, round_idx):
         cycle = round_idx // self.num_clients
@@ -28,5 +44,20 @@ class Cyclic(Strategy):
         return [self._cycles[cycle][round_idx % self.num_clients]]
 
     def aggregate(self, round_idx, global_state, results):
-        (_, state, _), = results.values()  # the one participant's model is passed on
-        return type(global_state)((k, v.clone()) for k, v in state.items())
+        (center, (_, state, _)), = results.items()
+        if self.hp["pass_model_on"] or center == self.EVALUATED_CENTER:
+            return type(global_state)((k, v.clone()) for k, v in state.items())
+        return global_state  # another centre's own model: it stays with that centre
+
+    def receive(self, learner, state_dict):
+        learner.load_global_state(state_dict)  # evaluated this round, whatever the mode
+        if self._own_state is None:
+            self._own_state = _copy(state_dict)  # the first message holds the initial model
+
+    def local_train(self, learner, round_idx, server_extras):
+        if self.hp["pass_model_on"]:
+            return super().local_train(learner, round_idx, server_extras)
+        learner.load_global_state(self._own_state)
+        loss = learner.train_steps(self.plan.num_updates)
+        self._own_state = _copy(learner.state_dict())
+        return loss, None
