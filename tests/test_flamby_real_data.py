@@ -1,11 +1,13 @@
-"""FLamby itself on real data, over MPI (skipped when FLamby or ../shared/data is absent)."""
+"""FLamby itself on real data, over MPI and in process (skipped when FLamby or ../shared/data is absent)."""
 import csv
 import json
+import sys
 
 import pytest
 
 from conftest import SHARED_DATA
-from support.mpi import REPO, run_mpi
+from support.mpi import LAUNCHER, REPO, run_job, run_mpi
+from support.mpi import test_env as env_for
 
 pytestmark = [pytest.mark.mpi, pytest.mark.realdata]
 
@@ -35,3 +37,28 @@ def test_fedavg_on_fed_heart_disease_reproduces_flamby_seed_42(workdir):
     assert metrics["pooled"] == pytest.approx(published["Pooled Test"], abs=0.02)
     for k in range(4):
         assert metrics[f"client_test_{k}"] == pytest.approx(published[f"client_test_{k}"], abs=0.05)
+
+
+@pytest.mark.parametrize("seed", [42, 43])
+def test_cyclic_as_flambys_code_gives_flambys_published_numbers(seed, tmp_path):
+    """pass_model_on=false is FLamby's cyclic.py: its published Cyclic100 numbers, seed for seed."""
+    pytest.importorskip("flamby.datasets.fed_heart_disease", reason="FLamby is not installed")
+    if not HEART.is_dir() or not PUBLISHED.is_dir():
+        pytest.skip(f"{HEART} or {PUBLISHED} is absent")
+    out = tmp_path / "out"
+    home = tmp_path / "home"
+    home.mkdir()
+    settings = ["federated_optimizer=Cyclic", "pass_model_on=false", "deterministic_cycle=false",
+                "learning_rate=0.01", "client_optimizer=torch.optim.SGD"]  # FLamby's published Cyclic100
+    args = [sys.executable, str(LAUNCHER), "--cf", str(REPO / "config" / "fed_heart_disease.yaml"),
+            "--set", f"data_args.data_path={HEART}", "--set", f"common_args.output_dir={out}",
+            "--set", f"common_args.random_seed={seed}", "--set", "comm_args.backend=inprocess"]
+    for setting in settings:
+        args += ["--set", f"train_args.{setting}"]
+    job = run_job(args, tmp_path, env_for(home), 180)
+    assert job.returncode == 0, job.output
+    metrics = json.loads((out / "results.json").read_text())["metrics"]
+    published = _published(seed, "Cyclic100")
+    assert metrics["pooled"] == pytest.approx(published["Pooled Test"], abs=1e-9)
+    for k in range(4):
+        assert metrics[f"client_test_{k}"] == pytest.approx(published[f"client_test_{k}"], abs=1e-9)
