@@ -4,7 +4,8 @@
 For each strategy and seed, runs
   mpiexec -n N+1 python launch_client.py --cf config/<dataset>.yaml --set ...
 with the strategy's hyperparameters as FLamby published them (read from the
-published results files themselves), then writes, next to FLamby's published
+published results files themselves; Cyclic as FLamby's code runs it, with
+train_args.pass_model_on=false, unless --cyclic-pass-model-on), then writes, next to FLamby's published
 numbers (../shared/data/flamby_benchmark_results/<dataset>):
   comparison.csv, comparison.md  per strategy: our mean/std of Pooled Test over the
                                  seeds, FLamby's, the difference, within tolerance?
@@ -113,7 +114,7 @@ def summarise(values: List[float]):
     return mean, std
 
 
-def write_outputs(out: Path, rows: List[dict], tolerance: float, dataset: str, seeds: List[int]):
+def write_outputs(out: Path, rows: List[dict], tolerance: float, dataset: str, seeds: List[int], backend: str):
     with open(out / "comparison.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -137,10 +138,10 @@ def write_outputs(out: Path, rows: List[dict], tolerance: float, dataset: str, s
     fig, ax = plt.subplots(figsize=(1.2 * len(rows) + 2, 4))
     x = range(len(rows))
     ax.errorbar([i - 0.1 for i in x], [r["ours_mean"] for r in rows], yerr=[r["ours_std"] for r in rows],
-                fmt="o", capsize=4, label="flamby-mpi (MPI)")
+                fmt="o", capsize=4, label=f"flamby-mpi ({'MPI' if backend == 'mpi' else 'in process'})")
     ax.errorbar([i + 0.1 for i in x], [r["flamby_mean"] for r in rows], yerr=[r["flamby_std"] for r in rows],
                 fmt="s", capsize=4, label="FLamby published")
-    ax.set_xticks(list(x), [r["strategy"] for r in rows])
+    ax.set_xticks(list(x), [r["strategy"].replace(" (", "\n(") for r in rows])
     ax.set_ylabel("Pooled Test metric")
     ax.set_title(f"{dataset}: mean ± std over seeds {seeds[0]}..{seeds[-1]}")
     ax.legend()
@@ -217,7 +218,7 @@ def main(argv=None) -> int:
                      "ours_per_seed": " ".join(f"{v:.4f}" for v in ours),
                      "flamby_per_seed": " ".join("nan" if v is None else f"{v:.4f}" for v in theirs)})
     out.mkdir(parents=True, exist_ok=True)
-    write_outputs(out, rows, args.tolerance, args.dataset, seeds)
+    write_outputs(out, rows, args.tolerance, args.dataset, seeds, args.backend)
     print((out / "comparison.md").read_text())
     return 0 if all(r["within_tolerance"] for r in rows) else 1
 
