@@ -188,13 +188,18 @@ def main(argv=None) -> int:
     if args.np is None:
         sys.path.insert(0, str(REPO))
         from flamby_mpi.config import load_config
+        from flamby_mpi.errors import UserError
         from flamby_mpi.plan import make_plan
 
         overrides = [f"data_args.data_path={args.data_path}"] if args.data_path else []
-        args.np = make_plan(load_config(str(args.config), overrides)).world_size
+        try:
+            args.np = make_plan(load_config(str(args.config), overrides)).world_size
+        except UserError as error:  # FLamby or a dataset's extra missing, a bad config: say so, no traceback
+            sys.exit(f"reproduce: {error}")
     table = published(results_dir, seeds)
     print(f"reproducing {', '.join(strategies)} on {args.dataset}, seeds {seeds}, "
-          f"{args.np} MPI processes per run; outputs in {out}", flush=True)
+          f"{f'{args.np} MPI processes' if args.backend == 'mpi' else 'in process'} per run; outputs in {out}",
+          flush=True)
 
     rows = []
     for strategy in strategies:
