@@ -40,8 +40,13 @@ class RunPlan:
         return self.num_clients + 1
 
     def summary(self) -> dict:
+        from .strategies import STRATEGIES
+
+        train = self.config.train_args
         return {
-            "dataset": self.dataset.name, "strategy": self.config.train_args.federated_optimizer,
+            "dataset": self.dataset.name, "strategy": train.federated_optimizer,
+            # e.g. Cyclic's pass_model_on, which changes what the run measures
+            **STRATEGIES[train.federated_optimizer].resolve_hyperparameters(train),
             "num_clients": self.num_clients, "rounds": self.rounds, "num_updates": self.num_updates,
             "batch_size": self.batch_size, "learning_rate": self.learning_rate,
             "optimizer": f"{self.optimizer_class.__module__}.{self.optimizer_class.__name__}",

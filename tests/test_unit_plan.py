@@ -31,6 +31,11 @@ def test_plan_defaults_for_synthetic():
     }
 
 
+def test_summary_shows_the_strategy_hyperparameters_with_defaults():
+    summary = _plan(train_args={"federated_optimizer": "Cyclic", "pass_model_on": False}).summary()
+    assert (summary["strategy"], summary["deterministic_cycle"], summary["pass_model_on"]) == ("Cyclic", False, False)
+
+
 def test_rounds_follow_num_updates_when_comm_round_is_null():
     plan = _plan(train_args={"num_updates": 10})
     assert plan.rounds == plan.dataset.get_nb_max_rounds(10) == 40

@@ -31,10 +31,16 @@ class Strategy:
         self.plan = plan
         self.num_clients = plan.num_clients
         self.per_round = plan.config.train_args.client_num_per_round or plan.num_clients
-        self.hp = {k: getattr(plan.config.train_args, k) for k in self.hyperparameters}
-        for key, default in self.hyperparameters.items():
-            if self.hp[key] is None:
-                self.hp[key] = default
+        self.hp = self.resolve_hyperparameters(plan.config.train_args)
+
+    @classmethod
+    def resolve_hyperparameters(cls, train_args) -> Dict[str, object]:
+        """This strategy's train_args values, defaults filled in where the config leaves them out."""
+        values = {}
+        for key, default in cls.hyperparameters.items():
+            value = getattr(train_args, key)
+            values[key] = default if value is None else value
+        return values
 
     # ---- both sides -----------------------------------------------------------------------
     def participants(self, round_idx: int) -> List[int]:
