@@ -46,7 +46,7 @@ class Cyclic(Strategy):
     def aggregate(self, round_idx, global_state, results):
         (center, (_, state, _)), = results.items()
         if self.hp["pass_model_on"] or center == self.EVALUATED_CENTER:
-            return type(global_state)((k, v.clone()) for k, v in state.items())
+            return _copy(state)
         return global_state  # another centre's own model: it stays with that centre
 
     def receive(self, learner, state_dict):
