@@ -20,10 +20,15 @@ def _published(seed, method="FedAvg100"):
         return {row["Test"]: float(row["Metric"]) for row in csv.DictReader(f) if row["Method"] == method}
 
 
-def test_fedavg_on_fed_heart_disease_reproduces_flamby_seed_42(workdir):
+@pytest.fixture
+def heart_data():
+    """Skips unless FLamby and the shared heart files and published results are there."""
     pytest.importorskip("flamby.datasets.fed_heart_disease", reason="FLamby is not installed")
     if not HEART.is_dir() or not PUBLISHED.is_dir():
         pytest.skip(f"{HEART} or {PUBLISHED} is absent")
+
+
+def test_fedavg_on_fed_heart_disease_reproduces_flamby_seed_42(workdir, heart_data):
     cwd, home, marker = workdir
     out = cwd / "out"
     job = run_mpi(5, ["--cf", str(REPO / "config" / "fed_heart_disease.yaml"), "--run_id", marker,
@@ -40,14 +45,10 @@ def test_fedavg_on_fed_heart_disease_reproduces_flamby_seed_42(workdir):
 
 
 @pytest.mark.parametrize("seed", [42, 43])
-def test_cyclic_as_flambys_code_gives_flambys_published_numbers(seed, tmp_path):
+def test_cyclic_as_flambys_code_gives_flambys_published_numbers(seed, workdir, heart_data):
     """pass_model_on=false is FLamby's cyclic.py: its published Cyclic100 numbers, seed for seed."""
-    pytest.importorskip("flamby.datasets.fed_heart_disease", reason="FLamby is not installed")
-    if not HEART.is_dir() or not PUBLISHED.is_dir():
-        pytest.skip(f"{HEART} or {PUBLISHED} is absent")
-    out = tmp_path / "out"
-    home = tmp_path / "home"
-    home.mkdir()
+    cwd, home, _ = workdir
+    out = cwd / "out"
     settings = ["federated_optimizer=Cyclic", "pass_model_on=false", "deterministic_cycle=false",
                 "learning_rate=0.01", "client_optimizer=torch.optim.SGD"]  # FLamby's published Cyclic100
     args = [sys.executable, str(LAUNCHER), "--cf", str(REPO / "config" / "fed_heart_disease.yaml"),
@@ -55,7 +56,7 @@ def test_cyclic_as_flambys_code_gives_flambys_published_numbers(seed, tmp_path):
             "--set", f"common_args.random_seed={seed}", "--set", "comm_args.backend=inprocess"]
     for setting in settings:
         args += ["--set", f"train_args.{setting}"]
-    job = run_job(args, tmp_path, env_for(home), 180)
+    job = run_job(args, cwd, env_for(home), 180)
     assert job.returncode == 0, job.output
     metrics = json.loads((out / "results.json").read_text())["metrics"]
     published = _published(seed, "Cyclic100")

@@ -51,7 +51,7 @@ class Cyclic(Strategy):
 
     def receive(self, learner, state_dict):
         learner.load_global_state(state_dict)  # evaluated this round, whatever the mode
-        if self._own_state is None:
+        if not self.hp["pass_model_on"] and self._own_state is None:
             self._own_state = _copy(state_dict)  # the first message holds the initial model
 
     def local_train(self, learner, round_idx, server_extras):
