@@ -44,8 +44,17 @@ STRATEGY_NAMES = ("FedAvg", "FedProx", "FedAdam", "FedYogi", "FedAdagrad", "Scaf
                   "FedAvgFineTuning")
 
 
-def _meta(choices=None, minimum=None, help="", normalize=None):
-    return {"choices": choices, "minimum": minimum, "help": help, "normalize": normalize}
+def _meta(choices=None, minimum=None, help="", normalize=None, check=None):
+    return {"choices": choices, "minimum": minimum, "help": help, "normalize": normalize, "check": check}
+
+
+def run_id_problem(run_id: str) -> Optional[str]:
+    """File and directory names are derived from the run id: it must not reach outside them."""
+    if not run_id or "/" in run_id or "\\" in run_id or ".." in run_id or run_id.startswith(".") \
+            or not run_id.isprintable() or len(run_id) > 200:
+        return (f"run id {run_id!r} cannot name files: it must be 1 to 200 printable characters, without "
+                "'/', '\\' or '..' and not starting with '.' (for example heart_fedavg_1)")
+    return None
 
 
 def _pooled_test_mode(value):
@@ -61,7 +70,8 @@ def _pooled_test_mode(value):
 class CommonArgs:
     training_type: str = field(default="cross_silo", metadata=_meta(choices=("cross_silo",)))
     random_seed: int = field(default=0, metadata=_meta(minimum=0, help="seeds model init and data order"))
-    run_id: Optional[str] = field(default=None, metadata=_meta(help="--run_id overrides; default: a timestamp"))
+    run_id: Optional[str] = field(default=None, metadata=_meta(
+        help="--run_id overrides; default: a timestamp", check=run_id_problem))
     output_dir: Optional[str] = field(default=None, metadata=_meta(help="default: runs/<run_id>"))
     using_mlops: bool = field(default=False, metadata=_meta(choices=(False,),
                                                            help="FedML's cloud is never contacted"))
@@ -160,7 +170,12 @@ class CommArgs:
         minimum=1.0, help="ranks started one per terminal must all join within this time"))
     rendezvous_dir: Optional[str] = field(default=None, metadata=_meta(
         help="where a separately started server publishes how to reach it (any shared filesystem); "
-             "default: <output_dir>/rendezvous"))
+             "created private (0700); default: <output_dir>/rendezvous"))
+    secret_file: Optional[str] = field(default=None, metadata=_meta(
+        help="separately started ranks prove they hold the secret in this file (yours, mode 0600; the "
+             "server creates it if missing), for a rendezvous directory shared with others; default: a "
+             "new secret per run in the rendezvous directory; the FLAMBY_MPI_SECRET environment variable "
+             "wins over both"))
 
 
 @dataclass
@@ -240,6 +255,11 @@ def _check_field(where: str, f: dataclasses.Field, tp, value: Any, problems: Lis
     minimum = f.metadata.get("minimum")
     if minimum is not None and value is not None and value < minimum:
         problems.append(f"{where}: must be >= {minimum}, got {value!r}")
+        return None, False
+    check = f.metadata.get("check")
+    problem = check(value) if check is not None and value is not None else None
+    if problem:
+        problems.append(f"{where}: {problem}")
         return None, False
     return value, True
 

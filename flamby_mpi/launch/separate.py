@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from ..errors import UserError
-from . import rendezvous
+from . import rendezvous, run_secret
 from .world import World, rank_from_environment
 
 # Set in the environment of the re-executed process so that it never re-executes again.
@@ -81,9 +81,10 @@ def join_world(plan, cli_rank: int, run_id: str, rendezvous_dir: Path) -> World:
     host = socket.gethostname()
     size = plan.world_size
 
+    secret_file = config.comm_args.secret_file
     if cli_rank == 0:
         port = MPI.Open_port()
-        publication = rendezvous.publish(files, port)
+        publication = rendezvous.publish(files, port, secret_file, announce)
         joining = rendezvous.ServerJoin(MPI, files, port, publication.secret, set(range(1, size)),
                                         fingerprint, announce)
         announce(f"run {run_id}: waiting up to {timeout:g} s for {size - 1} clients "
@@ -124,12 +125,14 @@ def join_world(plan, cli_rank: int, run_id: str, rendezvous_dir: Path) -> World:
 
     timers = [_start_timer(max(0.0, deadline - time.monotonic()) + CLIENT_GRACE_S, no_verdict)]
 
-    def joined(reply):  # from now on the server's deadline counts, not this process's own
+    def joined(verdict):  # from now on the server's deadline counts, not this process's own
         timers[0].cancel()
-        timers[0] = _start_timer(max(0.0, reply["deadline"] - time.time()) + CLIENT_GRACE_S, no_verdict)
+        timers[0] = _start_timer(max(0.0, verdict.deadline - time.time()) + CLIENT_GRACE_S, no_verdict)
 
-    comm = rendezvous.client_join(MPI, info["port"], info["secret"], cli_rank, fingerprint,
-                                  turn=rendezvous.connect_turn(files, deadline + CLIENT_GRACE_S),
+    port = info["port"]
+    secret = run_secret.for_client(files.secret, secret_file)
+    comm = rendezvous.client_join(MPI, port, secret, cli_rank, fingerprint,
+                                  turn=rendezvous.connect_turn(files, secret, port, deadline + CLIENT_GRACE_S),
                                   on_joined=joined)
     timers[0].cancel()
     announce(f"joined run {run_id} as rank {cli_rank} (server on {info.get('host')})")
