@@ -20,7 +20,7 @@ from flamby_mpi.datasets.flamby_datasets import (
     import_flamby_dataset,
 )
 from flamby_mpi.datasets.spec import REQUIRED_ATTRIBUTES
-from flamby_mpi.datasets.synthetic import SyntheticModule, center_sizes, metric
+from flamby_mpi.datasets.synthetic import center_sizes, metric
 from flamby_mpi.errors import UserError
 
 HEART_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fed_heart_disease"
