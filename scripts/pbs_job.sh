@@ -2,7 +2,7 @@
 # flamby-mpi as one PBS Pro / Torque job: N+1 MPI ranks in one allocation
 # (rank 0 = server, ranks 1..N = clients of centres 0..N-1).
 #
-# NOT TESTED ON A REAL PBS: tests/test_cluster_pbs.py checks its syntax and
+# NOT TESTED ON A REAL PBS: tests/test_cluster_scripts.py checks its syntax and
 # header, and runs it under a PBS-like environment (PBS_NODEFILE...) without PBS.
 #
 # Submit from the project directory (relative config paths are read from there).

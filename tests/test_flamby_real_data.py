@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
-from conftest import SHARED_DATA
 from support.mpi import LAUNCHER, REPO, run_job, run_mpi
 from support.mpi import test_env as env_for
+from support.paths import SHARED_DATA
 
 pytestmark = [pytest.mark.mpi, pytest.mark.realdata]
 

@@ -142,3 +142,19 @@ def test_a_centre_whose_data_fails_to_load_ends_every_rank_before_fedml_starts(w
     assert "all 4 clients joined" not in job.stdout  # ended before training started
     assert not (out / "results.json").exists()
     assert job.leftovers == []
+
+
+def test_using_gpu_without_a_visible_gpu_runs_on_cpu_with_one_warning(workdir):
+    """The acceptance check, for real: 5 ranks, using_gpu true, no GPU visible (even on a GPU host)."""
+    cwd, home, marker = workdir
+    out = cwd / "out"
+    job = run_mpi(5, ["--cf", str(DEFAULT_CONFIG), "--run_id", marker,
+                      "--set", f"common_args.output_dir={out}", "--set", "device_args.using_gpu=true",
+                      "--set", "train_args.comm_round=2", "--set", "train_args.num_updates=5"],
+                  cwd, home, deadline_s=240, env_extra={"CUDA_VISIBLE_DEVICES": ""}, marker=marker)
+    assert job.returncode == 0, job.output
+    assert job.output.count("no GPU is visible") == 1, job.output
+    assert "[flamby-mpi rank 1] WARNING: device_args.using_gpu is true but no GPU is visible" in job.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["devices"] == {f"client_{k}": "cpu" for k in range(4)}
+    assert job.leftovers == []

@@ -29,9 +29,11 @@ def test_reproduction_table_plot_and_verdict(tmp_path):
     seeds = [1, 2]
     _published(tmp_path / "published", seeds, {1: "0.75", 2: "0.80"})
     out = tmp_path / "out"
-    args = [sys.executable, str(SCRIPT), "--dataset", "synthetic", "--config", str(REPO / "config" / "fedml_config.yaml"),
+    args = [sys.executable, str(SCRIPT), "--dataset", "synthetic",
+            "--config", str(REPO / "config" / "fedml_config.yaml"),
             "--results-dir", str(tmp_path / "published"), "--output-dir", str(out), "--seeds", "1,2",
-            "--strategies", "FedAvg,FedProx,Cyclic", "--num-updates", "5", "--backend", "inprocess", "--tolerance", "0.5"]
+            "--strategies", "FedAvg,FedProx,Cyclic", "--num-updates", "5", "--backend", "inprocess",
+            "--tolerance", "0.5"]
     home = tmp_path / "home"
     home.mkdir()
     job = run_job(args, tmp_path, env_for(home), 300)

@@ -5,7 +5,6 @@ import itertools
 import sys
 import textwrap
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,10 +19,11 @@ from flamby_mpi.datasets.flamby_datasets import (
     import_flamby_dataset,
 )
 from flamby_mpi.datasets.spec import REQUIRED_ATTRIBUTES
-from flamby_mpi.datasets.synthetic import SyntheticModule, center_sizes, metric
+from flamby_mpi.datasets.synthetic import center_sizes, metric
 from flamby_mpi.errors import UserError
+from support.paths import SHARED_DATA
 
-HEART_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fed_heart_disease"
+HEART_DATA = SHARED_DATA / "fed_heart_disease"
 
 
 def _synthetic(seed=0, **kw):

@@ -1,6 +1,4 @@
 """Unit tests of the console table and FLamby's method naming in flamby_mpi.results."""
-import pytest
-
 from flamby_mpi.results import RESULTS_CSV_COLUMNS, flamby_method_name, format_table
 
 

@@ -1,4 +1,5 @@
 """How a rank learns its place in the job: its rank, the world size and the communicator."""
 from .world import CLIENT, SERVER, World, check_world, mpi_world, rank_from_environment, role_of, singleton_world
 
-__all__ = ["CLIENT", "SERVER", "World", "check_world", "mpi_world", "rank_from_environment", "role_of", "singleton_world"]
+__all__ = ["CLIENT", "SERVER", "World", "check_world", "mpi_world", "rank_from_environment", "role_of",
+           "singleton_world"]

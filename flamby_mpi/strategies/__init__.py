@@ -1,4 +1,5 @@
 """Federated strategies by FLamby's names; each module holds a server half and a client half."""
+from ..config import STRATEGY_NAMES
 from .base import Strategy
 from .cyclic import Cyclic
 from .fed_avg import FedAvg
@@ -9,7 +10,6 @@ from .scaffold import Scaffold
 
 STRATEGIES = {cls.name: cls for cls in (FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad, Scaffold, Cyclic,
                                         FedAvgFineTuning)}
-from ..config import STRATEGY_NAMES
 
 assert tuple(STRATEGIES) == STRATEGY_NAMES, "config.STRATEGY_NAMES and the strategy modules disagree"
 # Every strategy-specific train_args key, and the strategies that use it.

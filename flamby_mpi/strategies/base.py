@@ -8,7 +8,6 @@ all of them); a centre that does not train this round answers with no update.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np

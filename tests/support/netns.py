@@ -1,4 +1,4 @@
-"""Several hosts on one machine: network namespaces joined by a bridge (DESIGN.md section 4).
+"""Several hosts on one machine: network namespaces joined by a bridge.
 
 Host k is network namespace `<prefix>n<k>` with one veth interface (address
 10.<a>.<b>.<10+k>/24) plugged into a bridge in the root namespace that holds

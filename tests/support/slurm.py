@@ -1,4 +1,4 @@
-"""A one-node SLURM cluster for tests, from Debian's packages (DESIGN.md section 4).
+"""A one-node SLURM cluster for tests, from Debian's packages (`.ci/run` installs them).
 
 Everything lives in one private directory: its own munged (started as user
 munge, with a fresh key and socket there), slurmctld and slurmd (as root, with
@@ -107,7 +107,7 @@ class SlurmCluster:
         r = self.root
         ctld_port, slurmd_port = _free_ports(2)
         self.conf.write_text(f"""\
-# One-node test cluster (tests/support/slurm.py); see DESIGN.md section 4.
+# One-node test cluster, written by tests/support/slurm.py (its docstring says how it runs).
 ClusterName=flambytest
 SlurmctldHost={self.node}(127.0.0.1)
 SlurmctldPort={ctld_port}

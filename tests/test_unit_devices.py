@@ -1,5 +1,4 @@
 """Unit tests of GPU placement (flamby_mpi.devices) with a fake GPU count: no GPU, no MPI."""
-import json
 import logging
 
 import pytest
@@ -124,22 +123,3 @@ def test_gpu_mapping_keys_are_config_keys():
     args = _device_args(gpu_mapping_file="m.yaml", gpu_mapping_key="mapping_x")
     assert (args.gpu_mapping_file, args.gpu_mapping_key) == ("m.yaml", "mapping_x")
     assert _device_args().gpu_mapping_key == "mapping_default"
-
-
-@pytest.mark.mpi
-def test_using_gpu_without_a_visible_gpu_runs_on_cpu_with_one_warning(workdir):
-    """The acceptance check, for real: 5 ranks, using_gpu true, no GPU visible (even on a GPU host)."""
-    from support.mpi import DEFAULT_CONFIG, run_mpi
-
-    cwd, home, marker = workdir
-    out = cwd / "out"
-    job = run_mpi(5, ["--cf", str(DEFAULT_CONFIG), "--run_id", marker,
-                      "--set", f"common_args.output_dir={out}", "--set", "device_args.using_gpu=true",
-                      "--set", "train_args.comm_round=2", "--set", "train_args.num_updates=5"],
-                  cwd, home, deadline_s=240, env_extra={"CUDA_VISIBLE_DEVICES": ""}, marker=marker)
-    assert job.returncode == 0, job.output
-    assert job.output.count("no GPU is visible") == 1, job.output
-    assert "[flamby-mpi rank 1] WARNING: device_args.using_gpu is true but no GPU is visible" in job.stderr
-    results = json.loads((out / "results.json").read_text())
-    assert results["devices"] == {f"client_{k}": "cpu" for k in range(4)}
-    assert job.leftovers == []
