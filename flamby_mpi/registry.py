@@ -1,11 +1,14 @@
-"""Facts about FLamby's strategies that several places need, each written once.
+"""Facts about FLamby's strategies and datasets that several places need, each written once.
 
 Standard library only, on purpose: flamby_mpi.config takes its strategy choices
-and hyperparameter help from here, the strategy classes their defaults, and the
-scripts the strategy names, all without importing torch, FedML, mpi4py or FLamby.
+and hyperparameter help from here, the strategy classes their defaults, the
+dataset loader FLamby's names and pip extras, and the scripts (scripts/submit.py
+on a cluster login node with only pyyaml) the strategy names and the number of
+centres, all without importing torch, FedML, mpi4py or FLamby.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Dict, List, Mapping, Optional, Tuple
 
@@ -65,3 +68,37 @@ def hyperparameter_help(key: str, description: str = "") -> str:
     who = ", ".join(f"{'/'.join(names)} ({'required' if default is None else f'default {default}'})"
                     for default, names in groups.items())
     return f"{who}: {description}" if description else who
+
+
+# ---- datasets -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FlambyDataset:
+    name: str
+    centres: int  # FLamby's NUM_CLIENTS (flamby/datasets/<name>/common.py)
+    extra: str  # FLamby's pip extra for it (FLamby's setup.py extras_require)
+
+
+FLAMBY_DATASET_FACTS: Mapping[str, FlambyDataset] = MappingProxyType({d.name: d for d in (
+    FlambyDataset("fed_heart_disease", 4, "heart"),
+    FlambyDataset("fed_tcga_brca", 6, "tcga"),
+    FlambyDataset("fed_ixi", 3, "ixi"),
+    FlambyDataset("fed_isic2019", 6, "isic2019"),
+    FlambyDataset("fed_camelyon16", 2, "cam16"),
+    FlambyDataset("fed_kits19", 6, "kits19"),
+    FlambyDataset("fed_lidc_idri", 5, "lidc"),
+)})
+FLAMBY_DATASETS: Tuple[str, ...] = tuple(FLAMBY_DATASET_FACTS)
+
+
+def canonical_flamby_name(name: str) -> Optional[str]:
+    """'Fed-Heart-Disease', 'fed_heart_disease', 'heart_disease' -> 'fed_heart_disease' (or None)."""
+    key = name.strip().lower().replace("-", "_")
+    if not key.startswith("fed_"):
+        key = "fed_" + key
+    return key if key in FLAMBY_DATASET_FACTS else None
+
+
+def is_synthetic(name: str) -> bool:
+    """Whether data_args.dataset names the built-in synthetic dataset."""
+    return name.strip().lower() == "synthetic"

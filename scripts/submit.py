@@ -26,12 +26,7 @@ sys.path.insert(0, str(SCRIPTS.parent))
 
 from flamby_mpi.config import load_config, parse_override  # noqa: E402
 from flamby_mpi.errors import UserError  # noqa: E402
-
-# FLamby's NUM_CLIENTS per dataset (flamby/datasets/fed_*/common.py).
-FLAMBY_CENTRES = {
-    "fed_heart_disease": 4, "fed_tcga_brca": 6, "fed_ixi": 3, "fed_isic2019": 6,
-    "fed_camelyon16": 2, "fed_kits19": 6, "fed_lidc_idri": 5,
-}
+from flamby_mpi.registry import FLAMBY_DATASET_FACTS, canonical_flamby_name  # noqa: E402  (torch-free)
 
 
 def _launch_overrides(launch_args: List[str]) -> List[str]:
@@ -51,11 +46,9 @@ def world_size(config_path: str, launch_args: List[str]) -> int:
     for text in overrides:
         parse_override(text)  # a malformed --set is reported here, not after queueing
     config = load_config(config_path, overrides)
-    from flamby_mpi.datasets.flamby_datasets import canonical_flamby_name
-
     flamby_name = canonical_flamby_name(config.data_args.dataset)
     if flamby_name is not None:
-        return FLAMBY_CENTRES[flamby_name] + 1
+        return FLAMBY_DATASET_FACTS[flamby_name].centres + 1
     from flamby_mpi.plan import make_plan  # synthetic or a dotted module: ask the dataset itself
 
     return make_plan(config).world_size

@@ -103,3 +103,32 @@ def test_benchmark_strategies_are_those_flamby_published():
         methods = {row["Method"] for row in csv.DictReader(open(path))}
         federated = {m[:-3] for m in methods if m.endswith("100")}
         assert federated == set(FLAMBY_BENCHMARK_STRATEGIES), path
+
+
+# --- datasets -------------------------------------------------------------------------------
+
+def test_dataset_loader_reads_the_registry():
+    from flamby_mpi.datasets import FLAMBY_DATASETS as loader_names
+    from flamby_mpi.datasets.flamby_datasets import FLAMBY_EXTRAS
+    from flamby_mpi.registry import FLAMBY_DATASET_FACTS, FLAMBY_DATASETS
+
+    assert loader_names == FLAMBY_DATASETS == tuple(FLAMBY_DATASET_FACTS)
+    assert FLAMBY_EXTRAS == {name: facts.extra for name, facts in FLAMBY_DATASET_FACTS.items()}
+    for name, facts in FLAMBY_DATASET_FACTS.items():
+        assert facts.name == name and facts.centres >= 1
+
+
+@pytest.mark.parametrize("name", ["fed_heart_disease", "fed_tcga_brca", "fed_ixi", "fed_isic2019",
+                                  "fed_camelyon16", "fed_kits19", "fed_lidc_idri"])
+def test_centre_counts_match_flamby_where_installed(name):
+    """The table is a copy of FLamby's NUM_CLIENTS (submit.py must size jobs without FLamby)."""
+    from flamby_mpi.registry import FLAMBY_DATASET_FACTS
+
+    pytest.importorskip("flamby")
+    try:
+        import importlib
+
+        common = importlib.import_module(f"flamby.datasets.{name}.common")
+    except ImportError as exc:  # that dataset's extra is not installed
+        pytest.skip(f"flamby.datasets.{name}: {exc}")
+    assert FLAMBY_DATASET_FACTS[name].centres == common.NUM_CLIENTS
