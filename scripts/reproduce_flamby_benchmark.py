@@ -189,13 +189,12 @@ def main(argv=None) -> int:
     if not results_dir.is_dir():
         parser.error(f"published results not found: {results_dir}")
     if args.np is None:
-        from flamby_mpi.config import load_config
         from flamby_mpi.errors import UserError
-        from flamby_mpi.plan import make_plan
+        from flamby_mpi.world_size import world_size_of
 
         overrides = [f"data_args.data_path={args.data_path}"] if args.data_path else []
-        try:
-            args.np = make_plan(load_config(str(args.config), overrides)).world_size
+        try:  # check_plan: as every rank will, so a missing FLamby is said once, here
+            args.np = world_size_of(str(args.config), overrides, check_plan=True)
         except UserError as error:  # FLamby or a dataset's extra missing, a bad config: say so, no traceback
             sys.exit(f"reproduce: {error}")
     table = published(results_dir, seeds)
