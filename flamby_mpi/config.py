@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import yaml
 
 from .errors import ConfigError, UserError
+from .registry import STRATEGY_NAMES, hyperparameter_help
 
 # Keys found in FedML/FLamby example configs that this launcher does not use,
 # with what to do instead. Unknown keys without a hint just list the valid ones.
@@ -39,9 +40,6 @@ FEDML_KEY_HINTS = {
 OPTIMIZER_CHOICES = ("sgd", "adam", "adamw", "adagrad", "rmsprop")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 POOLED_TEST_MODES = ("predictions", "flamby", "off")
-# FLamby's strategy names (flamby_mpi/strategies has one module each).
-STRATEGY_NAMES = ("FedAvg", "FedProx", "FedAdam", "FedYogi", "FedAdagrad", "Scaffold", "Cyclic",
-                  "FedAvgFineTuning")
 
 
 def _meta(choices=None, minimum=None, help="", normalize=None, check=None):
@@ -108,20 +106,28 @@ class TrainArgs:
     client_optimizer: Optional[str] = field(default=None, metadata=_meta(
         help=f"one of {', '.join(OPTIMIZER_CHOICES)} or a dotted class such as torch.optim.SGD; "
              "default: the dataset's Optimizer"))
-    # Strategy hyperparameters, with FLamby's names (flamby/config_<dataset>.json).
-    mu: Optional[float] = field(default=None, metadata=_meta(minimum=0.0, help="FedProx: proximal term weight"))
+    # Strategy hyperparameters, with FLamby's names (flamby/config_<dataset>.json); which strategy
+    # uses each and its default come from flamby_mpi.registry, in the help as everywhere else.
+    mu: Optional[float] = field(default=None, metadata=_meta(
+        minimum=0.0, help=hyperparameter_help("mu", "proximal term weight")))
     server_learning_rate: Optional[float] = field(default=None, metadata=_meta(
-        minimum=0.0, help="FedAdam/FedYogi/FedAdagrad (default 0.01), Scaffold (default 1.0)"))
-    beta1: Optional[float] = field(default=None, metadata=_meta(minimum=0.0, help="FedOpt family (default 0.9)"))
-    beta2: Optional[float] = field(default=None, metadata=_meta(minimum=0.0, help="FedOpt family (default 0.999)"))
-    tau: Optional[float] = field(default=None, metadata=_meta(minimum=0.0, help="FedOpt family (default 0.001)"))
+        minimum=0.0, help=hyperparameter_help("server_learning_rate", "the server's step size")))
+    beta1: Optional[float] = field(default=None, metadata=_meta(
+        minimum=0.0, help=hyperparameter_help("beta1", "first-moment decay")))
+    beta2: Optional[float] = field(default=None, metadata=_meta(
+        minimum=0.0, help=hyperparameter_help("beta2", "second-moment decay")))
+    tau: Optional[float] = field(default=None, metadata=_meta(
+        minimum=0.0, help=hyperparameter_help("tau", "adaptivity (added to the square root of v)")))
     deterministic_cycle: Optional[bool] = field(default=None, metadata=_meta(
-        help="Cyclic: centres in order 0..N-1 instead of a seeded random order per cycle (default false)"))
+        help=hyperparameter_help("deterministic_cycle",
+                                 "centres in order 0..N-1 instead of a seeded random order per cycle")))
     pass_model_on: Optional[bool] = field(default=None, metadata=_meta(
-        help="Cyclic: each centre starts from the previous centre's model (default true); false "
-             "reproduces FLamby's cyclic.py, where every centre trains its own copy and centre 0's is evaluated"))
+        help=hyperparameter_help("pass_model_on", "each centre starts from the previous centre's model; "
+                                 "false reproduces FLamby's cyclic.py, where every centre trains its own "
+                                 "copy and centre 0's is evaluated")))
     num_fine_tuning_steps: Optional[int] = field(default=None, metadata=_meta(
-        minimum=0, help="FedAvgFineTuning: local steps on the final model before evaluation"))
+        minimum=0, help=hyperparameter_help("num_fine_tuning_steps",
+                                            "local steps on the final model before evaluation")))
     # Differential privacy as FLamby offers it (opacus, an optional install): all three or none.
     dp_target_epsilon: Optional[float] = field(default=None, metadata=_meta(
         minimum=0.0, help="differential privacy (needs opacus): target epsilon"))

@@ -39,6 +39,11 @@ class RunPlan:
     def world_size(self) -> int:
         return self.num_clients + 1
 
+    @property
+    def optimizer_name(self) -> str:
+        """The client optimizer as results and the banner show it, e.g. torch.optim.sgd.SGD."""
+        return f"{self.optimizer_class.__module__}.{self.optimizer_class.__name__}"
+
     def summary(self) -> dict:
         from .strategies import STRATEGIES
 
@@ -49,7 +54,7 @@ class RunPlan:
             **STRATEGIES[train.federated_optimizer].resolve_hyperparameters(train),
             "num_clients": self.num_clients, "rounds": self.rounds, "num_updates": self.num_updates,
             "batch_size": self.batch_size, "learning_rate": self.learning_rate,
-            "optimizer": f"{self.optimizer_class.__module__}.{self.optimizer_class.__name__}",
+            "optimizer": self.optimizer_name,
             "seed": self.seed,
         }
 

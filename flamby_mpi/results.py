@@ -41,7 +41,6 @@ def write_results(output_dir: Path, plan, server_run, run_id: str, timing: Dict[
     output_dir.mkdir(parents=True, exist_ok=True)
     metrics = {k: _json_number(v) for k, v in (server_run.final_metrics or {}).items()}
     strategy = plan.config.train_args.federated_optimizer
-    optimizer = plan.optimizer_class
     results = {
         "run_id": run_id,
         "dataset": plan.dataset.name,
@@ -56,7 +55,7 @@ def write_results(output_dir: Path, plan, server_run, run_id: str, timing: Dict[
         "num_updates": plan.num_updates,
         "batch_size": plan.batch_size,
         "learning_rate": plan.learning_rate,
-        "optimizer": f"{optimizer.__module__}.{optimizer.__name__}",
+        "optimizer": plan.optimizer_name,
         "metrics": metrics,
         "pooled_test": plan.config.validation_args.pooled_test,
         "devices": {f"client_{c}": d for c, d in sorted(server_run.devices.items())},
@@ -78,7 +77,7 @@ def write_results(output_dir: Path, plan, server_run, run_id: str, timing: Dict[
         test_names.append("pooled")
     for name in test_names:
         writer.writerow(["Pooled Test" if name == "pooled" else name, method, metrics[name], plan.seed,
-                         plan.learning_rate, f"<class '{optimizer.__module__}.{optimizer.__name__}'>",
+                         plan.learning_rate, f"<class '{plan.optimizer_name}'>",
                          plan.num_updates, plan.rounds])
     _atomic_write_bytes(output_dir / "results.csv", rows.getvalue().encode())
 

@@ -30,8 +30,11 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from flamby_mpi.registry import FLAMBY_BENCHMARK_STRATEGIES  # noqa: E402  (torch-free)
+
 DEFAULT_RESULTS = REPO.parent / "shared" / "data" / "flamby_benchmark_results"
-FLAMBY_STRATEGIES = ("FedAvg", "FedProx", "FedAdam", "FedYogi", "FedAdagrad", "Scaffold", "Cyclic")
 # Hyperparameter columns of FLamby's results files that are train_args keys here.
 HYPERPARAMETER_COLUMNS = ("learning_rate", "mu", "server_learning_rate", "beta1", "beta2", "tau",
                           "deterministic_cycle")
@@ -151,8 +154,8 @@ def write_outputs(out: Path, rows: List[dict], tolerance: float, dataset: str, s
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="fed_heart_disease")
-    parser.add_argument("--strategies", default=",".join(FLAMBY_STRATEGIES),
-                        help=f"comma-separated, among {', '.join(FLAMBY_STRATEGIES)}")
+    parser.add_argument("--strategies", default=",".join(FLAMBY_BENCHMARK_STRATEGIES),
+                        help=f"comma-separated, among {', '.join(FLAMBY_BENCHMARK_STRATEGIES)}")
     parser.add_argument("--seeds", default="42,43,44,45,46")
     parser.add_argument("--data-path", default=None, help="data_args.data_path for every run")
     parser.add_argument("--config", type=Path, default=None, help="default: config/<dataset>.yaml")
@@ -173,9 +176,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    unknown = [s for s in strategies if s not in FLAMBY_STRATEGIES]
+    unknown = [s for s in strategies if s not in FLAMBY_BENCHMARK_STRATEGIES]
     if unknown:
-        parser.error(f"unknown strategies {unknown}; valid: {', '.join(FLAMBY_STRATEGIES)}")
+        parser.error(f"unknown strategies {unknown}; valid: {', '.join(FLAMBY_BENCHMARK_STRATEGIES)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     args.config = args.config or REPO / "config" / f"{args.dataset}.yaml"
     results_dir = args.results_dir or DEFAULT_RESULTS / args.dataset
@@ -185,14 +188,12 @@ def main(argv=None) -> int:
     if not results_dir.is_dir():
         parser.error(f"published results not found: {results_dir}")
     if args.np is None:
-        sys.path.insert(0, str(REPO))
-        from flamby_mpi.config import load_config
         from flamby_mpi.errors import UserError
-        from flamby_mpi.plan import make_plan
+        from flamby_mpi.world_size import world_size_of
 
         overrides = [f"data_args.data_path={args.data_path}"] if args.data_path else []
-        try:
-            args.np = make_plan(load_config(str(args.config), overrides)).world_size
+        try:  # check_plan: as every rank will, so a missing FLamby is said once, here
+            args.np = world_size_of(str(args.config), overrides, check_plan=True)
         except UserError as error:  # FLamby or a dataset's extra missing, a bad config: say so, no traceback
             sys.exit(f"reproduce: {error}")
     table = published(results_dir, seeds)

@@ -24,16 +24,14 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 python=${FLAMBY_MPI_PYTHON:-python}
 [ -f "$config" ] || { echo "start_local.sh: config not found: $config" >&2; exit 2; }
 
-# Number of clients = number of centres of the config's dataset (asks the project itself).
+# Number of clients = number of centres of the config's dataset (asks the project itself; the
+# whole run plan is checked, as each rank will, so a config problem is reported once, here).
 clients=$("$python" - "$config" "${extra[@]}" <<'PY'
 import sys
-from flamby_mpi.config import load_config
 from flamby_mpi.errors import UserError
-from flamby_mpi.plan import make_plan
-args = sys.argv[2:]
-overrides = [args[i + 1] for i in range(len(args) - 1) if args[i] == "--set"]
+from flamby_mpi.world_size import set_overrides, world_size_of
 try:
-    print(make_plan(load_config(sys.argv[1], overrides)).num_clients)
+    print(world_size_of(sys.argv[1], set_overrides(sys.argv[2:]), check_plan=True) - 1)
 except UserError as error:
     sys.exit(f"start_local.sh: {error}")
 PY

@@ -8,8 +8,8 @@ Everything after CONFIG goes to launch_client.py. Options for sbatch/qsub go
 before CONFIG, one per --option, written with "=" (repeatable):
     python scripts/submit.py --option=--time=04:00:00 --option=--partition=gpu CONFIG
 The number of centres comes from the dataset (FLamby's NUM_CLIENTS); for
-FLamby's datasets it is known without importing FLamby, so this runs on a login
-node that has only this project installed.
+FLamby's datasets and synthetic it is known without importing torch or FLamby
+(flamby_mpi.world_size), so this runs on a login node that has only pyyaml.
 """
 from __future__ import annotations
 
@@ -24,41 +24,8 @@ from typing import List, Optional
 SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPTS.parent))
 
-from flamby_mpi.config import load_config, parse_override  # noqa: E402
 from flamby_mpi.errors import UserError  # noqa: E402
-
-# FLamby's NUM_CLIENTS per dataset (flamby/datasets/fed_*/common.py).
-FLAMBY_CENTRES = {
-    "fed_heart_disease": 4, "fed_tcga_brca": 6, "fed_ixi": 3, "fed_isic2019": 6,
-    "fed_camelyon16": 2, "fed_kits19": 6, "fed_lidc_idri": 5,
-}
-
-
-def _launch_overrides(launch_args: List[str]) -> List[str]:
-    """The --set values among launch_client.py's flags (both `--set x` and `--set=x`)."""
-    found = []
-    for i, arg in enumerate(launch_args):
-        if arg == "--set" and i + 1 < len(launch_args):
-            found.append(launch_args[i + 1])
-        elif arg.startswith("--set="):
-            found.append(arg[len("--set="):])
-    return found
-
-
-def world_size(config_path: str, launch_args: List[str]) -> int:
-    """Centres + 1 for this config and these --set overrides."""
-    overrides = _launch_overrides(launch_args)
-    for text in overrides:
-        parse_override(text)  # a malformed --set is reported here, not after queueing
-    config = load_config(config_path, overrides)
-    from flamby_mpi.datasets.flamby_datasets import canonical_flamby_name
-
-    flamby_name = canonical_flamby_name(config.data_args.dataset)
-    if flamby_name is not None:
-        return FLAMBY_CENTRES[flamby_name] + 1
-    from flamby_mpi.plan import make_plan  # synthetic or a dotted module: ask the dataset itself
-
-    return make_plan(config).world_size
+from flamby_mpi.world_size import set_overrides, world_size_of  # noqa: E402  (torch-free)
 
 
 def slurm_command(ranks: int, config: str, launch_args: List[str], options: List[str]) -> List[str]:
@@ -102,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        ranks = world_size(args.config, args.launch_args)
+        ranks = world_size_of(args.config, set_overrides(args.launch_args))  # reports a bad --set before queueing
         if args.scheduler == "slurm":
             command = slurm_command(ranks, args.config, args.launch_args, args.option)
         else:

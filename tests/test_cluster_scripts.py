@@ -120,6 +120,25 @@ def test_submit_command_line_runs_without_installing_anything(tmp_path):
     assert done.stdout.startswith("qsub -l select=1:ncpus=5:mpiprocs=5 ")
 
 
+@pytest.mark.parametrize("config, extra", [
+    ("config/fed_heart_disease.yaml", []),
+    ("config/fedml_config.yaml", ["--set=data_args.synthetic_num_centers=2"]),
+])
+def test_submit_imports_neither_torch_nor_fedml_nor_mpi(config, extra, tmp_path):
+    """A login node may have only pyyaml: submit.py sizes FLamby and synthetic jobs without the rest."""
+    code = ("import runpy, sys\n"
+            f"sys.argv = ['submit.py', '--dry-run', {config!r}, *{extra!r}]\n"
+            "try:\n"
+            f"    runpy.run_path({str(SUBMIT)!r}, run_name='__main__')\n"
+            "except SystemExit as done:\n"
+            "    assert done.code == 0, done.code\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'fedml', 'mpi4py', 'flamby')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60,
+                          env=job_env(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]", done.stdout
+
+
 @pytest.mark.parametrize("script, env", [
     (SLURM_SCRIPT, {"SLURM_JOB_ID": "1", "SLURM_NTASKS": "5"}),
     (PBS_SCRIPT, {"PBS_JOBID": "1.pbs"}),

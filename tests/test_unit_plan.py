@@ -53,6 +53,13 @@ def test_plan_takes_config_values():
     assert (plan.num_clients, plan.world_size, plan.seed) == (3, 4, 9)
 
 
+def test_optimizer_name_is_the_dotted_class_as_flamby_prints_it():
+    plan = _plan(train_args={"client_optimizer": "adam"})
+    assert plan.optimizer_name == "torch.optim.adam.Adam" == plan.summary()["optimizer"]
+    # results.csv writes FLamby's optimizer_class column as str(class) from this name
+    assert f"<class '{plan.optimizer_name}'>" == str(plan.optimizer_class)
+
+
 def test_learning_rate_zero_is_kept():
     assert _plan(train_args={"learning_rate": 0.0}).learning_rate == 0.0
 

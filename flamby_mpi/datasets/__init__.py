@@ -10,6 +10,7 @@ import functools
 import importlib
 
 from ..errors import UserError
+from ..registry import is_synthetic
 from .flamby_datasets import (
     FLAMBY_DATASETS,
     canonical_flamby_name,
@@ -25,7 +26,7 @@ __all__ = ["DatasetSpec", "resolve_dataset", "FLAMBY_DATASETS"]
 
 def resolve_dataset(data_args, seed: int) -> DatasetSpec:
     name = data_args.dataset
-    if name.strip().lower() == "synthetic":
+    if is_synthetic(name):
         module = SyntheticModule(seed, data_args.synthetic_num_centers, data_args.synthetic_samples_per_center)
         if data_args.data_path is not None:
             raise UserError("the synthetic dataset is generated from the seed and takes no data_path",

@@ -7,17 +7,10 @@ import importlib
 import os
 
 from ..errors import UserError
+from ..registry import FLAMBY_DATASET_FACTS, FLAMBY_DATASETS, canonical_flamby_name  # noqa: F401 (re-exported)
 
-FLAMBY_DATASETS = (
-    "fed_heart_disease", "fed_tcga_brca", "fed_ixi", "fed_isic2019",
-    "fed_camelyon16", "fed_kits19", "fed_lidc_idri",
-)
-# FLamby's pip extras per dataset (setup.py extras_require).
-FLAMBY_EXTRAS = {
-    "fed_heart_disease": "heart", "fed_tcga_brca": "tcga", "fed_ixi": "ixi",
-    "fed_isic2019": "isic2019", "fed_camelyon16": "cam16", "fed_kits19": "kits19",
-    "fed_lidc_idri": "lidc",
-}
+# FLamby's names and pip extras live in flamby_mpi.registry (torch-free, also read by scripts/submit.py).
+FLAMBY_EXTRAS = {name: facts.extra for name, facts in FLAMBY_DATASET_FACTS.items()}
 # Datasets whose class calls flamby.utils.accept_license() (an input() prompt) when built.
 LICENCE_PROMPT_AT_LOAD = {
     "fed_tcga_brca": "https://gdc.cancer.gov/access-data/data-access-processes-and-tools",
@@ -27,14 +20,6 @@ FLAMBY_INSTALL = (
     "install FLamby from its git repository, with the extra for your dataset:\n"
     "  git clone https://github.com/owkin/FLamby.git && pip install -e './FLamby[{extra}]'"
 )
-
-
-def canonical_flamby_name(name: str):
-    """'Fed-Heart-Disease', 'fed_heart_disease', 'heart_disease' -> 'fed_heart_disease' (or None)."""
-    key = name.strip().lower().replace("-", "_")
-    if not key.startswith("fed_"):
-        key = "fed_" + key
-    return key if key in FLAMBY_DATASETS else None
 
 
 def import_flamby_dataset(name: str):

@@ -1,5 +1,5 @@
 """Federated strategies by FLamby's names; each module holds a server half and a client half."""
-from ..config import STRATEGY_NAMES
+from ..registry import HYPERPARAMETER_USERS, STRATEGY_NAMES
 from .base import Strategy
 from .cyclic import Cyclic
 from .fed_avg import FedAvg
@@ -8,15 +8,11 @@ from .fed_opt import FedAdagrad, FedAdam, FedYogi
 from .fed_prox import FedProx
 from .scaffold import Scaffold
 
-STRATEGIES = {cls.name: cls for cls in (FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad, Scaffold, Cyclic,
-                                        FedAvgFineTuning)}
-
-assert tuple(STRATEGIES) == STRATEGY_NAMES, "config.STRATEGY_NAMES and the strategy modules disagree"
-# Every strategy-specific train_args key, and the strategies that use it.
-HYPERPARAMETER_USERS = {}
-for _cls in STRATEGIES.values():
-    for _key in _cls.hyperparameters:
-        HYPERPARAMETER_USERS.setdefault(_key, []).append(_cls.name)
+# The names and defaults are flamby_mpi.registry's; this maps each name to its implementation.
+_CLASSES = {cls.name: cls for cls in (FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad, Scaffold, Cyclic,
+                                      FedAvgFineTuning)}
+assert set(_CLASSES) == set(STRATEGY_NAMES), "flamby_mpi.registry and the strategy modules disagree"
+STRATEGIES = {name: _CLASSES[name] for name in STRATEGY_NAMES}
 
 __all__ = ["STRATEGIES", "HYPERPARAMETER_USERS", "Strategy", "make_strategy"]
 

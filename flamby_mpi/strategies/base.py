@@ -8,12 +8,13 @@ all of them); a centre that does not train this round answers with no update.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from ..aggregation import fedavg, weighted_update
+from ..registry import STRATEGY_HYPERPARAMETERS
 
 State = "OrderedDict[str, torch.Tensor]"
 # One client's result of a round: (train samples, local state, strategy extras).
@@ -22,9 +23,15 @@ ClientResult = Tuple[int, State, Optional[Dict]]
 
 class Strategy:
     name = "FedAvg"
-    # Strategy-specific train_args keys and their defaults (None: required).
-    hyperparameters: Dict[str, object] = {}
+    # Strategy-specific train_args keys and their defaults (None: required), read from
+    # flamby_mpi.registry by `name` for every class that sets one.
+    hyperparameters: Mapping[str, object] = STRATEGY_HYPERPARAMETERS[name]
     allows_client_sampling = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:  # a strategy the registry must know (a KeyError here means it does not)
+            cls.hyperparameters = STRATEGY_HYPERPARAMETERS[cls.name]
 
     def __init__(self, plan):
         self.plan = plan

@@ -23,7 +23,6 @@ def _copy(state):
 
 class Cyclic(Strategy):
     name = "Cyclic"
-    hyperparameters = {"deterministic_cycle": False, "pass_model_on": True}
     allows_client_sampling = False
     # The centre whose own model FLamby's benchmark evaluates (models_list[0]).
     EVALUATED_CENTER = 0

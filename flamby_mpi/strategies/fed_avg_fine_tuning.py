@@ -5,7 +5,6 @@ from .base import Strategy
 
 class FedAvgFineTuning(Strategy):
     name = "FedAvgFineTuning"
-    hyperparameters = {"num_fine_tuning_steps": None}
 
     def model_for_evaluation(self, learner, final):
         if final:  # training is over: fine-tune this client's copy in place

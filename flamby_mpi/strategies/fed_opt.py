@@ -7,11 +7,9 @@ import torch
 
 from .base import Strategy, weighted_delta
 
-FEDOPT_HYPERPARAMETERS = {"server_learning_rate": 1e-2, "beta1": 0.9, "beta2": 0.999, "tau": 1e-3}
-
 
 class _FedOpt(Strategy):
-    hyperparameters = FEDOPT_HYPERPARAMETERS
+    # server_learning_rate, beta1, beta2, tau: defaults in flamby_mpi.registry, per subclass name.
 
     def __init__(self, plan):
         super().__init__(plan)

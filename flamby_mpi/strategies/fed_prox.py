@@ -4,7 +4,6 @@ from .base import Strategy
 
 class FedProx(Strategy):
     name = "FedProx"
-    hyperparameters = {"mu": None}
 
     def local_train(self, learner, round_idx, server_extras):
         mu = float(self.hp["mu"])

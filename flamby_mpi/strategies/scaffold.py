@@ -18,7 +18,6 @@ from .base import Strategy
 
 class Scaffold(Strategy):
     name = "Scaffold"
-    hyperparameters = {"server_learning_rate": 1.0}
 
     def __init__(self, plan):
         super().__init__(plan)

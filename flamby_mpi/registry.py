@@ -1,0 +1,104 @@
+"""Facts about FLamby's strategies and datasets that several places need, each written once.
+
+Standard library only, on purpose: flamby_mpi.config takes its strategy choices
+and hyperparameter help from here, the strategy classes their defaults, the
+dataset loader FLamby's names and pip extras, and the scripts (scripts/submit.py
+on a cluster login node with only pyyaml) the strategy names and the number of
+centres, all without importing torch, FedML, mpi4py or FLamby.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Dict, List, Mapping, Optional, Tuple
+
+# ---- strategies ---------------------------------------------------------------------------
+
+_FEDOPT = {"server_learning_rate": 1e-2, "beta1": 0.9, "beta2": 0.999, "tau": 1e-3}
+
+# FLamby's strategy names, in FLamby's order, each with its strategy-specific train_args keys
+# (FLamby's names, flamby/config_<dataset>.json) and their defaults; None: the config must set it.
+# flamby_mpi/strategies has one class per name, which takes its defaults from here.
+STRATEGY_HYPERPARAMETERS: Mapping[str, Mapping[str, object]] = MappingProxyType({
+    name: MappingProxyType(dict(hyperparameters)) for name, hyperparameters in (
+        ("FedAvg", {}),
+        ("FedProx", {"mu": None}),
+        ("FedAdam", _FEDOPT),
+        ("FedYogi", _FEDOPT),
+        ("FedAdagrad", _FEDOPT),
+        ("Scaffold", {"server_learning_rate": 1.0}),
+        ("Cyclic", {"deterministic_cycle": False, "pass_model_on": True}),
+        ("FedAvgFineTuning", {"num_fine_tuning_steps": None}),
+    )
+})
+STRATEGY_NAMES: Tuple[str, ...] = tuple(STRATEGY_HYPERPARAMETERS)
+
+# The strategies FLamby published benchmark results for (the Method column of
+# flamby_benchmark_results/<dataset>/*.csv, e.g. FedAvg100); FedAvgFineTuning is not among them.
+FLAMBY_BENCHMARK_STRATEGIES: Tuple[str, ...] = tuple(n for n in STRATEGY_NAMES if n != "FedAvgFineTuning")
+
+
+def _hyperparameter_users() -> Dict[str, List[str]]:
+    users: Dict[str, List[str]] = {}
+    for name, hyperparameters in STRATEGY_HYPERPARAMETERS.items():
+        for key in hyperparameters:
+            users.setdefault(key, []).append(name)
+    return users
+
+
+# Every strategy-specific train_args key, and the strategies that use it (in STRATEGY_NAMES order).
+HYPERPARAMETER_USERS: Mapping[str, List[str]] = MappingProxyType(_hyperparameter_users())
+
+
+def _yaml_spelling(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def hyperparameter_help(key: str, description: str = "") -> str:
+    """Help for a strategy's train_args key: who uses it and each one's default, then `description`.
+
+    e.g. 'FedAdam/FedYogi/FedAdagrad (default 0.01), Scaffold (default 1.0): the server's step size'.
+    """
+    groups: Dict[Optional[str], List[str]] = {}  # default as written -> strategies (None: required)
+    for name in HYPERPARAMETER_USERS[key]:
+        default = STRATEGY_HYPERPARAMETERS[name][key]
+        groups.setdefault(None if default is None else _yaml_spelling(default), []).append(name)
+    who = ", ".join(f"{'/'.join(names)} ({'required' if default is None else f'default {default}'})"
+                    for default, names in groups.items())
+    return f"{who}: {description}" if description else who
+
+
+# ---- datasets -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FlambyDataset:
+    name: str
+    centres: int  # FLamby's NUM_CLIENTS (flamby/datasets/<name>/common.py)
+    extra: str  # FLamby's pip extra for it (FLamby's setup.py extras_require)
+
+
+FLAMBY_DATASET_FACTS: Mapping[str, FlambyDataset] = MappingProxyType({d.name: d for d in (
+    FlambyDataset("fed_heart_disease", 4, "heart"),
+    FlambyDataset("fed_tcga_brca", 6, "tcga"),
+    FlambyDataset("fed_ixi", 3, "ixi"),
+    FlambyDataset("fed_isic2019", 6, "isic2019"),
+    FlambyDataset("fed_camelyon16", 2, "cam16"),
+    FlambyDataset("fed_kits19", 6, "kits19"),
+    FlambyDataset("fed_lidc_idri", 5, "lidc"),
+)})
+FLAMBY_DATASETS: Tuple[str, ...] = tuple(FLAMBY_DATASET_FACTS)
+
+
+def canonical_flamby_name(name: str) -> Optional[str]:
+    """'Fed-Heart-Disease', 'fed_heart_disease', 'heart_disease' -> 'fed_heart_disease' (or None)."""
+    key = name.strip().lower().replace("-", "_")
+    if not key.startswith("fed_"):
+        key = "fed_" + key
+    return key if key in FLAMBY_DATASET_FACTS else None
+
+
+def is_synthetic(name: str) -> bool:
+    """Whether data_args.dataset names the built-in synthetic dataset."""
+    return name.strip().lower() == "synthetic"

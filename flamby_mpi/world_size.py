@@ -1,0 +1,53 @@
+"""How many MPI processes a run needs (its dataset's centres + 1 server), from a config and --set flags.
+
+The scripts that start or submit jobs all ask here: scripts/submit.py (on a
+cluster login node with only pyyaml), scripts/start_local.sh and
+scripts/reproduce_flamby_benchmark.py. For FLamby's datasets and synthetic the
+count comes from the config and flamby_mpi.registry alone, without torch.
+"""
+from __future__ import annotations
+
+from typing import List, Sequence
+
+from .config import load_config, parse_override
+from .registry import FLAMBY_DATASET_FACTS, canonical_flamby_name, is_synthetic
+
+
+def set_overrides(launch_args: Sequence[str]) -> List[str]:
+    """The --set values among launch_client.py's flags (both `--set x` and `--set=x`)."""
+    found = []
+    for i, arg in enumerate(launch_args):
+        if arg == "--set" and i + 1 < len(launch_args):
+            found.append(launch_args[i + 1])
+        elif arg.startswith("--set="):
+            found.append(arg[len("--set="):])
+    return found
+
+
+def world_size_of(config_path: str, overrides: Sequence[str] = (), *, check_plan: bool = False) -> int:
+    """Centres + 1 for this config file and these `section.key=value` overrides.
+
+    FLamby's datasets (their centre counts are in flamby_mpi.registry) and
+    synthetic (data_args.synthetic_num_centers) are counted without importing
+    torch or FLamby. Any other dataset, a dotted module path, is asked itself:
+    that builds the run plan, importing torch and the module.
+
+    check_plan=True builds the plan for every dataset, as each rank will, so that
+    whatever a rank would report (FLamby or a dataset's extra missing, a
+    strategy's missing hyperparameter, a client count...) is reported once, now.
+
+    Raises UserError: a malformed --set first, then the config's problems.
+    """
+    overrides = list(overrides)
+    for text in overrides:
+        parse_override(text)  # a malformed --set is reported before the config file's problems
+    config = load_config(config_path, overrides)
+    if not check_plan:
+        flamby_name = canonical_flamby_name(config.data_args.dataset)
+        if flamby_name is not None:
+            return FLAMBY_DATASET_FACTS[flamby_name].centres + 1
+        if is_synthetic(config.data_args.dataset):
+            return config.data_args.synthetic_num_centers + 1
+    from .plan import make_plan  # imports torch and the dataset module
+
+    return make_plan(config).world_size
