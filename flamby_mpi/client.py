@@ -1,10 +1,9 @@
-"""The client rank: FLamby centre k-1 trained with FLamby's semantics inside FedML's ClientTrainer.
+"""The client rank: FLamby centre k-1 trained with FLamby's semantics.
 
-What travels to the server each round (one FedML message) is a plain dict:
-`{"state_dict": <local model or None>, "report": {...}}`. The report carries the
-evaluation of the global model this client received (every
-`frequency_of_the_test` rounds and at the end), so test data never moves; at
-the end it may carry test predictions and labels for FLamby's Pooled Test.
+Each exchange it receives a `GlobalMessage` and answers with a `ClientReply`
+(flamby_mpi.protocol): the evaluation of the global model it received, when due
+(so test data never moves), then its local update unless this is the final,
+evaluation-only exchange or the strategy leaves this centre out of the round.
 """
 from __future__ import annotations
 
@@ -16,6 +15,7 @@ from collections import OrderedDict
 import torch
 
 from .plan import RunPlan
+from .protocol import ClientReply, GlobalMessage
 from .strategies import make_strategy
 from .training import LocalLearner, PrivacySettings, derived_seed, evaluate, make_loader
 
@@ -31,7 +31,7 @@ class ClientRun:
         self.center = rank - 1
         self.device = device
         self.strategy = make_strategy(plan)
-        self._server_extras = None
+        self._message: GlobalMessage = None
         seed = derived_seed(plan.seed, rank)
         # This centre's own global-RNG stream (dropout, FedML-free code): seeded here, and
         # swapped in around all of this client's work, so that clients sharing one process
@@ -42,15 +42,14 @@ class ClientRun:
         test_set = dataset.center_dataset(self.center, train=False)
         if len(train_set) == 0:
             raise RuntimeError(f"centre {self.center} of {dataset.name} has no training samples")
-        workers = plan.config.data_args.num_workers
-        train_loader = make_loader(train_set, plan.batch_size, shuffle=True, num_workers=workers,
+        train_loader = make_loader(train_set, plan.batch_size, shuffle=True, num_workers=plan.num_workers,
                                    generator=torch.Generator().manual_seed(seed))
-        self.test_loader = make_loader(test_set, plan.test_batch_size, shuffle=False, num_workers=workers)
-        train = plan.config.train_args
+        self.test_loader = make_loader(test_set, plan.test_batch_size, shuffle=False,
+                                       num_workers=plan.num_workers)
         privacy = None
-        if train.dp_target_epsilon is not None:
-            privacy = PrivacySettings(train.dp_target_epsilon, train.dp_target_delta, train.dp_max_grad_norm,
-                                      epochs=plan.rounds, seed=seed)
+        if plan.privacy is not None:
+            privacy = PrivacySettings(plan.privacy.target_epsilon, plan.privacy.target_delta,
+                                      plan.privacy.max_grad_norm, epochs=plan.rounds, seed=seed)
         self.learner = LocalLearner(dataset.baseline(), plan.optimizer_class, plan.learning_rate,
                                     dataset.baseline_loss(), train_loader, device, privacy)
         self._rng_state = torch.get_rng_state()
@@ -67,65 +66,29 @@ class ClientRun:
             self._rng_state = torch.get_rng_state()
             torch.set_rng_state(outer)
 
-    def receive(self, message):
+    def receive(self, message: GlobalMessage):
         """The server's message: the global model, plus strategy extras (Scaffold's c)."""
-        self.strategy.receive(self.learner, message["state_dict"])
-        self._server_extras = message.get("extras")
+        self.strategy.receive(self.learner, message.state)
+        self._message = message
 
-    def round_report(self, round_idx: int) -> dict:
+    def reply(self) -> ClientReply:
         """Evaluates (when due) the global model just received, then trains unless this is the end."""
         with self._own_rng():
-            return self._round_report(round_idx)
+            return self._reply(self._message)
 
-    def _round_report(self, round_idx: int) -> dict:
-        plan = self.plan
-        final = round_idx == plan.rounds
-        report = {"center": self.center, "round": round_idx, "device": str(self.device),
-                  "train_samples": self.learner.num_train_samples}
-        frequency = plan.config.validation_args.frequency_of_the_test
-        if final or (round_idx > 0 and round_idx % frequency == 0):
-            model = self.strategy.model_for_evaluation(self.learner, final)
-            result = evaluate(model, self.test_loader, plan.dataset.metric, self.device)
-            report["evaluation"] = {"round": round_idx, "metric": result.metric, "num_samples": result.num_samples}
-            if final and plan.config.validation_args.pooled_test == "predictions":
-                report["predictions"] = {"y_true": result.y_true, "y_pred": result.y_pred}
-        if final or self.center not in self.strategy.participants(round_idx):
-            return {"state_dict": None, "extras": None, "report": report}
+    def _reply(self, message: GlobalMessage) -> ClientReply:
+        plan, round_idx = self.plan, message.round_idx
+        reply = ClientReply(center=self.center, round_idx=round_idx, device=str(self.device),
+                            train_samples=self.learner.num_train_samples)
+        if plan.evaluates(round_idx):
+            model = self.strategy.model_for_evaluation(self.learner, message.final)
+            evaluation = evaluate(model, self.test_loader, plan.dataset.metric, self.device)
+            pooled_by_predictions = message.final and plan.pooled_test == "predictions"
+            reply.evaluation = evaluation if pooled_by_predictions else evaluation.without_predictions()
+        if message.final or self.center not in self.strategy.participants(round_idx):
+            return reply
         tick = time.perf_counter()
-        report["train_loss"], extras = self.strategy.local_train(self.learner, round_idx, self._server_extras)
-        report["train_s"] = time.perf_counter() - tick
-        state = OrderedDict((k, v.detach().cpu().clone()) for k, v in self.learner.state_dict().items())
-        return {"state_dict": state, "extras": extras, "report": report}
-
-
-def make_trainer(client_run: ClientRun, fedml_args):
-    """FedML's ClientTrainer around a ClientRun (FedML is imported only here and in the bridge)."""
-    from fedml.core.alg_frame.client_trainer import ClientTrainer
-
-    class FlambyClientTrainer(ClientTrainer):
-        def __init__(self):
-            super().__init__(client_run.learner.net, fedml_args)
-            self._payload = None
-
-        def get_model_params(self):
-            return self._payload
-
-        def set_model_params(self, model_parameters):
-            client_run.receive(model_parameters)
-
-        def update_dataset(self, local_train_dataset, local_test_dataset, local_sample_number):
-            pass  # the data of this centre was loaded once, in ClientRun
-
-        def on_before_local_training(self, train_data, device, args):
-            pass  # no FedML FHE/DP/attack hooks
-
-        def on_after_local_training(self, train_data, device, args):
-            pass
-
-        def train(self, train_data, device, args):
-            self._payload = client_run.round_report(int(args.round_idx))
-
-        def test(self, test_data, device, args):
-            pass  # evaluation happens in train(), on the model received from the server
-
-    return FlambyClientTrainer()
+        reply.train_loss, reply.extras = self.strategy.local_train(self.learner, round_idx, message.extras)
+        reply.train_s = time.perf_counter() - tick
+        reply.state = OrderedDict((k, v.detach().cpu().clone()) for k, v in self.learner.state_dict().items())
+        return reply

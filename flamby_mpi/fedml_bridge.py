@@ -1,4 +1,6 @@
-"""The only module that touches FedML's internals.
+"""The only module that touches FedML: the MPI transport of a run (FedMLTransport), FedML's
+args, and the adapters that put a ServerRun behind FedML's ServerAggregator and a ClientRun
+behind FedML's ClientTrainer.
 
 We do not call `fedml.init()`: it replaces the root logger, redirects print,
 writes ~/.fedml and ./log, and POSTs to FedML's cloud even with
@@ -16,7 +18,10 @@ from __future__ import annotations
 import json
 import warnings
 from types import SimpleNamespace
-from typing import Callable
+from typing import Callable, List, Optional
+
+from .launch.world import World
+from .watchdog import Watchdog
 
 def import_fedml():
     """Imports FedML quietly (its import emits dependency warnings that are not ours to fix)."""
@@ -28,7 +33,7 @@ def import_fedml():
     return fedml
 
 
-def fedml_args(plan, world, run_id: str, device) -> SimpleNamespace:
+def fedml_args(plan, world, device) -> SimpleNamespace:
     """The attributes FedML's cross-silo server and client read, for this rank."""
     from fedml.constants import FEDML_CROSS_SILO_SCENARIO_HORIZONTAL, FEDML_TRAINING_PLATFORM_CROSS_SILO
     from fedml.core.mlops import MLOpsStore
@@ -40,7 +45,7 @@ def fedml_args(plan, world, run_id: str, device) -> SimpleNamespace:
         backend="MPI",
         using_mlops=False,
         enable_wandb=False,
-        run_id=run_id,
+        run_id=plan.run_id,
         rank=world.rank,
         role="server" if world.is_server else "client",
         worker_num=n,
@@ -48,9 +53,9 @@ def fedml_args(plan, world, run_id: str, device) -> SimpleNamespace:
         client_num_per_round=n,
         # Server: every client rank; client: only itself (FedML's convention).
         client_id_list=json.dumps(list(range(1, n + 1)) if world.is_server else [world.rank]),
-        # One extra FedML round at the end carries the final evaluation (no training).
-        comm_round=plan.rounds + 1,
-        frequency_of_the_test=plan.config.validation_args.frequency_of_the_test,
+        # FedML's rounds are our exchanges: the training rounds plus the final evaluation-only one.
+        comm_round=plan.exchanges,
+        frequency_of_the_test=plan.eval_every,
         test_on_clients="no",  # our trainer evaluates inside train(), see client.py
         dataset=plan.dataset.name,
         federated_optimizer="FedAvg",
@@ -142,4 +147,128 @@ def run_client(args, world, trainer, center: int, train_samples: int, watchdog) 
     manager.run()
 
 
-__all__ = ["import_fedml", "fedml_args", "run_server", "run_client"]
+# A client's reply travels to FedML's aggregator inside a plain dict: FedML leaves a dict as it is,
+# while it walks anything else key by key to move it to a device.
+_REPLY = "flamby_mpi.reply"
+
+
+def make_aggregator(server_run, fedml_args):
+    """FedML's ServerAggregator around a ServerRun: FedML sends what get_model_params returns
+    (a GlobalMessage) and hands aggregate() the clients' ClientReplys."""
+    from fedml.core.alg_frame.server_aggregator import ServerAggregator
+
+    class FlambyServerAggregator(ServerAggregator):
+        def get_model_params(self):
+            return server_run.global_message(int(fedml_args.round_idx))
+
+        def set_model_params(self, model_parameters):
+            pass  # ServerRun.aggregate already holds the aggregated model
+
+        def on_before_aggregation(self, raw_client_model_or_grad_list):
+            return raw_client_model_or_grad_list, list(range(len(raw_client_model_or_grad_list)))
+
+        def aggregate(self, raw_client_model_or_grad_list):
+            round_idx = int(fedml_args.round_idx)
+            replies = [payload[_REPLY] for _, payload in raw_client_model_or_grad_list]
+            # After the final exchange FedML still sends one model message, which clients ignore.
+            return server_run.aggregate(round_idx, replies) or server_run.global_message(round_idx)
+
+        def on_after_aggregation(self, aggregated_model_or_grad):
+            return aggregated_model_or_grad
+
+        def test(self, test_data, device, args):
+            return None  # the server holds no data; clients evaluate
+
+        def test_all(self, train_data_local_dict, test_data_local_dict, device, args=None) -> bool:
+            return True
+
+    return FlambyServerAggregator(server_run.model, fedml_args)
+
+
+def make_trainer(client_run, fedml_args):
+    """FedML's ClientTrainer around a ClientRun: set_model_params receives the GlobalMessage,
+    train() computes the ClientReply that get_model_params hands FedML to send.
+
+    The GlobalMessage is not a plain dict on purpose: FedML's server sends a dict as one model
+    per client."""
+    from fedml.core.alg_frame.client_trainer import ClientTrainer
+
+    class FlambyClientTrainer(ClientTrainer):
+        def __init__(self):
+            super().__init__(client_run.learner.net, fedml_args)
+            self._reply = None
+
+        def get_model_params(self):
+            return {_REPLY: self._reply}
+
+        def set_model_params(self, model_parameters):
+            client_run.receive(model_parameters)
+
+        def update_dataset(self, local_train_dataset, local_test_dataset, local_sample_number):
+            pass  # the data of this centre was loaded once, in ClientRun
+
+        def on_before_local_training(self, train_data, device, args):
+            pass  # no FedML FHE/DP/attack hooks
+
+        def on_after_local_training(self, train_data, device, args):
+            pass
+
+        def train(self, train_data, device, args):
+            self._reply = client_run.reply()
+            if self._reply.round_idx != int(args.round_idx):  # FedML's count and ours must agree
+                raise RuntimeError(f"FedML runs round {args.round_idx}, the server sent round "
+                                   f"{self._reply.round_idx}")
+
+        def test(self, test_data, device, args):
+            pass  # evaluation happens in train(), on the model received from the server
+
+    return FlambyClientTrainer()
+
+
+class FedMLTransport:
+    """A run over MPI: this process plays one rank, FedML's cross-silo managers carry the messages."""
+
+    def __init__(self, world: World):
+        self.world = world
+        self.rank, self.host, self.world_size = world.rank, world.host, world.size
+        self.local_ranks: List[int] = [world.rank]
+        self._watchdog: Optional[Watchdog] = None
+
+    def begin(self, plan, on_expire: Callable[[str], None]):
+        """From here on, a rank that hears nothing for round_timeout_s ends the job."""
+        self._watchdog = Watchdog(plan.round_timeout_s, on_expire).start()
+
+    def agree(self, value):
+        return self.world.comm.bcast(value, root=0)
+
+    def allgather(self, value) -> list:
+        return self.world.comm.allgather(value)
+
+    def device(self, plan, warn):
+        from .devices import pick_device
+
+        return pick_device(plan.devices, self.world, warn)
+
+    def exchange(self, plan, server_run, client_runs, on_first_round: Callable[[], None], device):
+        import_fedml()
+        args = fedml_args(plan, self.world, device)
+        if server_run is not None:
+            run_server(args, self.world, make_aggregator(server_run, args), on_first_round, self._watchdog)
+        else:
+            (client_run,) = client_runs
+            run_client(args, self.world, make_trainer(client_run, args), client_run.center,
+                       client_run.learner.num_train_samples, self._watchdog)
+
+    def stop_watching(self):
+        if self._watchdog is not None:
+            self._watchdog.stop()
+
+    def finish(self):
+        self.stop_watching()
+        self.world.finish()
+
+    def abort(self, code: int):
+        self.world.abort(code)
+
+
+__all__ = ["FedMLTransport", "import_fedml", "fedml_args", "make_aggregator", "make_trainer"]

@@ -1,15 +1,16 @@
 """`comm_args.backend: inprocess`: the server and every client in one process, no MPI, no FedML.
 
-The same ServerRun and ClientRun objects and the same round protocol as the
-MPI path (a global message out, one payload per client back, every client
-answering every round), with messages copied as MPI would copy them, so the
+The same ServerRun and ClientRun objects and the same round protocol as the MPI
+path (a GlobalMessage out, one ClientReply per client back, every client
+answering every exchange), with messages copied as MPI would copy them, so the
 final model is bitwise identical to the MPI run's: a debugging mode and a
 reference.
 """
 from __future__ import annotations
 
 import pickle
-from typing import List
+import socket
+from typing import Callable, List
 
 
 def _as_if_sent(obj):
@@ -17,14 +18,50 @@ def _as_if_sent(obj):
     return pickle.loads(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
 
 
-def run_rounds(server_run, client_runs: List) -> None:
-    """Runs the whole federated training: plan.rounds rounds plus the final evaluation round."""
-    server_run.start_first_round()
+def run_exchanges(server_run, client_runs: List) -> None:
+    """Runs the whole federated training: every exchange, the final evaluation-only one included."""
     message = server_run.global_message(0)
-    for round_idx in range(server_run.plan.rounds + 1):
-        payloads = []
+    while message is not None:
+        replies = []
         for client in client_runs:
             client.receive(_as_if_sent(message))
-            payload = client.round_report(round_idx)
-            payloads.append((client.learner.num_train_samples, _as_if_sent(payload)))
-        message = server_run.aggregate(round_idx, payloads)
+            replies.append(_as_if_sent(client.reply()))
+        message = server_run.aggregate(message.round_idx, replies)
+
+
+class InProcessTransport:
+    """A run in this one process: it plays rank 0 and every client rank."""
+
+    rank = 0
+    world_size = 1  # processes in the job
+
+    def __init__(self, plan):
+        self.host = socket.gethostname()
+        self.local_ranks = list(range(plan.world_size))
+
+    def begin(self, plan, on_expire: Callable[[str], None]):
+        pass  # nothing to wait for: no peer can fall silent
+
+    def agree(self, value):
+        return value
+
+    def allgather(self, value) -> list:
+        return [value]
+
+    def device(self, plan, warn):
+        import torch
+
+        return torch.device("cpu")
+
+    def exchange(self, plan, server_run, client_runs, on_first_round: Callable[[], None], device):
+        on_first_round()
+        run_exchanges(server_run, client_runs)
+
+    def stop_watching(self):
+        pass
+
+    def finish(self):
+        pass
+
+    def abort(self, code: int) -> int:
+        return code  # nobody else to end

@@ -1,19 +1,29 @@
-"""RunPlan: the validated config joined with its dataset into concrete run values.
+"""RunPlan: the validated config joined with its dataset into the concrete values of one run.
 
-Every rank computes the same plan from the same config without talking to the
-others, so mismatches (world size, client counts) are found before any MPI call.
+The plan is resolved once and is the only thing the rest of the program reads:
+every default filled in (the dataset's batch size, learning rate and optimizer,
+the strategy's hyperparameters, the number of rounds), the run id and the
+directories derived from it. Every rank computes the same plan from the same
+config without talking to the others, so mismatches (world size, client counts)
+are found before any MPI call. The run id may be decided later (rank 0's
+timestamp, broadcast): `with_run_id` completes the plan then.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import importlib
-from dataclasses import dataclass
-from typing import List
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
 
 import torch
 
-from .config import OPTIMIZER_CHOICES, RunConfig
+from .config import OPTIMIZER_CHOICES, DeviceArgs, RunConfig, run_id_problem
 from .datasets import DatasetSpec, resolve_dataset
-from .errors import ConfigError
+from .errors import ConfigError, UserError
+from .registry import HYPERPARAMETER_USERS, STRATEGY_HYPERPARAMETERS
 
 _OPTIMIZERS = {
     "sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
@@ -22,41 +32,100 @@ _OPTIMIZERS = {
 assert set(_OPTIMIZERS) == set(OPTIMIZER_CHOICES)
 
 
+@dataclass(frozen=True)
+class Privacy:
+    """FLamby's differential privacy settings (opacus), all three given together."""
+    target_epsilon: float
+    target_delta: float
+    max_grad_norm: float
+
+
 @dataclass
 class RunPlan:
-    config: RunConfig
     dataset: DatasetSpec
     num_clients: int
-    rounds: int
+    rounds: int  # training rounds; one evaluation-only exchange follows them (final_round)
     num_updates: int
     batch_size: int
     test_batch_size: int
     learning_rate: float
     optimizer_class: type
     seed: int
+    strategy: str
+    hyperparameters: Dict[str, object]  # the strategy's own, defaults filled in
+    clients_per_round: int
+    privacy: Optional[Privacy]
+    eval_every: int  # validation_args.frequency_of_the_test
+    pooled_test: str  # predictions, flamby or off
+    num_workers: int
+    backend: str  # MPI or inprocess
+    round_timeout_s: float
+    join_timeout_s: float
+    secret_file: Optional[str]
+    log_level: str
+    cpu_threads: Optional[int]
+    devices: DeviceArgs
+    run_id: Optional[str] = None  # None until agreed (with_run_id)
+    output_dir: Optional[Path] = None
+    rendezvous_dir: Optional[Path] = None
+    _config: RunConfig = field(default=None, repr=False, compare=False)  # only for config_yaml()
 
     @property
     def world_size(self) -> int:
         return self.num_clients + 1
 
     @property
+    def final_round(self) -> int:
+        """The index of the exchange after the last training round, which only evaluates: the
+        server sends the final model, every client evaluates it and nobody trains."""
+        return self.rounds
+
+    @property
+    def exchanges(self) -> int:
+        """Server -> clients -> server exchanges in a run: the training rounds plus the final one."""
+        return self.rounds + 1
+
+    def evaluates(self, round_idx: int) -> bool:
+        """Whether clients evaluate the global model received for this round."""
+        return round_idx == self.final_round or (round_idx > 0 and round_idx % self.eval_every == 0)
+
+    @property
     def optimizer_name(self) -> str:
         """The client optimizer as results and the banner show it, e.g. torch.optim.sgd.SGD."""
         return f"{self.optimizer_class.__module__}.{self.optimizer_class.__name__}"
 
-    def summary(self) -> dict:
-        from .strategies import STRATEGIES
+    def with_run_id(self, run_id: str) -> "RunPlan":
+        """The plan of the run named run_id: its output and rendezvous directories resolved."""
+        problem = run_id_problem(run_id)
+        if problem:
+            raise UserError(problem)
+        config = copy.deepcopy(self._config)
+        config.common_args.run_id = run_id
+        output_dir = Path(config.common_args.output_dir or os.path.join("runs", run_id))
+        return dataclasses.replace(
+            self, run_id=run_id, output_dir=output_dir, _config=config,
+            rendezvous_dir=Path(config.comm_args.rendezvous_dir or output_dir / "rendezvous"))
 
-        train = self.config.train_args
+    def config_yaml(self) -> str:
+        """The resolved config as written to config.yaml (and compared by separately started ranks)."""
+        return self._config.to_yaml()
+
+    def summary(self) -> dict:
         return {
-            "dataset": self.dataset.name, "strategy": train.federated_optimizer,
+            "dataset": self.dataset.name, "strategy": self.strategy,
             # e.g. Cyclic's pass_model_on, which changes what the run measures
-            **STRATEGIES[train.federated_optimizer].resolve_hyperparameters(train),
+            **self.hyperparameters,
             "num_clients": self.num_clients, "rounds": self.rounds, "num_updates": self.num_updates,
             "batch_size": self.batch_size, "learning_rate": self.learning_rate,
             "optimizer": self.optimizer_name,
             "seed": self.seed,
         }
+
+
+def resolve_hyperparameters(strategy: str, train_args) -> Dict[str, object]:
+    """The strategy's train_args values, its defaults filled in where the config leaves them out."""
+    return {key: default if getattr(train_args, key) is None else getattr(train_args, key)
+            for key, default in STRATEGY_HYPERPARAMETERS[strategy].items()}
 
 
 def resolve_optimizer(name: str) -> type:
@@ -76,14 +145,15 @@ def resolve_optimizer(name: str) -> type:
 
 
 def _strategy_problems(train, num_clients: int) -> List[str]:
-    from .strategies import HYPERPARAMETER_USERS, STRATEGIES
+    from .strategies import STRATEGIES
 
     strategy = STRATEGIES[train.federated_optimizer]
+    own = STRATEGY_HYPERPARAMETERS[strategy.name]
     problems = []
     for key, users in HYPERPARAMETER_USERS.items():
         value = getattr(train, key)
-        if key in strategy.hyperparameters:
-            if value is None and strategy.hyperparameters[key] is None:
+        if key in own:
+            if value is None and own[key] is None:
                 problems.append(f"train_args.{key}: {strategy.name} needs it (FLamby's name); "
                                 f"strategies using it: {', '.join(users)}")
         elif value is not None:
@@ -110,7 +180,8 @@ def _strategy_problems(train, num_clients: int) -> List[str]:
     return problems
 
 
-def make_plan(config: RunConfig) -> RunPlan:
+def make_plan(config: RunConfig, run_id: Optional[str] = None) -> RunPlan:
+    """The plan of this config; run_id (from --run_id) wins over common_args.run_id."""
     seed = config.common_args.random_seed
     dataset = resolve_dataset(config.data_args, seed)
     train = config.train_args
@@ -141,9 +212,22 @@ def make_plan(config: RunConfig) -> RunPlan:
         raise ConfigError(problems)
 
     batch_size = train.batch_size or dataset.batch_size
-    return RunPlan(
-        config=config, dataset=dataset, num_clients=n, rounds=rounds, num_updates=train.num_updates,
+    privacy = None
+    if train.dp_target_epsilon is not None:  # the three go together (_strategy_problems)
+        privacy = Privacy(train.dp_target_epsilon, train.dp_target_delta, train.dp_max_grad_norm)
+    plan = RunPlan(
+        dataset=dataset, num_clients=n, rounds=rounds, num_updates=train.num_updates,
         batch_size=batch_size, test_batch_size=config.validation_args.test_batch_size or batch_size,
         learning_rate=train.learning_rate if train.learning_rate is not None else dataset.learning_rate,
-        optimizer_class=optimizer_class, seed=seed,
+        optimizer_class=optimizer_class, seed=seed, strategy=train.federated_optimizer,
+        hyperparameters=resolve_hyperparameters(train.federated_optimizer, train),
+        clients_per_round=train.client_num_per_round or n, privacy=privacy,
+        eval_every=config.validation_args.frequency_of_the_test,
+        pooled_test=config.validation_args.pooled_test, num_workers=config.data_args.num_workers,
+        backend=config.comm_args.backend, round_timeout_s=config.comm_args.round_timeout_s,
+        join_timeout_s=config.comm_args.join_timeout_s, secret_file=config.comm_args.secret_file,
+        log_level=config.tracking_args.log_level, cpu_threads=config.device_args.cpu_threads,
+        devices=config.device_args, _config=config,
     )
+    run_id = run_id if run_id is not None else config.common_args.run_id
+    return plan.with_run_id(run_id) if run_id is not None else plan

@@ -1,9 +1,10 @@
 """The output contract, read by tools outside the project (README.md, section "Outputs").
 
 In the output directory: results.json, results.csv (FLamby's benchmark layout),
-metrics.csv (one row per evaluated round and test set), global_model.pt
-(`torch.save(state_dict)`) and config.yaml (the resolved config). Files are
-written to a temporary name and renamed, so a reader never sees half a file.
+metrics.csv (one row per evaluated round and test set) and global_model.pt
+(`torch.save(state_dict)`); config.yaml (the resolved config) is written by the
+driver when the run starts. Files are written to a temporary name and renamed,
+so a reader never sees half a file.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ RESULTS_CSV_COLUMNS = ["Test", "Method", "Metric", "seed", "learning_rate", "opt
                        "rounds"]
 
 
-def _atomic_write_bytes(path: Path, data: bytes):
+def atomic_write(path: Path, data: bytes):
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_bytes(data)
     os.replace(tmp, path)
@@ -36,13 +37,14 @@ def flamby_method_name(strategy: str, num_updates: int) -> str:
     return f"{strategy}{num_updates}"
 
 
-def write_results(output_dir: Path, plan, server_run, run_id: str, timing: Dict[str, float],
-                  world_size: int, extra: Optional[Dict] = None) -> Dict:
+def write_results(plan, server_run, timing: Dict[str, float], world_size: int,
+                  extra: Optional[Dict] = None) -> Dict:
+    output_dir = plan.output_dir
     output_dir.mkdir(parents=True, exist_ok=True)
     metrics = {k: _json_number(v) for k, v in (server_run.final_metrics or {}).items()}
-    strategy = plan.config.train_args.federated_optimizer
+    strategy = plan.strategy
     results = {
-        "run_id": run_id,
+        "run_id": plan.run_id,
         "dataset": plan.dataset.name,
         "strategy": strategy,
         # The strategy's own hyperparameters as used, defaults filled in (e.g. Cyclic's pass_model_on).
@@ -57,7 +59,7 @@ def write_results(output_dir: Path, plan, server_run, run_id: str, timing: Dict[
         "learning_rate": plan.learning_rate,
         "optimizer": plan.optimizer_name,
         "metrics": metrics,
-        "pooled_test": plan.config.validation_args.pooled_test,
+        "pooled_test": plan.pooled_test,
         "devices": {f"client_{c}": d for c, d in sorted(server_run.devices.items())},
         "timing": {k: round(v, 3) for k, v in timing.items()},
     }
@@ -66,7 +68,7 @@ def write_results(output_dir: Path, plan, server_run, run_id: str, timing: Dict[
 
     torch_buffer = io.BytesIO()
     torch.save(server_run.model.state_dict(), torch_buffer)
-    _atomic_write_bytes(output_dir / "global_model.pt", torch_buffer.getvalue())
+    atomic_write(output_dir / "global_model.pt", torch_buffer.getvalue())
 
     rows = io.StringIO()
     writer = csv.writer(rows)
@@ -79,18 +81,17 @@ def write_results(output_dir: Path, plan, server_run, run_id: str, timing: Dict[
         writer.writerow(["Pooled Test" if name == "pooled" else name, method, metrics[name], plan.seed,
                          plan.learning_rate, f"<class '{plan.optimizer_name}'>",
                          plan.num_updates, plan.rounds])
-    _atomic_write_bytes(output_dir / "results.csv", rows.getvalue().encode())
+    atomic_write(output_dir / "results.csv", rows.getvalue().encode())
 
     history = io.StringIO()
     writer = csv.writer(history)
     writer.writerow(["round", "test", "metric", "num_samples"])
     for row in server_run.history:
         writer.writerow([row["round"], row["test"], row["metric"], row["num_samples"]])
-    _atomic_write_bytes(output_dir / "metrics.csv", history.getvalue().encode())
+    atomic_write(output_dir / "metrics.csv", history.getvalue().encode())
 
-    _atomic_write_bytes(output_dir / "config.yaml", plan.config.to_yaml().encode())
     # results.json last: its presence means the run finished and everything else is there.
-    _atomic_write_bytes(output_dir / "results.json", (json.dumps(results, indent=2) + "\n").encode())
+    atomic_write(output_dir / "results.json", (json.dumps(results, indent=2) + "\n").encode())
     return results
 
 

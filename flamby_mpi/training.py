@@ -122,8 +122,12 @@ class PrivacySettings:
 class Evaluation:
     metric: float
     num_samples: int
-    y_true: np.ndarray
-    y_pred: np.ndarray
+    # The labels and predictions behind the metric (FLamby's Pooled Test concatenates them).
+    y_true: Optional[np.ndarray] = None
+    y_pred: Optional[np.ndarray] = None
+
+    def without_predictions(self) -> "Evaluation":
+        return Evaluation(self.metric, self.num_samples)
 
 
 def evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader,

@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from flamby_mpi import cli
 from flamby_mpi.config import (
@@ -149,10 +150,15 @@ def test_set_values_reach_the_config_with_their_types():
 
 
 def test_cli_run_id_stays_a_string():
-    # The CLI quotes --run_id so that ids such as 001 or true are not read as numbers/bools.
+    # --run_id goes into the plan as typed: ids such as 001 or true are not read as numbers/bools,
+    # and the config.yaml written for the run says the same.
+    from flamby_mpi.plan import make_plan
+
     for run_id in ("001", "true", "my run"):
-        c = build_config({}, [f"common_args.run_id={cli._yaml_string(run_id)}"])
-        assert c.common_args.run_id == run_id
+        plan = make_plan(build_config({}), run_id=run_id)
+        assert plan.run_id == run_id and str(plan.output_dir) == f"runs/{run_id}"
+        assert str(plan.rendezvous_dir) == f"runs/{run_id}/rendezvous"
+        assert build_config(yaml.safe_load(plan.config_yaml())).common_args.run_id == run_id
 
 
 @pytest.mark.parametrize("text", [

@@ -85,7 +85,7 @@ def test_client_count_mismatches_are_reported_together():
 
 
 def test_client_sampling_is_allowed_below_the_number_of_centres():
-    assert _plan(train_args={"client_num_per_round": 2}).config.train_args.client_num_per_round == 2
+    assert _plan(train_args={"client_num_per_round": 2}).clients_per_round == 2
 
 
 def test_strategy_hyperparameters_missing_or_foreign_are_reported():
@@ -157,4 +157,4 @@ def test_differential_privacy_settings_go_together_and_need_opacus():
         assert "pip install opacus" in info.value.problems[0]
     else:
         plan = _plan(train_args={"dp_target_epsilon": 1.0, "dp_target_delta": 1e-3, "dp_max_grad_norm": 1.0})
-        assert plan.config.train_args.dp_max_grad_norm == 1.0
+        assert plan.privacy.max_grad_norm == 1.0

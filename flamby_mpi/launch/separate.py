@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from ..errors import UserError
+from ..failures import EXIT_FAILURE, fail, where
 from . import rendezvous, run_secret
 from .world import World, rank_from_environment
 
@@ -68,20 +69,19 @@ def _announcer(rank: int) -> Callable[[str], None]:
     return announce
 
 
-def join_world(plan, cli_rank: int, run_id: str, rendezvous_dir: Path) -> World:
+def join_world(plan, cli_rank: int) -> World:
     """Meets the other separately started ranks; returns a World ordered by --rank."""
     from mpi4py import MPI
 
-    config = plan.config
-    timeout = config.comm_args.join_timeout_s
-    files = rendezvous.RendezvousFiles(rendezvous_dir, run_id)
-    fingerprint = rendezvous.config_fingerprint(config.to_yaml())
+    run_id, timeout = plan.run_id, plan.join_timeout_s
+    files = rendezvous.RendezvousFiles(plan.rendezvous_dir, run_id)
+    fingerprint = rendezvous.config_fingerprint(plan.config_yaml())
     announce = _announcer(cli_rank)
     deadline = time.monotonic() + timeout
     host = socket.gethostname()
     size = plan.world_size
 
-    secret_file = config.comm_args.secret_file
+    secret_file = plan.secret_file
     if cli_rank == 0:
         port = MPI.Open_port()
         publication = rendezvous.publish(files, port, secret_file, announce)
@@ -96,10 +96,9 @@ def join_world(plan, cli_rank: int, run_id: str, rendezvous_dir: Path) -> World:
                     f"comm_args.join_timeout_s = {timeout:g} s (rendezvous {files.info})")
 
         def stuck():  # a client died between taking its turn and connecting: Accept never returns
-            print(f"flamby-mpi: error: {timeout_message(joining.missing)}; a client stopped while "
-                  "connecting", file=sys.stderr, flush=True)
             publication.close()
-            os._exit(1)
+            fail(f"{timeout_message(joining.missing)}; a client stopped while connecting", EXIT_FAILURE,
+                 where(cli_rank, host), end=os._exit)
 
         timer = _start_timer(timeout + CLIENT_GRACE_S, stuck)
         try:
@@ -118,10 +117,9 @@ def join_world(plan, cli_rank: int, run_id: str, rendezvous_dir: Path) -> World:
     info = rendezvous.wait_for_server(files, deadline)
 
     def no_verdict():
-        print(f"flamby-mpi: error: rank {cli_rank}: run {run_id} did not start within "
-              f"comm_args.join_timeout_s = {timeout:g} s (+{CLIENT_GRACE_S:g} s); the server at "
-              f"{info.get('host')} (pid {info.get('pid')}) stopped answering", file=sys.stderr, flush=True)
-        os._exit(1)
+        fail(f"run {run_id} did not start within comm_args.join_timeout_s = {timeout:g} s "
+             f"(+{CLIENT_GRACE_S:g} s); the server at {info['host']} (pid {info['pid']}) stopped answering",
+             EXIT_FAILURE, where(cli_rank, host), end=os._exit)
 
     timers = [_start_timer(max(0.0, deadline - time.monotonic()) + CLIENT_GRACE_S, no_verdict)]
 
@@ -135,5 +133,5 @@ def join_world(plan, cli_rank: int, run_id: str, rendezvous_dir: Path) -> World:
                                   turn=rendezvous.connect_turn(files, secret, port, deadline + CLIENT_GRACE_S),
                                   on_joined=joined)
     timers[0].cancel()
-    announce(f"joined run {run_id} as rank {cli_rank} (server on {info.get('host')})")
+    announce(f"joined run {run_id} as rank {cli_rank} (server on {info['host']})")
     return World(comm=comm, rank=cli_rank, size=size, host=host, joined_separately=True)

@@ -21,6 +21,10 @@ State = "OrderedDict[str, torch.Tensor]"
 ClientResult = Tuple[int, State, Optional[Dict]]
 
 
+# Strategy name -> class, filled as the modules of this package are imported (strategies/__init__.py).
+IMPLEMENTATIONS: Dict[str, type] = {}
+
+
 class Strategy:
     name = "FedAvg"
     # Strategy-specific train_args keys and their defaults (None: required), read from
@@ -30,23 +34,18 @@ class Strategy:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        if "name" in cls.__dict__:  # a strategy the registry must know (a KeyError here means it does not)
+        if "name" in cls.__dict__:  # a strategy of its own, which the registry must know
+            if cls.name not in STRATEGY_HYPERPARAMETERS:
+                raise TypeError(f"strategy {cls.name!r} ({cls.__module__}) is not in flamby_mpi/registry.py: "
+                                "add its name and hyperparameters to STRATEGY_HYPERPARAMETERS")
             cls.hyperparameters = STRATEGY_HYPERPARAMETERS[cls.name]
+            IMPLEMENTATIONS[cls.name] = cls
 
     def __init__(self, plan):
         self.plan = plan
         self.num_clients = plan.num_clients
-        self.per_round = plan.config.train_args.client_num_per_round or plan.num_clients
-        self.hp = self.resolve_hyperparameters(plan.config.train_args)
-
-    @classmethod
-    def resolve_hyperparameters(cls, train_args) -> Dict[str, object]:
-        """This strategy's train_args values, defaults filled in where the config leaves them out."""
-        values = {}
-        for key, default in cls.hyperparameters.items():
-            value = getattr(train_args, key)
-            values[key] = default if value is None else value
-        return values
+        self.per_round = plan.clients_per_round
+        self.hp = dict(plan.hyperparameters)  # this strategy's, defaults filled in by the plan
 
     # ---- both sides -----------------------------------------------------------------------
     def participants(self, round_idx: int) -> List[int]:

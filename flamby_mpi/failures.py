@@ -1,0 +1,51 @@
+"""One way to say that a run failed, and to end it.
+
+Every failure after the command line is read is one line (plus the original
+traceback for a bug) in one template, shown once on stderr and kept in the
+rank's log file:
+
+    flamby-mpi: error on rank K (ROLE, host H): WHAT
+
+Before any rank exists (a wrong command line or config) the `on rank ...` part
+is left out. User mistakes say what to do next and carry no traceback; bugs
+carry the traceback of the rank that failed, once.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from typing import Callable, Optional
+
+from .launch.world import role_of
+
+EXIT_FAILURE = 1
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def where(rank: int, host: str) -> str:
+    return f"rank {rank} ({role_of(rank)}, host {host})"
+
+
+def message(text: str, at: Optional[str] = None) -> str:
+    return f"flamby-mpi: error{f' on {at}' if at else ''}: {text}"
+
+
+def bug(what: str) -> str:
+    """The text for an unexpected exception being handled: what failed, then its traceback."""
+    return f"{what}; ending the whole job. Original error:\n{traceback.format_exc()}"
+
+
+def report(text: str):
+    """Shown once on the console (stderr) and kept in the rank's log file once it is set up."""
+    print(text, file=sys.stderr, flush=True)
+    if logging.getLogger().handlers:  # the root logger writes the rank's log file (logs.py)
+        logging.getLogger("flamby-mpi.failure").error(text)  # outside flamby_mpi: not echoed to stderr
+
+
+def fail(text: str, code: int, at: Optional[str] = None, end: Optional[Callable[[int], object]] = None):
+    """Reports text in the template, then ends as `end(code)` says (abort the job, exit the
+    process); without `end`, returns code for the caller to exit with."""
+    report(message(text, at))
+    return end(code) if end is not None else code

@@ -1,0 +1,48 @@
+"""The round protocol: what the server sends every client, and what each client answers.
+
+A run is `plan.exchanges` exchanges: in exchange r (0-based) the server sends
+every client a `GlobalMessage` for round r, and every client answers with one
+`ClientReply`. Rounds 0..plan.rounds-1 train; the last exchange,
+`plan.final_round`, only evaluates the final model (`final` is true and no
+client trains). Every client answers every exchange, also when it does not
+train (client sampling, Cyclic): FedML's cross-silo server waits for all of
+them. The transports (FedML over MPI, the in-process loop) carry these objects
+unchanged; checkpointing and telemetry can serialise them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+from .training import Evaluation
+
+State = "OrderedDict[str, torch.Tensor]"
+
+
+@dataclass
+class GlobalMessage:
+    """Server -> every client, for one exchange."""
+    round_idx: int
+    final: bool  # the evaluation-only exchange after the last training round
+    state: State  # the global model
+    extras: Optional[Dict] = None  # strategy extras (Scaffold's server control variate)
+
+
+@dataclass
+class ClientReply:
+    """One client -> server, for the exchange it was sent."""
+    center: int  # FLamby centre (client rank - 1)
+    round_idx: int
+    train_samples: int  # the FedAvg weight
+    device: str
+    state: Optional[State] = None  # the local model after training; None if it did not train
+    extras: Optional[Dict] = None  # strategy extras (Scaffold's control-variate delta)
+    train_loss: Optional[float] = None
+    train_s: Optional[float] = None
+    # The evaluation of the global model received this exchange, when due (plan.evaluates);
+    # its predictions travel only in the final exchange with pooled_test: predictions.
+    evaluation: Optional[Evaluation] = None
+
+    @property
+    def trained(self) -> bool:
+        return self.state is not None
