@@ -2,9 +2,7 @@
 import pytest
 
 from flamby_mpi.errors import UserError, WorldSizeError
-from flamby_mpi.launch import CLIENT, SERVER, World, check_world, rank_from_environment, role_of
-
-RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")
+from flamby_mpi.launch import CLIENT, SERVER, World, check_world, role_of
 
 
 def _world(rank, size):
@@ -87,30 +85,3 @@ def test_matching_world_passes(rank):
 
 def test_one_client_world_of_two():
     assert check_world(_world(1, 2), 2, "synthetic", None, None) is None
-
-
-@pytest.fixture
-def clean_env(monkeypatch):
-    for name in RANK_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    return monkeypatch
-
-
-def test_rank_from_environment_none(clean_env):
-    assert rank_from_environment() is None
-
-
-@pytest.mark.parametrize("name", RANK_VARIABLES)
-def test_rank_from_environment_reads_each_launcher(clean_env, name):
-    clean_env.setenv(name, "3")
-    assert rank_from_environment() == 3
-
-
-def test_rank_from_environment_precedence_and_garbage(clean_env):
-    clean_env.setenv("OMPI_COMM_WORLD_RANK", "4")
-    clean_env.setenv("PMI_RANK", "1")
-    assert rank_from_environment() == 1
-    clean_env.setenv("PMI_RANK", "not-a-rank")
-    assert rank_from_environment() == 4
-    clean_env.setenv("PMI_RANK", " 0 ")
-    assert rank_from_environment() == 0

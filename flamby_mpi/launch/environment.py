@@ -5,7 +5,9 @@ One small class per launcher kind, each answering `detect()`, `rank`,
 tried in a fixed order: the MPI launchers first, because their variables stay
 exact inside a SLURM or PBS allocation (where the batch step's own
 `SLURM_PROCID=0` is also set, and MPICH's mpiexec starts its proxies with
-srun), then srun itself, then PBS.
+srun), then srun itself, then a bare PMIx launcher, then PBS. There is no other
+list of launcher variables: `rank_from_environment` and `started_by_mpi_launcher`
+are how the rest of the program asks.
 
 The launcher also tells which MPI implementation it wires up. When that is not
 the library mpi4py loads, MPI_Init makes every process a singleton of rank 0
@@ -36,6 +38,9 @@ class LauncherEnvironment:
     # The MPI implementation whose processes this launcher wires together
     # (None: it starts processes without any MPI wiring, or it cannot be told).
     implementation: Optional[str] = None
+    # Whether the processes it starts are MPI processes (their MPI_Init joins the launcher's world,
+    # or at least gets the wiring that lets them connect to others): PBS's own tasks are not.
+    starts_mpi_processes = True
     rank_variable = ""
     size_variable = ""
     local_rank_variable = ""
@@ -100,6 +105,10 @@ class OpenMPIEnvironment(LauncherEnvironment):
 class SlurmEnvironment(LauncherEnvironment):
     """SLURM's srun (a job step: not the batch script itself, which has no step id).
 
+    The batch script runs as the job's batch step with `SLURM_PROCID=0` set, but
+    srun did not start it: there SLURM_PROCID is no rank, and a process started
+    from the script is as plain as one started from a terminal.
+
     srun wires MPI only through an MPI plugin: `--mpi=pmi2` (MPICH and its
     family) or `--mpi=pmix` (Open MPI; MPICH only when built with PMIx).
     """
@@ -132,14 +141,28 @@ class SlurmEnvironment(LauncherEnvironment):
         return MPICH if self.pmi == "pmi2" else None
 
 
+class PMIxEnvironment(LauncherEnvironment):
+    """A PMIx launcher that sets nothing else we know (PRRTE's prterun/prun, for instance).
+
+    Open MPI's mpirun and srun --mpi=pmix set PMIX_RANK too; their own classes
+    come first. PMIx serves Open MPI, and MPICH when built with it: no verdict on
+    the implementation, and the world size is not in the environment.
+    """
+
+    name = "a PMIx launcher"
+    rank_variable = "PMIX_RANK"
+
+
 class PBSEnvironment(LauncherEnvironment):
     """A task started by PBS/Torque itself (pbsdsh, tm_spawn): PBS_VNODENUM is its index in the node file.
 
     PBS starts no MPI wiring of its own: inside a PBS job, mpiexec's variables
-    (checked first) are what counts.
+    (checked first) are what counts, and a task PBS started with --rank still
+    needs `mpiexec -n 1` to connect to the others.
     """
 
     name = "PBS (pbsdsh)"
+    starts_mpi_processes = False
     rank_variable = "PBS_VNODENUM"
 
     @classmethod
@@ -169,7 +192,7 @@ class PBSEnvironment(LauncherEnvironment):
 
 # The order matters: see the module docstring.
 LAUNCHERS: List[Type[LauncherEnvironment]] = [
-    HydraEnvironment, OpenMPIEnvironment, SlurmEnvironment, PBSEnvironment]
+    HydraEnvironment, OpenMPIEnvironment, SlurmEnvironment, PMIxEnvironment, PBSEnvironment]
 
 
 def detect_launcher(environ: Optional[Mapping[str, str]] = None) -> Optional[LauncherEnvironment]:
@@ -194,6 +217,22 @@ def local_rank(world, environ: Optional[Mapping[str, str]] = None) -> int:
         if local is not None:
             return local
     return world.rank
+
+
+def rank_from_environment(environ: Optional[Mapping[str, str]] = None) -> Optional[int]:
+    """The rank a launcher announced to this process, read without initialising MPI.
+
+    None when no launcher started it: a plain `python`, or a batch script itself
+    (an sbatch script's SLURM_PROCID=0 is not a rank).
+    """
+    launcher = detect_launcher(environ)
+    return None if launcher is None else launcher.rank
+
+
+def started_by_mpi_launcher(environ: Optional[Mapping[str, str]] = None) -> bool:
+    """True when a launcher that starts MPI processes (mpiexec, srun, PMIx) started this one."""
+    launcher = detect_launcher(environ)
+    return launcher is not None and launcher.starts_mpi_processes
 
 
 def loaded_mpi_implementation() -> Optional[str]:

@@ -19,7 +19,8 @@ from typing import Callable, List, Optional
 
 from ..errors import UserError
 from . import rendezvous, run_secret
-from .world import World, rank_from_environment
+from .environment import started_by_mpi_launcher
+from .world import World
 
 # Set in the environment of the re-executed process so that it never re-executes again.
 REEXEC_MARKER = "FLAMBY_MPI_REEXECUTED"
@@ -35,8 +36,12 @@ def find_mpiexec() -> Optional[str]:
 
 
 def should_reexec(cli_rank: Optional[int]) -> bool:
-    """True for a process started by hand (no MPI launcher) that names its rank."""
-    return cli_rank is not None and rank_from_environment() is None and not os.environ.get(REEXEC_MARKER)
+    """True for a process started by hand (no MPI launcher) that names its rank.
+
+    "By hand" includes a batch script's own commands (SLURM_PROCID=0 there is no rank) and
+    PBS's own tasks: no MPI launcher wired them.
+    """
+    return cli_rank is not None and not started_by_mpi_launcher() and not os.environ.get(REEXEC_MARKER)
 
 
 def reexec_under_mpiexec(argv: List[str]):

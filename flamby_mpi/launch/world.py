@@ -6,7 +6,6 @@ call, so a wrong `-np` or `--rank/--role` ends every rank at once.
 """
 from __future__ import annotations
 
-import os
 import socket
 import sys
 import time
@@ -18,21 +17,9 @@ from ..errors import RankMismatchError, UserError, WorldSizeError
 SERVER, CLIENT = "server", "client"
 ABORT_GRACE_S = 0.5
 
-# Rank variables set by the launchers we know (MPICH/Hydra, Open MPI, PMIx, SLURM).
-_RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")
-
 
 def role_of(rank: int) -> str:
     return SERVER if rank == 0 else CLIENT
-
-
-def rank_from_environment() -> Optional[int]:
-    """The rank a launcher announced, read without initialising MPI (None if none did)."""
-    for name in _RANK_VARIABLES:
-        value = os.environ.get(name)
-        if value is not None and value.strip().isdigit():
-            return int(value)
-    return None
 
 
 @dataclass
