@@ -4,15 +4,15 @@ import os
 import pytest
 
 import flamby_mpi.launch
-from flamby_mpi.launch import World
 from flamby_mpi.launch.environment import (
     MPICH, OPEN_MPI, HydraEnvironment, OpenMPIEnvironment, PBSEnvironment, PMIxEnvironment,
-    SlurmEnvironment, detect_launcher, foreign_launcher_warning, local_rank, rank_from_environment,
+    SlurmEnvironment, detect_launcher, foreign_launcher_warning, rank_from_environment,
     started_by_mpi_launcher, warn_if_foreign_launcher)
 from flamby_mpi.launch.separate import REEXEC_MARKER, should_reexec
 
 # What each launcher really set, as seen on this machine (MPICH 5.0 Hydra, Open MPI 5.0,
-# SLURM 22.05 srun with --mpi=pmi2 / --mpi=pmix / none): rank 3 of 5, local rank 1.
+# SLURM 22.05 srun with --mpi=pmi2 / --mpi=pmix / none): rank 3 of 5, local rank 1 (the local
+# rank variables are not read: world.py counts local ranks from the host names).
 HYDRA = {"PMI_RANK": "3", "PMI_SIZE": "5", "PMI_FD": "9", "MPI_LOCALRANKID": "1",
          "MPI_LOCALNRANKS": "2", "PMI_HOSTNAME": "node2"}
 OPEN_MPI_RUN = {"OMPI_COMM_WORLD_RANK": "3", "OMPI_COMM_WORLD_SIZE": "5",
@@ -40,17 +40,16 @@ def pbs_env(tmp_path):
     (HYDRA, HydraEnvironment), (OPEN_MPI_RUN, OpenMPIEnvironment), (SRUN, SlurmEnvironment),
     (SRUN_PMI2, SlurmEnvironment), (SRUN_PMIX, SlurmEnvironment), (HYDRA_IN_SLURM, HydraEnvironment),
 ])
-def test_every_launcher_gives_rank_size_and_local_rank(environ, kind):
+def test_every_launcher_gives_rank_and_size(environ, kind):
     launcher = detect_launcher(environ)
     assert type(launcher) is kind
-    assert (launcher.rank, launcher.world_size, launcher.local_rank) == (3, 5, 1)
+    assert (launcher.rank, launcher.world_size) == (3, 5)
 
 
 def test_pbs_task_reads_the_node_file(pbs_env):
     launcher = detect_launcher(pbs_env)
     assert type(launcher) is PBSEnvironment
-    # Index 3 of the node file is the second line naming node2.
-    assert (launcher.rank, launcher.world_size, launcher.local_rank) == (3, 5, 1)
+    assert (launcher.rank, launcher.world_size) == (3, 5)
     assert detect_launcher(dict(pbs_env, PBS_NP="8")).world_size == 8  # Torque says it directly
 
 
@@ -126,16 +125,6 @@ def test_a_process_started_by_hand_reexecutes_once(monkeypatch):
     assert not should_reexec(None)  # without --rank: a world of one, nothing to join
     monkeypatch.setattr(os, "environ", {REEXEC_MARKER: "1"})
     assert not should_reexec(2)
-
-
-def test_local_rank_comes_from_the_launcher_only_when_its_world_is_ours():
-    world = World(comm=None, rank=3, size=5, host="node2")
-    assert local_rank(world, HYDRA) == 1
-    assert local_rank(world, SRUN_PMI2) == 1
-    # One `mpiexec -n 1` per terminal: the launcher's world is 1 process, not ours.
-    single = {"PMI_RANK": "0", "PMI_SIZE": "1", "MPI_LOCALRANKID": "0"}
-    assert local_rank(world, single) == 3
-    assert local_rank(world, {}) == 3
 
 
 @pytest.mark.parametrize("environ, loaded", [(OPEN_MPI_RUN, MPICH), (SRUN_PMI2, OPEN_MPI),

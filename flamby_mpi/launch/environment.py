@@ -1,13 +1,14 @@
 """Which launcher started this process, read from its environment without initialising MPI.
 
-One small class per launcher kind, each answering `detect()`, `rank`,
-`world_size` and `local_rank` from the variables that launcher sets. They are
-tried in a fixed order: the MPI launchers first, because their variables stay
-exact inside a SLURM or PBS allocation (where the batch step's own
-`SLURM_PROCID=0` is also set, and MPICH's mpiexec starts its proxies with
-srun), then srun itself, then a bare PMIx launcher, then PBS. There is no other
-list of launcher variables: `rank_from_environment` and `started_by_mpi_launcher`
-are how the rest of the program asks.
+One small class per launcher kind, each answering `detect()`, `rank` and
+`world_size` from the variables that launcher sets. They are tried in a fixed
+order: the MPI launchers first, because their variables stay exact inside a
+SLURM or PBS allocation (where the batch step's own `SLURM_PROCID=0` is also
+set, and MPICH's mpiexec starts its proxies with srun), then srun itself, then
+a bare PMIx launcher, then PBS. There is no other list of launcher variables:
+`rank_from_environment` and `started_by_mpi_launcher` are how the rest of the
+program asks. The local rank is not read here: it is counted from the MPI
+world once formed (world.py), whatever started it.
 
 The launcher also tells which MPI implementation it wires up. When that is not
 the library mpi4py loads, MPI_Init makes every process a singleton of rank 0
@@ -43,7 +44,6 @@ class LauncherEnvironment:
     starts_mpi_processes = True
     rank_variable = ""
     size_variable = ""
-    local_rank_variable = ""
 
     def __init__(self, environ: Mapping[str, str]):
         self.environ = environ
@@ -59,11 +59,6 @@ class LauncherEnvironment:
     @property
     def world_size(self) -> Optional[int]:
         return _int(self.environ, self.size_variable)
-
-    @property
-    def local_rank(self) -> Optional[int]:
-        """This process's index among the job's processes on its host (None: not announced)."""
-        return _int(self.environ, self.local_rank_variable)
 
     @property
     def evidence(self) -> str:
@@ -82,12 +77,12 @@ class HydraEnvironment(LauncherEnvironment):
 
     name = "MPICH's mpiexec (Hydra)"
     implementation = MPICH
-    rank_variable, size_variable, local_rank_variable = "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"
+    rank_variable, size_variable = "PMI_RANK", "PMI_SIZE"
 
     @classmethod
     def detect(cls, environ):
-        # Under `srun --mpi=pmi2` PMI_RANK is set too, but not Hydra's local rank:
-        # that case belongs to the srun class, which knows the local rank.
+        # Under `srun --mpi=pmi2` PMI_RANK is set too, but not Hydra's MPI_LOCALRANKID:
+        # that case belongs to the srun class (same rank, and it knows the MPI plugin).
         return super().detect(environ) and (
             "MPI_LOCALRANKID" in environ or not SlurmEnvironment.detect(environ))
 
@@ -99,7 +94,6 @@ class OpenMPIEnvironment(LauncherEnvironment):
     implementation = OPEN_MPI
     rank_variable = "OMPI_COMM_WORLD_RANK"
     size_variable = "OMPI_COMM_WORLD_SIZE"
-    local_rank_variable = "OMPI_COMM_WORLD_LOCAL_RANK"
 
 
 class SlurmEnvironment(LauncherEnvironment):
@@ -114,8 +108,7 @@ class SlurmEnvironment(LauncherEnvironment):
     """
 
     name = "SLURM's srun"
-    rank_variable, local_rank_variable = "SLURM_PROCID", "SLURM_LOCALID"
-    size_variable = "SLURM_STEP_NUM_TASKS"
+    rank_variable, size_variable = "SLURM_PROCID", "SLURM_STEP_NUM_TASKS"
 
     @classmethod
     def detect(cls, environ):
@@ -182,13 +175,6 @@ class PBSEnvironment(LauncherEnvironment):
         size = _int(self.environ, "PBS_NP")  # Torque
         return size if size is not None else (len(self._nodes()) or None)
 
-    @property
-    def local_rank(self):
-        nodes, rank = self._nodes(), self.rank
-        if rank is None or rank >= len(nodes):
-            return None
-        return nodes[:rank].count(nodes[rank])
-
 
 # The order matters: see the module docstring.
 LAUNCHERS: List[Type[LauncherEnvironment]] = [
@@ -202,21 +188,6 @@ def detect_launcher(environ: Optional[Mapping[str, str]] = None) -> Optional[Lau
         if kind.detect(environ):
             return kind(environ)
     return None
-
-
-def local_rank(world, environ: Optional[Mapping[str, str]] = None) -> int:
-    """This process's index among the job's processes on its host.
-
-    Taken from the launcher when the launcher's world is the MPI world this rank
-    is in; otherwise (one `mpiexec -n 1` per terminal, or no launcher at all)
-    the world rank, which is the local rank when every rank runs on one host.
-    """
-    launcher = detect_launcher(environ)
-    if launcher is not None and launcher.world_size == world.size and launcher.rank == world.rank:
-        local = launcher.local_rank
-        if local is not None:
-            return local
-    return world.rank
 
 
 def rank_from_environment(environ: Optional[Mapping[str, str]] = None) -> Optional[int]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import sys
 import threading
 import time
@@ -20,7 +19,7 @@ from typing import Callable, List, Optional
 from ..errors import UserError
 from . import rendezvous, run_secret
 from .environment import started_by_mpi_launcher
-from .world import World
+from .world import World, form_world
 
 # Set in the environment of the re-executed process so that it never re-executes again.
 REEXEC_MARKER = "FLAMBY_MPI_REEXECUTED"
@@ -83,7 +82,6 @@ def join_world(plan, cli_rank: int, run_id: str, rendezvous_dir: Path) -> World:
     fingerprint = rendezvous.config_fingerprint(config.to_yaml())
     announce = _announcer(cli_rank)
     deadline = time.monotonic() + timeout
-    host = socket.gethostname()
     size = plan.world_size
 
     secret_file = config.comm_args.secret_file
@@ -116,8 +114,7 @@ def join_world(plan, cli_rank: int, run_id: str, rendezvous_dir: Path) -> World:
             timer.cancel()
         announce(f"all {size - 1} clients joined")
         # The files stay (heartbeat on) while the run lives: a second server is refused meanwhile.
-        return World(comm=comm, rank=0, size=size, host=host, cleanups=[publication.close],
-                     joined_separately=True)
+        return form_world(comm, cleanups=[publication.close], joined_separately=True)
 
     announce(f"run {run_id}: looking for the server in {files.info} (up to {timeout:g} s)")
     info = rendezvous.wait_for_server(files, deadline)
@@ -141,4 +138,4 @@ def join_world(plan, cli_rank: int, run_id: str, rendezvous_dir: Path) -> World:
                                   on_joined=joined)
     timers[0].cancel()
     announce(f"joined run {run_id} as rank {cli_rank} (server on {info.get('host')})")
-    return World(comm=comm, rank=cli_rank, size=size, host=host, joined_separately=True)
+    return form_world(comm, joined_separately=True)
