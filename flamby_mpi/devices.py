@@ -2,7 +2,8 @@
 
 With `device_args.using_gpu: true` every client rank gets a GPU of its host:
 - by default round-robin over the GPUs it can see, by its local rank (its index
-  among the job's processes on that host, from the launcher);
+  among the job's processes on that host, in rank order: World.local_rank,
+  counted from every rank's host name whatever started the job);
 - or as `device_args.gpu_mapping_file` says: FedML's gpu_mapping.yaml idea,
   `<key>: {<host>: [processes on GPU 0, processes on GPU 1, ...]}`. The counts
   cover every process of the job on that host, the server included, taken in
@@ -112,11 +113,9 @@ def pick_device(device_args, world, warn):
 
     import torch
 
-    from .launch.environment import local_rank as local_rank_of
-
     if world.is_server or not device_args.using_gpu:
         return torch.device(CPU)
-    local = local_rank_of(world)
+    local = world.local_rank
     gpus = visible_gpu_count()
     log = logging.getLogger("flamby_mpi.devices")
     if gpus == 0:

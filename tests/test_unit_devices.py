@@ -9,6 +9,7 @@ from flamby_mpi.config import build_config
 from flamby_mpi.devices import gpu_from_mapping, place, read_gpu_mapping, warns_about_missing_gpu
 from flamby_mpi.errors import UserError
 from flamby_mpi.launch import World
+from flamby_mpi.launch.world import local_rank_from_hosts
 
 
 def _place(local_rank, gpus, is_server=False, using_gpu=True, host="node1", mapping=None):
@@ -88,7 +89,7 @@ def test_pick_device_falls_back_to_cpu_with_one_warning(monkeypatch, caplog):
     warnings = []
     args = _device_args(using_gpu=True)
     with caplog.at_level(logging.INFO, logger="flamby_mpi.devices"):
-        picked = [devices.pick_device(args, World(None, r, 5, "vm"), warnings.append) for r in range(5)]
+        picked = [devices.pick_device(args, World(None, r, 5, "vm", r), warnings.append) for r in range(5)]
     assert picked == [torch.device("cpu")] * 5
     assert len(warnings) == 1
     assert "no GPU is visible on host vm (CUDA_VISIBLE_DEVICES='')" in warnings[0]
@@ -96,26 +97,22 @@ def test_pick_device_falls_back_to_cpu_with_one_warning(monkeypatch, caplog):
 
 def test_pick_device_uses_the_fake_gpus(monkeypatch):
     monkeypatch.setattr(devices, "visible_gpu_count", lambda: 2)
-    for name in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_STEP_ID", "PBS_JOBID"):
-        monkeypatch.delenv(name, raising=False)
     args = _device_args(using_gpu=True)
-    picked = [str(devices.pick_device(args, World(None, r, 5, "vm"), pytest.fail)) for r in range(5)]
+    picked = [str(devices.pick_device(args, World(None, r, 5, "vm", r), pytest.fail)) for r in range(5)]
     assert picked == ["cpu", "cuda:1", "cuda:0", "cuda:1", "cuda:0"]
-    # Local ranks from the launcher (ranks 3 and 4 on a second host): 0 and 1 there.
-    monkeypatch.setenv("PMI_SIZE", "5")
-    for rank, local in ((3, 0), (4, 1)):
-        monkeypatch.setenv("PMI_RANK", str(rank))
-        monkeypatch.setenv("MPI_LOCALRANKID", str(local))
-        assert str(devices.pick_device(args, World(None, rank, 5, "node2"), pytest.fail)) == f"cuda:{local}"
-    assert str(devices.pick_device(_device_args(), World(None, 1, 5, "vm"), pytest.fail)) == "cpu"
+    # Ranks 3 and 4 on a second host are local ranks 0 and 1 there, whatever started them
+    # (separately started ranks used to fall back to their global rank: GPUs 1 and 0).
+    hosts = ["node1", "node1", "node1", "node2", "node2"]
+    for rank, gpu in ((3, "cuda:0"), (4, "cuda:1")):
+        world = World(None, rank, 5, hosts[rank], local_rank_from_hosts(hosts, rank))
+        assert str(devices.pick_device(args, world, pytest.fail)) == gpu
+    assert str(devices.pick_device(_device_args(), World(None, 1, 5, "vm", 1), pytest.fail)) == "cpu"
 
 
 def test_pick_device_with_mapping_file(monkeypatch, mapping_file):
     monkeypatch.setattr(devices, "visible_gpu_count", lambda: 2)
-    for name in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_STEP_ID", "PBS_JOBID"):
-        monkeypatch.delenv(name, raising=False)
     args = _device_args(using_gpu=True, gpu_mapping_file=str(mapping_file))
-    picked = [str(devices.pick_device(args, World(None, r, 5, "node1"), pytest.fail)) for r in range(5)]
+    picked = [str(devices.pick_device(args, World(None, r, 5, "node1", r), pytest.fail)) for r in range(5)]
     assert picked == ["cpu", "cuda:0", "cuda:0", "cuda:1", "cuda:1"]
 
 

@@ -1,13 +1,18 @@
 """Unit tests of flamby_mpi.launch.environment: launchers read from a patched environment (no MPI)."""
+import os
+
 import pytest
 
-from flamby_mpi.launch import World, rank_from_environment
+import flamby_mpi.launch
 from flamby_mpi.launch.environment import (
-    MPICH, OPEN_MPI, HydraEnvironment, OpenMPIEnvironment, PBSEnvironment, SlurmEnvironment,
-    detect_launcher, foreign_launcher_warning, local_rank, warn_if_foreign_launcher)
+    MPICH, OPEN_MPI, HydraEnvironment, OpenMPIEnvironment, PBSEnvironment, PMIxEnvironment,
+    SlurmEnvironment, detect_launcher, foreign_launcher_warning, rank_from_environment,
+    started_by_mpi_launcher, warn_if_foreign_launcher)
+from flamby_mpi.launch.separate import REEXEC_MARKER, should_reexec
 
 # What each launcher really set, as seen on this machine (MPICH 5.0 Hydra, Open MPI 5.0,
-# SLURM 22.05 srun with --mpi=pmi2 / --mpi=pmix / none): rank 3 of 5, local rank 1.
+# SLURM 22.05 srun with --mpi=pmi2 / --mpi=pmix / none): rank 3 of 5, local rank 1 (the local
+# rank variables are not read: world.py counts local ranks from the host names).
 HYDRA = {"PMI_RANK": "3", "PMI_SIZE": "5", "PMI_FD": "9", "MPI_LOCALRANKID": "1",
          "MPI_LOCALNRANKS": "2", "PMI_HOSTNAME": "node2"}
 OPEN_MPI_RUN = {"OMPI_COMM_WORLD_RANK": "3", "OMPI_COMM_WORLD_SIZE": "5",
@@ -19,6 +24,8 @@ SRUN_PMI2 = dict(SRUN, PMI_RANK="3", PMI_SIZE="5", PMI_FD="13", PMI_JOBID="7.0")
 SRUN_PMIX = dict(SRUN, PMIX_RANK="3")
 # mpiexec inside an sbatch script: Hydra's proxy was started by srun, the rank inherits its step.
 HYDRA_IN_SLURM = dict(SRUN, SLURM_PROCID="0", SLURM_LOCALID="0", SLURM_STEP_NUM_TASKS="1", **HYDRA)
+# A PMIx launcher that sets nothing else (PRRTE's prterun for a non-Open MPI program).
+PRTERUN = {"PMIX_RANK": "3", "PMIX_NAMESPACE": "prterun-node1-1234@1"}
 
 
 @pytest.fixture
@@ -33,17 +40,16 @@ def pbs_env(tmp_path):
     (HYDRA, HydraEnvironment), (OPEN_MPI_RUN, OpenMPIEnvironment), (SRUN, SlurmEnvironment),
     (SRUN_PMI2, SlurmEnvironment), (SRUN_PMIX, SlurmEnvironment), (HYDRA_IN_SLURM, HydraEnvironment),
 ])
-def test_every_launcher_gives_rank_size_and_local_rank(environ, kind):
+def test_every_launcher_gives_rank_and_size(environ, kind):
     launcher = detect_launcher(environ)
     assert type(launcher) is kind
-    assert (launcher.rank, launcher.world_size, launcher.local_rank) == (3, 5, 1)
+    assert (launcher.rank, launcher.world_size) == (3, 5)
 
 
 def test_pbs_task_reads_the_node_file(pbs_env):
     launcher = detect_launcher(pbs_env)
     assert type(launcher) is PBSEnvironment
-    # Index 3 of the node file is the second line naming node2.
-    assert (launcher.rank, launcher.world_size, launcher.local_rank) == (3, 5, 1)
+    assert (launcher.rank, launcher.world_size) == (3, 5)
     assert detect_launcher(dict(pbs_env, PBS_NP="8")).world_size == 8  # Torque says it directly
 
 
@@ -57,23 +63,68 @@ def test_no_launcher(environ):
     assert detect_launcher(environ) is None
 
 
-@pytest.mark.parametrize("environ", [HYDRA, OPEN_MPI_RUN, SRUN, SRUN_PMI2, SRUN_PMIX])
+@pytest.mark.parametrize("environ", [HYDRA, OPEN_MPI_RUN, SRUN, SRUN_PMI2, SRUN_PMIX, HYDRA_IN_SLURM,
+                                     PRTERUN])
 def test_rank_is_read_the_same_way_as_the_error_reporter_reads_it(environ, monkeypatch):
-    for name in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in environ.items():
-        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(os, "environ", dict(environ))
     assert detect_launcher().rank == rank_from_environment() == 3
+    assert started_by_mpi_launcher()
+    # The command line (flamby_mpi.cli) asks the package, which has this one reader.
+    assert flamby_mpi.launch.rank_from_environment is rank_from_environment
 
 
-def test_local_rank_comes_from_the_launcher_only_when_its_world_is_ours():
-    world = World(comm=None, rank=3, size=5, host="node2")
-    assert local_rank(world, HYDRA) == 1
-    assert local_rank(world, SRUN_PMI2) == 1
-    # One `mpiexec -n 1` per terminal: the launcher's world is 1 process, not ours.
-    single = {"PMI_RANK": "0", "PMI_SIZE": "1", "MPI_LOCALRANKID": "0"}
-    assert local_rank(world, single) == 3
-    assert local_rank(world, {}) == 3
+def test_a_bare_pmix_launcher_is_a_launcher():
+    launcher = detect_launcher(PRTERUN)
+    assert type(launcher) is PMIxEnvironment
+    assert (launcher.rank, launcher.world_size, launcher.implementation) == (3, None, None)
+    assert foreign_launcher_warning(PRTERUN, MPICH) is None  # which MPI it serves cannot be told
+
+
+def test_garbage_in_one_variable_does_not_hide_another_launcher():
+    assert rank_from_environment(dict(OPEN_MPI_RUN, PMI_RANK="not-a-rank")) == 3
+    assert rank_from_environment({"PMI_RANK": " 0 "}) == 0
+
+
+# Where world.py's own list of rank variables (PMI_RANK, OMPI_COMM_WORLD_RANK, PMIX_RANK,
+# SLURM_PROCID: the first one set won) disagreed with the launcher classes. Each row: the rank
+# announced, and whether a process that names its --rank re-executes itself under
+# `mpiexec -n 1` (it must when no MPI launcher started it), then what world.py said for both.
+DISAGREEMENTS = {
+    # A command of the sbatch script itself (the batch step): SLURM_PROCID=0 is set, but srun
+    # started nothing. world.py took it for rank 0 of an MPI launcher and did not re-execute, so
+    # `python launch_client.py --rank K ...` from a batch script ran as a plain MPI singleton,
+    # which MPICH cannot connect to the other ranks.
+    "sbatch script": (BATCH_STEP, None, True, 0, False),
+    # A task PBS started itself (pbsdsh): world.py did not know PBS_VNODENUM. It still
+    # re-executes: PBS wires no MPI.
+    "pbsdsh task": ("pbs", 3, True, None, True),
+}
+
+
+@pytest.mark.parametrize("case", DISAGREEMENTS)
+def test_where_the_two_readers_disagreed(case, pbs_env, monkeypatch):
+    environ, rank, reexec, old_rank, old_reexec = DISAGREEMENTS[case]
+    environ = pbs_env if environ == "pbs" else environ
+    assert (rank, reexec) != (old_rank, old_reexec)
+    assert rank_from_environment(environ) == rank
+    assert started_by_mpi_launcher(environ) is not reexec
+    monkeypatch.setattr(os, "environ", dict(environ))
+    assert should_reexec(2) is reexec
+
+
+@pytest.mark.parametrize("environ", [HYDRA, OPEN_MPI_RUN, SRUN, SRUN_PMI2, SRUN_PMIX, HYDRA_IN_SLURM,
+                                     PRTERUN])
+def test_a_process_an_mpi_launcher_started_never_reexecutes(environ, monkeypatch):
+    monkeypatch.setattr(os, "environ", dict(environ))
+    assert not should_reexec(2)
+
+
+def test_a_process_started_by_hand_reexecutes_once(monkeypatch):
+    monkeypatch.setattr(os, "environ", {})
+    assert should_reexec(2) and should_reexec(0)
+    assert not should_reexec(None)  # without --rank: a world of one, nothing to join
+    monkeypatch.setattr(os, "environ", {REEXEC_MARKER: "1"})
+    assert not should_reexec(2)
 
 
 @pytest.mark.parametrize("environ, loaded", [(OPEN_MPI_RUN, MPICH), (SRUN_PMI2, OPEN_MPI),

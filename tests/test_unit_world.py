@@ -2,13 +2,12 @@
 import pytest
 
 from flamby_mpi.errors import UserError, WorldSizeError
-from flamby_mpi.launch import CLIENT, SERVER, World, check_world, rank_from_environment, role_of
-
-RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")
+from flamby_mpi.launch import CLIENT, SERVER, World, check_world, role_of
+from flamby_mpi.launch.world import form_world, local_rank_from_hosts, singleton_world
 
 
 def _world(rank, size):
-    return World(comm=None, rank=rank, size=size, host="h")
+    return World(comm=None, rank=rank, size=size, host="h", local_rank=rank)
 
 
 def test_roles():
@@ -89,28 +88,51 @@ def test_one_client_world_of_two():
     assert check_world(_world(1, 2), 2, "synthetic", None, None) is None
 
 
-@pytest.fixture
-def clean_env(monkeypatch):
-    for name in RANK_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    return monkeypatch
+# Local ranks: counted from every rank's host name, in rank order.
+TWO_HOSTS = ["node1", "node1", "node1", "node2", "node2"]  # mpirun -np 5 with slots 3 + 2
 
 
-def test_rank_from_environment_none(clean_env):
-    assert rank_from_environment() is None
+@pytest.mark.parametrize("hosts, expected", [
+    (["vm"] * 5, [0, 1, 2, 3, 4]),
+    (TWO_HOSTS, [0, 1, 2, 0, 1]),
+    # Round-robin placement (mpirun --map-by node): neighbours in rank order are on other hosts.
+    (["a", "b", "a", "b", "a"], [0, 0, 1, 1, 2]),
+    # Separately started ranks, one per host: each is alone there, whatever its rank.
+    (["s", "c1", "c2", "c3", "c4"], [0, 0, 0, 0, 0]),
+    (["solo"], [0]),
+])
+def test_local_rank_from_hosts(hosts, expected):
+    assert [local_rank_from_hosts(hosts, rank) for rank in range(len(hosts))] == expected
 
 
-@pytest.mark.parametrize("name", RANK_VARIABLES)
-def test_rank_from_environment_reads_each_launcher(clean_env, name):
-    clean_env.setenv(name, "3")
-    assert rank_from_environment() == 3
+class FakeComm:
+    """What form_world asks of a communicator: its rank and size, and an allgather."""
+
+    def __init__(self, rank, hosts):
+        self.rank, self.hosts = rank, hosts
+
+    def Get_rank(self):
+        return self.rank
+
+    def Get_size(self):
+        return len(self.hosts)
+
+    def allgather(self, value):
+        assert value == self.hosts[self.rank]
+        return list(self.hosts)
 
 
-def test_rank_from_environment_precedence_and_garbage(clean_env):
-    clean_env.setenv("OMPI_COMM_WORLD_RANK", "4")
-    clean_env.setenv("PMI_RANK", "1")
-    assert rank_from_environment() == 1
-    clean_env.setenv("PMI_RANK", "not-a-rank")
-    assert rank_from_environment() == 4
-    clean_env.setenv("PMI_RANK", " 0 ")
-    assert rank_from_environment() == 0
+def test_form_world_gathers_the_hosts_once(monkeypatch):
+    import flamby_mpi.launch.world as world_module
+
+    for rank, local in ((3, 0), (4, 1), (2, 2)):
+        monkeypatch.setattr(world_module.socket, "gethostname", lambda: TWO_HOSTS[rank])
+        cleanup = object()
+        world = form_world(FakeComm(rank, TWO_HOSTS), cleanups=[cleanup], joined_separately=True)
+        assert (world.rank, world.size, world.host, world.local_rank) == (rank, 5, TWO_HOSTS[rank], local)
+        assert world.cleanups == [cleanup] and world.joined_separately
+
+
+def test_the_world_of_one_process_started_by_hand():
+    world = singleton_world()
+    assert (world.rank, world.size, world.local_rank) == (0, 1, 0)

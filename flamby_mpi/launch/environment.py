@@ -1,11 +1,14 @@
 """Which launcher started this process, read from its environment without initialising MPI.
 
-One small class per launcher kind, each answering `detect()`, `rank`,
-`world_size` and `local_rank` from the variables that launcher sets. They are
-tried in a fixed order: the MPI launchers first, because their variables stay
-exact inside a SLURM or PBS allocation (where the batch step's own
-`SLURM_PROCID=0` is also set, and MPICH's mpiexec starts its proxies with
-srun), then srun itself, then PBS.
+One small class per launcher kind, each answering `detect()`, `rank` and
+`world_size` from the variables that launcher sets. They are tried in a fixed
+order: the MPI launchers first, because their variables stay exact inside a
+SLURM or PBS allocation (where the batch step's own `SLURM_PROCID=0` is also
+set, and MPICH's mpiexec starts its proxies with srun), then srun itself, then
+a bare PMIx launcher, then PBS. There is no other list of launcher variables:
+`rank_from_environment` and `started_by_mpi_launcher` are how the rest of the
+program asks. The local rank is not read here: it is counted from the MPI
+world once formed (world.py), whatever started it.
 
 The launcher also tells which MPI implementation it wires up. When that is not
 the library mpi4py loads, MPI_Init makes every process a singleton of rank 0
@@ -36,9 +39,11 @@ class LauncherEnvironment:
     # The MPI implementation whose processes this launcher wires together
     # (None: it starts processes without any MPI wiring, or it cannot be told).
     implementation: Optional[str] = None
+    # Whether the processes it starts are MPI processes (their MPI_Init joins the launcher's world,
+    # or at least gets the wiring that lets them connect to others): PBS's own tasks are not.
+    starts_mpi_processes = True
     rank_variable = ""
     size_variable = ""
-    local_rank_variable = ""
 
     def __init__(self, environ: Mapping[str, str]):
         self.environ = environ
@@ -54,11 +59,6 @@ class LauncherEnvironment:
     @property
     def world_size(self) -> Optional[int]:
         return _int(self.environ, self.size_variable)
-
-    @property
-    def local_rank(self) -> Optional[int]:
-        """This process's index among the job's processes on its host (None: not announced)."""
-        return _int(self.environ, self.local_rank_variable)
 
     @property
     def evidence(self) -> str:
@@ -77,12 +77,12 @@ class HydraEnvironment(LauncherEnvironment):
 
     name = "MPICH's mpiexec (Hydra)"
     implementation = MPICH
-    rank_variable, size_variable, local_rank_variable = "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"
+    rank_variable, size_variable = "PMI_RANK", "PMI_SIZE"
 
     @classmethod
     def detect(cls, environ):
-        # Under `srun --mpi=pmi2` PMI_RANK is set too, but not Hydra's local rank:
-        # that case belongs to the srun class, which knows the local rank.
+        # Under `srun --mpi=pmi2` PMI_RANK is set too, but not Hydra's MPI_LOCALRANKID:
+        # that case belongs to the srun class (same rank, and it knows the MPI plugin).
         return super().detect(environ) and (
             "MPI_LOCALRANKID" in environ or not SlurmEnvironment.detect(environ))
 
@@ -94,19 +94,21 @@ class OpenMPIEnvironment(LauncherEnvironment):
     implementation = OPEN_MPI
     rank_variable = "OMPI_COMM_WORLD_RANK"
     size_variable = "OMPI_COMM_WORLD_SIZE"
-    local_rank_variable = "OMPI_COMM_WORLD_LOCAL_RANK"
 
 
 class SlurmEnvironment(LauncherEnvironment):
     """SLURM's srun (a job step: not the batch script itself, which has no step id).
+
+    The batch script runs as the job's batch step with `SLURM_PROCID=0` set, but
+    srun did not start it: there SLURM_PROCID is no rank, and a process started
+    from the script is as plain as one started from a terminal.
 
     srun wires MPI only through an MPI plugin: `--mpi=pmi2` (MPICH and its
     family) or `--mpi=pmix` (Open MPI; MPICH only when built with PMIx).
     """
 
     name = "SLURM's srun"
-    rank_variable, local_rank_variable = "SLURM_PROCID", "SLURM_LOCALID"
-    size_variable = "SLURM_STEP_NUM_TASKS"
+    rank_variable, size_variable = "SLURM_PROCID", "SLURM_STEP_NUM_TASKS"
 
     @classmethod
     def detect(cls, environ):
@@ -132,14 +134,28 @@ class SlurmEnvironment(LauncherEnvironment):
         return MPICH if self.pmi == "pmi2" else None
 
 
+class PMIxEnvironment(LauncherEnvironment):
+    """A PMIx launcher that sets nothing else we know (PRRTE's prterun/prun, for instance).
+
+    Open MPI's mpirun and srun --mpi=pmix set PMIX_RANK too; their own classes
+    come first. PMIx serves Open MPI, and MPICH when built with it: no verdict on
+    the implementation, and the world size is not in the environment.
+    """
+
+    name = "a PMIx launcher"
+    rank_variable = "PMIX_RANK"
+
+
 class PBSEnvironment(LauncherEnvironment):
     """A task started by PBS/Torque itself (pbsdsh, tm_spawn): PBS_VNODENUM is its index in the node file.
 
     PBS starts no MPI wiring of its own: inside a PBS job, mpiexec's variables
-    (checked first) are what counts.
+    (checked first) are what counts, and a task PBS started with --rank still
+    needs `mpiexec -n 1` to connect to the others.
     """
 
     name = "PBS (pbsdsh)"
+    starts_mpi_processes = False
     rank_variable = "PBS_VNODENUM"
 
     @classmethod
@@ -159,17 +175,10 @@ class PBSEnvironment(LauncherEnvironment):
         size = _int(self.environ, "PBS_NP")  # Torque
         return size if size is not None else (len(self._nodes()) or None)
 
-    @property
-    def local_rank(self):
-        nodes, rank = self._nodes(), self.rank
-        if rank is None or rank >= len(nodes):
-            return None
-        return nodes[:rank].count(nodes[rank])
-
 
 # The order matters: see the module docstring.
 LAUNCHERS: List[Type[LauncherEnvironment]] = [
-    HydraEnvironment, OpenMPIEnvironment, SlurmEnvironment, PBSEnvironment]
+    HydraEnvironment, OpenMPIEnvironment, SlurmEnvironment, PMIxEnvironment, PBSEnvironment]
 
 
 def detect_launcher(environ: Optional[Mapping[str, str]] = None) -> Optional[LauncherEnvironment]:
@@ -181,19 +190,20 @@ def detect_launcher(environ: Optional[Mapping[str, str]] = None) -> Optional[Lau
     return None
 
 
-def local_rank(world, environ: Optional[Mapping[str, str]] = None) -> int:
-    """This process's index among the job's processes on its host.
+def rank_from_environment(environ: Optional[Mapping[str, str]] = None) -> Optional[int]:
+    """The rank a launcher announced to this process, read without initialising MPI.
 
-    Taken from the launcher when the launcher's world is the MPI world this rank
-    is in; otherwise (one `mpiexec -n 1` per terminal, or no launcher at all)
-    the world rank, which is the local rank when every rank runs on one host.
+    None when no launcher started it: a plain `python`, or a batch script itself
+    (an sbatch script's SLURM_PROCID=0 is not a rank).
     """
     launcher = detect_launcher(environ)
-    if launcher is not None and launcher.world_size == world.size and launcher.rank == world.rank:
-        local = launcher.local_rank
-        if local is not None:
-            return local
-    return world.rank
+    return None if launcher is None else launcher.rank
+
+
+def started_by_mpi_launcher(environ: Optional[Mapping[str, str]] = None) -> bool:
+    """True when a launcher that starts MPI processes (mpiexec, srun, PMIx) started this one."""
+    launcher = detect_launcher(environ)
+    return launcher is not None and launcher.starts_mpi_processes
 
 
 def loaded_mpi_implementation() -> Optional[str]:

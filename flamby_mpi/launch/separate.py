@@ -20,7 +20,8 @@ from typing import Callable, List, Optional
 from ..errors import UserError
 from ..failures import EXIT_FAILURE, fail, where
 from . import rendezvous, run_secret
-from .world import World, rank_from_environment
+from .environment import started_by_mpi_launcher
+from .world import World, form_world
 
 # Set in the environment of the re-executed process so that it never re-executes again.
 REEXEC_MARKER = "FLAMBY_MPI_REEXECUTED"
@@ -36,8 +37,12 @@ def find_mpiexec() -> Optional[str]:
 
 
 def should_reexec(cli_rank: Optional[int]) -> bool:
-    """True for a process started by hand (no MPI launcher) that names its rank."""
-    return cli_rank is not None and rank_from_environment() is None and not os.environ.get(REEXEC_MARKER)
+    """True for a process started by hand (no MPI launcher) that names its rank.
+
+    "By hand" includes a batch script's own commands (SLURM_PROCID=0 there is no rank) and
+    PBS's own tasks: no MPI launcher wired them.
+    """
+    return cli_rank is not None and not started_by_mpi_launcher() and not os.environ.get(REEXEC_MARKER)
 
 
 def reexec_under_mpiexec(argv: List[str]):
@@ -110,8 +115,7 @@ def join_world(plan, cli_rank: int) -> World:
             timer.cancel()
         announce(f"all {size - 1} clients joined")
         # The files stay (heartbeat on) while the run lives: a second server is refused meanwhile.
-        return World(comm=comm, rank=0, size=size, host=host, cleanups=[publication.close],
-                     joined_separately=True)
+        return form_world(comm, cleanups=[publication.close], joined_separately=True)
 
     announce(f"run {run_id}: looking for the server in {files.info} (up to {timeout:g} s)")
     info = rendezvous.wait_for_server(files, deadline)
@@ -134,4 +138,4 @@ def join_world(plan, cli_rank: int) -> World:
                                   on_joined=joined)
     timers[0].cancel()
     announce(f"joined run {run_id} as rank {cli_rank} (server on {info['host']})")
-    return World(comm=comm, rank=cli_rank, size=size, host=host, joined_separately=True)
+    return form_world(comm, joined_separately=True)

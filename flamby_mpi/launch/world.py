@@ -1,38 +1,33 @@
 """The MPI world a rank runs in, and the rank -> role rule.
 
 Rank 0 is the FedML cross-silo server (aggregator); rank k >= 1 is the client
-trainer of FLamby centre k-1. Sizes and roles are checked before any collective
-call, so a wrong `-np` or `--rank/--role` ends every rank at once.
+trainer of FLamby centre k-1. Sizes and roles are checked before any other
+collective call, so a wrong `-np` or `--rank/--role` ends every rank at once.
+The one collective before them forms the world (`form_world`): every rank of
+the communicator reaches it unconditionally, right after MPI starts or after
+the last separately started rank has joined.
+
+The local rank (a rank's index among the job's processes on its host, which
+picks its GPU) is counted from every rank's host name, gathered once when the
+world is formed: the same way under mpirun, srun or for separately started
+processes, and right across hosts whatever the launcher announced.
 """
 from __future__ import annotations
 
-import os
 import socket
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence
 
 from ..errors import RankMismatchError, UserError, WorldSizeError
 
 SERVER, CLIENT = "server", "client"
 ABORT_GRACE_S = 0.5
 
-# Rank variables set by the launchers we know (MPICH/Hydra, Open MPI, PMIx, SLURM).
-_RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")
-
 
 def role_of(rank: int) -> str:
     return SERVER if rank == 0 else CLIENT
-
-
-def rank_from_environment() -> Optional[int]:
-    """The rank a launcher announced, read without initialising MPI (None if none did)."""
-    for name in _RANK_VARIABLES:
-        value = os.environ.get(name)
-        if value is not None and value.strip().isdigit():
-            return int(value)
-    return None
 
 
 @dataclass
@@ -41,6 +36,8 @@ class World:
     rank: int
     size: int
     host: str
+    # This rank's index among the world's ranks on `host` (local_rank_from_hosts).
+    local_rank: int
     # Run at the end of the job and before an abort (e.g. removing rendezvous files).
     cleanups: List[Callable[[], None]] = field(default_factory=list)
     # Whether the ranks were connected one by one (separate processes) rather than started together.
@@ -76,9 +73,29 @@ class World:
         self.comm.Abort(code)
 
 
+def local_rank_from_hosts(hosts: Sequence[str], rank: int) -> int:
+    """The index of `rank` among the ranks on its host, given every rank's host name in rank order.
+
+    Ranks on one host are numbered in rank order (the order gpu_mapping_file counts them in).
+    """
+    return list(hosts[:rank]).count(hosts[rank])
+
+
+def form_world(comm, **fields) -> World:
+    """The World of `comm` once every rank is in it, with this rank's local rank.
+
+    Collective (one allgather of the host names): every rank of `comm` calls it at the same point.
+    """
+    host = socket.gethostname()
+    rank = comm.Get_rank()
+    hosts = comm.allgather(host)
+    return World(comm=comm, rank=rank, size=comm.Get_size(), host=host,
+                 local_rank=local_rank_from_hosts(hosts, rank), **fields)
+
+
 def singleton_world() -> World:
     """The world of a process started by hand, before MPI is initialised: itself alone."""
-    return World(comm=None, rank=0, size=1, host=socket.gethostname())
+    return World(comm=None, rank=0, size=1, host=socket.gethostname(), local_rank=0)
 
 
 def mpi_world() -> World:
@@ -89,8 +106,7 @@ def mpi_world() -> World:
         raise UserError("this MPI library does not provide MPI_THREAD_MULTIPLE, which FedML's "
                         "communication threads need",
                         hint="use MPICH or Open MPI built with thread support (pip install mpich)")
-    comm = MPI.COMM_WORLD
-    return World(comm=comm, rank=comm.Get_rank(), size=comm.Get_size(), host=socket.gethostname())
+    return form_world(MPI.COMM_WORLD)
 
 
 def check_world(world: World, expected_size: int, dataset_name: str,
