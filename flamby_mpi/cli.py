@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "Under mpirun it must equal the MPI rank")
     parser.add_argument("--role", choices=(SERVER, CLIENT), default=None,
                         help="server for rank 0, client for ranks 1..N (give with --rank)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="show only warnings, errors and the final table (no progress line)")
     parser.add_argument("--version", action="version", version=f"flamby-mpi {__version__}")
     return parser
 
@@ -70,7 +72,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         config = load_config(args.cf, args.set)
         from .plan import make_plan  # imports torch: after the cheap checks
 
-        plan = make_plan(config, run_id=args.run_id)
+        plan = make_plan(config, run_id=args.run_id, quiet=args.quiet)
         transport = _transport(plan, args, argv, announced_rank)
     except UserError as error:
         # Under mpirun every rank finds the same problem: say it once, from rank 0,

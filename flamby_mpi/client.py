@@ -11,6 +11,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
+from typing import Optional
 
 import torch
 
@@ -32,6 +33,8 @@ class ClientRun:
         self.device = device
         self.strategy = make_strategy(plan)
         self._message: GlobalMessage = None
+        self._replied_at: Optional[float] = None
+        self._waited: Optional[float] = None
         seed = derived_seed(plan.seed, rank)
         # This centre's own global-RNG stream (dropout, FedML-free code): seeded here, and
         # swapped in around all of this client's work, so that clients sharing one process
@@ -68,18 +71,22 @@ class ClientRun:
 
     def receive(self, message: GlobalMessage):
         """The server's message: the global model, plus strategy extras (Scaffold's c)."""
+        if self._replied_at is not None:
+            self._waited = time.perf_counter() - self._replied_at
         self.strategy.receive(self.learner, message.state)
         self._message = message
 
     def reply(self) -> ClientReply:
         """Evaluates (when due) the global model just received, then trains unless this is the end."""
         with self._own_rng():
-            return self._reply(self._message)
+            reply = self._reply(self._message)
+        self._replied_at = time.perf_counter()
+        return reply
 
     def _reply(self, message: GlobalMessage) -> ClientReply:
         plan, round_idx = self.plan, message.round_idx
         reply = ClientReply(center=self.center, round_idx=round_idx, device=str(self.device),
-                            train_samples=self.learner.num_train_samples)
+                            train_samples=self.learner.num_train_samples, wait_s=self._waited)
         if plan.evaluates(round_idx):
             model = self.strategy.model_for_evaluation(self.learner, message.final)
             evaluation = evaluate(model, self.test_loader, plan.dataset.metric, self.device)

@@ -189,6 +189,8 @@ class TrackingArgs:
     log_level: str = field(default="warning", metadata=_meta(
         choices=LOG_LEVELS, help="level of FedML's own log records"))
     enable_wandb: bool = field(default=False, metadata=_meta(choices=(False,)))
+    tensorboard: bool = field(default=True, metadata=_meta(
+        help="rank 0 writes per-round scalars (loss, times, bytes, metrics) to <output_dir>/tensorboard"))
 
 
 @dataclass

@@ -60,7 +60,7 @@ def _run(plan: RunPlan, transport, at: str) -> int:
 
     if plan.run_id is None:  # every rank has the same config, so every rank takes this branch
         plan = plan.with_run_id(transport.agree(new_run_id() if transport.rank == 0 else None))
-    setup_rank_logging(plan.output_dir, transport.rank, plan.log_level)
+    setup_rank_logging(plan.output_dir, transport.rank, plan.log_level, quiet=plan.quiet)
     console = console_logger()
     torch.set_num_threads(torch_threads(plan))  # in-process too: the same arithmetic, the same results
     device = transport.device(plan, console_logger().warning)
@@ -96,13 +96,15 @@ def _preflight(plan: RunPlan, transport, device, console) -> Tuple[Optional[obje
     allgather). Returns (server run or None, client runs, 0) when every rank is ready, else
     (None, [], exit code) on every rank."""
     from .client import ClientRun
+    from .progress import Progress
     from .server import ServerRun
 
     server_run, client_runs, problem = None, [], None
     for rank in transport.local_ranks:
         try:
             if rank == 0:
-                server_run = ServerRun(plan, console.info)
+                server_run = ServerRun(plan, console.info, Progress(plan.rounds, quiet=plan.quiet),
+                                       _telemetry_sinks(plan))
                 server_run.check_pooled_test_data()
             else:
                 client_runs.append(ClientRun(plan, rank, device))
@@ -133,7 +135,16 @@ def _preflight(plan: RunPlan, transport, device, console) -> Tuple[Optional[obje
     return None, [], failures.EXIT_FAILURE if bugs else failures.EXIT_USER_ERROR
 
 
+def _telemetry_sinks(plan: RunPlan) -> list:
+    if not plan.tensorboard:
+        return []
+    from .telemetry import TensorBoardSink
+
+    return [TensorBoardSink(plan.output_dir / "tensorboard", plan.summary())]
+
+
 def _write_and_report(plan: RunPlan, server_run, world_size: int, console):
+    from .logs import SHOWN_WHEN_QUIET
     from .results import format_table, write_results
 
     end = time.time()
@@ -141,8 +152,11 @@ def _write_and_report(plan: RunPlan, server_run, world_size: int, console):
     timing = {"startup_s": first - PROCESS_START,
               "train_s": (server_run.last_round_at or end) - first,
               "total_s": end - PROCESS_START}
+    for sink in server_run.sinks:
+        sink.close()
     results = write_results(plan, server_run, timing, world_size, extra={"backend": plan.backend})
+    server_run.progress.end_line()
     console.info("final metrics (%s, %s, %d rounds):\n%s", plan.dataset.name, results["strategy"],
-                 server_run.rounds_completed, format_table(results["metrics"]))
+                 server_run.rounds_completed, format_table(results["metrics"]), extra=SHOWN_WHEN_QUIET)
     console.info("done in %.1f s (startup %.1f s, training %.1f s); results in %s",
                  timing["total_s"], timing["startup_s"], timing["train_s"], plan.output_dir / "results.json")

@@ -8,19 +8,25 @@ writes ~/.fedml and ./log, and POSTs to FedML's cloud even with
 managers read, register it with FedML's MLOps store (otherwise every
 `mlops.*` helper calls `fedml.init()` itself to get args, which contacts the
 cloud), and start FedML's own cross-silo server and client managers over
-FedML's MPI communication manager. Two behaviours are replaced in small
-subclasses: the 5-second sleep before the server finishes, and
-`MPI.Finalize()` inside `finish()` (we still need MPI afterwards to write
-results and to abort the job on errors).
+FedML's MPI communication manager. Three behaviours are replaced in small
+subclasses: the 5-second sleep before the server finishes, `MPI.Finalize()`
+inside `finish()` (we still need MPI afterwards to write results and to abort
+the job on errors), and the communication manager, which also counts the bytes
+of every message for the per-round telemetry.
 """
 from __future__ import annotations
 
 import json
+import queue
+import threading
+import time
+import traceback
 import warnings
 from types import SimpleNamespace
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from .launch.world import World
+from .telemetry import Traffic
 from .watchdog import Watchdog
 
 def import_fedml():
@@ -88,6 +94,91 @@ def receive_thread(manager):
     return cm._server_receive_thread or cm._client_receive_thread
 
 
+class Meter:
+    """Bytes per peer rank as the MPI transport sent and received them, since the last take()."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._sent: Dict[int, int] = {}
+        self._received: Dict[int, int] = {}
+
+    def sent(self, rank: int, size: int):
+        with self._lock:
+            self._sent[rank] = self._sent.get(rank, 0) + size
+
+    def received(self, rank: int, size: int):
+        with self._lock:
+            self._received[rank] = self._received.get(rank, 0) + size
+
+    def take(self) -> Traffic:
+        """This exchange's traffic by centre (rank - 1), and start counting the next one."""
+        with self._lock:
+            traffic = Traffic(to_centre={r - 1: n for r, n in self._sent.items() if r > 0},
+                              from_centre={r - 1: n for r, n in self._received.items() if r > 0})
+            self._sent, self._received = {}, {}
+        return traffic
+
+
+def _metered_comm_manager(comm, rank: int, size: int):
+    """FedML's MPI communication manager, counting the bytes of every message it moves.
+
+    It sends what FedML's sends (the pickled FedML Message, as mpi4py's comm.send would) but
+    pickles it itself to know its size, and its receive thread reads each message's size from
+    the probe; the bytes on the wire and the objects received are unchanged."""
+    from mpi4py import MPI
+    from fedml.core.distributed.communication.message import Message
+    from fedml.core.distributed.communication.mpi.com_manager import MpiCommunicationManager
+    from fedml.core.distributed.communication.mpi.mpi_receive_thread import MPIReceiveThread
+
+    class MeteredReceiveThread(MPIReceiveThread):
+        def __init__(self, meter: Meter, *args):
+            super().__init__(*args)
+            self.meter = meter
+
+        def run(self):  # FedML's loop, plus the size of what it receives
+            status = MPI.Status()
+            try:
+                while True:
+                    while not self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
+                        time.sleep(0.001)
+                        if self._stop_event.is_set():
+                            return
+                    source, tag, size = status.Get_source(), status.Get_tag(), status.Get_count(MPI.BYTE)
+                    message = self.comm.recv(source=source, tag=tag)
+                    self.meter.received(source, size)
+                    self.q.put(message)
+            except Exception:
+                traceback.print_exc()
+                raise  # the watchdog sees this thread die and ends the job
+
+    class MeteredMpiCommManager(MpiCommunicationManager):
+        def __init__(self, comm, rank, size):
+            self.meter = Meter()
+            super().__init__(comm, rank, size)
+
+        def _start_receiving(self, name: str):
+            receive_queue = queue.Queue(0)
+            thread = MeteredReceiveThread(self.meter, self.comm, self.rank, self.size, name, receive_queue)
+            thread.start()
+            return thread, receive_queue
+
+        def init_server_communication(self):
+            self._server_receive_thread, receive_queue = self._start_receiving("ServerReceiveThread")
+            return queue.Queue(0), receive_queue
+
+        def init_client_communication(self):
+            self._client_receive_thread, receive_queue = self._start_receiving("ClientReceiveThread")
+            return queue.Queue(0), receive_queue
+
+        def send_message(self, msg):
+            dest = msg.get(Message.MSG_ARG_KEY_RECEIVER)
+            data = MPI.pickle.dumps(msg)
+            self.comm.Send([data, MPI.BYTE], dest=dest, tag=0)
+            self.meter.sent(dest, len(data))
+
+    return MeteredMpiCommManager(comm, rank, size)
+
+
 def run_server(args, world, aggregator, on_first_round: Callable[[], None], watchdog) -> None:
     """Runs FedML's cross-silo server on rank 0 until every client has finished."""
     from fedml.cross_silo.server.fedml_aggregator import FedMLAggregator
@@ -95,6 +186,10 @@ def run_server(args, world, aggregator, on_first_round: Callable[[], None], watc
 
     class ServerManager(FedMLServerManager):
         _started = False
+
+        def _init_manager(self):
+            self.com_manager = _metered_comm_manager(self.comm, self.rank, self.size)
+            self.com_manager.add_observer(self)
 
         def send_init_msg(self):
             if not self._started:  # FedML may see all clients online twice
@@ -121,6 +216,7 @@ def run_server(args, world, aggregator, on_first_round: Callable[[], None], watc
         None, None, 0, None, None, None, n, args.device, args, aggregator)
     aggregator.set_id(0)
     manager = ServerManager(args, fedml_aggregator, world.comm, world.rank, world.size, "MPI")
+    aggregator.meter = manager.com_manager.meter
     watchdog.watch(receive_thread(manager))
     manager.run()
 
@@ -131,6 +227,10 @@ def run_client(args, world, trainer, center: int, train_samples: int, watchdog) 
     from fedml.cross_silo.client.fedml_trainer_dist_adapter import TrainerDistAdapter
 
     class ClientManager(ClientMasterManager):
+        def _init_manager(self):
+            self.com_manager = _metered_comm_manager(self.comm, self.rank, self.size)
+            self.com_manager.add_observer(self)
+
         def receive_message(self, msg_type, msg_params):
             watchdog.kick()
             super().receive_message(msg_type, msg_params)
@@ -167,11 +267,14 @@ def make_aggregator(server_run, fedml_args):
         def on_before_aggregation(self, raw_client_model_or_grad_list):
             return raw_client_model_or_grad_list, list(range(len(raw_client_model_or_grad_list)))
 
+        meter: Optional[Meter] = None  # the server's MPI traffic, set once FedML's manager exists
+
         def aggregate(self, raw_client_model_or_grad_list):
             round_idx = int(fedml_args.round_idx)
             replies = [payload[_REPLY] for _, payload in raw_client_model_or_grad_list]
+            traffic = self.meter.take() if self.meter is not None else None
             # After the final exchange FedML still sends one model message, which clients ignore.
-            return server_run.aggregate(round_idx, replies) or server_run.global_message(round_idx)
+            return server_run.aggregate(round_idx, replies, traffic) or server_run.global_message(round_idx)
 
         def on_after_aggregation(self, aggregated_model_or_grad):
             return aggregated_model_or_grad

@@ -10,23 +10,29 @@ from __future__ import annotations
 
 import pickle
 import socket
-from typing import Callable, List
+from typing import Callable, List, Tuple
+
+from .telemetry import Traffic
 
 
-def _as_if_sent(obj):
-    # MPI pickles every message; doing the same keeps the two paths identical (no aliasing).
-    return pickle.loads(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+def _as_if_sent(obj) -> Tuple[object, int]:
+    """The object as its receiver gets it, and the bytes it took. MPI pickles every message;
+    doing the same keeps the two paths identical (no aliasing)."""
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return pickle.loads(data), len(data)
 
 
 def run_exchanges(server_run, client_runs: List) -> None:
     """Runs the whole federated training: every exchange, the final evaluation-only one included."""
     message = server_run.global_message(0)
     while message is not None:
-        replies = []
+        replies, traffic = [], Traffic()
         for client in client_runs:
-            client.receive(_as_if_sent(message))
-            replies.append(_as_if_sent(client.reply()))
-        message = server_run.aggregate(message.round_idx, replies)
+            received, traffic.to_centre[client.center] = _as_if_sent(message)
+            client.receive(received)
+            reply, traffic.from_centre[client.center] = _as_if_sent(client.reply())
+            replies.append(reply)
+        message = server_run.aggregate(message.round_idx, replies, traffic)
 
 
 class InProcessTransport:

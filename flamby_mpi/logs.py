@@ -14,7 +14,11 @@ from pathlib import Path
 _FORMAT = "%(asctime)s %(levelname)s [%(name)s] %(message)s"
 
 
-def setup_rank_logging(output_dir: Path, rank: int, fedml_level: str) -> Path:
+# Console records logged with extra=SHOWN_WHEN_QUIET stay on stdout under --quiet (the final table).
+SHOWN_WHEN_QUIET = {"shown_when_quiet": True}
+
+
+def setup_rank_logging(output_dir: Path, rank: int, fedml_level: str, quiet: bool = False) -> Path:
     log_dir = output_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     path = log_dir / f"rank{rank}.log"
@@ -47,6 +51,9 @@ def setup_rank_logging(output_dir: Path, rank: int, fedml_level: str) -> Path:
     if rank == 0:
         shown = logging.StreamHandler(sys.stdout)
         shown.setFormatter(logging.Formatter("[flamby-mpi] %(message)s"))
+        if quiet:
+            shown.addFilter(lambda record: record.levelno >= logging.WARNING
+                            or getattr(record, "shown_when_quiet", False))
         progress.addHandler(shown)
     else:
         progress.addHandler(warnings_out)

@@ -63,8 +63,10 @@ class RunPlan:
     join_timeout_s: float
     secret_file: Optional[str]
     log_level: str
+    tensorboard: bool
     cpu_threads: Optional[int]
     devices: DeviceArgs
+    quiet: bool = False  # --quiet: the console shows only warnings, errors and the final table
     run_id: Optional[str] = None  # None until agreed (with_run_id)
     output_dir: Optional[Path] = None
     rendezvous_dir: Optional[Path] = None
@@ -180,7 +182,7 @@ def _strategy_problems(train, num_clients: int) -> List[str]:
     return problems
 
 
-def make_plan(config: RunConfig, run_id: Optional[str] = None) -> RunPlan:
+def make_plan(config: RunConfig, run_id: Optional[str] = None, quiet: bool = False) -> RunPlan:
     """The plan of this config; run_id (from --run_id) wins over common_args.run_id."""
     seed = config.common_args.random_seed
     dataset = resolve_dataset(config.data_args, seed)
@@ -226,7 +228,8 @@ def make_plan(config: RunConfig, run_id: Optional[str] = None) -> RunPlan:
         pooled_test=config.validation_args.pooled_test, num_workers=config.data_args.num_workers,
         backend=config.comm_args.backend, round_timeout_s=config.comm_args.round_timeout_s,
         join_timeout_s=config.comm_args.join_timeout_s, secret_file=config.comm_args.secret_file,
-        log_level=config.tracking_args.log_level, cpu_threads=config.device_args.cpu_threads,
+        log_level=config.tracking_args.log_level, tensorboard=config.tracking_args.tensorboard,
+        quiet=quiet, cpu_threads=config.device_args.cpu_threads,
         devices=config.device_args, _config=config,
     )
     run_id = run_id if run_id is not None else config.common_args.run_id

@@ -39,6 +39,9 @@ class ClientReply:
     extras: Optional[Dict] = None  # strategy extras (Scaffold's control-variate delta)
     train_loss: Optional[float] = None
     train_s: Optional[float] = None
+    # How long this client waited, after its previous reply, for the message it answers now:
+    # the communication time of the previous round as this client saw it (None in exchange 0).
+    wait_s: Optional[float] = None
     # The evaluation of the global model received this exchange, when due (plan.evaluates);
     # its predictions travel only in the final exchange with pooled_test: predictions.
     evaluation: Optional[Evaluation] = None

@@ -1,7 +1,8 @@
 """The output contract, read by tools outside the project (README.md, section "Outputs").
 
 In the output directory: results.json, results.csv (FLamby's benchmark layout),
-metrics.csv (one row per evaluated round and test set) and global_model.pt
+metrics.csv (one row per evaluated round and test set), rounds.csv (one row per
+training round and centre: times, bytes, loss; telemetry.py) and global_model.pt
 (`torch.save(state_dict)`); config.yaml (the resolved config) is written by the
 driver when the run starts. Files are written to a temporary name and renamed,
 so a reader never sees half a file.
@@ -62,6 +63,8 @@ def write_results(plan, server_run, timing: Dict[str, float], world_size: int,
         "pooled_test": plan.pooled_test,
         "devices": {f"client_{c}": d for c, d in sorted(server_run.devices.items())},
         "timing": {k: round(v, 3) for k, v in timing.items()},
+        # Summed over every exchange; rounds.csv has them per round and centre.
+        "traffic": server_run.round_log.summary(),
     }
     if extra:
         results.update(extra)
@@ -82,6 +85,8 @@ def write_results(plan, server_run, timing: Dict[str, float], world_size: int,
                          plan.learning_rate, f"<class '{plan.optimizer_name}'>",
                          plan.num_updates, plan.rounds])
     atomic_write(output_dir / "results.csv", rows.getvalue().encode())
+
+    atomic_write(output_dir / "rounds.csv", server_run.round_log.csv_text().encode())
 
     history = io.StringIO()
     writer = csv.writer(history)

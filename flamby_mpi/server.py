@@ -15,17 +15,22 @@ import torch
 
 from .aggregation import weighted_mean
 from .plan import RunPlan
+from .progress import Progress
 from .protocol import ClientReply, GlobalMessage
 from .strategies import make_strategy
+from .telemetry import RoundLog, Traffic
 from .training import evaluate, make_loader
 
 
 class ServerRun:
     """The global model, the per-round history and the final metrics."""
 
-    def __init__(self, plan: RunPlan, console):
+    def __init__(self, plan: RunPlan, console, progress: Optional[Progress] = None, sinks=()):
         self.plan = plan
-        self.console = console
+        self._console = console
+        self.progress = progress or Progress(plan.rounds, quiet=True)
+        self.sinks = list(sinks)  # telemetry (TensorBoard) fed every round and evaluation
+        self.round_log = RoundLog(self.sinks)
         torch.manual_seed(plan.seed)  # the initial global model depends on the seed only
         self.model = plan.dataset.baseline()
         self.strategy = make_strategy(plan)
@@ -51,20 +56,31 @@ class ServerRun:
         return GlobalMessage(round_idx=round_idx, final=round_idx == self.plan.final_round,
                              state=self.global_state(), extras=self.strategy.server_extras(round_idx))
 
+    def console(self, text: str):
+        self.progress.end_line()  # a line being redrawn on a terminal ends first
+        self._console(text)
+
     def start_first_round(self):
         self.first_round_at = self._round_started = time.time()
+        self.progress.start()
 
-    def aggregate(self, round_idx: int, replies: List[ClientReply]) -> Optional[GlobalMessage]:
-        """replies: one per client, in rank order. Returns the message for the next exchange
-        (None after the final one)."""
+    def aggregate(self, round_idx: int, replies: List[ClientReply],
+                  traffic: Optional[Traffic] = None) -> Optional[GlobalMessage]:
+        """replies: one per client, in rank order; traffic: the bytes of this exchange as the
+        transport sent them. Returns the message for the next exchange (None after the final one)."""
         for reply in replies:
             if reply.round_idx != round_idx:  # a transport bug, never a user's mistake
                 raise RuntimeError(f"exchange {round_idx}: centre {reply.center} answered exchange "
                                    f"{reply.round_idx}")
             self.devices[reply.center] = reply.device
         evaluated = self._record_evaluations(round_idx, replies)
-        if round_idx == self.plan.final_round:
+        now = time.time()
+        final = round_idx == self.plan.final_round
+        self.round_log.record(round_idx, replies, traffic, now - (self._round_started or now),
+                              training_round=not final)
+        if final:
             self._finish(replies, evaluated)
+            self.round_log.close()
             return None
         results = {r.center: (r.train_samples, r.state, r.extras) for r in replies if r.trained}
         expected = self.strategy.participants(round_idx)
@@ -75,8 +91,8 @@ class ServerRun:
         now = time.time()
         losses = [r.train_loss for r in replies if r.train_loss is not None]
         who = "" if len(expected) == self.plan.num_clients else f" (centres {', '.join(map(str, expected))})"
-        self.console(f"round {self.rounds_completed}/{self.plan.rounds} done in "
-                     f"{now - (self._round_started or now):.2f} s{who}, mean train loss {np.mean(losses):.4f}")
+        self.progress.round_done(self.rounds_completed, now - (self._round_started or now),
+                                 float(np.mean(losses)), who)
         self.last_round_at = self._round_started = now
         return self.global_message(round_idx + 1)
 
@@ -96,6 +112,8 @@ class ServerRun:
                              "num_samples": sum(r.evaluation.num_samples for r in evaluated)})
         shown = ", ".join(f"{k}={v:.4f}" for k, v in row_metrics.items())
         self.console(f"evaluation after round {round_idx}: {shown}, average={average:.4f}")
+        for sink in self.sinks:
+            sink.evaluation(round_idx, {**row_metrics, "average": average})
         return {**row_metrics, "average": average}
 
     def _finish(self, replies: List[ClientReply], evaluated: Dict[str, float]):
@@ -105,6 +123,8 @@ class ServerRun:
         if metrics["pooled"] is not None:
             self.history.append({"round": self.plan.final_round, "test": "pooled", "metric": metrics["pooled"],
                                  "num_samples": sum(r.evaluation.num_samples for r in replies)})
+            for sink in self.sinks:
+                sink.evaluation(self.plan.final_round, {"pooled": metrics["pooled"]})
         self.final_metrics = metrics
 
     def _pooled_metric(self, replies: List[ClientReply]) -> Optional[float]:

@@ -61,6 +61,45 @@ def test_full_synthetic_run_writes_the_output_contract(workdir):
     assert not (cwd / "log").exists()
     assert sorted(p.name for p in cwd.iterdir()) == ["out"]
     assert job.leftovers == []
+    _check_telemetry(out, results, state, rounds=4, centres=4)
+
+
+def _check_telemetry(out, results, state, rounds, centres):
+    """rounds.csv has a row per round and centre whose bytes are the model's plus a FedML envelope,
+    the totals add up, and TensorBoard's own reader finds the scalars."""
+    import csv
+
+    rows = list(csv.DictReader((out / "rounds.csv").open()))
+    assert list(rows[0]) == ["round", "centre", "local_train_s", "wait_s", "bytes_sent", "bytes_received",
+                             "train_loss", "sampled"]
+    assert [(int(r["round"]), int(r["centre"])) for r in rows] == \
+        [(r, c) for r in range(1, rounds + 1) for c in range(centres)]
+    model_bytes = sum(t.numel() * t.element_size() for t in state.values())
+    for row in rows:
+        assert row["sampled"] == "True" and float(row["train_loss"]) > 0
+        assert 0 <= float(row["local_train_s"]) < 60 and 0 <= float(row["wait_s"]) < 60
+        # Round 1 also carries FedML's start-up status messages; later rounds only the exchange.
+        envelope = 8192 if row["round"] == "1" else 2048
+        for key in ("bytes_sent", "bytes_received"):
+            assert model_bytes < int(row[key]) < model_bytes + envelope, (key, row)
+    traffic = results["traffic"]
+    per_centre = traffic["per_centre"]
+    assert sum(t["bytes_sent"] + t["bytes_received"] for t in per_centre.values()) == traffic["bytes_moved"]
+    for c in range(centres):
+        in_rows = sum(int(r["bytes_sent"]) for r in rows if int(r["centre"]) == c)
+        # The totals also count the final, evaluation-only exchange (its reply has no model but
+        # the test predictions for the pooled metric).
+        assert 0 < per_centre[f"client_{c}"]["bytes_sent"] - in_rows < 8192
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"centre_0/train_loss", "centre_3/wait_s", "centre_2/bytes_received", "round/time_s",
+            "metric/client_test_1", "metric/average", "metric/pooled"} <= tags
+    assert [e.step for e in events.Scalars("centre_1/train_loss")] == list(range(1, rounds + 1))
+    assert events.Scalars("metric/pooled")[0].value == pytest.approx(results["metrics"]["pooled"])
 
 
 def test_same_seed_gives_bitwise_identical_model_and_other_seed_does_not(workdir, tmp_path):

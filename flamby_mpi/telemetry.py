@@ -1,0 +1,152 @@
+"""Per-round telemetry, kept by rank 0 only: rounds.csv, TensorBoard, totals for results.json.
+
+Clients send their part with each ClientReply (local training time, train loss,
+and how long they waited for the message they answer); the transport tells the
+server how many bytes each message took. So no rank but 0 writes telemetry files.
+
+A centre's wait after round r is only known when it answers exchange r + 1, so
+the rows of a round are completed one exchange later (the final, evaluation-only
+exchange completes the last round's rows).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+ROUND_COLUMNS = ("round", "centre", "local_train_s", "wait_s", "bytes_sent", "bytes_received",
+                 "train_loss", "sampled")
+
+log = logging.getLogger("flamby_mpi.telemetry")
+
+
+@dataclass
+class Traffic:
+    """Bytes of one exchange per centre, as the transport sent them: the server's message to the
+    centre (what the centre received) and the centre's reply (what it sent)."""
+    to_centre: Dict[int, int] = field(default_factory=dict)
+    from_centre: Dict[int, int] = field(default_factory=dict)
+
+
+def _seconds(value: Optional[float]) -> Optional[float]:
+    return None if value is None else round(value, 6)
+
+
+class RoundLog:
+    """rounds.csv rows and run totals, fed once per exchange by ServerRun."""
+
+    def __init__(self, sinks=()):
+        self.rows: List[Dict] = []
+        self.sinks = list(sinks)
+        self._open: List[Dict] = []  # the rows of the last training round, waiting for wait_s
+        self._open_round_s: Optional[float] = None
+        self.totals: Dict[int, Dict[str, float]] = {}
+
+    def _total(self, centre: int) -> Dict[str, float]:
+        return self.totals.setdefault(centre, {"bytes_sent": 0, "bytes_received": 0, "compute_s": 0.0,
+                                               "wait_s": 0.0})
+
+    def record(self, round_idx: int, replies, traffic: Optional[Traffic], round_s: Optional[float],
+               training_round: bool):
+        """One exchange: its replies (in rank order), its traffic, the server's time for it; a
+        training round opens one row per centre, sampled or not."""
+        traffic = traffic or Traffic()
+        waits = {r.center: r.wait_s for r in replies}
+        for row in self._open:
+            row["wait_s"] = _seconds(waits.get(row["centre"]))
+            self._total(row["centre"])["wait_s"] += row["wait_s"] or 0.0
+        if self._open:
+            self.rows.extend(self._open)
+            for sink in self.sinks:
+                sink.round(self._open[0]["round"], self._open, self._open_round_s)
+        self._open, self._open_round_s = [], round_s
+        for reply in replies:
+            total = self._total(reply.center)
+            total["bytes_sent"] += traffic.from_centre.get(reply.center, 0)
+            total["bytes_received"] += traffic.to_centre.get(reply.center, 0)
+            total["compute_s"] += reply.train_s or 0.0
+            if training_round:
+                self._open.append({
+                    "round": round_idx + 1, "centre": reply.center, "local_train_s": _seconds(reply.train_s),
+                    "wait_s": None, "bytes_sent": traffic.from_centre.get(reply.center),
+                    "bytes_received": traffic.to_centre.get(reply.center), "train_loss": reply.train_loss,
+                    "sampled": reply.trained})
+
+    def close(self):
+        """The run ended: rows still open (a run that stopped early) are kept without their wait."""
+        self.rows.extend(self._open)
+        self._open = []
+
+    def csv_text(self) -> str:
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=ROUND_COLUMNS)
+        writer.writeheader()
+        for row in self.rows:
+            writer.writerow({k: "" if row[k] is None else row[k] for k in ROUND_COLUMNS})
+        return out.getvalue()
+
+    def summary(self) -> Dict:
+        """Totals for results.json: bytes moved, and compute and communication time per centre."""
+        per_centre = {f"client_{c}": {k: round(v, 6) if isinstance(v, float) else v for k, v in t.items()}
+                      for c, t in sorted(self.totals.items())}
+        return {"bytes_moved": sum(t["bytes_sent"] + t["bytes_received"] for t in self.totals.values()),
+                "per_centre": per_centre}
+
+
+class TensorBoardSink:
+    """TensorBoard event files in one run directory (`tensorboard --logdir runs/` compares runs).
+
+    TensorBoard is imported in a background thread as soon as the sink is made, so that its
+    import (over a second) overlaps the wait for the clients instead of delaying a round."""
+
+    def __init__(self, directory: Path, hyperparameters: Dict):
+        self.directory = Path(directory)
+        self._writer = None
+        self._failed = False
+        self._ready = threading.Thread(target=self._open, name="flamby-mpi-tensorboard", daemon=True)
+        self._ready.start()
+        self._hyperparameters = hyperparameters
+
+    def _open(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.directory))
+            table = "\n".join(f"| {k} | {v} |" for k, v in self._hyperparameters.items())
+            self._writer.add_text("run/plan", "| key | value |\n|---|---|\n" + table, 0)
+        except Exception as exc:  # noqa: B902 - telemetry must never fail a run
+            self._failed = True
+            log.warning("TensorBoard is off for this run: %s", exc)
+
+    def _get(self):
+        self._ready.join()
+        return self._writer
+
+    def round(self, round_number: int, rows: List[Dict], round_s: Optional[float]):
+        writer = self._get()
+        if writer is None:
+            return
+        for row in rows:
+            centre = f"centre_{row['centre']}"
+            for key in ("train_loss", "local_train_s", "wait_s", "bytes_sent", "bytes_received"):
+                if row[key] is not None:
+                    writer.add_scalar(f"{centre}/{key}", row[key], round_number)
+        if round_s is not None:
+            writer.add_scalar("round/time_s", round_s, round_number)
+
+    def evaluation(self, round_number: int, metrics: Dict[str, float]):
+        writer = self._get()
+        if writer is None:
+            return
+        for name, value in metrics.items():
+            if value is not None:
+                writer.add_scalar(f"metric/{name}", value, round_number)
+
+    def close(self):
+        writer = self._get()
+        if writer is not None:
+            writer.close()
