@@ -8,7 +8,7 @@
    ClientRun per client rank) and compare notes with every rank, so that a missing
    file on any centre ends every rank with one message before training starts;
 4. hand the roles to the transport for the exchanges (flamby_mpi.protocol);
-5. rank 0 writes the results.
+5. rank 0 writes the results and report.png.
 The transport is FedMLTransport (FedML's cross-silo managers over MPI, one rank per
 process) or InProcessTransport (every rank in this process, no MPI). Any failure
 goes through flamby_mpi.failures: one message, and the whole job ends.
@@ -145,6 +145,7 @@ def _telemetry_sinks(plan: RunPlan) -> list:
 
 def _write_and_report(plan: RunPlan, server_run, world_size: int, console):
     from .logs import SHOWN_WHEN_QUIET
+    from .report import write_report
     from .results import format_table, write_results
 
     end = time.time()
@@ -155,6 +156,7 @@ def _write_and_report(plan: RunPlan, server_run, world_size: int, console):
     for sink in server_run.sinks:
         sink.close()
     results = write_results(plan, server_run, timing, world_size, extra={"backend": plan.backend})
+    write_report(plan.output_dir)  # report.png; never fails the run (a warning at worst)
     server_run.progress.end_line()
     console.info("final metrics (%s, %s, %d rounds):\n%s", plan.dataset.name, results["strategy"],
                  server_run.rounds_completed, format_table(results["metrics"]), extra=SHOWN_WHEN_QUIET)

@@ -162,7 +162,10 @@ def test_the_join_code_never_unpickles_from_a_peer_not_yet_authenticated():
                        "alltoall", "mrecv", "improbe", "mprobe", "reduce", "allreduce"}
     handshake_src = (launch / "handshake.py").read_text()
     assert "pickle" not in handshake_src.replace("never pickle", "")
-    for path in launch.glob("*.py"):
+    # The modules of the join; world.py and environment.py work on a world already formed
+    # (mpirun's, or the one the join returns after every member proved the secret).
+    join_modules = [launch / name for name in ("handshake.py", "rendezvous.py", "run_secret.py", "separate.py")]
+    for path in join_modules:
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \

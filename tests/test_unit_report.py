@@ -1,0 +1,203 @@
+"""Unit tests of flamby_mpi.report: reading run directories, the picture, the comparison table
+and the `python -m flamby_mpi.report` command. Run directories are small fakes written here,
+following the output contract (README "Outputs"), rounds.csv included."""
+import csv
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flamby_mpi import report
+from flamby_mpi.errors import UserError
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ROOT = Path(__file__).resolve().parents[1]
+
+ROUNDS_HEADER = ["round", "centre", "local_train_s", "wait_s", "bytes_sent", "bytes_received",
+                 "train_loss", "sampled"]
+
+
+def make_run(parent: Path, run_id: str, strategy: str = "FedAvg", shift: float = 0.0,
+             rounds_csv: bool = True, num_rounds: int = 3, centres: int = 2) -> Path:
+    """A finished run of `num_rounds` rounds and `centres` centres, evaluated after every round;
+    centre 1 does not train in round 2 (client sampling)."""
+    path = parent / run_id
+    path.mkdir()
+    final = {f"client_test_{k}": round(0.6 + 0.1 * k + shift, 4) for k in range(centres)}
+    final["average"] = round(sum(final.values()) / centres, 4)
+    final["pooled"] = round(final["average"] + 0.01, 4)
+    (path / "results.json").write_text(json.dumps({
+        "run_id": run_id, "dataset": "synthetic", "strategy": strategy, "seed": 0,
+        "num_clients": centres, "rounds_completed": num_rounds, "metrics": final,
+        "timing": {"startup_s": 1.0, "train_s": 2.0, "total_s": 3.0}}))
+    with open(path / "metrics.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["round", "test", "metric", "num_samples"])
+        for r in range(1, num_rounds + 1):
+            for test, value in final.items():
+                writer.writerow([r, test, value - 0.05 * (num_rounds - r), 10])
+    if rounds_csv:
+        with open(path / "rounds.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(ROUNDS_HEADER)
+            for r in range(1, num_rounds + 1):
+                for k in range(centres):
+                    sampled = not (k == 1 and r == 2)
+                    writer.writerow([r, k, 0.2 + 0.01 * k if sampled else "", 0.05 + shift, 1000, 1000,
+                                     0.7 - 0.05 * r + 0.01 * k if sampled else "",
+                                     "true" if sampled else "false"])
+    return path
+
+
+def assert_png(path: Path):
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    assert 10_000 < len(data) < 2_000_000, len(data)
+
+
+def run_module(*args, cwd=None, env=None):
+    environ = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+    return subprocess.run([sys.executable, "-m", "flamby_mpi.report", *map(str, args)], cwd=cwd,
+                          env=environ, capture_output=True, text=True, timeout=120)
+
+
+def test_load_run_reads_results_metrics_and_rounds(tmp_path):
+    run = report.load_run(make_run(tmp_path, "a"))
+    assert run.label == "FedAvg (a)"
+    assert run.final_metrics["client_test_1"] == 0.7
+    assert len(run.metrics) == 3 * 4
+    assert run.metrics[0] == {"round": 1, "test": "client_test_0", "metric": pytest.approx(0.5),
+                              "num_samples": 10}
+    assert len(run.rounds) == 3 * 2
+    skipped = [row for row in run.rounds if not row["sampled"]]
+    assert skipped == [{"round": 2, "centre": 1, "local_train_s": None, "wait_s": 0.05,
+                        "train_loss": None, "sampled": False}]
+    assert run.notes == []
+
+
+def test_time_split_is_over_the_centres_that_trained(tmp_path):
+    run = report.load_run(make_run(tmp_path, "a"))
+    split = report.time_split(run.rounds)
+    assert [row["round"] for row in split] == [1, 2, 3]
+    assert split[0]["train_s"] == pytest.approx(0.205)  # mean of 0.20 and 0.21
+    assert split[1]["train_s"] == pytest.approx(0.20)  # centre 1 did not train in round 2
+    assert split[1]["wait_s"] == pytest.approx(0.05)
+
+
+def test_load_run_without_rounds_csv_notes_it(tmp_path):
+    run = report.load_run(make_run(tmp_path, "a", rounds_csv=False))
+    assert run.rounds is None
+    assert run.notes == ["no rounds.csv: train loss and time per round not drawn"]
+
+
+def test_unreadable_rounds_csv_is_a_note_not_an_error(tmp_path):
+    path = make_run(tmp_path, "a")
+    (path / "rounds.csv").write_text("round,centre\n1,0\n")
+    run = report.load_run(path)
+    assert run.rounds is None
+    assert "missing column(s) local_train_s, wait_s, train_loss, sampled" in run.notes[0]
+
+
+def test_load_run_errors_name_the_directory(tmp_path):
+    with pytest.raises(UserError, match="no run directory"):
+        report.load_run(tmp_path / "absent")
+    with pytest.raises(UserError, match="has no results.json"):
+        report.load_run(tmp_path)
+
+
+def test_draw_one_run(tmp_path):
+    out = report.draw([report.load_run(make_run(tmp_path, "a"))], tmp_path / "one.png")
+    assert_png(out)
+
+
+def test_draw_run_without_rounds_csv(tmp_path):
+    out = report.draw([report.load_run(make_run(tmp_path, "a", rounds_csv=False))], tmp_path / "one.png")
+    assert_png(out)
+
+
+def test_draw_refuses_an_unknown_picture_type(tmp_path):
+    with pytest.raises(UserError, match="unknown picture type"):
+        report.draw([report.load_run(make_run(tmp_path, "a"))], tmp_path / "one.txt")
+
+
+def test_write_report_writes_report_png(tmp_path):
+    path = make_run(tmp_path, "a")
+    assert report.write_report(path) == path / "report.png"
+    assert_png(path / "report.png")
+    assert sorted(p.name for p in path.iterdir()) == ["metrics.csv", "report.png", "results.json",
+                                                        "rounds.csv"]
+
+
+def test_write_report_never_fails_the_run(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="flamby_mpi"):
+        assert report.write_report(tmp_path / "absent") is None
+    assert "report.png not written: no run directory" in caplog.text
+
+
+def test_format_comparison_has_every_run_side_by_side(tmp_path):
+    runs = [report.load_run(make_run(tmp_path, "a")),
+            report.load_run(make_run(tmp_path, "b", strategy="FedProx", shift=0.05, centres=3))]
+    lines = report.format_comparison(runs).splitlines()
+    assert lines[0].split() == ["test", "set", "FedAvg", "(a)", "FedProx", "(b)"]
+    assert [line.split()[0] for line in lines[2:]] == ["client_test_0", "client_test_1", "client_test_2",
+                                                        "average", "pooled"]
+    assert lines[2].split() == ["client_test_0", "0.6000", "0.6500"]
+    assert lines[4].split() == ["client_test_2", "-", "0.8500"]  # run a has two centres
+
+
+def test_module_overlays_two_runs_and_prints_the_table(tmp_path):
+    a = make_run(tmp_path, "a")
+    b = make_run(tmp_path, "b", strategy="FedProx", shift=0.05, rounds_csv=False)
+    result = run_module(a, b, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert_png(tmp_path / "comparison.png")
+    assert "FedAvg (a)" in result.stdout and "FedProx (b)" in result.stdout
+    pooled = [line for line in result.stdout.splitlines() if line.startswith("pooled")]
+    assert pooled[0].split() == ["pooled", "0.6600", "0.7100"]
+    assert "no rounds.csv" in result.stderr
+
+
+def test_module_out_option(tmp_path):
+    result = run_module(make_run(tmp_path, "a"), "--out", tmp_path / "mine.png", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert_png(tmp_path / "mine.png")
+    assert not (tmp_path / "comparison.png").exists()
+
+
+@pytest.mark.parametrize("which", ["missing", "no_results"])
+def test_module_bad_run_directory_is_one_message_exit_2(tmp_path, which):
+    target = tmp_path / "absent" if which == "missing" else tmp_path
+    result = run_module(make_run(tmp_path, "a"), target, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith("flamby-mpi: error: ")
+    assert result.stderr.count("flamby-mpi: error") == 1
+    assert "Traceback" not in result.stderr
+    assert str(target) in result.stderr.splitlines()[0]
+    assert not (tmp_path / "comparison.png").exists()
+
+
+def test_import_does_not_import_matplotlib():
+    code = ("import sys, flamby_mpi.report; "
+            "heavy = [m for m in ('matplotlib', 'torch', 'fedml', 'mpi4py', 'numpy') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                   timeout=60)
+
+
+def test_write_report_writes_nothing_outside_the_output_directory(tmp_path):
+    """README "No side effects": matplotlib's font cache must not land in HOME."""
+    run = make_run(tmp_path, "a")
+    home = tmp_path / "home"
+    home.mkdir()
+    environ = {k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "XDG_CACHE_HOME",
+                                                                "XDG_CONFIG_HOME")}
+    environ.update(HOME=str(home), PYTHONPATH=str(ROOT))
+    code = f"import flamby_mpi.report as r; assert r.write_report({str(run)!r})"
+    subprocess.run([sys.executable, "-c", code], check=True, env=environ, timeout=120)
+    assert_png(run / "report.png")
+    assert list(home.iterdir()) == []
