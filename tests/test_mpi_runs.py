@@ -66,8 +66,10 @@ def test_full_synthetic_run_writes_the_output_contract(workdir):
 
 def _check_telemetry(out, results, state, rounds, centres):
     """rounds.csv has a row per round and centre whose bytes are the model's plus a FedML envelope,
-    the totals add up, and TensorBoard's own reader finds the scalars."""
+    the totals add up, TensorBoard's own reader finds the scalars, and report.png is there."""
     import csv
+
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     rows = list(csv.DictReader((out / "rounds.csv").open()))
     assert list(rows[0]) == ["round", "centre", "local_train_s", "wait_s", "bytes_sent", "bytes_received",
