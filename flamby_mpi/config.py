@@ -23,7 +23,6 @@ from .registry import STRATEGY_NAMES, hyperparameter_help
 # with what to do instead. Unknown keys without a hint just list the valid ones.
 FEDML_KEY_HINTS = {
     "epochs": "FLamby counts local work in optimizer steps: use train_args.num_updates",
-    "weight_decay": "not supported; pick the optimizer with train_args.client_optimizer",
     "client_id_list": "client ids are the MPI ranks 1..N; remove this key",
     "partition_method": "FLamby datasets have natural per-centre partitions; remove this key",
     "partition_alpha": "FLamby datasets have natural per-centre partitions; remove this key",
@@ -106,6 +105,9 @@ class TrainArgs:
     client_optimizer: Optional[str] = field(default=None, metadata=_meta(
         help=f"one of {', '.join(OPTIMIZER_CHOICES)} or a dotted class such as torch.optim.SGD; "
              "default: the dataset's Optimizer"))
+    weight_decay: Optional[float] = field(default=None, metadata=_meta(
+        minimum=0.0, help="passed to the client optimizer (weight_decay=); default: none is "
+                          "passed, so the optimizer's own default applies"))
     # Strategy hyperparameters, with FLamby's names (flamby/config_<dataset>.json); which strategy
     # uses each and its default come from flamby_mpi.registry, in the help as everywhere else.
     mu: Optional[float] = field(default=None, metadata=_meta(

@@ -249,6 +249,17 @@ def test_bool_choice_is_shown_in_yaml_spelling():
     assert "valid choices: false" in info.value.problems[0]
 
 
+# --- train_args.weight_decay ---------------------------------------------------------------------
+
+def test_weight_decay_is_a_train_arg():
+    assert build_config({}).train_args.weight_decay is None
+    c = build_config({"train_args": {"weight_decay": 0.001}})
+    assert c.train_args.weight_decay == 0.001
+    assert build_config({}, ["train_args.weight_decay=1e-4"]).train_args.weight_decay == 0.0001
+    with pytest.raises(ConfigError, match="train_args.weight_decay: must be >= 0.0"):
+        build_config({"train_args": {"weight_decay": -0.1}})
+
+
 # --- types ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("value, expected", [(True, "predictions"), (False, "off"),
