@@ -77,7 +77,9 @@ class CommonArgs:
 @dataclass
 class DataArgs:
     dataset: str = field(default="synthetic", metadata=_meta(
-        help="FLamby name (fed_heart_disease, Fed-Heart-Disease...), dotted module path, or synthetic"))
+        help="FLamby name (fed_heart_disease, Fed-Heart-Disease...), synthetic, or the name of "
+             "an importable module with FLamby's dataset interface, dotted or not (my_silos, "
+             "mypkg.silos)"))
     data_path: Optional[str] = field(default=None, metadata=_meta(help="passed to FLamby's dataset class"))
     debug: bool = field(default=False, metadata=_meta(help="FLamby's debug subset, where supported"))
     synthetic_num_centers: int = field(default=4, metadata=_meta(minimum=1))

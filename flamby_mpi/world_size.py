@@ -29,7 +29,7 @@ def world_size_of(config_path: str, overrides: Sequence[str] = (), *, check_plan
 
     FLamby's datasets (their centre counts are in flamby_mpi.registry) and
     synthetic (data_args.synthetic_num_centers) are counted without importing
-    torch or FLamby. Any other dataset, a dotted module path, is asked itself:
+    torch or FLamby. Any other dataset, a module of the user's, is asked itself:
     that builds the run plan, importing torch and the module.
 
     check_plan=True builds the plan for every dataset, as each rank will, so that
