@@ -19,22 +19,26 @@ import yaml
 from .errors import ConfigError, UserError
 from .registry import STRATEGY_NAMES, hyperparameter_help
 
-# Keys found in FedML/FLamby example configs that this launcher does not use,
+# Keys of FedML's and FLamby's example configs whose meaning this launcher cannot honour,
 # with what to do instead. Unknown keys without a hint just list the valid ones.
 FEDML_KEY_HINTS = {
     "epochs": "FLamby counts local work in optimizer steps: use train_args.num_updates",
-    "client_id_list": "client ids are the MPI ranks 1..N; remove this key",
-    "partition_method": "FLamby datasets have natural per-centre partitions; remove this key",
-    "partition_alpha": "FLamby datasets have natural per-centre partitions; remove this key",
-    "data_cache_dir": "use data_args.data_path",
-    "preprocessed": "remove this key",
-    "log_file_dir": "logs are written to <common_args.output_dir>/logs; remove this key",
-    "wandb_key": "wandb is not supported by this launcher; remove this key",
-    "wandb_project": "wandb is not supported by this launcher; remove this key",
-    "wandb_name": "wandb is not supported by this launcher; remove this key",
-    "is_mobile": "remove this key",
     "scenario": "only the horizontal cross-silo scenario exists here; remove this key",
 }
+
+# Keys of FedML's and FLamby's example configs that have no effect here: accepted in any
+# section, listed in one warning (`ignored_keys_warning`), and otherwise ignored. Client ids
+# are the MPI ranks, FLamby's centres are their own partitions, data comes from
+# data_args.data_path, logs go to <output_dir>/logs, and wandb is always off
+# (tracking_args.enable_wandb accepts only false), so its wandb_* settings mean nothing.
+IGNORED_KEYS = ("data_cache_dir", "partition_method", "partition_alpha", "preprocessed",
+                "client_id_list", "is_mobile", "log_file_dir")
+IGNORED_KEY_PREFIXES = ("wandb_",)
+
+
+def is_ignored_key(key: str) -> bool:
+    return key in IGNORED_KEYS or key.startswith(IGNORED_KEY_PREFIXES)
+
 
 OPTIMIZER_CHOICES = ("sgd", "adam", "adamw", "adagrad", "rmsprop")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -207,6 +211,9 @@ class RunConfig:
     device_args: DeviceArgs = field(default_factory=DeviceArgs)
     comm_args: CommArgs = field(default_factory=CommArgs)
     tracking_args: TrackingArgs = field(default_factory=TrackingArgs)
+    # "section.key" of the IGNORED_KEYS the file and --set gave, in their order (set by
+    # build_config). Not a field: it is no part of the resolved config (config.yaml, equality).
+    ignored_keys = ()
 
     def to_dict(self) -> Dict[str, Dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -308,9 +315,11 @@ def read_yaml(path: str) -> Dict[str, Any]:
 def build_config(raw: Dict[str, Any], overrides: List[str] = (), source: str = "config") -> RunConfig:
     """Validates a YAML mapping plus `--set` overrides into a RunConfig.
 
-    Raises ConfigError listing every problem found.
+    Keys of other tools' configs that have no effect here (IGNORED_KEYS) are left out
+    and recorded in the result's `ignored_keys`. Raises ConfigError listing every problem found.
     """
     problems: List[str] = []
+    ignored: List[str] = []
     merged: Dict[str, Dict[str, Any]] = {}
     for section, body in raw.items():
         if body is None:
@@ -334,6 +343,9 @@ def build_config(raw: Dict[str, Any], overrides: List[str] = (), source: str = "
         values = {}
         for key, value in body.items():
             where = f"{section}.{key}"
+            if key not in fields and is_ignored_key(key):
+                ignored.append(where)
+                continue
             if key not in fields:
                 hint = FEDML_KEY_HINTS.get(key)
                 msg = f"unknown key {where}; " + (f"{hint}" if hint else
@@ -346,11 +358,21 @@ def build_config(raw: Dict[str, Any], overrides: List[str] = (), source: str = "
         sections[section] = cls(**values)
     if problems:
         raise ConfigError(problems)
-    return RunConfig(**sections)
+    config = RunConfig(**sections)
+    config.ignored_keys = tuple(ignored)
+    return config
 
 
 def load_config(path: str, overrides: List[str] = ()) -> RunConfig:
     return build_config(read_yaml(path), overrides, source=path)
+
+
+def ignored_keys_warning(config: RunConfig) -> Optional[str]:
+    """The one warning line for the keys build_config ignored, or None when there are none."""
+    if not config.ignored_keys:
+        return None
+    return ("flamby-mpi: warning: ignoring keys that have no effect here: "
+            + ", ".join(config.ignored_keys))
 
 
 def describe_options() -> str:
