@@ -25,6 +25,7 @@ from .config import OPTIMIZER_CHOICES, DeviceArgs, RunConfig, run_id_problem
 from .datasets import DatasetSpec, resolve_dataset
 from .errors import ConfigError, UserError
 from .registry import HYPERPARAMETER_USERS, STRATEGY_HYPERPARAMETERS
+from .world_size import client_count_problems
 
 _OPTIMIZERS = {
     "sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
@@ -208,11 +209,7 @@ def make_plan(config: RunConfig, run_id: Optional[str] = None, quiet: bool = Fal
     problems: List[str] = []
     n = dataset.num_clients
 
-    for where, value in (("train_args.client_num_in_total", train.client_num_in_total),
-                         ("device_args.worker_num", config.device_args.worker_num)):
-        if value is not None and value != n:
-            problems.append(f"{where}: {dataset.name} has {n} centres, so this must be {n} "
-                            f"(or be left out), got {value}")
+    problems += client_count_problems(config, dataset.name, n)
     problems += _strategy_problems(train, n)
 
     optimizer_class = dataset.optimizer_class
