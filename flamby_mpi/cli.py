@@ -16,7 +16,14 @@ import sys
 from typing import List, Optional
 
 from . import __version__
-from .config import describe_options, load_config, run_id_problem
+from .config import (
+    IGNORED_KEY_PREFIXES,
+    IGNORED_KEYS,
+    describe_options,
+    ignored_keys_warning,
+    load_config,
+    run_id_problem,
+)
 from .errors import RankMismatchError, UserError
 from .failures import fail
 from .launch import CLIENT, SERVER, check_world, mpi_world, rank_from_environment, singleton_world
@@ -39,7 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
                "  mpirun -np 5 python launch_client.py --cf config/fed_heart_disease.yaml \\\n"
                "      --set data_args.data_path=/data/heart --set common_args.random_seed=42\n\n"
                "config keys (section.key), settable in the YAML file or with --set:\n"
-               + describe_options(),
+               + describe_options() + "\n\n"
+               "keys of FedML's and FLamby's example configs that have no effect here are ignored "
+               "with one warning:\n  "
+               + ", ".join(IGNORED_KEYS + tuple(p + "*" for p in IGNORED_KEY_PREFIXES)),
     )
     parser.add_argument("--cf", required=True, metavar="CONFIG",
                         help="YAML config in FedML's section layout (see config/)")
@@ -70,6 +80,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.run_id is not None and run_id_problem(args.run_id):
             raise UserError(f"--run_id: {run_id_problem(args.run_id)}")
         config = load_config(args.cf, args.set)
+        _warn_ignored_keys(config, args, announced_rank)
         from .plan import make_plan  # imports torch: after the cheap checks
 
         plan = make_plan(config, run_id=args.run_id, quiet=args.quiet)
@@ -83,6 +94,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .driver import run
 
     return run(plan, transport)
+
+
+def _warn_ignored_keys(config, args, announced_rank: Optional[int]):
+    """One warning per job: from rank 0 under a launcher, the in-process run, or the server
+    started on its own (after its re-exec under mpiexec, not before it as well)."""
+    warning = ignored_keys_warning(config)
+    speaks = announced_rank in (None, 0) and args.rank in (None, 0)
+    if warning and speaks and not should_reexec(args.rank):
+        print(warning, file=sys.stderr, flush=True)
 
 
 def _transport(plan, args, argv: List[str], announced_rank: Optional[int]):

@@ -54,7 +54,8 @@ class ClientRun:
             privacy = PrivacySettings(plan.privacy.target_epsilon, plan.privacy.target_delta,
                                       plan.privacy.max_grad_norm, epochs=plan.rounds, seed=seed)
         self.learner = LocalLearner(dataset.baseline(), plan.optimizer_class, plan.learning_rate,
-                                    dataset.baseline_loss(), train_loader, device, privacy)
+                                    dataset.baseline_loss(), train_loader, device, privacy,
+                                    optimizer_kwargs=plan.optimizer_kwargs())
         self._rng_state = torch.get_rng_state()
         log.info("rank %d: centre %d of %s, %d train / %d test samples, device %s",
                  rank, self.center, dataset.name, len(train_set), len(test_set), device)

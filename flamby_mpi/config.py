@@ -19,23 +19,26 @@ import yaml
 from .errors import ConfigError, UserError
 from .registry import STRATEGY_NAMES, hyperparameter_help
 
-# Keys found in FedML/FLamby example configs that this launcher does not use,
+# Keys of FedML's and FLamby's example configs whose meaning this launcher cannot honour,
 # with what to do instead. Unknown keys without a hint just list the valid ones.
 FEDML_KEY_HINTS = {
     "epochs": "FLamby counts local work in optimizer steps: use train_args.num_updates",
-    "weight_decay": "not supported; pick the optimizer with train_args.client_optimizer",
-    "client_id_list": "client ids are the MPI ranks 1..N; remove this key",
-    "partition_method": "FLamby datasets have natural per-centre partitions; remove this key",
-    "partition_alpha": "FLamby datasets have natural per-centre partitions; remove this key",
-    "data_cache_dir": "use data_args.data_path",
-    "preprocessed": "remove this key",
-    "log_file_dir": "logs are written to <common_args.output_dir>/logs; remove this key",
-    "wandb_key": "wandb is not supported by this launcher; remove this key",
-    "wandb_project": "wandb is not supported by this launcher; remove this key",
-    "wandb_name": "wandb is not supported by this launcher; remove this key",
-    "is_mobile": "remove this key",
     "scenario": "only the horizontal cross-silo scenario exists here; remove this key",
 }
+
+# Keys of FedML's and FLamby's example configs that have no effect here: accepted in any
+# section, listed in one warning (`ignored_keys_warning`), and otherwise ignored. Client ids
+# are the MPI ranks, FLamby's centres are their own partitions, data comes from
+# data_args.data_path, logs go to <output_dir>/logs, and wandb is always off
+# (tracking_args.enable_wandb accepts only false), so its wandb_* settings mean nothing.
+IGNORED_KEYS = ("data_cache_dir", "partition_method", "partition_alpha", "preprocessed",
+                "client_id_list", "is_mobile", "log_file_dir")
+IGNORED_KEY_PREFIXES = ("wandb_",)
+
+
+def is_ignored_key(key: str) -> bool:
+    return key in IGNORED_KEYS or key.startswith(IGNORED_KEY_PREFIXES)
+
 
 OPTIMIZER_CHOICES = ("sgd", "adam", "adamw", "adagrad", "rmsprop")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -78,7 +81,9 @@ class CommonArgs:
 @dataclass
 class DataArgs:
     dataset: str = field(default="synthetic", metadata=_meta(
-        help="FLamby name (fed_heart_disease, Fed-Heart-Disease...), dotted module path, or synthetic"))
+        help="FLamby name (fed_heart_disease, Fed-Heart-Disease...), synthetic, or the name of "
+             "an importable module with FLamby's dataset interface, dotted or not (my_silos, "
+             "mypkg.silos)"))
     data_path: Optional[str] = field(default=None, metadata=_meta(help="passed to FLamby's dataset class"))
     debug: bool = field(default=False, metadata=_meta(help="FLamby's debug subset, where supported"))
     synthetic_num_centers: int = field(default=4, metadata=_meta(minimum=1))
@@ -106,6 +111,9 @@ class TrainArgs:
     client_optimizer: Optional[str] = field(default=None, metadata=_meta(
         help=f"one of {', '.join(OPTIMIZER_CHOICES)} or a dotted class such as torch.optim.SGD; "
              "default: the dataset's Optimizer"))
+    weight_decay: Optional[float] = field(default=None, metadata=_meta(
+        minimum=0.0, help="passed to the client optimizer (weight_decay=); default: none is "
+                          "passed, so the optimizer's own default applies"))
     # Strategy hyperparameters, with FLamby's names (flamby/config_<dataset>.json); which strategy
     # uses each and its default come from flamby_mpi.registry, in the help as everywhere else.
     mu: Optional[float] = field(default=None, metadata=_meta(
@@ -203,6 +211,9 @@ class RunConfig:
     device_args: DeviceArgs = field(default_factory=DeviceArgs)
     comm_args: CommArgs = field(default_factory=CommArgs)
     tracking_args: TrackingArgs = field(default_factory=TrackingArgs)
+    # "section.key" of the IGNORED_KEYS the file and --set gave, in their order (set by
+    # build_config). Not a field: it is no part of the resolved config (config.yaml, equality).
+    ignored_keys = ()
 
     def to_dict(self) -> Dict[str, Dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -304,9 +315,11 @@ def read_yaml(path: str) -> Dict[str, Any]:
 def build_config(raw: Dict[str, Any], overrides: List[str] = (), source: str = "config") -> RunConfig:
     """Validates a YAML mapping plus `--set` overrides into a RunConfig.
 
-    Raises ConfigError listing every problem found.
+    Keys of other tools' configs that have no effect here (IGNORED_KEYS) are left out
+    and recorded in the result's `ignored_keys`. Raises ConfigError listing every problem found.
     """
     problems: List[str] = []
+    ignored: List[str] = []
     merged: Dict[str, Dict[str, Any]] = {}
     for section, body in raw.items():
         if body is None:
@@ -330,6 +343,9 @@ def build_config(raw: Dict[str, Any], overrides: List[str] = (), source: str = "
         values = {}
         for key, value in body.items():
             where = f"{section}.{key}"
+            if key not in fields and is_ignored_key(key):
+                ignored.append(where)
+                continue
             if key not in fields:
                 hint = FEDML_KEY_HINTS.get(key)
                 msg = f"unknown key {where}; " + (f"{hint}" if hint else
@@ -342,11 +358,21 @@ def build_config(raw: Dict[str, Any], overrides: List[str] = (), source: str = "
         sections[section] = cls(**values)
     if problems:
         raise ConfigError(problems)
-    return RunConfig(**sections)
+    config = RunConfig(**sections)
+    config.ignored_keys = tuple(ignored)
+    return config
 
 
 def load_config(path: str, overrides: List[str] = ()) -> RunConfig:
     return build_config(read_yaml(path), overrides, source=path)
+
+
+def ignored_keys_warning(config: RunConfig) -> Optional[str]:
+    """The one warning line for the keys build_config ignored, or None when there are none."""
+    if not config.ignored_keys:
+        return None
+    return ("flamby-mpi: warning: ignoring keys that have no effect here: "
+            + ", ".join(config.ignored_keys))
 
 
 def describe_options() -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib
+import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from .config import OPTIMIZER_CHOICES, DeviceArgs, RunConfig, run_id_problem
 from .datasets import DatasetSpec, resolve_dataset
 from .errors import ConfigError, UserError
 from .registry import HYPERPARAMETER_USERS, STRATEGY_HYPERPARAMETERS
+from .world_size import client_count_problems
 
 _OPTIMIZERS = {
     "sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
@@ -50,6 +52,7 @@ class RunPlan:
     test_batch_size: int
     learning_rate: float
     optimizer_class: type
+    weight_decay: Optional[float]  # None: not passed, the optimizer's own default applies
     seed: int
     strategy: str
     hyperparameters: Dict[str, object]  # the strategy's own, defaults filled in
@@ -120,8 +123,16 @@ class RunPlan:
             "num_clients": self.num_clients, "rounds": self.rounds, "num_updates": self.num_updates,
             "batch_size": self.batch_size, "learning_rate": self.learning_rate,
             "optimizer": self.optimizer_name,
+            # only when set: a run without it shows (and computes) exactly what it did before
+            **({} if self.weight_decay is None else {"weight_decay": self.weight_decay}),
             "seed": self.seed,
         }
+
+    def optimizer_kwargs(self) -> Dict[str, float]:
+        """Keyword arguments of the client optimizer besides the parameters and the learning
+        rate: weight_decay only when the config sets it (never a 0.0 that would override an
+        optimizer default such as AdamW's 0.01)."""
+        return {} if self.weight_decay is None else {"weight_decay": self.weight_decay}
 
 
 def resolve_hyperparameters(strategy: str, train_args) -> Dict[str, object]:
@@ -144,6 +155,14 @@ def resolve_optimizer(name: str) -> type:
             return cls
     raise ValueError(f"train_args.client_optimizer: {name!r} is not an optimizer; valid choices: "
                      f"{', '.join(OPTIMIZER_CHOICES)} or a dotted class such as torch.optim.SGD")
+
+
+def _accepts_keyword(cls: type, name: str) -> bool:
+    try:
+        parameters = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: let the optimizer itself decide
+        return True
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 def _strategy_problems(train, num_clients: int) -> List[str]:
@@ -190,11 +209,7 @@ def make_plan(config: RunConfig, run_id: Optional[str] = None, quiet: bool = Fal
     problems: List[str] = []
     n = dataset.num_clients
 
-    for where, value in (("train_args.client_num_in_total", train.client_num_in_total),
-                         ("device_args.worker_num", config.device_args.worker_num)):
-        if value is not None and value != n:
-            problems.append(f"{where}: {dataset.name} has {n} centres, so this must be {n} "
-                            f"(or be left out), got {value}")
+    problems += client_count_problems(config, dataset.name, n)
     problems += _strategy_problems(train, n)
 
     optimizer_class = dataset.optimizer_class
@@ -203,6 +218,12 @@ def make_plan(config: RunConfig, run_id: Optional[str] = None, quiet: bool = Fal
             optimizer_class = resolve_optimizer(train.client_optimizer)
         except ValueError as exc:
             problems.append(str(exc))
+            optimizer_class = None
+    if train.weight_decay is not None and optimizer_class is not None \
+            and not _accepts_keyword(optimizer_class, "weight_decay"):
+        problems.append(f"train_args.weight_decay: the client optimizer {optimizer_class.__module__}."
+                        f"{optimizer_class.__name__} takes no weight_decay; remove it or choose an "
+                        f"optimizer that does ({', '.join(OPTIMIZER_CHOICES)})")
 
     rounds = train.comm_round
     if rounds is None:
@@ -221,7 +242,8 @@ def make_plan(config: RunConfig, run_id: Optional[str] = None, quiet: bool = Fal
         dataset=dataset, num_clients=n, rounds=rounds, num_updates=train.num_updates,
         batch_size=batch_size, test_batch_size=config.validation_args.test_batch_size or batch_size,
         learning_rate=train.learning_rate if train.learning_rate is not None else dataset.learning_rate,
-        optimizer_class=optimizer_class, seed=seed, strategy=train.federated_optimizer,
+        optimizer_class=optimizer_class, weight_decay=train.weight_decay, seed=seed,
+        strategy=train.federated_optimizer,
         hyperparameters=resolve_hyperparameters(train.federated_optimizer, train),
         clients_per_round=train.client_num_per_round or n, privacy=privacy,
         eval_every=config.validation_args.frequency_of_the_test,

@@ -59,6 +59,7 @@ def write_results(plan, server_run, timing: Dict[str, float], world_size: int,
         "batch_size": plan.batch_size,
         "learning_rate": plan.learning_rate,
         "optimizer": plan.optimizer_name,
+        "weight_decay": plan.weight_decay,  # null: none passed, the optimizer's own default
         "metrics": metrics,
         "pooled_test": plan.pooled_test,
         "devices": {f"client_{c}": d for c, d in sorted(server_run.devices.items())},

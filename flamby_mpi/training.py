@@ -46,13 +46,16 @@ class LocalLearner:
 
     def __init__(self, model: torch.nn.Module, optimizer_class: type, learning_rate: float,
                  loss: torch.nn.Module, train_loader: torch.utils.data.DataLoader,
-                 device: torch.device, privacy: Optional["PrivacySettings"] = None):
+                 device: torch.device, privacy: Optional["PrivacySettings"] = None,
+                 optimizer_kwargs: Optional[dict] = None):
         self.device = device
         # `net` is the model whose state travels; `model` is what trains (the same
         # module, or opacus's wrapper around it when differential privacy is on).
         self.net = self.model = model.to(device)
         self.loss = loss.to(device)
-        self.optimizer = optimizer_class(self.model.parameters(), lr=learning_rate)
+        # optimizer_kwargs: e.g. weight_decay, only when the config sets it (RunPlan.optimizer_kwargs)
+        self.optimizer = optimizer_class(self.model.parameters(), lr=learning_rate,
+                                         **(optimizer_kwargs or {}))
         self._num_train_samples = len(train_loader.dataset)
         if privacy is not None:
             self.model, self.optimizer, train_loader = privacy.make_private(

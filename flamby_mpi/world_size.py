@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import List, Sequence
 
-from .config import load_config, parse_override
+from .config import RunConfig, load_config, parse_override
+from .errors import ConfigError
 from .registry import FLAMBY_DATASET_FACTS, canonical_flamby_name, is_synthetic
 
 
@@ -24,12 +25,46 @@ def set_overrides(launch_args: Sequence[str]) -> List[str]:
     return found
 
 
+def client_count_problems(config: RunConfig, dataset_name: str, centres: int) -> List[str]:
+    """The config's client counts that contradict the dataset's centres (checked by the plan on
+    every rank, and by scripts/submit.py before queueing, without torch)."""
+    problems = []
+    for where, value in (("train_args.client_num_in_total", config.train_args.client_num_in_total),
+                         ("device_args.worker_num", config.device_args.worker_num)):
+        if value is not None and value != centres:
+            problems.append(f"{where}: {dataset_name} has {centres} centres, so this must be {centres} "
+                            f"(or be left out), got {value}")
+    return problems
+
+
+def world_size_for(config: RunConfig, *, check_plan: bool = False) -> int:
+    """Centres + 1 for a loaded config; see world_size_of. Raises UserError (ConfigError for
+    client counts that contradict the dataset)."""
+    if not check_plan:
+        flamby_name = canonical_flamby_name(config.data_args.dataset)
+        if flamby_name is not None:
+            name, centres = flamby_name, FLAMBY_DATASET_FACTS[flamby_name].centres
+        elif is_synthetic(config.data_args.dataset):
+            name, centres = "synthetic", config.data_args.synthetic_num_centers
+        else:
+            name = None
+        if name is not None:
+            problems = client_count_problems(config, name, centres)
+            if problems:
+                raise ConfigError(problems)
+            return centres + 1
+    from .plan import make_plan  # imports torch and the dataset module
+
+    return make_plan(config).world_size
+
+
 def world_size_of(config_path: str, overrides: Sequence[str] = (), *, check_plan: bool = False) -> int:
     """Centres + 1 for this config file and these `section.key=value` overrides.
 
     FLamby's datasets (their centre counts are in flamby_mpi.registry) and
     synthetic (data_args.synthetic_num_centers) are counted without importing
-    torch or FLamby. Any other dataset, a dotted module path, is asked itself:
+    torch or FLamby, and client_num_in_total / worker_num are checked against
+    that count. Any other dataset, a module of the user's, is asked itself:
     that builds the run plan, importing torch and the module.
 
     check_plan=True builds the plan for every dataset, as each rank will, so that
@@ -41,13 +76,4 @@ def world_size_of(config_path: str, overrides: Sequence[str] = (), *, check_plan
     overrides = list(overrides)
     for text in overrides:
         parse_override(text)  # a malformed --set is reported before the config file's problems
-    config = load_config(config_path, overrides)
-    if not check_plan:
-        flamby_name = canonical_flamby_name(config.data_args.dataset)
-        if flamby_name is not None:
-            return FLAMBY_DATASET_FACTS[flamby_name].centres + 1
-        if is_synthetic(config.data_args.dataset):
-            return config.data_args.synthetic_num_centers + 1
-    from .plan import make_plan  # imports torch and the dataset module
-
-    return make_plan(config).world_size
+    return world_size_for(load_config(config_path, overrides), check_plan=check_plan)

@@ -2,14 +2,22 @@
 """Submit flamby-mpi to SLURM or PBS with as many ranks as the config's dataset needs (centres + 1).
 
     python scripts/submit.py CONFIG [--set section.key=value ...] [other launch_client.py flags]
-    python scripts/submit.py --scheduler pbs --dry-run config/fed_ixi.yaml
+    python scripts/submit.py config/fed_ixi.yaml --scheduler pbs --dry-run
 
-Everything after CONFIG goes to launch_client.py. Options for sbatch/qsub go
-before CONFIG, one per --option, written with "=" (repeatable):
-    python scripts/submit.py --option=--time=04:00:00 --option=--partition=gpu CONFIG
-The number of centres comes from the dataset (FLamby's NUM_CLIENTS); for
-FLamby's datasets and synthetic it is known without importing torch or FLamby
-(flamby_mpi.world_size), so this runs on a login node that has only pyyaml.
+submit.py's own options (--scheduler, --option, --dry-run, --help) are
+recognised anywhere on the line (up to a `--`, after which everything is the
+job's); the first other argument is CONFIG and the rest go to launch_client.py.
+Options for sbatch/qsub go one per --option (repeatable), written with "=" or
+as the next argument:
+    python scripts/submit.py CONFIG --option=--time=04:00:00 --option --partition=gpu
+Before anything is submitted, the job's whole launch_client.py command line is
+checked here with launch_client.py's own parser and config code: an unknown
+flag, a bad --set or config key, --rank/--role (the scheduler starts every
+rank) or client counts that contradict the dataset are errors at the prompt,
+not on every rank after a queue wait. The number of centres comes from the
+dataset (FLamby's NUM_CLIENTS); for FLamby's datasets and synthetic it is known
+without importing torch or FLamby (flamby_mpi.world_size), so this runs on a
+login node that has only pyyaml.
 """
 from __future__ import annotations
 
@@ -19,13 +27,23 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPTS.parent))
 
+# All torch-, FedML- and MPI-free (tests/test_cluster_scripts.py checks it).
+from flamby_mpi.cli import build_parser as launch_parser  # noqa: E402
+from flamby_mpi.config import (  # noqa: E402
+    ignored_keys_warning, load_config, parse_override, run_id_problem)
 from flamby_mpi.errors import UserError  # noqa: E402
-from flamby_mpi.world_size import set_overrides, world_size_of  # noqa: E402  (torch-free)
+from flamby_mpi.world_size import world_size_for  # noqa: E402
+
+# submit.py's own options, recognised anywhere on the line: name -> takes a value.
+OWN_OPTIONS = {"--scheduler": True, "--option": True,
+               "--dry-run": False, "--help": False, "-h": False}
+# What the job scripts put before the user's flags (their run id is the job's).
+JOB_RUN_ID = "job-id"
 
 
 def slurm_command(ranks: int, config: str, launch_args: List[str], options: List[str]) -> List[str]:
@@ -47,37 +65,100 @@ def pbs_command(ranks: int, config: str, launch_args: List[str], options: List[s
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """submit.py's own options (CONFIG and the launch flags are split off by split_arguments)."""
     parser = argparse.ArgumentParser(
-        prog="submit.py", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="submit.py", usage="%(prog)s [submit.py options] CONFIG [launch_client.py flags]",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
                "  python scripts/submit.py config/fed_heart_disease.yaml --set data_args.data_path=/data/heart\n"
-               "  python scripts/submit.py --option=--time=02:00:00 --option=--gpus-per-task=1 config/fed_ixi.yaml\n"
-               "  python scripts/submit.py --scheduler pbs --dry-run config/fedml_config.yaml")
+               "  python scripts/submit.py config/fed_ixi.yaml --option=--time=02:00:00 "
+               "--option=--gpus-per-task=1\n"
+               "  python scripts/submit.py config/fedml_config.yaml --scheduler pbs --dry-run")
     parser.add_argument("--scheduler", choices=("slurm", "pbs", "torque"), default="slurm",
                         help="slurm (sbatch, default), pbs (PBS Pro qsub) or torque (Torque qsub)")
     parser.add_argument("--option", action="append", default=[], metavar="OPTION",
-                        help="one option for sbatch/qsub, written --option=--time=04:00:00 "
+                        help="one option for sbatch/qsub, e.g. --option=--time=04:00:00 "
                              "(or --option='-l walltime=4:00:00'); repeatable")
-    parser.add_argument("--dry-run", action="store_true", help="print the command, submit nothing")
-    parser.add_argument("config", help="YAML config, as for launch_client.py --cf")
-    parser.add_argument("launch_args", nargs=argparse.REMAINDER,
-                        help="launch_client.py flags (--set ..., --run_id ...)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check and print the command, submit nothing")
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        ranks = world_size_of(args.config, set_overrides(args.launch_args))  # reports a bad --set before queueing
-        if args.scheduler == "slurm":
-            command = slurm_command(ranks, args.config, args.launch_args, args.option)
+def split_arguments(argv: List[str]) -> Tuple[List[str], List[str]]:
+    """(submit.py's own options, everything else in its order): own options are taken from
+    anywhere on the line; an option's value may follow it (`--option --time=1:00:00`) and is
+    joined to it with "=" so that a value starting with "-" stays a value. After `--` nothing
+    is submit.py's."""
+    own, rest = [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest.extend(argv[i + 1:])
+            break
+        name, eq, _ = arg.partition("=")
+        if name not in OWN_OPTIONS:
+            rest.append(arg)
+        elif OWN_OPTIONS[name] and not eq and i + 1 < len(argv):
+            own.append(f"{arg}={argv[i + 1]}")
+            i += 1
         else:
-            command = pbs_command(ranks, args.config, args.launch_args, args.option,
+            own.append(arg)  # argparse refuses what is wrong with it (--dry-run=x, --option last)
+        i += 1
+    return own, rest
+
+
+def check_launch_command(config: str, launch_args: List[str]):
+    """Checks the job's launch_client.py command line with launch_client.py's own parser and
+    config code, as every rank will run it; returns (the loaded config, the number of ranks).
+    Raises UserError."""
+    parser = launch_parser()
+
+    def refuse(message):
+        raise UserError(f"launch_client.py would refuse the job's arguments: {message}",
+                        hint="python launch_client.py --help lists its flags; submit.py's own "
+                             "are --scheduler, --option and --dry-run")
+
+    parser.error = refuse
+    # As the job scripts run it: their --run_id and --set first, the user's flags after.
+    args = parser.parse_args(["--cf", config, "--run_id", JOB_RUN_ID, *launch_args])
+    if args.cf != config:
+        raise UserError("--cf: the job reads the config given as CONFIG; give it once, as CONFIG")
+    if args.rank is not None or args.role is not None:
+        raise UserError("--rank/--role are for ranks started one per terminal; in a batch job the "
+                        "scheduler starts every rank", hint="remove --rank and --role")
+    if args.run_id != JOB_RUN_ID and run_id_problem(args.run_id):
+        raise UserError(f"--run_id: {run_id_problem(args.run_id)}")
+    for text in args.set:
+        parse_override(text)  # a malformed --set is reported before the config file's problems
+    loaded = load_config(config, args.set)
+    return loaded, world_size_for(loaded)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    own, rest = split_arguments(argv)
+    args = parser.parse_args(own)
+    if not rest:
+        parser.error("CONFIG is missing")
+    if rest[0].startswith("-"):
+        parser.error(f"expected CONFIG before launch_client.py's flags, found {rest[0]!r} first "
+                     "(submit.py's own options are --scheduler, --option and --dry-run)")
+    config, launch_args = rest[0], rest[1:]
+    try:
+        loaded, ranks = check_launch_command(config, launch_args)
+        if args.scheduler == "slurm":
+            command = slurm_command(ranks, config, launch_args, args.option)
+        else:
+            command = pbs_command(ranks, config, launch_args, args.option,
                                   torque=args.scheduler == "torque")
     except UserError as error:
         print(f"submit.py: error: {error}", file=sys.stderr)
         return 2
+    warning = ignored_keys_warning(loaded)
+    if warning:
+        print(warning, file=sys.stderr)
     print(f"# {ranks} ranks (1 server + {ranks - 1} clients)", file=sys.stderr)
     print(shlex.join(command), flush=True)
     if args.dry_run:

@@ -139,6 +139,143 @@ def test_submit_imports_neither_torch_nor_fedml_nor_mpi(config, extra, tmp_path)
     assert done.stdout.splitlines()[-1] == "[]", done.stdout
 
 
+# --- submitting never wastes an allocation ------------------------------------------------------
+
+@pytest.fixture
+def fake_schedulers(tmp_path):
+    """sbatch and qsub stand-ins first on PATH that record each call: (env, calls file)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls.txt"
+    for name in ("sbatch", "qsub"):
+        tool = bin_dir / name
+        tool.write_text(f'#!/bin/bash\necho "{name} $*" >> {shlex.quote(str(calls))}\n'
+                        'echo "Submitted batch job 4242"\n')
+        tool.chmod(0o755)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = job_env(home, {"PATH": f"{bin_dir}:{job_env(home)['PATH']}"})
+    return env, calls
+
+
+def _submit_command_line(env, *args):
+    return subprocess.run([sys.executable, str(SUBMIT), *args], capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=60)
+
+
+def _calls(calls):
+    return calls.read_text().splitlines() if calls.exists() else []
+
+
+def test_submit_without_dry_run_calls_the_scheduler(fake_schedulers):
+    """The stand-in works: a valid command line is submitted, once, as printed."""
+    env, calls = fake_schedulers
+    done = _submit_command_line(env, "config/fedml_config.yaml", "--set", "train_args.comm_round=2")
+    assert done.returncode == 0, done.stderr
+    assert "Submitted batch job 4242" in done.stdout
+    assert _calls(calls) == [f"sbatch --ntasks=5 {SLURM_SCRIPT} config/fedml_config.yaml "
+                             "--set train_args.comm_round=2"]
+
+
+@pytest.mark.parametrize("args", [
+    ["config/fedml_config.yaml", "--dry-run"],  # after CONFIG: submit.py's, not the job's
+    ["config/fedml_config.yaml", "--set", "train_args.comm_round=2", "--dry-run"],
+    ["--dry-run", "config/fedml_config.yaml"],
+])
+def test_dry_run_anywhere_prints_and_submits_nothing(fake_schedulers, args):
+    env, calls = fake_schedulers
+    done = _submit_command_line(env, *args)
+    assert done.returncode == 0, done.stderr
+    command = shlex.split(done.stdout.strip())
+    assert command[:4] == ["sbatch", "--ntasks=5", str(SLURM_SCRIPT), "config/fedml_config.yaml"]
+    assert "--dry-run" not in command
+    assert _calls(calls) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["config/fedml_config.yaml", "--bogus"], "unrecognized arguments: --bogus"),
+    (["config/fedml_config.yaml", "--set", "train_args.comm_round=2", "--bogus", "x"],
+     "unrecognized arguments: --bogus x"),
+    (["--bogus", "config/fedml_config.yaml"], "found '--bogus' first"),
+    (["config/fedml_config.yaml", "--set"], "argument --set: expected one argument"),
+    (["config/fedml_config.yaml", "--set", "comm_round=3"], "expected section.key=value"),
+    (["config/fedml_config.yaml", "--set", "train_args.epochs=3"], "use train_args.num_updates"),
+    (["config/fedml_config.yaml", "--set", "train_args.client_num_in_total=1000"],
+     "synthetic has 4 centres, so this must be 4"),
+    (["config/fed_ixi.yaml", "--set", "device_args.worker_num=4"], "fed_ixi has 3 centres"),
+    (["config/fedml_config.yaml", "--rank", "1", "--role", "client"],
+     "the scheduler starts every rank"),
+    (["config/fedml_config.yaml", "--cf", "config/fed_ixi.yaml"], "give it once, as CONFIG"),
+    (["config/fedml_config.yaml", "--run_id", "../elsewhere"],
+     "run id '../elsewhere' cannot name files"),
+    (["config/missing.yaml"], "config file not found"),
+    (["config/fedml_config.yaml", "--scheduler", "lsf"], "invalid choice: 'lsf'"),
+    ([], "CONFIG is missing"),
+])
+def test_mistakes_are_refused_before_submission(fake_schedulers, args, message):
+    """Each of these used to be queued (or would fail on every rank): now an error at the prompt."""
+    env, calls = fake_schedulers
+    done = _submit_command_line(env, *args)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert message in done.stderr
+    assert done.stdout == "" and _calls(calls) == []
+
+
+def test_own_options_anywhere_and_their_values_as_next_argument(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    code, command, err = _submit(capsys, "config/fed_ixi.yaml", "--set", "train_args.comm_round=2",
+                                 "--scheduler", "torque", "--option", "-q", "--option=short")
+    assert code == 0, err
+    assert command == ["qsub", "-l", "nodes=1:ppn=4",
+                       "-F", "config/fed_ixi.yaml --set train_args.comm_round=2",
+                       "-q", "short", str(PBS_SCRIPT)]
+    code, command, err = _submit(capsys, "config/fedml_config.yaml", "--option", "--time=00:10:00",
+                                 "--run_id", "mine")
+    assert command == ["sbatch", "--ntasks=5", "--time=00:10:00", str(SLURM_SCRIPT),
+                       "config/fedml_config.yaml", "--run_id", "mine"]
+    # After "--" nothing is submit.py's: --dry-run there would go to the job, so it is refused.
+    assert submit.main(["config/fedml_config.yaml", "--", "--dry-run"]) == 2
+    assert "unrecognized arguments: --dry-run" in capsys.readouterr().err
+
+
+def test_submit_warns_about_ignored_keys(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(REPO)
+    config = tmp_path / "fedml_style.yaml"
+    config.write_text("data_args:\n  partition_method: hetero\n"
+                      "tracking_args:\n  wandb_project: fedml\n")
+    code, command, err = _submit(capsys, str(config))
+    assert code == 0, err
+    assert ("flamby-mpi: warning: ignoring keys that have no effect here: "
+            "data_args.partition_method, tracking_args.wandb_project") in err.splitlines()
+
+
+def test_flamby_example_config_is_refused_until_fixed(capsys, monkeypatch, tmp_path):
+    """FLamby's FedML example: its errors at the prompt; fixed as they say, it sizes the job."""
+    import yaml
+
+    monkeypatch.chdir(REPO)
+    example = REPO / "tests" / "configs" / "fedml_style_example.yaml"
+    code, _, err = _submit(capsys, str(example))
+    assert code == 2
+    for fragment in ("common_args.training_type", "model_args.model", "train_args.epochs"):
+        assert fragment in err
+    raw = yaml.safe_load(example.read_text())
+    raw["common_args"]["training_type"] = "cross_silo"
+    raw["model_args"]["model"] = "baseline"
+    del raw["train_args"]["epochs"]
+    fixed = tmp_path / "fixed.yaml"
+    fixed.write_text(yaml.safe_dump(raw, sort_keys=False))
+    code, _, err = _submit(capsys, str(fixed))
+    # FLamby's has client_num_in_total: 1000
+    assert code == 2 and "fed_heart_disease has 4 centres, so this must be 4" in err
+    raw["train_args"]["client_num_in_total"] = 4
+    fixed.write_text(yaml.safe_dump(raw, sort_keys=False))
+    code, command, err = _submit(capsys, str(fixed))
+    assert code == 0, err
+    assert command[:2] == ["sbatch", "--ntasks=5"]
+    assert sum("warning: ignoring keys" in line for line in err.splitlines()) == 1
+
+
 @pytest.mark.parametrize("script, env", [
     (SLURM_SCRIPT, {"SLURM_JOB_ID": "1", "SLURM_NTASKS": "5"}),
     (PBS_SCRIPT, {"PBS_JOBID": "1.pbs"}),

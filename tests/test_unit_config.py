@@ -13,6 +13,7 @@ from flamby_mpi.config import (
     RunConfig,
     build_config,
     describe_options,
+    ignored_keys_warning,
     load_config,
     parse_override,
     read_yaml,
@@ -21,6 +22,7 @@ from flamby_mpi.errors import ConfigError, UserError
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "config"
+FLAMBY_FEDML_EXAMPLE = Path(__file__).resolve().parent / "configs" / "fedml_style_example.yaml"
 RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")
 
 
@@ -247,6 +249,170 @@ def test_bool_choice_is_shown_in_yaml_spelling():
     with pytest.raises(ConfigError) as info:
         build_config({"common_args": {"using_mlops": True}})
     assert "valid choices: false" in info.value.problems[0]
+
+
+# --- keys of other tools' configs ----------------------------------------------------------------
+
+WARNING_PREFIX = "flamby-mpi: warning: ignoring keys that have no effect here: "
+
+
+def test_keys_without_effect_here_are_ignored_and_recorded_in_order():
+    raw = {"data_args": {"data_cache_dir": "~/fedml_data", "partition_method": "hetero",
+                         "partition_alpha": 0.5, "preprocessed": False},
+           "train_args": {"client_id_list": "[]", "comm_round": 3},
+           "comm_args": {"is_mobile": 0},
+           "tracking_args": {"log_file_dir": "./log", "enable_wandb": False, "wandb_key": "k",
+                             "wandb_project": "p", "wandb_name": "n", "wandb_entity": "e"}}
+    c = build_config(raw, ["data_args.partition_alpha=0.1", "train_args.client_id_list=[1, 2]"])
+    assert c.train_args.comm_round == 3
+    assert c.ignored_keys == (
+        "data_args.data_cache_dir", "data_args.partition_method", "data_args.partition_alpha",
+        "data_args.preprocessed", "train_args.client_id_list", "comm_args.is_mobile",
+        "tracking_args.log_file_dir", "tracking_args.wandb_key", "tracking_args.wandb_project",
+        "tracking_args.wandb_name", "tracking_args.wandb_entity")
+    assert ignored_keys_warning(c) == WARNING_PREFIX + ", ".join(c.ignored_keys)
+    # No part of the resolved config: config.yaml and equality are what they were.
+    assert c == build_config({"train_args": {"comm_round": 3}})
+    assert "wandb_key" not in c.to_yaml() and "partition" not in c.to_yaml()
+
+
+def test_no_ignored_keys_no_warning():
+    assert build_config({}).ignored_keys == ()
+    assert ignored_keys_warning(build_config({})) is None
+    assert ignored_keys_warning(load_config(str(CONFIG_DIR / "fedml_config.yaml"))) is None
+
+
+def test_ignored_keys_are_still_only_accepted_in_known_sections():
+    with pytest.raises(ConfigError) as info:
+        build_config({"fedml_args": {"data_cache_dir": ""}})
+    assert "unknown section 'fedml_args'" in info.value.problems[0]
+
+
+@pytest.mark.parametrize("raw, fragment, advice", [
+    ({"train_args": {"epochs": 1}}, "unknown key train_args.epochs", "use train_args.num_updates"),
+    ({"common_args": {"training_type": "simulation"}}, "common_args.training_type: 'simulation'",
+     "valid choices: cross_silo"),
+    ({"model_args": {"model": "lr"}}, "model_args.model: 'lr'", "valid choices: baseline"),
+    ({"tracking_args": {"enable_wandb": True, "wandb_key": "k"}}, "tracking_args.enable_wandb",
+     "valid choices: false"),
+])
+def test_keys_whose_meaning_cannot_be_honoured_stay_errors(raw, fragment, advice):
+    with pytest.raises(ConfigError) as info:
+        build_config(raw)
+    assert len(info.value.problems) == 1, info.value.problems
+    assert fragment in info.value.problems[0] and advice in info.value.problems[0]
+
+
+def test_flamby_fedml_example_config_says_what_to_fix():
+    """FLamby's own FedML example: only what cannot be honoured is an error, each with advice."""
+    with pytest.raises(ConfigError) as info:
+        load_config(str(FLAMBY_FEDML_EXAMPLE))
+    problems = info.value.problems
+    assert len(problems) == 3, problems
+    joined = "\n".join(problems)
+    assert "common_args.training_type: 'simulation' is not supported; valid choices: cross_silo" in joined
+    assert "model_args.model: 'lr' is not supported; valid choices: baseline" in joined
+    assert "unknown key train_args.epochs; " + FEDML_KEY_HINTS["epochs"] in joined
+
+
+def _flamby_example_fixed(dataset="synthetic"):
+    """FLamby's example with its errors fixed as the messages say (synthetic: FLamby's 4 centres
+    without FLamby installed)."""
+    raw = yaml.safe_load(FLAMBY_FEDML_EXAMPLE.read_text())
+    raw["common_args"]["training_type"] = "cross_silo"
+    raw["model_args"]["model"] = "baseline"
+    del raw["train_args"]["epochs"]
+    raw["data_args"]["dataset"] = dataset
+    return raw
+
+
+def test_flamby_fedml_example_config_once_fixed_lists_the_ignored_keys():
+    from flamby_mpi.plan import make_plan
+
+    c = build_config(_flamby_example_fixed())
+    assert c.ignored_keys == (
+        "data_args.data_cache_dir", "data_args.partition_method", "data_args.partition_alpha",
+        "data_args.preprocessed", "train_args.client_id_list", "comm_args.is_mobile",
+        "tracking_args.log_file_dir", "tracking_args.wandb_key", "tracking_args.wandb_project",
+        "tracking_args.wandb_name")
+    assert c.train_args.weight_decay == 0.0
+    # client_num_in_total: 1000 needs the dataset to be found wrong: the plan says what to write.
+    with pytest.raises(ConfigError, match="train_args.client_num_in_total: synthetic has 4 centres, "
+                                          "so this must be 4"):
+        make_plan(c)
+    raw = _flamby_example_fixed()
+    raw["train_args"]["client_num_in_total"] = 4
+    plan = make_plan(build_config(raw))
+    assert (plan.num_clients, plan.rounds, plan.batch_size, plan.weight_decay) == (4, 10, 10, 0.0)
+
+
+def test_flamby_fedml_example_config_once_fixed_runs_with_one_warning(tmp_path):
+    """The whole program, in process (no MPI): exit 0, results written, one warning line."""
+    import json
+    import subprocess
+
+    from support.mpi import LAUNCHER
+    from support.mpi import test_env as job_env  # aliased: pytest would collect test_env
+
+    raw = _flamby_example_fixed()
+    raw["train_args"]["client_num_in_total"] = 4
+    path = _write(tmp_path, yaml.safe_dump(raw, sort_keys=False), name="flamby_example_fixed.yaml")
+    home = tmp_path / "home"
+    home.mkdir()
+    done = subprocess.run(
+        [sys.executable, str(LAUNCHER), "--cf", path, "--run_id", "flamby_example",
+         "--set", "comm_args.backend=inprocess", "--set", "train_args.num_updates=10",
+         "--set", f"common_args.output_dir={tmp_path / 'out'}"],
+        cwd=tmp_path, env=job_env(home), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in (done.stdout + done.stderr).splitlines() if "warning" in line]
+    assert warnings == [WARNING_PREFIX + ", ".join(build_config(raw).ignored_keys)], warnings
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["rounds_completed"] == 10 and results["weight_decay"] == 0.0
+
+
+def test_cli_warns_about_ignored_keys_once_from_rank_0(tmp_path, capsys, monkeypatch, no_rank_env):
+    # worker_num: 3 stops the run at the plan, after the warning and before any MPI.
+    path = _write(tmp_path, "data_args:\n  partition_method: hetero\ndevice_args:\n  worker_num: 3\n"
+                            "tracking_args:\n  wandb_key: k\n")
+    expected = WARNING_PREFIX + "data_args.partition_method, tracking_args.wandb_key"
+    assert cli.main(["--cf", path]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == expected and err.count("warning") == 1
+    monkeypatch.setenv("PMI_RANK", "3")  # another rank of the same mpirun job: silent
+    assert cli.main(["--cf", path]) == 2
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("PMI_RANK", "0")
+    assert cli.main(["--cf", path]) == 2
+    assert capsys.readouterr().err.splitlines()[0] == expected
+
+
+def test_cli_separately_started_ranks_warn_once(tmp_path, capsys, monkeypatch, no_rank_env):
+    """One process per terminal: the server warns after its re-exec under mpiexec, clients never."""
+    from flamby_mpi.launch import separate
+
+    path = _write(tmp_path, "comm_args:\n  is_mobile: 0\ndevice_args:\n  worker_num: 3\n")
+    monkeypatch.delenv(separate.REEXEC_MARKER, raising=False)
+    for rank, role in ((0, "server"), (1, "client")):  # before the re-exec: nobody
+        assert cli.main(["--cf", path, "--run_id", "r", "--rank", str(rank), "--role", role]) == 2
+        assert "warning" not in capsys.readouterr().err
+    monkeypatch.setenv(separate.REEXEC_MARKER, "1")
+    monkeypatch.setenv("PMI_RANK", "0")  # as `mpiexec -n 1` announces every re-executed rank
+    assert cli.main(["--cf", path, "--run_id", "r", "--rank", "1", "--role", "client"]) == 2
+    assert "warning" not in capsys.readouterr().err
+    assert cli.main(["--cf", path, "--run_id", "r", "--rank", "0", "--role", "server"]) == 2
+    assert capsys.readouterr().err.splitlines()[0] == WARNING_PREFIX + "comm_args.is_mobile"
+
+
+# --- train_args.weight_decay ---------------------------------------------------------------------
+
+def test_weight_decay_is_a_train_arg():
+    assert build_config({}).train_args.weight_decay is None
+    c = build_config({"train_args": {"weight_decay": 0.001}})
+    assert c.train_args.weight_decay == 0.001
+    assert build_config({}, ["train_args.weight_decay=1e-4"]).train_args.weight_decay == 0.0001
+    with pytest.raises(ConfigError, match="train_args.weight_decay: must be >= 0.0"):
+        build_config({"train_args": {"weight_decay": -0.1}})
 
 
 # --- types ----------------------------------------------------------------------------------

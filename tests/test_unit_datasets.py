@@ -409,3 +409,32 @@ def test_flamby_heart_centre_sizes(flamby_heart):
     spec = resolve_dataset(DataArgs(dataset="fed_heart_disease", data_path=str(HEART_DATA)), 0)
     assert [len(spec.center_dataset(c, True)) for c in range(4)] == [199, 172, 30, 85]
     assert [len(spec.center_dataset(c, False)) for c in range(4)] == [104, 89, 16, 45]
+
+
+# --- user modules by a plain (not dotted) name ------------------------------------------------
+
+def test_plain_module_name(user_module):
+    """data_args.dataset: my_silos, for a my_silos.py on the Python path."""
+    name = user_module(GOOD_MODULE)
+    assert "." not in name
+    spec = resolve_dataset(DataArgs(dataset=name), 0)
+    assert (spec.name, spec.num_clients) == (name, 3)
+
+
+def test_plain_module_name_whose_dependency_is_missing(user_module):
+    name = user_module("import no_such_dependency_xyz\n")
+    with pytest.raises(UserError) as info:
+        resolve_dataset(DataArgs(dataset=name), 0)
+    assert f"cannot import dataset module {name!r}: No module named 'no_such_dependency_xyz'" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["fed_heart_diseas", "Fed-Heart", ".relative", ""])
+def test_names_that_are_no_module_list_the_choices(name):
+    """A misspelt name is not a module either: the error is today's, with every choice."""
+    with pytest.raises(UserError) as info:
+        resolve_dataset(DataArgs(dataset=name), 0)
+    text = str(info.value)
+    assert text.startswith(f"unknown dataset {name!r}")
+    for choice in ("synthetic", *FLAMBY_DATASETS):
+        assert choice in text
+    assert "my_silos" in text  # and how to name a module of one's own

@@ -158,3 +158,33 @@ def test_differential_privacy_settings_go_together_and_need_opacus():
     else:
         plan = _plan(train_args={"dp_target_epsilon": 1.0, "dp_target_delta": 1e-3, "dp_max_grad_norm": 1.0})
         assert plan.privacy.max_grad_norm == 1.0
+
+
+# --- weight_decay ---------------------------------------------------------------------------
+
+def test_weight_decay_unset_passes_nothing_to_the_optimizer():
+    plan = _plan(train_args={"client_optimizer": "adamw"})
+    assert plan.weight_decay is None and plan.optimizer_kwargs() == {}
+    assert "weight_decay" not in plan.summary()
+
+
+def test_weight_decay_reaches_the_plan_and_the_clients_optimizer():
+    from flamby_mpi.client import ClientRun
+
+    plan = _plan(train_args={"weight_decay": 0.001, "comm_round": 1})
+    assert plan.weight_decay == 0.001 and plan.optimizer_kwargs() == {"weight_decay": 0.001}
+    assert plan.summary()["weight_decay"] == 0.001
+    client = ClientRun(plan, rank=1, device=torch.device("cpu"))
+    assert client.learner.optimizer.param_groups[0]["weight_decay"] == 0.001
+    assert ClientRun(_plan(train_args={"comm_round": 1}), rank=1, device=torch.device("cpu")) \
+        .learner.optimizer.param_groups[0]["weight_decay"] == 0  # SGD's own default
+
+
+def test_weight_decay_with_an_optimizer_that_takes_none_is_reported():
+    with pytest.raises(ConfigError) as info:
+        _plan(train_args={"weight_decay": 0.1, "client_optimizer": "torch.optim.LBFGS"})
+    assert info.value.problems == [
+        "train_args.weight_decay: the client optimizer torch.optim.lbfgs.LBFGS takes no weight_decay; "
+        "remove it or choose an optimizer that does (sgd, adam, adamw, adagrad, rmsprop)"]
+    # Without weight_decay that optimizer is fine as before.
+    assert _plan(train_args={"client_optimizer": "torch.optim.LBFGS"}).optimizer_class is torch.optim.LBFGS

@@ -57,11 +57,12 @@ def _regression_data(n=12, seed=0):
     return _CountingDataset(x, y)
 
 
-def _learner(optimizer_class=torch.optim.Adam, lr=0.01, batch_size=4, data=None):
+def _learner(optimizer_class=torch.optim.Adam, lr=0.01, batch_size=4, data=None, optimizer_kwargs=None):
     torch.manual_seed(0)
     data = data if data is not None else _regression_data()
     loader = DataLoader(data, batch_size=batch_size, shuffle=False)
-    return LocalLearner(torch.nn.Linear(3, 1), optimizer_class, lr, torch.nn.MSELoss(), loader, CPU)
+    return LocalLearner(torch.nn.Linear(3, 1), optimizer_class, lr, torch.nn.MSELoss(), loader, CPU,
+                        optimizer_kwargs=optimizer_kwargs)
 
 
 def _step_of(optimizer):
@@ -143,6 +144,44 @@ def test_sgd_step_matches_hand_computation():
     # dL/dw = 2 * (pred - y) * x = -2 * x ; dL/db = -2
     assert torch.allclose(learner.model.weight.detach(), torch.tensor([[0.2, 0.4, 0.6]]))
     assert torch.allclose(learner.model.bias.detach(), torch.tensor([0.2]))
+
+
+def test_weight_decay_adds_its_term_to_the_sgd_step():
+    # The same step with weight_decay wd: w <- w - lr * (dL/dw + wd * w).
+    data = _CountingDataset(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[1.0]]))
+    start = {"weight": torch.tensor([[0.5, -1.0, 0.25]]), "bias": torch.tensor([0.5])}
+    after = {}
+    for wd in (None, 0.1):
+        learner = _learner(optimizer_class=torch.optim.SGD, lr=0.1, batch_size=1, data=data,
+                           optimizer_kwargs=None if wd is None else {"weight_decay": wd})
+        learner.load_global_state(start)
+        learner.train_steps(1)
+        after[wd] = {k: v.detach().clone() for k, v in learner.state_dict().items()}
+    # pred = 0.5 - 2 + 0.75 + 0.5 = -0.25; dL/dpred = 2 * (-0.25 - 1) = -2.5
+    grad_w, grad_b = -2.5 * torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([-2.5])
+    assert torch.allclose(after[None]["weight"], start["weight"] - 0.1 * grad_w)
+    assert torch.allclose(after[0.1]["weight"], start["weight"] - 0.1 * (grad_w + 0.1 * start["weight"]))
+    assert torch.allclose(after[0.1]["bias"], start["bias"] - 0.1 * (grad_b + 0.1 * start["bias"]))
+    assert not torch.equal(after[None]["weight"], after[0.1]["weight"])
+
+
+def test_without_weight_decay_the_optimizer_keeps_its_own_default():
+    # Nothing passed: AdamW keeps its 0.01 and the result is bitwise that of a plain
+    # optimizer_class(params, lr=lr); an explicit value (0.0 too) is what the optimizer gets.
+    plain = _learner(optimizer_class=torch.optim.AdamW)
+    assert plain.optimizer.param_groups[0]["weight_decay"] == 0.01
+    assert _learner(optimizer_class=torch.optim.AdamW, optimizer_kwargs={"weight_decay": 0.0}) \
+        .optimizer.param_groups[0]["weight_decay"] == 0.0
+    plain.train_steps(3)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    for x, y in DataLoader(_regression_data(), batch_size=4, shuffle=False):
+        torch.nn.MSELoss()(model(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    for name, value in model.state_dict().items():
+        assert torch.equal(plain.state_dict()[name], value)
 
 
 class _Fixed(torch.nn.Module):

@@ -62,6 +62,23 @@ def test_config_problems_are_reported():
         world_size_of(SYNTHETIC, ["data_args.dataset=mnist"])
 
 
+def test_client_counts_are_checked_against_the_centres_without_the_plan():
+    """The plan's own check, also where the count needs no torch (what submit.py relies on)."""
+    with pytest.raises(ConfigError) as info:
+        world_size_of(HEART, ["train_args.client_num_in_total=1000", "device_args.worker_num=3"])
+    assert info.value.problems == [
+        "train_args.client_num_in_total: fed_heart_disease has 4 centres, so this must be 4 "
+        "(or be left out), got 1000",
+        "device_args.worker_num: fed_heart_disease has 4 centres, so this must be 4 (or be left out), got 3"]
+    with pytest.raises(ConfigError, match="device_args.worker_num: synthetic has 4 centres"):
+        world_size_of(SYNTHETIC, ["device_args.worker_num=3"])
+    assert world_size_of(HEART, ["train_args.client_num_in_total=4", "device_args.worker_num=4"]) == 5
+    with pytest.raises(ConfigError) as from_plan:
+        make_plan(load_config(SYNTHETIC, ["device_args.worker_num=3"]))
+    assert from_plan.value.problems == [
+        "device_args.worker_num: synthetic has 4 centres, so this must be 4 (or be left out), got 3"]
+
+
 def test_check_plan_reports_what_a_rank_would():
     fedprox = ["train_args.federated_optimizer=FedProx"]  # without its required mu
     assert world_size_of(SYNTHETIC, fedprox) == 5

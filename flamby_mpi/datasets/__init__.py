@@ -1,8 +1,9 @@
 """Resolves `data_args.dataset` to a DatasetSpec.
 
 Accepted: `synthetic` (built in), a FLamby name in either spelling
-(`fed_heart_disease`, `Fed-Heart-Disease`), or a dotted path to any module with
-FLamby's dataset-module interface (how users bring their own silos).
+(`fed_heart_disease`, `Fed-Heart-Disease`), or the name of any importable module,
+dotted (`mypackage.my_silos`) or not (`my_silos`), with FLamby's dataset-module
+interface (how users bring their own silos).
 """
 from __future__ import annotations
 
@@ -24,6 +25,12 @@ from .synthetic import SyntheticModule
 __all__ = ["DatasetSpec", "resolve_dataset", "FLAMBY_DATASETS"]
 
 
+_CHOICES = ("use synthetic, one of FLamby's datasets (" + ", ".join(FLAMBY_DATASETS)
+            + ") or the name of an importable module with FLamby's dataset interface, dotted "
+              "(mypackage.my_silos) or not (my_silos, for a my_silos.py on the Python path)")
+_IMPORTABLE = "make sure the module is importable on every host (PYTHONPATH, pip install)"
+
+
 def resolve_dataset(data_args, seed: int) -> DatasetSpec:
     name = data_args.dataset
     if is_synthetic(name):
@@ -41,19 +48,19 @@ def resolve_dataset(data_args, seed: int) -> DatasetSpec:
         return spec_from_module(module, flamby_name, data_args.data_path, data_args.debug,
                                 make_guard=functools.partial(flamby_construction_guard, flamby_name))
 
-    if "." in name:
-        try:
-            module = importlib.import_module(name)
-        except ImportError as exc:
-            raise UserError(f"cannot import dataset module {name!r}: {exc}",
-                            hint="make sure the module is importable on every host (PYTHONPATH, pip install)")
-        _check_interface(module, name)
-        return spec_from_module(module, name, data_args.data_path, data_args.debug)
-
-    raise UserError(
-        f"unknown dataset {name!r}",
-        hint="use synthetic, one of FLamby's datasets (" + ", ".join(FLAMBY_DATASETS)
-             + ") or a dotted path to a module with FLamby's dataset interface")
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if "." not in name and exc.name == name:
+            # Not a module at all: most likely a misspelt dataset name; show the choices.
+            raise UserError(f"unknown dataset {name!r}", hint=_CHOICES) from None
+        raise UserError(f"cannot import dataset module {name!r}: {exc}", hint=_IMPORTABLE) from None
+    except ImportError as exc:
+        raise UserError(f"cannot import dataset module {name!r}: {exc}", hint=_IMPORTABLE) from None
+    except (ValueError, TypeError) as exc:  # "", ".x" (relative), "a..b": not a module name
+        raise UserError(f"unknown dataset {name!r} ({exc})", hint=_CHOICES) from None
+    _check_interface(module, name)
+    return spec_from_module(module, name, data_args.data_path, data_args.debug)
 
 
 def _check_interface(module, name: str):
