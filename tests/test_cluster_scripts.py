@@ -250,7 +250,7 @@ def test_submit_warns_about_ignored_keys(capsys, monkeypatch, tmp_path):
 
 
 def test_flamby_example_config_is_refused_until_fixed(capsys, monkeypatch, tmp_path):
-    """FLamby's FedML example: its errors at the prompt; fixed as they say, it sizes the job."""
+    """A FedML-style config: its errors at the prompt; fixed as they say, it sizes the job."""
     import yaml
 
     monkeypatch.chdir(REPO)
@@ -266,7 +266,7 @@ def test_flamby_example_config_is_refused_until_fixed(capsys, monkeypatch, tmp_p
     fixed = tmp_path / "fixed.yaml"
     fixed.write_text(yaml.safe_dump(raw, sort_keys=False))
     code, _, err = _submit(capsys, str(fixed))
-    # FLamby's has client_num_in_total: 1000
+    # it has client_num_in_total: 1000
     assert code == 2 and "fed_heart_disease has 4 centres, so this must be 4" in err
     raw["train_args"]["client_num_in_total"] = 4
     fixed.write_text(yaml.safe_dump(raw, sort_keys=False))

@@ -22,7 +22,7 @@ from flamby_mpi.errors import ConfigError, UserError
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "config"
-FLAMBY_FEDML_EXAMPLE = Path(__file__).resolve().parent / "configs" / "fedml_style_example.yaml"
+FEDML_STYLE_EXAMPLE = Path(__file__).resolve().parent / "configs" / "fedml_style_example.yaml"
 RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")
 
 
@@ -303,10 +303,11 @@ def test_keys_whose_meaning_cannot_be_honoured_stay_errors(raw, fragment, advice
     assert fragment in info.value.problems[0] and advice in info.value.problems[0]
 
 
-def test_flamby_fedml_example_config_says_what_to_fix():
-    """FLamby's own FedML example: only what cannot be honoured is an error, each with advice."""
+def test_fedml_style_config_says_what_to_fix():
+    """A FedML-style config (the keys FLamby's FedML integration uses): only what cannot be
+    honoured is an error, each with advice."""
     with pytest.raises(ConfigError) as info:
-        load_config(str(FLAMBY_FEDML_EXAMPLE))
+        load_config(str(FEDML_STYLE_EXAMPLE))
     problems = info.value.problems
     assert len(problems) == 3, problems
     joined = "\n".join(problems)
@@ -315,10 +316,10 @@ def test_flamby_fedml_example_config_says_what_to_fix():
     assert "unknown key train_args.epochs; " + FEDML_KEY_HINTS["epochs"] in joined
 
 
-def _flamby_example_fixed(dataset="synthetic"):
+def _fedml_style_fixed(dataset="synthetic"):
     """FLamby's example with its errors fixed as the messages say (synthetic: FLamby's 4 centres
     without FLamby installed)."""
-    raw = yaml.safe_load(FLAMBY_FEDML_EXAMPLE.read_text())
+    raw = yaml.safe_load(FEDML_STYLE_EXAMPLE.read_text())
     raw["common_args"]["training_type"] = "cross_silo"
     raw["model_args"]["model"] = "baseline"
     del raw["train_args"]["epochs"]
@@ -326,10 +327,10 @@ def _flamby_example_fixed(dataset="synthetic"):
     return raw
 
 
-def test_flamby_fedml_example_config_once_fixed_lists_the_ignored_keys():
+def test_fedml_style_config_once_fixed_lists_the_ignored_keys():
     from flamby_mpi.plan import make_plan
 
-    c = build_config(_flamby_example_fixed())
+    c = build_config(_fedml_style_fixed())
     assert c.ignored_keys == (
         "data_args.data_cache_dir", "data_args.partition_method", "data_args.partition_alpha",
         "data_args.preprocessed", "train_args.client_id_list", "comm_args.is_mobile",
@@ -340,13 +341,13 @@ def test_flamby_fedml_example_config_once_fixed_lists_the_ignored_keys():
     with pytest.raises(ConfigError, match="train_args.client_num_in_total: synthetic has 4 centres, "
                                           "so this must be 4"):
         make_plan(c)
-    raw = _flamby_example_fixed()
+    raw = _fedml_style_fixed()
     raw["train_args"]["client_num_in_total"] = 4
     plan = make_plan(build_config(raw))
     assert (plan.num_clients, plan.rounds, plan.batch_size, plan.weight_decay) == (4, 10, 10, 0.0)
 
 
-def test_flamby_fedml_example_config_once_fixed_runs_with_one_warning(tmp_path):
+def test_fedml_style_config_once_fixed_runs_with_one_warning(tmp_path):
     """The whole program, in process (no MPI): exit 0, results written, one warning line."""
     import json
     import subprocess
@@ -354,7 +355,7 @@ def test_flamby_fedml_example_config_once_fixed_runs_with_one_warning(tmp_path):
     from support.mpi import LAUNCHER
     from support.mpi import test_env as job_env  # aliased: pytest would collect test_env
 
-    raw = _flamby_example_fixed()
+    raw = _fedml_style_fixed()
     raw["train_args"]["client_num_in_total"] = 4
     path = _write(tmp_path, yaml.safe_dump(raw, sort_keys=False), name="flamby_example_fixed.yaml")
     home = tmp_path / "home"
