@@ -119,6 +119,15 @@ class Meter:
         return traffic
 
 
+# The receive thread's wait for the next message: MPICH's blocking receive spins, which takes the
+# CPU from ranks that train when ranks outnumber cores, so it probes with pauses growing from
+# _FIRST_PAUSE_S to _PAUSE_S (FedML's own fixed pause), and to _LONG_IDLE_PAUSE_S once idle for
+# _LONG_IDLE_S (then a peer is training: a few ms of latency are small beside its round).
+_FIRST_PAUSE_S, _PAUSE_S = 0.00005, 0.001
+_LONG_IDLE_S, _LONG_IDLE_PAUSE_S = 0.2, 0.005
+_STOP_CHECK_S = 0.2
+
+
 def _metered_comm_manager(comm, rank: int, size: int):
     """FedML's MPI communication manager, counting the bytes of every message it moves.
 
@@ -135,14 +144,16 @@ def _metered_comm_manager(comm, rank: int, size: int):
             super().__init__(*args)
             self.meter = meter
 
-        def run(self):  # FedML's loop, plus the size of what it receives
+        def run(self):  # FedML's loop, with the size of what it receives and a bounded back-off
             status = MPI.Status()
             try:
                 while True:
+                    idle_since, pause = time.monotonic(), _FIRST_PAUSE_S
                     while not self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
-                        time.sleep(0.001)
-                        if self._stop_event.is_set():
+                        if self._stop_event.wait(pause):
                             return
+                        long_idle = time.monotonic() - idle_since > _LONG_IDLE_S
+                        pause = min(pause * 2, _LONG_IDLE_PAUSE_S if long_idle else _PAUSE_S)
                     source, tag, size = status.Get_source(), status.Get_tag(), status.Get_count(MPI.BYTE)
                     message = self.comm.recv(source=source, tag=tag)
                     self.meter.received(source, size)
@@ -169,6 +180,17 @@ def _metered_comm_manager(comm, rank: int, size: int):
         def init_client_communication(self):
             self._client_receive_thread, receive_queue = self._start_receiving("ClientReceiveThread")
             return queue.Queue(0), receive_queue
+
+        def handle_receive_message(self):
+            # FedML's loop polls its queue every 0.1 ms on every rank (tens of thousands of wake-ups
+            # a second with many ranks on few cores); this one sleeps until a message is queued.
+            self._notify_connection_ready()
+            while not self._stop_running:
+                try:
+                    message = self.q_receiver.get(timeout=_STOP_CHECK_S)
+                except queue.Empty:
+                    continue
+                self.notify(message)
 
         def send_message(self, msg):
             dest = msg.get(Message.MSG_ARG_KEY_RECEIVER)

@@ -2,12 +2,15 @@
 """Measure flamby-mpi side by side in one run and print ratios (these machines are shared and noisy:
 only ratios of runs made in the same sitting, alternated, mean anything).
 
-  python scripts/benchmark.py [--out DIR] [--sections telemetry] [--pairs N]
+  python scripts/benchmark.py [--out DIR] [--sections telemetry,tiny_round] [--pairs N] [--centres N]
+                              [--repo CHECKOUT]
 
 Sections (more will join them; each prints its own rows):
   telemetry   per-round cost of the telemetry (TensorBoard on against off) with the tiny model
               (synthetic, 1 local update, no evaluation) at 32 centres (`mpiexec -n 33`), runs
               alternated on/off; the ratio is on/off seconds per round (target: < 1.03).
+  tiny_round  seconds per tiny round against ../shared/bench/raw_mpi_tiny_round.py with as many
+              ranks (target: at most 1.5x at 32 centres).
 
 Writes DIR/benchmark.csv (every measurement) and DIR/benchmark.png (the ratios), and prints a
 table. Seconds per round are timing.train_s / rounds from each run's results.json.
@@ -26,7 +29,7 @@ from pathlib import Path
 from typing import Dict, List
 
 REPO = Path(__file__).resolve().parents[1]
-LAUNCHER = REPO / "launch_client.py"
+LAUNCHER = REPO / "launch_client.py"  # --repo measures another checkout (e.g. before a change)
 CONFIG = REPO / "config" / "fedml_config.yaml"
 
 
@@ -44,7 +47,7 @@ def tiny_round_args(centres: int, rounds: int) -> List[str]:
 
 def run_job(np_: int, args: List[str], out: Path, deadline_s: float) -> Dict:
     """One `mpiexec -n np_` job; its results.json plus the wall time seen from outside."""
-    cmd = [mpiexec(), "-n", str(np_), sys.executable, str(LAUNCHER), "--cf", str(CONFIG), "--quiet",
+    cmd = [mpiexec(), "-n", str(np_), sys.executable, str(LAUNCHER), "--cf", str(CONFIG),
            "--set", f"common_args.output_dir={out}", *args]
     start = time.monotonic()
     job = subprocess.run(cmd, cwd=out.parent, capture_output=True, text=True, timeout=deadline_s)
@@ -75,7 +78,35 @@ def telemetry(work: Path, pairs: int, centres: int, rounds: int) -> List[Dict]:
     return rows
 
 
-SECTIONS = {"telemetry": telemetry}
+RAW_TINY_ROUND = REPO.parent / "shared" / "bench" / "raw_mpi_tiny_round.py"
+
+
+def tiny_round(work: Path, pairs: int, centres: int, rounds: int) -> List[Dict]:
+    """Seconds per tiny round against raw mpi4py doing the same round with as many ranks."""
+    if not RAW_TINY_ROUND.exists():
+        print(f"  skipped: {RAW_TINY_ROUND} (the raw-MPI reference) is not here")
+        return []
+    rows = []
+    for pair in range(pairs):
+        out = work / f"tiny-{centres}-{pair}"
+        results = run_job(centres + 1, tiny_round_args(centres, rounds), out, 1800)
+        ours = results["timing"]["train_s"] / results["rounds_completed"]
+        raw = subprocess.run([mpiexec(), "-n", str(centres + 1), sys.executable, str(RAW_TINY_ROUND),
+                              str(rounds)], capture_output=True, text=True, timeout=1800)
+        raw_s = float(raw.stdout.split(":")[-1].split("ms")[0]) / 1000
+        print(f"  tiny round, {centres} centres, pair {pair + 1}/{pairs}: {ours * 1000:.1f} ms, "
+              f"raw mpi4py {raw_s * 1000:.1f} ms", flush=True)
+        rows += [{"section": "tiny_round", "case": "flamby-mpi", "centres": centres, "seconds_per_round": ours,
+                  "wall_s": results["wall_s"]},
+                 {"section": "tiny_round", "case": "raw mpi4py", "centres": centres, "seconds_per_round": raw_s}]
+    ours = statistics.median(r["seconds_per_round"] for r in rows if r["case"] == "flamby-mpi")
+    raw = statistics.median(r["seconds_per_round"] for r in rows if r["case"] == "raw mpi4py")
+    rows.append({"section": "tiny_round", "case": f"ratio to raw mpi4py, {centres} centres (median)",
+                 "centres": centres, "ratio": ours / raw, "target": 1.5})
+    return rows
+
+
+SECTIONS = {"telemetry": telemetry, "tiny_round": tiny_round}
 
 
 def draw(rows: List[Dict], path: Path):
@@ -106,7 +137,12 @@ def main(argv=None) -> int:
     parser.add_argument("--pairs", type=int, default=2, help="alternated on/off pairs per comparison")
     parser.add_argument("--centres", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--repo", type=Path, default=REPO,
+                        help="the checkout whose launch_client.py is measured (default: this one)")
     args = parser.parse_args(argv)
+    global LAUNCHER, CONFIG
+    LAUNCHER = args.repo.resolve() / "launch_client.py"
+    CONFIG = args.repo.resolve() / "config" / "fedml_config.yaml"
     unknown = [s for s in args.sections.split(",") if s not in SECTIONS]
     if unknown:
         parser.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
