@@ -22,7 +22,7 @@ class SeparateRanks:
     def start(self, rank: int, role: Optional[str] = None, name: Optional[str] = None, extra=()):
         role = role or ("server" if rank == 0 else "client")
         name = name or f"rank{rank}"
-        log = open(self.cwd / f"{name}.log", "w")
+        log = open(self._log_path(name), "w")
         cmd = [sys.executable, str(LAUNCHER), "--cf", str(self.config), "--run_id", self.run_id,
                "--rank", str(rank), "--role", role, *self.common, *extra]
         self.procs[name] = subprocess.Popen(cmd, cwd=self.cwd, env=self.env, stdout=log,
@@ -42,8 +42,12 @@ class SeparateRanks:
                                      + self.all_logs())
         return codes
 
+    def _log_path(self, name: str) -> Path:
+        # Named by run id too: two runs started side by side in one directory both have a rank0.
+        return self.cwd / f"{self.run_id}.{name}.log"
+
     def log(self, name: str) -> str:
-        return (self.cwd / f"{name}.log").read_text()
+        return self._log_path(name).read_text()
 
     def all_logs(self) -> str:
         return "\n".join(f"--- {n}\n{self.log(n)}" for n in self.procs)
