@@ -46,6 +46,20 @@ class SeparateRanks:
         # Named by run id too: two runs started side by side in one directory both have a rank0.
         return self.cwd / f"{self.run_id}.{name}.log"
 
+    def wait_for_line(self, name: str, text: str, deadline_s: float = 90):
+        """Waits until `text` is in the named process's log; fails if it exits or the deadline passes."""
+        end = time.monotonic() + deadline_s
+        while text not in self.log(name):
+            if self.procs[name].poll() is not None and text not in self.log(name):
+                self.kill_all()
+                raise AssertionError(f"{name} exited ({self.procs[name].returncode}) without printing "
+                                     f"{text!r}; logs:\n" + self.all_logs())
+            if time.monotonic() > end:
+                self.kill_all()
+                raise AssertionError(f"{name} did not print {text!r} within {deadline_s:.0f} s; logs:\n"
+                                     + self.all_logs())
+            time.sleep(0.1)
+
     def log(self, name: str) -> str:
         return self._log_path(name).read_text()
 
