@@ -25,19 +25,24 @@ from pathlib import Path
 
 from flamby_mpi.cli import main as launch
 
-# Threads a run starts that must be gone when main() returns: FedML's MPI receive thread would take
-# the next run's messages, and a run's watchdog could end a later run.
+# Threads a run starts that must be gone when main() returns: FedML's MPI receive thread (or a
+# subclass of it) would take the next run's messages, and a run's watchdog could end a later run.
 _RUN_THREAD_CLASSES = {"MPIReceiveThread"}
-_RUN_THREAD_NAMES = {"flamby-mpi-watchdog"}
+_RUN_THREAD_NAMES = {"ServerReceiveThread", "ClientReceiveThread", "flamby-mpi-watchdog"}
 _THREAD_GRACE_S = 3.0
 _PROBE_S = 0.2
+
+
+def _belongs_to_a_run(thread: threading.Thread) -> bool:
+    return thread.name in _RUN_THREAD_NAMES or any(c.__name__ in _RUN_THREAD_CLASSES
+                                                   for c in type(thread).__mro__)
 
 
 def _threads_left() -> list:
     end = time.monotonic() + _THREAD_GRACE_S
     while True:
         left = [f"{type(t).__name__} {t.name!r}" for t in threading.enumerate()
-                if t.is_alive() and (type(t).__name__ in _RUN_THREAD_CLASSES or t.name in _RUN_THREAD_NAMES)]
+                if t.is_alive() and _belongs_to_a_run(t)]
         if not left or time.monotonic() > end:
             return [f"thread still running after main() returned: {t}" for t in left]
         time.sleep(0.05)
