@@ -12,6 +12,9 @@ from support.separate import SeparateRanks
 pytestmark = pytest.mark.mpi
 
 FAST = ["--set", "train_args.comm_round=3", "--set", "train_args.num_updates=10"]
+# What a client prints when it starts looking for the server, and a server once it has published.
+LOOKING = "looking for the server in"
+WAITING = "clients (rendezvous"
 
 
 @pytest.fixture
@@ -38,7 +41,8 @@ def test_clients_first_server_last_matches_mpirun_bitwise(workdir, ranks):
     r = ranks()
     for k in (3, 1, 4, 2):
         r.start(k)
-        time.sleep(1.5)
+    for k in (3, 1, 4, 2):  # every client is waiting before the server starts
+        r.wait_for_line(f"rank{k}", LOOKING)
     r.start(0)
     codes = r.wait(150)
     assert codes == {f"rank{k}": 0 for k in (3, 1, 4, 2, 0)}, r.all_logs()
@@ -66,7 +70,8 @@ def test_server_first_and_two_runs_share_a_rendezvous_directory(workdir, ranks):
     b = ranks(run_id=marker + "b", common=FAST + shared + ["--set", "common_args.random_seed=3"])
     a.start(0)
     b.start(0)
-    time.sleep(2)
+    a.wait_for_line("rank0", WAITING)  # both servers have published and wait for their clients
+    b.wait_for_line("rank0", WAITING)
     for k in (1, 2, 3, 4):
         a.start(k)
         b.start(k)
@@ -108,7 +113,7 @@ def test_duplicate_rank_and_second_server_are_refused(workdir, ranks):
     r = ranks(common=FAST + ["--set", "comm_args.join_timeout_s=40"])
     r.start(0)
     r.start(2)
-    time.sleep(1)
+    r.wait_for_line("rank0", "rank 2 joined")  # the duplicates come after the real rank 2 is in
     r.start(2, name="rank2-again")
     r.start(0, name="server-again")
     codes = r.wait(60, names=["rank2-again", "server-again"])
@@ -132,7 +137,7 @@ def test_stale_rendezvous_file_is_replaced_not_trusted(workdir, ranks):
     (rdv / f"{marker}.secret").write_text("old")
     r = ranks()
     r.start(1)
-    time.sleep(2)  # the client sees only the stale file and keeps waiting
+    r.wait_for_line("rank1", LOOKING)  # the client sees only the stale file and keeps waiting
     r.start(0)
     for k in (2, 3, 4):
         r.start(k)

@@ -22,7 +22,7 @@ class SeparateRanks:
     def start(self, rank: int, role: Optional[str] = None, name: Optional[str] = None, extra=()):
         role = role or ("server" if rank == 0 else "client")
         name = name or f"rank{rank}"
-        log = open(self.cwd / f"{name}.log", "w")
+        log = open(self._log_path(name), "w")
         cmd = [sys.executable, str(LAUNCHER), "--cf", str(self.config), "--run_id", self.run_id,
                "--rank", str(rank), "--role", role, *self.common, *extra]
         self.procs[name] = subprocess.Popen(cmd, cwd=self.cwd, env=self.env, stdout=log,
@@ -42,8 +42,26 @@ class SeparateRanks:
                                      + self.all_logs())
         return codes
 
+    def _log_path(self, name: str) -> Path:
+        # Named by run id too: two runs started side by side in one directory both have a rank0.
+        return self.cwd / f"{self.run_id}.{name}.log"
+
+    def wait_for_line(self, name: str, text: str, deadline_s: float = 90):
+        """Waits until `text` is in the named process's log; fails if it exits or the deadline passes."""
+        end = time.monotonic() + deadline_s
+        while text not in self.log(name):
+            if self.procs[name].poll() is not None and text not in self.log(name):
+                self.kill_all()
+                raise AssertionError(f"{name} exited ({self.procs[name].returncode}) without printing "
+                                     f"{text!r}; logs:\n" + self.all_logs())
+            if time.monotonic() > end:
+                self.kill_all()
+                raise AssertionError(f"{name} did not print {text!r} within {deadline_s:.0f} s; logs:\n"
+                                     + self.all_logs())
+            time.sleep(0.1)
+
     def log(self, name: str) -> str:
-        return (self.cwd / f"{name}.log").read_text()
+        return self._log_path(name).read_text()
 
     def all_logs(self) -> str:
         return "\n".join(f"--- {n}\n{self.log(n)}" for n in self.procs)
