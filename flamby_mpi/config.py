@@ -7,6 +7,7 @@ and reported together, each with the valid choices. Checks that need the dataset
 """
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import math
 import typing
@@ -297,13 +298,30 @@ def parse_override(text: str) -> Tuple[str, str, Any]:
     return section, key, value
 
 
+def _config_text(data: bytes, path: str) -> str:
+    """The file's bytes as text: a config is UTF-8 (a BOM is allowed); anything else is refused
+    with what it looks like, not a UnicodeDecodeError."""
+    if data.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise UserError(f"{path} is UTF-16 or UTF-32 text; a config file must be UTF-8",
+                        hint="save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)")
+    if b"\0" in data:
+        raise UserError(f"{path} is a binary file (it contains NUL bytes), not a YAML config",
+                        hint="pass a YAML config with --cf, e.g. --cf config/fedml_config.yaml")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise UserError(f"{path} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); a config "
+                        "file must be UTF-8 YAML", hint="save it as UTF-8, or pass the right file with --cf") from None
+
+
 def read_yaml(path: str) -> Dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"config file not found: {path}",
                         hint="pass an existing file with --cf, e.g. --cf config/fedml_config.yaml")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(_config_text(p.read_bytes(), path)) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"{path} is not valid YAML: {exc}")
     if not isinstance(data, dict):

@@ -494,6 +494,26 @@ def test_invalid_yaml_is_a_user_error(tmp_path):
         read_yaml(_write(tmp_path, "train_args: [1, 2\n"))
 
 
+@pytest.mark.parametrize("data, fragment", [
+    (bytes([0x94, 0x41, 0xff]), "is not UTF-8 text (byte 0x94 on line 1)"),
+    ("common_args:\n  run_id: caf\xe9\n".encode("latin-1"), "is not UTF-8 text (byte 0xe9 on line 2)"),
+    (b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR", "is a binary file (it contains NUL bytes)"),
+    ("train_args: {}\n".encode("utf-16"), "is UTF-16 or UTF-32 text"),
+])
+def test_a_file_that_is_not_utf8_text_is_a_user_error(tmp_path, data, fragment):
+    path = tmp_path / "run.yaml"
+    path.write_bytes(data)
+    with pytest.raises(UserError) as info:
+        read_yaml(str(path))
+    assert fragment in str(info.value)
+
+
+def test_a_utf8_bom_is_fine(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_bytes(b"\xef\xbb\xbftrain_args:\n  comm_round: 3\n")
+    assert read_yaml(str(path)) == {"train_args": {"comm_round": 3}}
+
+
 def test_empty_file_gives_defaults(tmp_path):
     assert load_config(_write(tmp_path, "")) == RunConfig()
 
