@@ -10,9 +10,10 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import math
+import os
+import stat
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
@@ -315,13 +316,39 @@ def _config_text(data: bytes, path: str) -> str:
                         "file must be UTF-8 YAML", hint="save it as UTF-8, or pass the right file with --cf") from None
 
 
-def read_yaml(path: str) -> Dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"config file not found: {path}",
-                        hint="pass an existing file with --cf, e.g. --cf config/fedml_config.yaml")
+_CF_HINT = "pass an existing file with --cf, e.g. --cf config/fedml_config.yaml"
+
+
+def _read_config_file(path: str) -> bytes:
+    """The bytes of the config file, once it is known to be a regular file (a FIFO or a device
+    could block or never end; a directory is not a config)."""
     try:
-        data = yaml.safe_load(_config_text(p.read_bytes(), path)) or {}
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO opens without waiting
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}", hint=_CF_HINT) from None
+    except OSError as exc:  # permission denied, name too long, a loop of links
+        raise UserError(f"cannot open config file {path}: {exc.strerror}", hint=_CF_HINT) from None
+    except ValueError as exc:  # a NUL in the name
+        raise UserError(f"cannot open config file {path}: {exc}", hint=_CF_HINT) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise UserError(f"config file {path} is a directory", hint=_CF_HINT)
+        if not stat.S_ISREG(mode):
+            raise UserError(f"config file {path} is not a regular file", hint=_CF_HINT)
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as file:
+        try:
+            return file.read()
+        except OSError as exc:
+            raise UserError(f"cannot read config file {path}: {exc.strerror}", hint=_CF_HINT) from None
+
+
+def read_yaml(path: str) -> Dict[str, Any]:
+    try:
+        data = yaml.safe_load(_config_text(_read_config_file(path), path)) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"{path} is not valid YAML: {exc}")
     if not isinstance(data, dict):

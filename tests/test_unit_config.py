@@ -1,4 +1,5 @@
 """Unit tests of flamby_mpi.config and of the CLI's config-error path (no MPI)."""
+import os
 import sys
 from pathlib import Path
 
@@ -480,6 +481,19 @@ def test_missing_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="config file not found") as info:
         load_config(str(tmp_path / "nope.yaml"))
     assert "--cf" in str(info.value)
+
+
+def test_cf_that_is_not_a_regular_file_is_a_user_error(tmp_path):
+    os.mkfifo(tmp_path / "fifo")  # opened without waiting for a writer, then refused
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    for path, fragment in ((tmp_path, "is a directory"), (tmp_path / "fifo", "is not a regular file"),
+                           ("/dev/null", "is not a regular file"),
+                           (tmp_path / "loop", "cannot open config file"),
+                           ("x" * 5000, "cannot open config file"),  # name too long: was an OSError
+                           ("a\0b", "cannot open config file")):
+        with pytest.raises(UserError, match=fragment) as info:
+            read_yaml(str(path))
+        assert "--cf" in str(info.value)
 
 
 @pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "42\n"])
