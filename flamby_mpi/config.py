@@ -316,6 +316,9 @@ def _config_text(data: bytes, path: str) -> str:
                         "file must be UTF-8 YAML", hint="save it as UTF-8, or pass the right file with --cf") from None
 
 
+# Config files larger than this are refused before they are read (README, Configuration): a
+# config is a few hundred bytes, and parsing YAML is slow and memory-hungry for huge files.
+MAX_CONFIG_BYTES = 10_000_000
 _CF_HINT = "pass an existing file with --cf, e.g. --cf config/fedml_config.yaml"
 
 
@@ -331,19 +334,30 @@ def _read_config_file(path: str) -> bytes:
     except ValueError as exc:  # a NUL in the name
         raise UserError(f"cannot open config file {path}: {exc}", hint=_CF_HINT) from None
     try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
             raise UserError(f"config file {path} is a directory", hint=_CF_HINT)
-        if not stat.S_ISREG(mode):
+        if not stat.S_ISREG(info.st_mode):
             raise UserError(f"config file {path} is not a regular file", hint=_CF_HINT)
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise _too_big(path, info.st_size)
     except BaseException:
         os.close(fd)
         raise
     with os.fdopen(fd, "rb") as file:
         try:
-            return file.read()
+            data = file.read(MAX_CONFIG_BYTES + 1)  # a file that grew, or whose size stat does not tell
         except OSError as exc:
             raise UserError(f"cannot read config file {path}: {exc.strerror}", hint=_CF_HINT) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise _too_big(path, len(data))
+    return data
+
+
+def _too_big(path: str, size: int) -> UserError:
+    return UserError(f"config file {path} is {size} bytes, over the limit of 10 MB ({MAX_CONFIG_BYTES} "
+                     "bytes) for a config", hint="pass the run's YAML config with --cf; data goes in "
+                                                  "data_args.data_path, not in the config")
 
 
 def read_yaml(path: str) -> Dict[str, Any]:

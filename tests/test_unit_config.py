@@ -496,6 +496,23 @@ def test_cf_that_is_not_a_regular_file_is_a_user_error(tmp_path):
         assert "--cf" in str(info.value)
 
 
+def test_files_over_10_mb_are_refused_before_they_are_read(tmp_path, monkeypatch):
+    from flamby_mpi import config
+
+    assert config.MAX_CONFIG_BYTES == 10_000_000
+    path = tmp_path / "big.yaml"
+    with open(path, "wb") as file:  # valid YAML: refused for its size alone
+        file.write(b"train_args: {}\n#")
+        file.truncate(config.MAX_CONFIG_BYTES + 1)
+    monkeypatch.setattr(yaml, "safe_load", None)  # never parsed
+    monkeypatch.setattr(yaml, "load", None)
+    with pytest.raises(UserError, match=r"is 10000001 bytes, over the limit of 10 MB"):
+        read_yaml(str(path))
+    os.truncate(path, 2**40)  # a sparse terabyte: never read either
+    with pytest.raises(UserError, match=r"is 1099511627776 bytes"):
+        read_yaml(str(path))
+
+
 @pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "42\n"])
 def test_non_mapping_yaml_is_a_user_error(tmp_path, text):
     with pytest.raises(UserError, match="top level must be a mapping") as info:
