@@ -361,10 +361,19 @@ def _too_big(path: str, size: int) -> UserError:
 
 
 def read_yaml(path: str) -> Dict[str, Any]:
+    """The config file's mapping of sections. An empty file is a mistake (a file truncated or
+    written by a failed command), not a request for every default: `{}` is that."""
+    text = _config_text(_read_config_file(path), path)
+    empty_hint = "start from config/fedml_config.yaml (or write {} in the file to run with every default)"
+    if not text.strip():
+        raise UserError(f"config file {path} is empty", hint=empty_hint)
     try:
-        data = yaml.safe_load(_config_text(_read_config_file(path), path)) or {}
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise UserError(f"{path} is not valid YAML: {exc}")
+    if data is None:
+        raise UserError(f"config file {path} has no settings (only comments, or an empty YAML document)",
+                        hint=empty_hint)
     if not isinstance(data, dict):
         raise UserError(f"{path}: the top level must be a mapping of sections "
                         f"({', '.join(SECTIONS)})")

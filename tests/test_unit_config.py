@@ -545,8 +545,19 @@ def test_a_utf8_bom_is_fine(tmp_path):
     assert read_yaml(str(path)) == {"train_args": {"comm_round": 3}}
 
 
-def test_empty_file_gives_defaults(tmp_path):
-    assert load_config(_write(tmp_path, "")) == RunConfig()
+@pytest.mark.parametrize("text, fragment", [
+    ("", "is empty"), (" \n\t\n", "is empty"), ("\ufeff", "is empty"),
+    ("# train_args:\n#   comm_round: 3\n", "has no settings"), ("---\n", "has no settings"),
+    ("null\n", "has no settings"),
+])
+def test_an_empty_file_is_a_user_error(tmp_path, text, fragment):
+    with pytest.raises(UserError) as info:
+        load_config(_write(tmp_path, text))
+    assert fragment in str(info.value) and "config/fedml_config.yaml" in str(info.value)
+
+
+def test_an_empty_mapping_gives_defaults(tmp_path):
+    assert load_config(_write(tmp_path, "{}\n")) == RunConfig()
 
 
 def test_describe_options_lists_every_key():
@@ -587,7 +598,7 @@ def test_cli_bad_set_and_missing_file_exit_2(tmp_path, capsys, no_rank_env):
     assert cli.main(["--cf", str(tmp_path / "missing.yaml")]) == 2
     _, err = capsys.readouterr()
     assert len(_error_lines(err)) == 1 and "config file not found" in err
-    path = _write(tmp_path, "")
+    path = _write(tmp_path, "{}\n")
     assert cli.main(["--cf", path, "--set", "comm_round=3"]) == 2
     _, err = capsys.readouterr()
     assert len(_error_lines(err)) == 1 and "section.key=value" in err
