@@ -285,6 +285,27 @@ def _check_field(where: str, f: dataclasses.Field, tp, value: Any, problems: Lis
     return value, True
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader (no python/... tags), where a value that cannot be built
+    (`!!int three`, `!!bool maybe`, `!!timestamp 2026-13-45`) is a YAML error at its line."""
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{node.value!r} is not a valid {tag} value", node.start_mark) from None
+
+
+def _load_yaml(text: str) -> Any:
+    """The YAML document in text; every problem with it is a yaml.YAMLError."""
+    try:
+        return yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader: no python/... tags
+    except RecursionError:  # PyYAML builds nested collections recursively
+        raise yaml.YAMLError("it is nested too deeply") from None
+
+
 def parse_override(text: str) -> Tuple[str, str, Any]:
     """`section.key=value` -> (section, key, value parsed as YAML)."""
     target, sep, raw = text.partition("=")
@@ -293,7 +314,7 @@ def parse_override(text: str) -> Tuple[str, str, Any]:
         raise UserError(f"--set {text!r}: expected section.key=value",
                         hint="for example --set train_args.comm_round=3")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise UserError(f"--set {text!r}: the value is not valid YAML ({exc})")
     return section, key, value
@@ -368,7 +389,7 @@ def read_yaml(path: str) -> Dict[str, Any]:
     if not text.strip():
         raise UserError(f"config file {path} is empty", hint=empty_hint)
     try:
-        data = yaml.safe_load(text)
+        data = _load_yaml(text)
     except yaml.YAMLError as exc:
         raise UserError(f"{path} is not valid YAML: {exc}")
     if data is None:

@@ -546,6 +546,21 @@ def test_a_utf8_bom_is_fine(tmp_path):
 
 
 @pytest.mark.parametrize("text, fragment", [
+    ("train_args:\n  comm_round: !!int three\n", "'three' is not a valid !!int value"),
+    ("device_args:\n  using_gpu: !!bool maybe\n", "'maybe' is not a valid !!bool value"),
+    ("common_args:\n  run_id: !!timestamp 2026-13-45\n", "'2026-13-45' is not a valid !!timestamp value"),
+    ("train_args:\n  comm_round: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+])
+def test_yaml_that_cannot_be_built_is_a_user_error(tmp_path, text, fragment):
+    # These were tracebacks (ValueError, KeyError, RecursionError) from inside PyYAML.
+    with pytest.raises(UserError, match="not valid YAML") as info:
+        read_yaml(_write(tmp_path, text))
+    assert fragment in str(info.value)
+    with pytest.raises(UserError, match="not valid YAML"):
+        parse_override("train_args.comm_round=" + text.rstrip().rpartition(": ")[2])
+
+
+@pytest.mark.parametrize("text, fragment", [
     ("", "is empty"), (" \n\t\n", "is empty"), ("\ufeff", "is empty"),
     ("# train_args:\n#   comm_round: 3\n", "has no settings"), ("---\n", "has no settings"),
     ("null\n", "has no settings"),
