@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
-from .errors import ConfigError, UserError
+from .errors import ConfigError, UserError, shown
 from .registry import STRATEGY_NAMES, hyperparameter_help
 
 # Keys of FedML's and FLamby's example configs whose meaning this launcher cannot honour,
@@ -55,7 +55,7 @@ def run_id_problem(run_id: str) -> Optional[str]:
     """File and directory names are derived from the run id: it must not reach outside them."""
     if not run_id or "/" in run_id or "\\" in run_id or ".." in run_id or run_id.startswith(".") \
             or not run_id.isprintable() or len(run_id) > 200:
-        return (f"run id {run_id!r} cannot name files: it must be 1 to 200 printable characters, without "
+        return (f"run id {shown(run_id)} cannot name files: it must be 1 to 200 printable characters, without "
                 "'/', '\\' or '..' and not starting with '.' (for example heart_fedavg_1)")
     return None
 
@@ -266,16 +266,16 @@ def _check_field(where: str, f: dataclasses.Field, tp, value: Any, problems: Lis
         value = normalize(value)
     ok, value = _coerce(value, tp)
     if not ok:
-        problems.append(f"{where}: expected {_describe(tp)}, got {value!r}")
+        problems.append(f"{where}: expected {_describe(tp)}, got {shown(value)}")
         return None, False
     choices = f.metadata.get("choices")
     if choices is not None and value not in choices:
-        shown = ", ".join(yaml.safe_dump(c).strip().removesuffix("...").strip() for c in choices)
-        problems.append(f"{where}: {value!r} is not supported; valid choices: {shown}")
+        listed = ", ".join(yaml.safe_dump(c).strip().removesuffix("...").strip() for c in choices)
+        problems.append(f"{where}: {shown(value)} is not supported; valid choices: {listed}")
         return None, False
     minimum = f.metadata.get("minimum")
     if minimum is not None and value is not None and value < minimum:
-        problems.append(f"{where}: must be >= {minimum}, got {value!r}")
+        problems.append(f"{where}: must be >= {minimum}, got {shown(value)}")
         return None, False
     check = f.metadata.get("check")
     problem = check(value) if check is not None and value is not None else None
@@ -295,7 +295,7 @@ class _ConfigLoader(yaml.SafeLoader):
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
             tag = node.tag.replace("tag:yaml.org,2002:", "!!")
             raise yaml.constructor.ConstructorError(
-                None, None, f"{node.value!r} is not a valid {tag} value", node.start_mark) from None
+                None, None, f"{shown(node.value)} is not a valid {tag} value", node.start_mark) from None
 
 
 def _load_yaml(text: str) -> Any:
@@ -311,12 +311,12 @@ def parse_override(text: str) -> Tuple[str, str, Any]:
     target, sep, raw = text.partition("=")
     section, dot, key = target.strip().partition(".")
     if not sep or not dot or not section or not key:
-        raise UserError(f"--set {text!r}: expected section.key=value",
+        raise UserError(f"--set {shown(text)}: expected section.key=value",
                         hint="for example --set train_args.comm_round=3")
     try:
         value = _load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise UserError(f"--set {text!r}: the value is not valid YAML ({exc})")
+        raise UserError(f"--set {shown(text)}: the value is not valid YAML ({exc})")
     return section, key, value
 
 
@@ -414,7 +414,7 @@ def build_config(raw: Dict[str, Any], overrides: List[str] = (), source: str = "
         if body is None:
             body = {}
         if not isinstance(body, dict):
-            problems.append(f"{source}: section {section!r} must be a mapping of keys")
+            problems.append(f"{source}: section {shown(section)} must be a mapping of keys")
             continue
         merged[str(section)] = dict(body)
     for text in overrides:
@@ -424,7 +424,7 @@ def build_config(raw: Dict[str, Any], overrides: List[str] = (), source: str = "
     sections = {}
     for section, body in merged.items():
         if section not in SECTIONS:
-            problems.append(f"unknown section {section!r}; valid sections: {', '.join(SECTIONS)}")
+            problems.append(f"unknown section {shown(section)}; valid sections: {', '.join(SECTIONS)}")
             continue
         cls = _SECTION_TYPES[section]
         hints = typing.get_type_hints(cls)

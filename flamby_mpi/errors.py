@@ -3,7 +3,30 @@
 A `UserError` ends the program with exit code 2 and its message only (no
 traceback): a wrong command line, config, world size, missing package or data.
 Anything else is a bug or a runtime failure and is reported with its traceback.
+
+A value the user gave is written into a message with `shown()`: bounded in
+size whatever the value (a megabyte string, a list that YAML aliases make
+billions of items long), so that the message stays one short message.
 """
+import reprlib
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 80
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 4
+_SHORT.maxlevel = 2
+
+
+def shown(value) -> str:
+    """repr() of a value from the user, at most about a hundred characters."""
+    if isinstance(value, int) and value.bit_length() > 256:  # repr() refuses over 4300 digits
+        sign = "a negative" if value < 0 else "an"
+        return f"{sign} integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    return _SHORT.repr(value)
+
+
+def clip(text: str, limit: int = 200) -> str:
+    """Text that may quote a value of the user's (an exception's message), cut to `limit` characters."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class UserError(Exception):

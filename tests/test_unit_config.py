@@ -465,6 +465,23 @@ def test_string_field_rejects_numbers():
     assert "expected a string or null" in info.value.problems[0]
 
 
+def test_huge_values_are_shown_short(tmp_path):
+    """An alias bomb (10**10 items once expanded) took minutes to print; a megabyte string or a run
+    id of 100000 characters made a message as long."""
+    anchors = "data_args:\n  data_cache_dir: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"  wandb_{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]\n" for i in range(1, 9))
+    path = _write(tmp_path, anchors + "train_args:\n  comm_round: [" + ", ".join(["*a8"] * 10) + "]\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "train_args.comm_round: expected an integer or null, got [[[" in str(info.value)
+    assert len(str(info.value)) < 400
+    with pytest.raises(ConfigError, match="must be >= 0, got a negative integer of about 5000 digits"):
+        build_config({"common_args": {"random_seed": -10**4999}})
+    with pytest.raises(ConfigError) as info:
+        build_config({"common_args": {"run_id": "r" * 100000}})
+    assert "cannot name files" in str(info.value) and len(str(info.value)) < 400
+
+
 def test_optional_fields_accept_null():
     c = build_config({"train_args": {"comm_round": None, "learning_rate": None}})
     assert c.train_args.comm_round is None and c.train_args.learning_rate is None
