@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
-from .errors import ConfigError, UserError, shown
+from .errors import ConfigError, UserError, plain, shown
 from .registry import STRATEGY_NAMES, hyperparameter_help
 
 # Keys of FedML's and FLamby's example configs whose meaning this launcher cannot honour,
@@ -346,22 +346,23 @@ _CF_HINT = "pass an existing file with --cf, e.g. --cf config/fedml_config.yaml"
 def _read_config_file(path: str) -> bytes:
     """The bytes of the config file, once it is known to be a regular file (a FIFO or a device
     could block or never end; a directory is not a config)."""
+    name = plain(path)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO opens without waiting
     except FileNotFoundError:
-        raise UserError(f"config file not found: {path}", hint=_CF_HINT) from None
+        raise UserError(f"config file not found: {name}", hint=_CF_HINT) from None
     except OSError as exc:  # permission denied, name too long, a loop of links
-        raise UserError(f"cannot open config file {path}: {exc.strerror}", hint=_CF_HINT) from None
+        raise UserError(f"cannot open config file {name}: {exc.strerror}", hint=_CF_HINT) from None
     except ValueError as exc:  # a NUL in the name
-        raise UserError(f"cannot open config file {path}: {exc}", hint=_CF_HINT) from None
+        raise UserError(f"cannot open config file {name}: {exc}", hint=_CF_HINT) from None
     try:
         info = os.fstat(fd)
         if stat.S_ISDIR(info.st_mode):
-            raise UserError(f"config file {path} is a directory", hint=_CF_HINT)
+            raise UserError(f"config file {name} is a directory", hint=_CF_HINT)
         if not stat.S_ISREG(info.st_mode):
-            raise UserError(f"config file {path} is not a regular file", hint=_CF_HINT)
+            raise UserError(f"config file {name} is not a regular file", hint=_CF_HINT)
         if info.st_size > MAX_CONFIG_BYTES:
-            raise _too_big(path, info.st_size)
+            raise _too_big(name, info.st_size)
     except BaseException:
         os.close(fd)
         raise
@@ -369,9 +370,9 @@ def _read_config_file(path: str) -> bytes:
         try:
             data = file.read(MAX_CONFIG_BYTES + 1)  # a file that grew, or whose size stat does not tell
         except OSError as exc:
-            raise UserError(f"cannot read config file {path}: {exc.strerror}", hint=_CF_HINT) from None
+            raise UserError(f"cannot read config file {name}: {exc.strerror}", hint=_CF_HINT) from None
     if len(data) > MAX_CONFIG_BYTES:
-        raise _too_big(path, len(data))
+        raise _too_big(name, len(data))
     return data
 
 
@@ -384,19 +385,20 @@ def _too_big(path: str, size: int) -> UserError:
 def read_yaml(path: str) -> Dict[str, Any]:
     """The config file's mapping of sections. An empty file is a mistake (a file truncated or
     written by a failed command), not a request for every default: `{}` is that."""
-    text = _config_text(_read_config_file(path), path)
+    name = plain(path)
+    text = _config_text(_read_config_file(path), name)
     empty_hint = "start from config/fedml_config.yaml (or write {} in the file to run with every default)"
     if not text.strip():
-        raise UserError(f"config file {path} is empty", hint=empty_hint)
+        raise UserError(f"config file {name} is empty", hint=empty_hint)
     try:
         data = _load_yaml(text)
     except yaml.YAMLError as exc:
-        raise UserError(f"{path} is not valid YAML: {exc}")
+        raise UserError(f"{name} is not valid YAML: {exc}")
     if data is None:
-        raise UserError(f"config file {path} has no settings (only comments, or an empty YAML document)",
+        raise UserError(f"config file {name} has no settings (only comments, or an empty YAML document)",
                         hint=empty_hint)
     if not isinstance(data, dict):
-        raise UserError(f"{path}: the top level must be a mapping of sections "
+        raise UserError(f"{name}: the top level must be a mapping of sections "
                         f"({', '.join(SECTIONS)})")
     return data
 
@@ -431,7 +433,7 @@ def build_config(raw: Dict[str, Any], overrides: List[str] = (), source: str = "
         fields = {f.name: f for f in dataclasses.fields(cls)}
         values = {}
         for key, value in body.items():
-            where = f"{section}.{key}"
+            where = f"{section}.{plain(key)}"
             if key not in fields and is_ignored_key(key):
                 ignored.append(where)
                 continue
@@ -453,7 +455,7 @@ def build_config(raw: Dict[str, Any], overrides: List[str] = (), source: str = "
 
 
 def load_config(path: str, overrides: List[str] = ()) -> RunConfig:
-    return build_config(read_yaml(path), overrides, source=path)
+    return build_config(read_yaml(path), overrides, source=plain(path))
 
 
 def ignored_keys_warning(config: RunConfig) -> Optional[str]:

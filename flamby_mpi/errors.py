@@ -6,7 +6,9 @@ Anything else is a bug or a runtime failure and is reported with its traceback.
 
 A value the user gave is written into a message with `shown()`: bounded in
 size whatever the value (a megabyte string, a list that YAML aliases make
-billions of items long), so that the message stays one short message.
+billions of items long), so that the message stays one short message; a name
+(a path, a key) with `plain()`: as it is unless a newline or other control
+character in it would break the message apart.
 """
 import reprlib
 
@@ -22,6 +24,13 @@ def shown(value) -> str:
         sign = "a negative" if value < 0 else "an"
         return f"{sign} integer of about {int(value.bit_length() * 0.30103) + 1} digits"
     return _SHORT.repr(value)
+
+
+def plain(text) -> str:
+    """Text of the user's (a path, a key) as it is when short and printable, else as shown() writes
+    it: a newline or an escape sequence in it cannot start a line of its own or redraw the terminal."""
+    text = str(text)
+    return text if 0 < len(text) <= 200 and text.isprintable() else shown(text)
 
 
 def clip(text: str, limit: int = 200) -> str:

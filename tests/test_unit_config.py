@@ -482,6 +482,16 @@ def test_huge_values_are_shown_short(tmp_path):
     assert "cannot name files" in str(info.value) and len(str(info.value)) < 400
 
 
+def test_a_newline_in_a_key_or_a_path_does_not_make_a_second_message(tmp_path, capsys, no_rank_env):
+    injected = "x\nflamby-mpi: error: injected"
+    for argv in (["--cf", _write(tmp_path, yaml.safe_dump({"train_args": {injected: 1}}), "key.yaml")],
+                 ["--cf", _write(tmp_path, "{}\n", "set.yaml"), "--set", f"train_args.{injected}=1"],
+                 ["--cf", str(tmp_path / injected)]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert len(_error_lines(err)) == 1 and "x\\nflamby-mpi: error: injected'" in err, err
+
+
 def test_optional_fields_accept_null():
     c = build_config({"train_args": {"comm_round": None, "learning_rate": None}})
     assert c.train_args.comm_round is None and c.train_args.learning_rate is None
