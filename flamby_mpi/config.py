@@ -433,6 +433,7 @@ def build_config(raw: Dict[str, Any], overrides: List[str] = (), source: str = "
         fields = {f.name: f for f in dataclasses.fields(cls)}
         values = {}
         for key, value in body.items():
+            key = str(key)  # YAML keys may be numbers, null, dates...: never a field name
             where = f"{section}.{plain(key)}"
             if key not in fields and is_ignored_key(key):
                 ignored.append(where)

@@ -246,6 +246,17 @@ def test_section_that_is_not_a_mapping():
     assert all("must be a mapping" in p for p in info.value.problems)
 
 
+def test_keys_that_are_not_strings_are_unknown_keys(tmp_path):
+    # Were AttributeError tracebacks (is_ignored_key called str.startswith on them).
+    path = _write(tmp_path, "train_args:\n  1: 2\n  null: 3\n  2.5: 5\n  2026-11-28: 6\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert [p.partition(";")[0] for p in info.value.problems] == [
+        f"unknown key train_args.{k}" for k in ("1", "None", "2.5", "2026-11-28")]
+    with pytest.raises(ConfigError, match="unknown key train_args.True"):
+        build_config({"train_args": {True: 1}})
+
+
 def test_bool_choice_is_shown_in_yaml_spelling():
     with pytest.raises(ConfigError) as info:
         build_config({"common_args": {"using_mlops": True}})
