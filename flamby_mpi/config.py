@@ -253,8 +253,12 @@ def _coerce(value: Any, tp) -> Tuple[bool, Any]:
             except ValueError:
                 return False, value
             return math.isfinite(number), number
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return ok, float(value) if ok else value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False, value
+        try:
+            return True, float(value)
+        except OverflowError:  # an integer beyond any float (400 digits)
+            return False, value
     if tp is str:
         return isinstance(value, str), value
     raise TypeError(f"unsupported config field type {tp}")  # a bug in this module

@@ -21,8 +21,9 @@ _SHORT.maxlevel = 2
 def shown(value) -> str:
     """repr() of a value from the user, at most about a hundred characters."""
     if isinstance(value, int) and value.bit_length() > 256:  # repr() refuses over 4300 digits
-        sign = "a negative" if value < 0 else "an"
-        return f"{sign} integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+        digits = int((value.bit_length() - 1) * 0.30103) + 1  # exact, or one short
+        digits += abs(value) >= 10 ** digits
+        return f"{'a negative' if value < 0 else 'an'} integer of {digits} digits"
     return _SHORT.repr(value)
 
 
