@@ -249,10 +249,9 @@ def _coerce(value: Any, tp) -> Tuple[bool, Any]:
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
             try:
-                number = float(value)
+                return True, float(value)  # 1e400 is inf: refused by _check_field
             except ValueError:
                 return False, value
-            return math.isfinite(number), number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return False, value
         try:
@@ -271,6 +270,9 @@ def _check_field(where: str, f: dataclasses.Field, tp, value: Any, problems: Lis
     ok, value = _coerce(value, tp)
     if not ok:
         problems.append(f"{where}: expected {_describe(tp)}, got {shown(value)}")
+        return None, False
+    if isinstance(value, float) and not math.isfinite(value):  # .nan, .inf, 1e400
+        problems.append(f"{where}: must be a finite number, got {shown(value)}")
         return None, False
     choices = f.metadata.get("choices")
     if choices is not None and value not in choices:

@@ -515,6 +515,13 @@ def test_an_integer_beyond_any_float_is_a_user_error():
         build_config({}, ["comm_args.round_timeout_s=" + "9" * 400])
 
 
+@pytest.mark.parametrize("text", [".nan", ".NaN", ".inf", "-.inf", "1e400", "1.0e400", "nan", "inf", "-Infinity"])
+def test_floats_must_be_finite(text):
+    # NaN passed every minimum (nan < 1 is false): a NaN round_timeout_s switched the watchdog off.
+    with pytest.raises(ConfigError, match="comm_args.round_timeout_s: must be a finite number, got"):
+        build_config({}, [f"comm_args.round_timeout_s={text}"])
+
+
 def test_exponent_notation_learning_rate_is_accepted():
     c = build_config({}, ["train_args.learning_rate=1e-3"])
     assert c.train_args.learning_rate == pytest.approx(0.001)
