@@ -47,8 +47,19 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 POOLED_TEST_MODES = ("predictions", "flamby", "off")
 
 
-def _meta(choices=None, minimum=None, help="", normalize=None, check=None):
-    return {"choices": choices, "minimum": minimum, "help": help, "normalize": normalize, "check": check}
+def _meta(choices=None, minimum=None, help="", normalize=None, check=None, maximum=None):
+    return {"choices": choices, "minimum": minimum, "maximum": maximum, "help": help, "normalize": normalize,
+            "check": check}
+
+
+# Upper bounds where a larger number passes every other check and then fails the run, or
+# never starts it: the plan sums over every synthetic centre (10**9 of them hung it), each
+# centre's samples are made in memory, torch refuses more threads than a C int, DataLoader
+# starts each worker as a process, Python's timers overflow past threading.TIMEOUT_MAX (~9e9 s).
+MAX_SYNTHETIC_CENTERS = 10_000  # one MPI process each
+MAX_SYNTHETIC_SAMPLES = 10_000_000  # per centre, in memory
+MAX_THREADS_OR_WORKERS = 1024
+MAX_TIMEOUT_S = 1e9  # about 31 years
 
 
 def run_id_problem(run_id: str) -> Optional[str]:
@@ -88,9 +99,11 @@ class DataArgs:
              "mypkg.silos)"))
     data_path: Optional[str] = field(default=None, metadata=_meta(help="passed to FLamby's dataset class"))
     debug: bool = field(default=False, metadata=_meta(help="FLamby's debug subset, where supported"))
-    synthetic_num_centers: int = field(default=4, metadata=_meta(minimum=1))
-    synthetic_samples_per_center: int = field(default=200, metadata=_meta(minimum=8))
-    num_workers: int = field(default=0, metadata=_meta(minimum=0, help="DataLoader worker processes"))
+    synthetic_num_centers: int = field(default=4, metadata=_meta(minimum=1, maximum=MAX_SYNTHETIC_CENTERS))
+    synthetic_samples_per_center: int = field(default=200, metadata=_meta(
+        minimum=8, maximum=MAX_SYNTHETIC_SAMPLES))
+    num_workers: int = field(default=0, metadata=_meta(minimum=0, maximum=MAX_THREADS_OR_WORKERS,
+                                                      help="DataLoader worker processes"))
 
 
 @dataclass
@@ -166,7 +179,7 @@ class DeviceArgs:
              "or as gpu_mapping_file says; the server stays on CPU; CPU with one warning when no GPU "
              "is visible"))
     cpu_threads: Optional[int] = field(default=None, metadata=_meta(
-        minimum=1, help="torch threads per rank; default: cores / ranks"))
+        minimum=1, maximum=MAX_THREADS_OR_WORKERS, help="torch threads per rank; default: cores / ranks"))
     gpu_mapping_file: Optional[str] = field(default=None, metadata=_meta(
         help="YAML file as FedML's gpu_mapping.yaml: <key>: {<host>: [processes on GPU 0, on GPU 1, "
              "...]}, counting every process on the host (server included) in local-rank order; "
@@ -181,9 +194,9 @@ class CommArgs:
         choices=("MPI", "inprocess"),
         help="inprocess: the same server and client code in one process, no MPI (debugging, reference)"))
     round_timeout_s: float = field(default=1800.0, metadata=_meta(
-        minimum=1.0, help="a rank that hears nothing for this long ends the job"))
+        minimum=1.0, maximum=MAX_TIMEOUT_S, help="a rank that hears nothing for this long ends the job"))
     join_timeout_s: float = field(default=300.0, metadata=_meta(
-        minimum=1.0, help="ranks started one per terminal must all join within this time"))
+        minimum=1.0, maximum=MAX_TIMEOUT_S, help="ranks started one per terminal must all join within this time"))
     rendezvous_dir: Optional[str] = field(default=None, metadata=_meta(
         help="where a separately started server publishes how to reach it (any shared filesystem); "
              "created private (0700); default: <output_dir>/rendezvous"))
@@ -282,6 +295,10 @@ def _check_field(where: str, f: dataclasses.Field, tp, value: Any, problems: Lis
     minimum = f.metadata.get("minimum")
     if minimum is not None and value is not None and value < minimum:
         problems.append(f"{where}: must be >= {minimum}, got {shown(value)}")
+        return None, False
+    maximum = f.metadata.get("maximum")
+    if maximum is not None and value is not None and value > maximum:
+        problems.append(f"{where}: must be <= {int(maximum)}, got {shown(value)}")
         return None, False
     check = f.metadata.get("check")
     problem = check(value) if check is not None and value is not None else None
@@ -484,6 +501,8 @@ def describe_options() -> str:
             choices = f.metadata.get("choices")
             if choices and len(choices) > 1:
                 extra = (extra + "; " if extra else "") + "choices: " + ", ".join(map(str, choices))
+            if f.metadata.get("maximum") is not None:
+                extra = (extra + "; " if extra else "") + f"at most {int(f.metadata['maximum'])}"
             lines.append(f"  {section}.{f.name} ({_describe(hints[f.name])}, default {default!r})"
                          + (f": {extra}" if extra else ""))
     return "\n".join(lines)

@@ -522,6 +522,20 @@ def test_floats_must_be_finite(text):
         build_config({}, [f"comm_args.round_timeout_s={text}"])
 
 
+@pytest.mark.parametrize("key, value, maximum", [
+    ("data_args.synthetic_num_centers", 10**9, 10_000), ("data_args.synthetic_samples_per_center", 10**12, 10**7),
+    ("data_args.num_workers", 10**9, 1024), ("device_args.cpu_threads", 2**31, 1024),
+    ("comm_args.round_timeout_s", 1e300, 10**9), ("comm_args.join_timeout_s", 1e12, 10**9),
+])
+def test_numbers_no_run_can_use_are_refused(key, value, maximum):
+    # They passed the config and hung the plan (10**9 synthetic centres) or failed the run later
+    # (memory, torch.set_num_threads, DataLoader workers, threading.Timer overflow).
+    with pytest.raises(ConfigError, match=f"{key}: must be <= {maximum}, got "):
+        build_config({}, [f"{key}={value}"])
+    section, _, name = key.partition(".")
+    assert getattr(getattr(build_config({}, [f"{key}={maximum}"]), section), name) == maximum
+
+
 def test_exponent_notation_learning_rate_is_accepted():
     c = build_config({}, ["train_args.learning_rate=1e-3"])
     assert c.train_args.learning_rate == pytest.approx(0.001)
