@@ -71,6 +71,13 @@ def run_id_problem(run_id: str) -> Optional[str]:
     return None
 
 
+def path_problem(path: str) -> Optional[str]:
+    """A path the run will open or create later: a NUL in it would fail there, with a traceback."""
+    if "\0" in path:
+        return "a path cannot contain a NUL character"
+    return None
+
+
 def _pooled_test_mode(value):
     # Booleans stay accepted: true is the original meaning (predictions), false turns it off.
     if value is True:
@@ -86,7 +93,8 @@ class CommonArgs:
     random_seed: int = field(default=0, metadata=_meta(minimum=0, help="seeds model init and data order"))
     run_id: Optional[str] = field(default=None, metadata=_meta(
         help="--run_id overrides; default: a timestamp", check=run_id_problem))
-    output_dir: Optional[str] = field(default=None, metadata=_meta(help="default: runs/<run_id>"))
+    output_dir: Optional[str] = field(default=None, metadata=_meta(help="default: runs/<run_id>",
+                                                                   check=path_problem))
     using_mlops: bool = field(default=False, metadata=_meta(choices=(False,),
                                                            help="FedML's cloud is never contacted"))
 
@@ -97,7 +105,8 @@ class DataArgs:
         help="FLamby name (fed_heart_disease, Fed-Heart-Disease...), synthetic, or the name of "
              "an importable module with FLamby's dataset interface, dotted or not (my_silos, "
              "mypkg.silos)"))
-    data_path: Optional[str] = field(default=None, metadata=_meta(help="passed to FLamby's dataset class"))
+    data_path: Optional[str] = field(default=None, metadata=_meta(help="passed to FLamby's dataset class",
+                                                                  check=path_problem))
     debug: bool = field(default=False, metadata=_meta(help="FLamby's debug subset, where supported"))
     synthetic_num_centers: int = field(default=4, metadata=_meta(minimum=1, maximum=MAX_SYNTHETIC_CENTERS))
     synthetic_samples_per_center: int = field(default=200, metadata=_meta(
@@ -183,7 +192,7 @@ class DeviceArgs:
     gpu_mapping_file: Optional[str] = field(default=None, metadata=_meta(
         help="YAML file as FedML's gpu_mapping.yaml: <key>: {<host>: [processes on GPU 0, on GPU 1, "
              "...]}, counting every process on the host (server included) in local-rank order; "
-             "host \"*\" matches any other host; default: round-robin"))
+             "host \"*\" matches any other host; default: round-robin", check=path_problem))
     gpu_mapping_key: str = field(default="mapping_default", metadata=_meta(
         help="which mapping of gpu_mapping_file to use"))
 
@@ -199,12 +208,12 @@ class CommArgs:
         minimum=1.0, maximum=MAX_TIMEOUT_S, help="ranks started one per terminal must all join within this time"))
     rendezvous_dir: Optional[str] = field(default=None, metadata=_meta(
         help="where a separately started server publishes how to reach it (any shared filesystem); "
-             "created private (0700); default: <output_dir>/rendezvous"))
+             "created private (0700); default: <output_dir>/rendezvous", check=path_problem))
     secret_file: Optional[str] = field(default=None, metadata=_meta(
         help="separately started ranks prove they hold the secret in this file (yours, mode 0600; the "
              "server creates it if missing), for a rendezvous directory shared with others; default: a "
              "new secret per run in the rendezvous directory; the FLAMBY_MPI_SECRET environment variable "
-             "wins over both"))
+             "wins over both", check=path_problem))
 
 
 @dataclass

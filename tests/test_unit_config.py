@@ -257,6 +257,15 @@ def test_keys_that_are_not_strings_are_unknown_keys(tmp_path):
         build_config({"train_args": {True: 1}})
 
 
+@pytest.mark.parametrize("key", ["common_args.output_dir", "data_args.data_path", "comm_args.rendezvous_dir",
+                                 "comm_args.secret_file", "device_args.gpu_mapping_file"])
+def test_a_path_with_a_nul_is_refused(key):
+    section, _, name = key.partition(".")
+    with pytest.raises(ConfigError, match=f"{key}: a path cannot contain a NUL character"):
+        build_config({section: {name: "runs/a\0b"}})
+    assert getattr(getattr(build_config({section: {name: "runs/\u00e9t\u00e9 \u202e"}}), section), name)
+
+
 def test_bool_choice_is_shown_in_yaml_spelling():
     with pytest.raises(ConfigError) as info:
         build_config({"common_args": {"using_mlops": True}})
