@@ -734,6 +734,24 @@ def test_cli_usage_errors_exit_2(argv, capsys, no_rank_env):
     assert "usage:" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, fragment", [
+    (["--role", "client", "--run_id", "r"], "--rank and --role go together"),
+    (["--role", "server"], "--rank and --role go together"),
+    (["--rank", "1", "--run_id", "r"], "--rank and --role go together"),
+    (["--rank", "0", "--role", "client", "--run_id", "r"], "use --rank 0 --role server"),
+])
+def test_cli_rank_and_role_are_checked_before_mpi_and_the_config(argv, fragment, tmp_path, capsys,
+                                                                  monkeypatch, no_rank_env):
+    # --role without --rank went on to initialise MPI, and only then was refused.
+    def no_mpi():
+        raise AssertionError("MPI was started")
+
+    monkeypatch.setattr(cli, "mpi_world", no_mpi)
+    assert cli.main(["--cf", str(tmp_path / "not-read.yaml")] + argv) == 2
+    err = capsys.readouterr().err
+    assert len(_error_lines(err)) == 1 and fragment in err and "config file" not in err
+
+
 def test_pooled_test_off_unquoted_in_a_file(tmp_path):
     # YAML 1.1 reads an unquoted off as false; it must still mean "off".
     c = load_config(_write(tmp_path, "validation_args:\n  pooled_test: off\n"))
