@@ -435,6 +435,16 @@ def read_yaml(path: str) -> Dict[str, Any]:
     return data
 
 
+def _unknown_section(section: str) -> str:
+    """The problem for a top-level name that is no section, saying where it belongs if it is a key
+    (a config written without its sections: `comm_round: 3` at the top)."""
+    owners = [name for name, cls in _SECTION_TYPES.items() if section in {f.name for f in dataclasses.fields(cls)}]
+    if owners:
+        return (f"unknown section {shown(section)}: it is a key of {owners[0]}; write it under "
+                f"{owners[0]}: (or --set {owners[0]}.{section}=...)")
+    return f"unknown section {shown(section)}; valid sections: {', '.join(SECTIONS)}"
+
+
 def build_config(raw: Dict[str, Any], overrides: List[str] = (), source: str = "config") -> RunConfig:
     """Validates a YAML mapping plus `--set` overrides into a RunConfig.
 
@@ -444,13 +454,19 @@ def build_config(raw: Dict[str, Any], overrides: List[str] = (), source: str = "
     problems: List[str] = []
     ignored: List[str] = []
     merged: Dict[str, Dict[str, Any]] = {}
+    unknown = set()
     for section, body in raw.items():
+        section = str(section)
+        if section not in SECTIONS:
+            problems.append(_unknown_section(section))
+            unknown.add(section)
+            continue
         if body is None:
             body = {}
         if not isinstance(body, dict):
             problems.append(f"{source}: section {shown(section)} must be a mapping of keys")
             continue
-        merged[str(section)] = dict(body)
+        merged[section] = dict(body)
     for text in overrides:
         section, key, value = parse_override(text)
         merged.setdefault(section, {})[key] = value
@@ -458,7 +474,8 @@ def build_config(raw: Dict[str, Any], overrides: List[str] = (), source: str = "
     sections = {}
     for section, body in merged.items():
         if section not in SECTIONS:
-            problems.append(f"unknown section {shown(section)}; valid sections: {', '.join(SECTIONS)}")
+            if section not in unknown:
+                problems.append(_unknown_section(section))
             continue
         cls = _SECTION_TYPES[section]
         hints = typing.get_type_hints(cls)

@@ -266,6 +266,19 @@ def test_a_path_with_a_nul_is_refused(key):
     assert getattr(getattr(build_config({section: {name: "runs/\u00e9t\u00e9 \u202e"}}), section), name)
 
 
+def test_keys_written_without_their_section_say_where_they_belong(tmp_path):
+    # Were "section 'comm_round' must be a mapping of keys".
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, "comm_round: 3\ndataset: synthetic\nfedml_args: 1\n"),
+                    ["fedml_args.x=1"])
+    assert info.value.problems == [
+        "unknown section 'comm_round': it is a key of train_args; write it under train_args: "
+        "(or --set train_args.comm_round=...)",
+        "unknown section 'dataset': it is a key of data_args; write it under data_args: "
+        "(or --set data_args.dataset=...)",
+        "unknown section 'fedml_args'; valid sections: " + ", ".join(SECTIONS)]
+
+
 def test_bool_choice_is_shown_in_yaml_spelling():
     with pytest.raises(ConfigError) as info:
         build_config({"common_args": {"using_mlops": True}})
