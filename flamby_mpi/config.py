@@ -11,6 +11,7 @@ import codecs
 import dataclasses
 import math
 import os
+import re
 import stat
 import typing
 from dataclasses import dataclass, field
@@ -330,12 +331,38 @@ class _ConfigLoader(yaml.SafeLoader):
                 None, None, f"{shown(node.value)} is not a valid {tag} value", node.start_mark) from None
 
 
+# What YAML does not allow in a document, as PyYAML's reader (yaml.reader.Reader.NON_PRINTABLE).
+_NOT_IN_YAML = re.compile("[^\x09\x0A\x0D\x20-\x7E\x85\xA0-\uD7FF\uE000-\uFFFD\U00010000-\U0010FFFF]")
+
+
 def _load_yaml(text: str) -> Any:
-    """The YAML document in text; every problem with it is a yaml.YAMLError."""
+    """The YAML document in text; every problem with it is a yaml.YAMLError, in one line."""
+    bad = _NOT_IN_YAML.search(text)
+    if bad:  # PyYAML says where only as an offset
+        line = text.count("\n", 0, bad.start())
+        column = bad.start() - (text.rfind("\n", 0, bad.start()) + 1)
+        raise yaml.YAMLError(f"character {shown(bad.group())} (U+{ord(bad.group()):04X}) is not allowed "
+                             f"in YAML, at line {line + 1}, column {column + 1}")
     try:
         return yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader: no python/... tags
     except RecursionError:  # PyYAML builds nested collections recursively
         raise yaml.YAMLError("it is nested too deeply") from None
+    except yaml.MarkedYAMLError as exc:
+        raise yaml.YAMLError(_yaml_problem(exc)) from None
+
+
+def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
+    """PyYAML's error in one line: what it found, and where (its own text quotes the line and draws
+    a caret under it, on several lines)."""
+    problem, context = exc.problem or exc.context or "invalid YAML", exc.context if exc.problem else None
+    if "could not determine a constructor for the tag" in problem:
+        tag = problem.rpartition(" tag ")[2].replace("tag:yaml.org,2002:", "!!")
+        problem = f"the tag {tag} is not allowed (a config holds plain YAML values, without tags)"
+    if context and problem.startswith("but "):  # "expected a single document", "but found another"
+        problem, context = f"{context}, {problem}", None
+    mark = exc.problem_mark or exc.context_mark
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return problem + (f" ({context})" if context else "") + where
 
 
 def parse_override(text: str) -> Tuple[str, str, Any]:
@@ -348,7 +375,7 @@ def parse_override(text: str) -> Tuple[str, str, Any]:
     try:
         value = _load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise UserError(f"--set {shown(text)}: the value is not valid YAML ({exc})")
+        raise UserError(f"--set {shown(text)}: the value is not valid YAML: {exc}") from None
     return section, key, value
 
 
@@ -425,7 +452,7 @@ def read_yaml(path: str) -> Dict[str, Any]:
     try:
         data = _load_yaml(text)
     except yaml.YAMLError as exc:
-        raise UserError(f"{name} is not valid YAML: {exc}")
+        raise UserError(f"{name} is not valid YAML: {exc}") from None
     if data is None:
         raise UserError(f"config file {name} has no settings (only comments, or an empty YAML document)",
                         hint=empty_hint)

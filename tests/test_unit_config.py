@@ -613,6 +613,27 @@ def test_invalid_yaml_is_a_user_error(tmp_path):
         read_yaml(_write(tmp_path, "train_args: [1, 2\n"))
 
 
+@pytest.mark.parametrize("text, message", [
+    ("train_args: [1, 2\n", "expected ',' or ']', but got '<stream end>' (while parsing a flow sequence) "
+                            "at line 2, column 1"),
+    ("train_args:\n\tcomm_round: 3\n", "found character '\\t' that cannot start any token (while scanning "
+                                       "for the next token) at line 2, column 1"),
+    ("a: 1\n---\nb: 2\n", "expected a single document in the stream, but found another document at line 2, "
+                          "column 1"),
+    ("train_args:\n  comm_round: !!python/object/apply:os.system ['touch pwned']\n",
+     "the tag '!!python/object/apply:os.system' is not allowed (a config holds plain YAML values, without "
+     "tags) at line 2, column 15"),
+    ("train_args:\n  comm_round: 3\x07\n", "character '\\x07' (U+0007) is not allowed in YAML, at line 2, "
+                                          "column 16"),
+])
+def test_a_yaml_error_is_one_line_saying_where(tmp_path, text, message):
+    # PyYAML's own text quotes the line and draws a caret under it, on several lines.
+    with pytest.raises(UserError) as info:
+        read_yaml(_write(tmp_path, text))
+    assert str(info.value) == f"{tmp_path / 'run.yaml'} is not valid YAML: {message}"
+    assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
+
+
 @pytest.mark.parametrize("data, fragment", [
     (bytes([0x94, 0x41, 0xff]), "is not UTF-8 text (byte 0x94 on line 1)"),
     ("common_args:\n  run_id: caf\xe9\n".encode("latin-1"), "is not UTF-8 text (byte 0xe9 on line 2)"),
