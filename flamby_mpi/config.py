@@ -320,7 +320,27 @@ def _check_field(where: str, f: dataclasses.Field, tp, value: Any, problems: Lis
 
 class _ConfigLoader(yaml.SafeLoader):
     """yaml.safe_load's loader (no python/... tags), where a value that cannot be built
-    (`!!int three`, `!!bool maybe`, `!!timestamp 2026-13-45`) is a YAML error at its line."""
+    (`!!int three`, `!!bool maybe`, `!!timestamp 2026-13-45`) is a YAML error at its line, and so is
+    a key given twice in one mapping (PyYAML keeps the last one silently: a section written twice
+    would lose the first one's keys)."""
+
+    def construct_mapping(self, node, deep=False):
+        if not isinstance(node, yaml.MappingNode):  # `!!set [a]`: PyYAML says what it expected
+            return super().construct_mapping(node, deep=deep)
+        first: Dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults` may be overridden by the keys beside it
+            key = self.construct_object(key_node)
+            try:
+                earlier = first.setdefault(key, key_node)
+            except TypeError:  # unhashable: PyYAML says so itself
+                continue
+            if earlier is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {shown(key)} is given twice (first at line "
+                                f"{earlier.start_mark.line + 1})", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
 
     def construct_object(self, node, deep=False):
         try:

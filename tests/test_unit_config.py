@@ -614,6 +614,30 @@ def test_invalid_yaml_is_a_user_error(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
+    ("train_args:\n  comm_round: 3\n  num_updates: 5\n  comm_round: 4\n",
+     "the key 'comm_round' is given twice (first at line 2) at line 4, column 3"),
+    ("train_args:\n  comm_round: 3\ndata_args: {}\ntrain_args:\n  num_updates: 5\n",
+     "the key 'train_args' is given twice (first at line 1) at line 4, column 1"),
+    ("train_args: {comm_round: 3, comm_round: 3}\n",
+     "the key 'comm_round' is given twice (first at line 1) at line 1, column 29"),
+])
+def test_a_key_given_twice_is_refused(tmp_path, text, message):
+    # PyYAML keeps the last one silently: the first train_args section above was lost.
+    with pytest.raises(UserError) as info:
+        read_yaml(_write(tmp_path, text))
+    assert str(info.value).endswith(f"is not valid YAML: {message}")
+
+
+def test_merge_keys_may_still_be_overridden(tmp_path):
+    text = "defaults: &d {comm_round: 3, num_updates: 5}\ntrain_args:\n  <<: *d\n  comm_round: 4\n"
+    assert read_yaml(_write(tmp_path, text))["train_args"] == {"comm_round": 4, "num_updates": 5}
+    with pytest.raises(UserError, match="the key 'a' is given twice"):
+        parse_override("train_args.comm_round={a: 1, a: 2}")
+    with pytest.raises(UserError, match="expected a mapping node, but found sequence"):
+        read_yaml(_write(tmp_path, "train_args: !!set [comm_round]\n"))
+
+
+@pytest.mark.parametrize("text, message", [
     ("train_args: [1, 2\n", "expected ',' or ']', but got '<stream end>' (while parsing a flow sequence) "
                             "at line 2, column 1"),
     ("train_args:\n\tcomm_round: 3\n", "found character '\\t' that cannot start any token (while scanning "
