@@ -54,12 +54,17 @@ class UserError(Exception):
 
 
 class ConfigError(UserError):
-    """The config (YAML file plus --set overrides) is invalid; lists every problem."""
+    """The config (YAML file plus --set overrides) is invalid; lists every problem (the first
+    MAX_SHOWN of them in the message: a file of 20000 unknown keys made a message of 7 MB)."""
+
+    MAX_SHOWN = 20
 
     def __init__(self, problems):
         self.problems = list(problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"invalid configuration ({len(self.problems)} problem(s)):\n{lines}")
+        lines = [f"  - {p}" for p in self.problems[:self.MAX_SHOWN]]
+        if len(self.problems) > self.MAX_SHOWN:
+            lines.append(f"  - ... and {len(self.problems) - self.MAX_SHOWN} more")
+        super().__init__(f"invalid configuration ({len(self.problems)} problem(s)):\n" + "\n".join(lines))
 
 
 class WorldSizeError(UserError):

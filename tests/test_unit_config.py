@@ -228,6 +228,15 @@ def test_every_problem_is_reported_in_one_error():
         assert p in text
 
 
+def test_a_message_shows_the_first_20_problems():
+    with pytest.raises(ConfigError) as info:
+        build_config({"train_args": {f"unknown_{i}": i for i in range(20000)}})
+    assert len(info.value.problems) == 20000
+    lines = str(info.value).splitlines()
+    assert lines[0] == "invalid configuration (20000 problem(s)):" and len(lines) == 22
+    assert lines[20].startswith("  - unknown key train_args.unknown_19;") and lines[21] == "  - ... and 19980 more"
+
+
 def test_problems_from_file_and_set_are_reported_together(tmp_path):
     path = _write(tmp_path, "train_args:\n  epochs: 3\n")
     with pytest.raises(ConfigError) as info:
