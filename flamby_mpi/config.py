@@ -347,8 +347,11 @@ class _ConfigLoader(yaml.SafeLoader):
             return super().construct_object(node, deep=deep)
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
             tag = node.tag.replace("tag:yaml.org,2002:", "!!")
-            raise yaml.constructor.ConstructorError(
-                None, None, f"{shown(node.value)} is not a valid {tag} value", node.start_mark) from None
+            digits = len(node.value.strip("+-")) if isinstance(node.value, str) else 0
+            problem = (f"an integer of {digits} digits, more than Python reads (4300) or any setting needs"
+                       if tag == "!!int" and node.value.strip("+-").isdigit() and digits > 4300
+                       else f"{shown(node.value)} is not a valid {tag} value")
+            raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from None
 
 
 # What YAML does not allow in a document, as PyYAML's reader (yaml.reader.Reader.NON_PRINTABLE).

@@ -692,6 +692,7 @@ def test_a_utf8_bom_is_fine(tmp_path):
     ("device_args:\n  using_gpu: !!bool maybe\n", "'maybe' is not a valid !!bool value"),
     ("common_args:\n  run_id: !!timestamp 2026-13-45\n", "'2026-13-45' is not a valid !!timestamp value"),
     ("train_args:\n  comm_round: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+    ("train_args:\n  comm_round: " + "9" * 5000 + "\n", "an integer of 5000 digits, more than Python reads"),
 ])
 def test_yaml_that_cannot_be_built_is_a_user_error(tmp_path, text, fragment):
     # These were tracebacks (ValueError, KeyError, RecursionError) from inside PyYAML.
