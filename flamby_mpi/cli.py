@@ -26,7 +26,15 @@ from .config import (
 )
 from .errors import RankMismatchError, UserError
 from .failures import fail
-from .launch import CLIENT, SERVER, check_world, mpi_world, rank_from_environment, singleton_world
+from .launch import (
+    CLIENT,
+    SERVER,
+    check_rank_role,
+    check_world,
+    mpi_world,
+    rank_from_environment,
+    singleton_world,
+)
 from .launch.environment import warn_if_foreign_launcher
 from .launch.separate import join_world, reexec_under_mpiexec, should_reexec
 
@@ -79,6 +87,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.run_id is not None and run_id_problem(args.run_id):
             raise UserError(f"--run_id: {run_id_problem(args.run_id)}")
+        check_rank_role(args.rank, args.role)  # before the config, and before MPI starts
         config = load_config(args.cf, args.set)
         _warn_ignored_keys(config, args, announced_rank)
         from .plan import make_plan  # imports torch: after the cheap checks

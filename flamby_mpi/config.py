@@ -7,16 +7,19 @@ and reported together, each with the valid choices. Checks that need the dataset
 """
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import math
+import os
+import re
+import stat
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
-from .errors import ConfigError, UserError
+from .errors import ConfigError, UserError, plain, shown
 from .registry import STRATEGY_NAMES, hyperparameter_help
 
 # Keys of FedML's and FLamby's example configs whose meaning this launcher cannot honour,
@@ -45,16 +48,34 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 POOLED_TEST_MODES = ("predictions", "flamby", "off")
 
 
-def _meta(choices=None, minimum=None, help="", normalize=None, check=None):
-    return {"choices": choices, "minimum": minimum, "help": help, "normalize": normalize, "check": check}
+def _meta(choices=None, minimum=None, help="", normalize=None, check=None, maximum=None):
+    return {"choices": choices, "minimum": minimum, "maximum": maximum, "help": help, "normalize": normalize,
+            "check": check}
+
+
+# Upper bounds where a larger number passes every other check and then fails the run, or
+# never starts it: the plan sums over every synthetic centre (10**9 of them hung it), each
+# centre's samples are made in memory, torch refuses more threads than a C int, DataLoader
+# starts each worker as a process, Python's timers overflow past threading.TIMEOUT_MAX (~9e9 s).
+MAX_SYNTHETIC_CENTERS = 10_000  # one MPI process each
+MAX_SYNTHETIC_SAMPLES = 10_000_000  # per centre, in memory
+MAX_THREADS_OR_WORKERS = 1024
+MAX_TIMEOUT_S = 1e9  # about 31 years
 
 
 def run_id_problem(run_id: str) -> Optional[str]:
     """File and directory names are derived from the run id: it must not reach outside them."""
     if not run_id or "/" in run_id or "\\" in run_id or ".." in run_id or run_id.startswith(".") \
             or not run_id.isprintable() or len(run_id) > 200:
-        return (f"run id {run_id!r} cannot name files: it must be 1 to 200 printable characters, without "
+        return (f"run id {shown(run_id)} cannot name files: it must be 1 to 200 printable characters, without "
                 "'/', '\\' or '..' and not starting with '.' (for example heart_fedavg_1)")
+    return None
+
+
+def path_problem(path: str) -> Optional[str]:
+    """A path the run will open or create later: a NUL in it would fail there, with a traceback."""
+    if "\0" in path:
+        return "a path cannot contain a NUL character"
     return None
 
 
@@ -73,7 +94,8 @@ class CommonArgs:
     random_seed: int = field(default=0, metadata=_meta(minimum=0, help="seeds model init and data order"))
     run_id: Optional[str] = field(default=None, metadata=_meta(
         help="--run_id overrides; default: a timestamp", check=run_id_problem))
-    output_dir: Optional[str] = field(default=None, metadata=_meta(help="default: runs/<run_id>"))
+    output_dir: Optional[str] = field(default=None, metadata=_meta(help="default: runs/<run_id>",
+                                                                   check=path_problem))
     using_mlops: bool = field(default=False, metadata=_meta(choices=(False,),
                                                            help="FedML's cloud is never contacted"))
 
@@ -84,11 +106,14 @@ class DataArgs:
         help="FLamby name (fed_heart_disease, Fed-Heart-Disease...), synthetic, or the name of "
              "an importable module with FLamby's dataset interface, dotted or not (my_silos, "
              "mypkg.silos)"))
-    data_path: Optional[str] = field(default=None, metadata=_meta(help="passed to FLamby's dataset class"))
+    data_path: Optional[str] = field(default=None, metadata=_meta(help="passed to FLamby's dataset class",
+                                                                  check=path_problem))
     debug: bool = field(default=False, metadata=_meta(help="FLamby's debug subset, where supported"))
-    synthetic_num_centers: int = field(default=4, metadata=_meta(minimum=1))
-    synthetic_samples_per_center: int = field(default=200, metadata=_meta(minimum=8))
-    num_workers: int = field(default=0, metadata=_meta(minimum=0, help="DataLoader worker processes"))
+    synthetic_num_centers: int = field(default=4, metadata=_meta(minimum=1, maximum=MAX_SYNTHETIC_CENTERS))
+    synthetic_samples_per_center: int = field(default=200, metadata=_meta(
+        minimum=8, maximum=MAX_SYNTHETIC_SAMPLES))
+    num_workers: int = field(default=0, metadata=_meta(minimum=0, maximum=MAX_THREADS_OR_WORKERS,
+                                                      help="DataLoader worker processes"))
 
 
 @dataclass
@@ -164,11 +189,11 @@ class DeviceArgs:
              "or as gpu_mapping_file says; the server stays on CPU; CPU with one warning when no GPU "
              "is visible"))
     cpu_threads: Optional[int] = field(default=None, metadata=_meta(
-        minimum=1, help="torch threads per rank; default: cores / ranks"))
+        minimum=1, maximum=MAX_THREADS_OR_WORKERS, help="torch threads per rank; default: cores / ranks"))
     gpu_mapping_file: Optional[str] = field(default=None, metadata=_meta(
         help="YAML file as FedML's gpu_mapping.yaml: <key>: {<host>: [processes on GPU 0, on GPU 1, "
              "...]}, counting every process on the host (server included) in local-rank order; "
-             "host \"*\" matches any other host; default: round-robin"))
+             "host \"*\" matches any other host; default: round-robin", check=path_problem))
     gpu_mapping_key: str = field(default="mapping_default", metadata=_meta(
         help="which mapping of gpu_mapping_file to use"))
 
@@ -179,17 +204,17 @@ class CommArgs:
         choices=("MPI", "inprocess"),
         help="inprocess: the same server and client code in one process, no MPI (debugging, reference)"))
     round_timeout_s: float = field(default=1800.0, metadata=_meta(
-        minimum=1.0, help="a rank that hears nothing for this long ends the job"))
+        minimum=1.0, maximum=MAX_TIMEOUT_S, help="a rank that hears nothing for this long ends the job"))
     join_timeout_s: float = field(default=300.0, metadata=_meta(
-        minimum=1.0, help="ranks started one per terminal must all join within this time"))
+        minimum=1.0, maximum=MAX_TIMEOUT_S, help="ranks started one per terminal must all join within this time"))
     rendezvous_dir: Optional[str] = field(default=None, metadata=_meta(
         help="where a separately started server publishes how to reach it (any shared filesystem); "
-             "created private (0700); default: <output_dir>/rendezvous"))
+             "created private (0700); default: <output_dir>/rendezvous", check=path_problem))
     secret_file: Optional[str] = field(default=None, metadata=_meta(
         help="separately started ranks prove they hold the secret in this file (yours, mode 0600; the "
              "server creates it if missing), for a rendezvous directory shared with others; default: a "
              "new secret per run in the rendezvous directory; the FLAMBY_MPI_SECRET environment variable "
-             "wins over both"))
+             "wins over both", check=path_problem))
 
 
 @dataclass
@@ -247,12 +272,15 @@ def _coerce(value: Any, tp) -> Tuple[bool, Any]:
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
             try:
-                number = float(value)
+                return True, float(value)  # 1e400 is inf: refused by _check_field
             except ValueError:
                 return False, value
-            return math.isfinite(number), number
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return ok, float(value) if ok else value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False, value
+        try:
+            return True, float(value)
+        except OverflowError:  # an integer beyond any float (400 digits)
+            return False, value
     if tp is str:
         return isinstance(value, str), value
     raise TypeError(f"unsupported config field type {tp}")  # a bug in this module
@@ -264,16 +292,23 @@ def _check_field(where: str, f: dataclasses.Field, tp, value: Any, problems: Lis
         value = normalize(value)
     ok, value = _coerce(value, tp)
     if not ok:
-        problems.append(f"{where}: expected {_describe(tp)}, got {value!r}")
+        problems.append(f"{where}: expected {_describe(tp)}, got {shown(value)}")
+        return None, False
+    if isinstance(value, float) and not math.isfinite(value):  # .nan, .inf, 1e400
+        problems.append(f"{where}: must be a finite number, got {shown(value)}")
         return None, False
     choices = f.metadata.get("choices")
     if choices is not None and value not in choices:
-        shown = ", ".join(yaml.safe_dump(c).strip().removesuffix("...").strip() for c in choices)
-        problems.append(f"{where}: {value!r} is not supported; valid choices: {shown}")
+        listed = ", ".join(yaml.safe_dump(c).strip().removesuffix("...").strip() for c in choices)
+        problems.append(f"{where}: {shown(value)} is not supported; valid choices: {listed}")
         return None, False
     minimum = f.metadata.get("minimum")
     if minimum is not None and value is not None and value < minimum:
-        problems.append(f"{where}: must be >= {minimum}, got {value!r}")
+        problems.append(f"{where}: must be >= {minimum}, got {shown(value)}")
+        return None, False
+    maximum = f.metadata.get("maximum")
+    if maximum is not None and value is not None and value > maximum:
+        problems.append(f"{where}: must be <= {int(maximum)}, got {shown(value)}")
         return None, False
     check = f.metadata.get("check")
     problem = check(value) if check is not None and value is not None else None
@@ -283,33 +318,181 @@ def _check_field(where: str, f: dataclasses.Field, tp, value: Any, problems: Lis
     return value, True
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader (no python/... tags), where a value that cannot be built
+    (`!!int three`, `!!bool maybe`, `!!timestamp 2026-13-45`) is a YAML error at its line, and so is
+    a key given twice in one mapping (PyYAML keeps the last one silently: a section written twice
+    would lose the first one's keys)."""
+
+    def construct_mapping(self, node, deep=False):
+        if not isinstance(node, yaml.MappingNode):  # `!!set [a]`: PyYAML says what it expected
+            return super().construct_mapping(node, deep=deep)
+        first: Dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults` may be overridden by the keys beside it
+            key = self.construct_object(key_node)
+            try:
+                earlier = first.setdefault(key, key_node)
+            except TypeError:  # unhashable: PyYAML says so itself
+                continue
+            if earlier is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {shown(key)} is given twice (first at line "
+                                f"{earlier.start_mark.line + 1})", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            digits = len(node.value.strip("+-")) if isinstance(node.value, str) else 0
+            problem = (f"an integer of {digits} digits, more than Python reads (4300) or any setting needs"
+                       if tag == "!!int" and node.value.strip("+-").isdigit() and digits > 4300
+                       else f"{shown(node.value)} is not a valid {tag} value")
+            raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from None
+
+
+# What YAML does not allow in a document, as PyYAML's reader (yaml.reader.Reader.NON_PRINTABLE).
+_NOT_IN_YAML = re.compile("[^\x09\x0A\x0D\x20-\x7E\x85\xA0-\uD7FF\uE000-\uFFFD\U00010000-\U0010FFFF]")
+
+
+def _load_yaml(text: str) -> Any:
+    """The YAML document in text; every problem with it is a yaml.YAMLError, in one line."""
+    bad = _NOT_IN_YAML.search(text)
+    if bad:  # PyYAML says where only as an offset
+        line = text.count("\n", 0, bad.start())
+        column = bad.start() - (text.rfind("\n", 0, bad.start()) + 1)
+        raise yaml.YAMLError(f"character {shown(bad.group())} (U+{ord(bad.group()):04X}) is not allowed "
+                             f"in YAML, at line {line + 1}, column {column + 1}")
+    try:
+        return yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader: no python/... tags
+    except RecursionError:  # PyYAML builds nested collections recursively
+        raise yaml.YAMLError("it is nested too deeply") from None
+    except yaml.MarkedYAMLError as exc:
+        raise yaml.YAMLError(_yaml_problem(exc)) from None
+
+
+def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
+    """PyYAML's error in one line: what it found, and where (its own text quotes the line and draws
+    a caret under it, on several lines)."""
+    problem, context = exc.problem or exc.context or "invalid YAML", exc.context if exc.problem else None
+    if "could not determine a constructor for the tag" in problem:
+        tag = problem.rpartition(" tag ")[2].replace("tag:yaml.org,2002:", "!!")
+        problem = f"the tag {tag} is not allowed (a config holds plain YAML values, without tags)"
+    if context and problem.startswith("but "):  # "expected a single document", "but found another"
+        problem, context = f"{context}, {problem}", None
+    mark = exc.problem_mark or exc.context_mark
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return problem + (f" ({context})" if context else "") + where
+
+
 def parse_override(text: str) -> Tuple[str, str, Any]:
     """`section.key=value` -> (section, key, value parsed as YAML)."""
     target, sep, raw = text.partition("=")
     section, dot, key = target.strip().partition(".")
     if not sep or not dot or not section or not key:
-        raise UserError(f"--set {text!r}: expected section.key=value",
+        raise UserError(f"--set {shown(text)}: expected section.key=value",
                         hint="for example --set train_args.comm_round=3")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise UserError(f"--set {text!r}: the value is not valid YAML ({exc})")
+        raise UserError(f"--set {shown(text)}: the value is not valid YAML: {exc}") from None
     return section, key, value
 
 
-def read_yaml(path: str) -> Dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"config file not found: {path}",
-                        hint="pass an existing file with --cf, e.g. --cf config/fedml_config.yaml")
+def _config_text(data: bytes, path: str) -> str:
+    """The file's bytes as text: a config is UTF-8 (a BOM is allowed); anything else is refused
+    with what it looks like, not a UnicodeDecodeError."""
+    if data.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise UserError(f"{path} is UTF-16 or UTF-32 text; a config file must be UTF-8",
+                        hint="save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)")
+    if b"\0" in data:
+        raise UserError(f"{path} is a binary file (it contains NUL bytes), not a YAML config",
+                        hint="pass a YAML config with --cf, e.g. --cf config/fedml_config.yaml")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise UserError(f"{path} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); a config "
+                        "file must be UTF-8 YAML", hint="save it as UTF-8, or pass the right file with --cf") from None
+
+
+# Config files larger than this are refused before they are read (README, Configuration): a
+# config is a few hundred bytes, and parsing YAML is slow and memory-hungry for huge files.
+MAX_CONFIG_BYTES = 10_000_000
+_CF_HINT = "pass an existing file with --cf, e.g. --cf config/fedml_config.yaml"
+
+
+def _read_config_file(path: str) -> bytes:
+    """The bytes of the config file, once it is known to be a regular file (a FIFO or a device
+    could block or never end; a directory is not a config)."""
+    name = plain(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO opens without waiting
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {name}", hint=_CF_HINT) from None
+    except OSError as exc:  # permission denied, name too long, a loop of links
+        raise UserError(f"cannot open config file {name}: {exc.strerror}", hint=_CF_HINT) from None
+    except ValueError as exc:  # a NUL in the name
+        raise UserError(f"cannot open config file {name}: {exc}", hint=_CF_HINT) from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise UserError(f"config file {name} is a directory", hint=_CF_HINT)
+        if not stat.S_ISREG(info.st_mode):
+            raise UserError(f"config file {name} is not a regular file", hint=_CF_HINT)
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise _too_big(name, info.st_size)
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as file:
+        try:
+            data = file.read(MAX_CONFIG_BYTES + 1)  # a file that grew, or whose size stat does not tell
+        except OSError as exc:
+            raise UserError(f"cannot read config file {name}: {exc.strerror}", hint=_CF_HINT) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise _too_big(name, len(data))
+    return data
+
+
+def _too_big(path: str, size: int) -> UserError:
+    return UserError(f"config file {path} is {size} bytes, over the limit of 10 MB ({MAX_CONFIG_BYTES} "
+                     "bytes) for a config", hint="pass the run's YAML config with --cf; data goes in "
+                                                  "data_args.data_path, not in the config")
+
+
+def read_yaml(path: str) -> Dict[str, Any]:
+    """The config file's mapping of sections. An empty file is a mistake (a file truncated or
+    written by a failed command), not a request for every default: `{}` is that."""
+    name = plain(path)
+    text = _config_text(_read_config_file(path), name)
+    empty_hint = "start from config/fedml_config.yaml (or write {} in the file to run with every default)"
+    if not text.strip():
+        raise UserError(f"config file {name} is empty", hint=empty_hint)
+    try:
+        data = _load_yaml(text)
     except yaml.YAMLError as exc:
-        raise UserError(f"{path} is not valid YAML: {exc}")
+        raise UserError(f"{name} is not valid YAML: {exc}") from None
+    if data is None:
+        raise UserError(f"config file {name} has no settings (only comments, or an empty YAML document)",
+                        hint=empty_hint)
     if not isinstance(data, dict):
-        raise UserError(f"{path}: the top level must be a mapping of sections "
+        raise UserError(f"{name}: the top level must be a mapping of sections "
                         f"({', '.join(SECTIONS)})")
     return data
+
+
+def _unknown_section(section: str) -> str:
+    """The problem for a top-level name that is no section, saying where it belongs if it is a key
+    (a config written without its sections: `comm_round: 3` at the top)."""
+    owners = [name for name, cls in _SECTION_TYPES.items() if section in {f.name for f in dataclasses.fields(cls)}]
+    if owners:
+        return (f"unknown section {shown(section)}: it is a key of {owners[0]}; write it under "
+                f"{owners[0]}: (or --set {owners[0]}.{section}=...)")
+    return f"unknown section {shown(section)}; valid sections: {', '.join(SECTIONS)}"
 
 
 def build_config(raw: Dict[str, Any], overrides: List[str] = (), source: str = "config") -> RunConfig:
@@ -321,13 +504,19 @@ def build_config(raw: Dict[str, Any], overrides: List[str] = (), source: str = "
     problems: List[str] = []
     ignored: List[str] = []
     merged: Dict[str, Dict[str, Any]] = {}
+    unknown = set()
     for section, body in raw.items():
+        section = str(section)
+        if section not in SECTIONS:
+            problems.append(_unknown_section(section))
+            unknown.add(section)
+            continue
         if body is None:
             body = {}
         if not isinstance(body, dict):
-            problems.append(f"{source}: section {section!r} must be a mapping of keys")
+            problems.append(f"{source}: section {shown(section)} must be a mapping of keys")
             continue
-        merged[str(section)] = dict(body)
+        merged[section] = dict(body)
     for text in overrides:
         section, key, value = parse_override(text)
         merged.setdefault(section, {})[key] = value
@@ -335,14 +524,16 @@ def build_config(raw: Dict[str, Any], overrides: List[str] = (), source: str = "
     sections = {}
     for section, body in merged.items():
         if section not in SECTIONS:
-            problems.append(f"unknown section {section!r}; valid sections: {', '.join(SECTIONS)}")
+            if section not in unknown:
+                problems.append(_unknown_section(section))
             continue
         cls = _SECTION_TYPES[section]
         hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls)}
         values = {}
         for key, value in body.items():
-            where = f"{section}.{key}"
+            key = str(key)  # YAML keys may be numbers, null, dates...: never a field name
+            where = f"{section}.{plain(key)}"
             if key not in fields and is_ignored_key(key):
                 ignored.append(where)
                 continue
@@ -364,7 +555,7 @@ def build_config(raw: Dict[str, Any], overrides: List[str] = (), source: str = "
 
 
 def load_config(path: str, overrides: List[str] = ()) -> RunConfig:
-    return build_config(read_yaml(path), overrides, source=path)
+    return build_config(read_yaml(path), overrides, source=plain(path))
 
 
 def ignored_keys_warning(config: RunConfig) -> Optional[str]:
@@ -386,6 +577,8 @@ def describe_options() -> str:
             choices = f.metadata.get("choices")
             if choices and len(choices) > 1:
                 extra = (extra + "; " if extra else "") + "choices: " + ", ".join(map(str, choices))
+            if f.metadata.get("maximum") is not None:
+                extra = (extra + "; " if extra else "") + f"at most {int(f.metadata['maximum'])}"
             lines.append(f"  {section}.{f.name} ({_describe(hints[f.name])}, default {default!r})"
                          + (f": {extra}" if extra else ""))
     return "\n".join(lines)

@@ -23,7 +23,7 @@ import torch
 
 from .config import OPTIMIZER_CHOICES, DeviceArgs, RunConfig, run_id_problem
 from .datasets import DatasetSpec, resolve_dataset
-from .errors import ConfigError, UserError
+from .errors import ConfigError, UserError, shown
 from .registry import HYPERPARAMETER_USERS, STRATEGY_HYPERPARAMETERS
 from .world_size import client_count_problems
 
@@ -153,7 +153,7 @@ def resolve_optimizer(name: str) -> type:
             cls = None
         if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer) and cls is not torch.optim.Optimizer:
             return cls
-    raise ValueError(f"train_args.client_optimizer: {name!r} is not an optimizer; valid choices: "
+    raise ValueError(f"train_args.client_optimizer: {shown(name)} is not an optimizer; valid choices: "
                      f"{', '.join(OPTIMIZER_CHOICES)} or a dotted class such as torch.optim.SGD")
 
 

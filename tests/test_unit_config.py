@@ -1,4 +1,5 @@
 """Unit tests of flamby_mpi.config and of the CLI's config-error path (no MPI)."""
+import os
 import sys
 from pathlib import Path
 
@@ -227,6 +228,15 @@ def test_every_problem_is_reported_in_one_error():
         assert p in text
 
 
+def test_a_message_shows_the_first_20_problems():
+    with pytest.raises(ConfigError) as info:
+        build_config({"train_args": {f"unknown_{i}": i for i in range(20000)}})
+    assert len(info.value.problems) == 20000
+    lines = str(info.value).splitlines()
+    assert lines[0] == "invalid configuration (20000 problem(s)):" and len(lines) == 22
+    assert lines[20].startswith("  - unknown key train_args.unknown_19;") and lines[21] == "  - ... and 19980 more"
+
+
 def test_problems_from_file_and_set_are_reported_together(tmp_path):
     path = _write(tmp_path, "train_args:\n  epochs: 3\n")
     with pytest.raises(ConfigError) as info:
@@ -243,6 +253,39 @@ def test_section_that_is_not_a_mapping():
         build_config({"train_args": 5, "device_args": ["x"]})
     assert len(info.value.problems) == 2
     assert all("must be a mapping" in p for p in info.value.problems)
+
+
+def test_keys_that_are_not_strings_are_unknown_keys(tmp_path):
+    # Were AttributeError tracebacks (is_ignored_key called str.startswith on them).
+    path = _write(tmp_path, "train_args:\n  1: 2\n  null: 3\n  2.5: 5\n  2026-11-28: 6\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert [p.partition(";")[0] for p in info.value.problems] == [
+        f"unknown key train_args.{k}" for k in ("1", "None", "2.5", "2026-11-28")]
+    with pytest.raises(ConfigError, match="unknown key train_args.True"):
+        build_config({"train_args": {True: 1}})
+
+
+@pytest.mark.parametrize("key", ["common_args.output_dir", "data_args.data_path", "comm_args.rendezvous_dir",
+                                 "comm_args.secret_file", "device_args.gpu_mapping_file"])
+def test_a_path_with_a_nul_is_refused(key):
+    section, _, name = key.partition(".")
+    with pytest.raises(ConfigError, match=f"{key}: a path cannot contain a NUL character"):
+        build_config({section: {name: "runs/a\0b"}})
+    assert getattr(getattr(build_config({section: {name: "runs/\u00e9t\u00e9 \u202e"}}), section), name)
+
+
+def test_keys_written_without_their_section_say_where_they_belong(tmp_path):
+    # Were "section 'comm_round' must be a mapping of keys".
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, "comm_round: 3\ndataset: synthetic\nfedml_args: 1\n"),
+                    ["fedml_args.x=1"])
+    assert info.value.problems == [
+        "unknown section 'comm_round': it is a key of train_args; write it under train_args: "
+        "(or --set train_args.comm_round=...)",
+        "unknown section 'dataset': it is a key of data_args; write it under data_args: "
+        "(or --set data_args.dataset=...)",
+        "unknown section 'fedml_args'; valid sections: " + ", ".join(SECTIONS)]
 
 
 def test_bool_choice_is_shown_in_yaml_spelling():
@@ -464,9 +507,64 @@ def test_string_field_rejects_numbers():
     assert "expected a string or null" in info.value.problems[0]
 
 
+def test_huge_values_are_shown_short(tmp_path):
+    """An alias bomb (10**10 items once expanded) took minutes to print; a megabyte string or a run
+    id of 100000 characters made a message as long."""
+    anchors = "data_args:\n  data_cache_dir: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"  wandb_{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]\n" for i in range(1, 9))
+    path = _write(tmp_path, anchors + "train_args:\n  comm_round: [" + ", ".join(["*a8"] * 10) + "]\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "train_args.comm_round: expected an integer or null, got [[[" in str(info.value)
+    assert len(str(info.value)) < 400
+    with pytest.raises(ConfigError, match="must be >= 0, got a negative integer of 5000 digits"):
+        build_config({"common_args": {"random_seed": -10**4999}})
+    with pytest.raises(ConfigError) as info:
+        build_config({"common_args": {"run_id": "r" * 100000}})
+    assert "cannot name files" in str(info.value) and len(str(info.value)) < 400
+
+
+def test_a_newline_in_a_key_or_a_path_does_not_make_a_second_message(tmp_path, capsys, no_rank_env):
+    injected = "x\nflamby-mpi: error: injected"
+    for argv in (["--cf", _write(tmp_path, yaml.safe_dump({"train_args": {injected: 1}}), "key.yaml")],
+                 ["--cf", _write(tmp_path, "{}\n", "set.yaml"), "--set", f"train_args.{injected}=1"],
+                 ["--cf", str(tmp_path / injected)]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert len(_error_lines(err)) == 1 and "x\\nflamby-mpi: error: injected'" in err, err
+
+
 def test_optional_fields_accept_null():
     c = build_config({"train_args": {"comm_round": None, "learning_rate": None}})
     assert c.train_args.comm_round is None and c.train_args.learning_rate is None
+
+
+def test_an_integer_beyond_any_float_is_a_user_error():
+    # Was an OverflowError traceback (float() of the int).
+    with pytest.raises(ConfigError, match="comm_args.round_timeout_s: expected a number, got an integer of "
+                                          "400 digits"):
+        build_config({}, ["comm_args.round_timeout_s=" + "9" * 400])
+
+
+@pytest.mark.parametrize("text", [".nan", ".NaN", ".inf", "-.inf", "1e400", "1.0e400", "nan", "inf", "-Infinity"])
+def test_floats_must_be_finite(text):
+    # NaN passed every minimum (nan < 1 is false): a NaN round_timeout_s switched the watchdog off.
+    with pytest.raises(ConfigError, match="comm_args.round_timeout_s: must be a finite number, got"):
+        build_config({}, [f"comm_args.round_timeout_s={text}"])
+
+
+@pytest.mark.parametrize("key, value, maximum", [
+    ("data_args.synthetic_num_centers", 10**9, 10_000), ("data_args.synthetic_samples_per_center", 10**12, 10**7),
+    ("data_args.num_workers", 10**9, 1024), ("device_args.cpu_threads", 2**31, 1024),
+    ("comm_args.round_timeout_s", 1e300, 10**9), ("comm_args.join_timeout_s", 1e12, 10**9),
+])
+def test_numbers_no_run_can_use_are_refused(key, value, maximum):
+    # They passed the config and hung the plan (10**9 synthetic centres) or failed the run later
+    # (memory, torch.set_num_threads, DataLoader workers, threading.Timer overflow).
+    with pytest.raises(ConfigError, match=f"{key}: must be <= {maximum}, got "):
+        build_config({}, [f"{key}={value}"])
+    section, _, name = key.partition(".")
+    assert getattr(getattr(build_config({}, [f"{key}={maximum}"]), section), name) == maximum
 
 
 def test_exponent_notation_learning_rate_is_accepted():
@@ -482,6 +580,36 @@ def test_missing_file_is_a_user_error(tmp_path):
     assert "--cf" in str(info.value)
 
 
+def test_cf_that_is_not_a_regular_file_is_a_user_error(tmp_path):
+    os.mkfifo(tmp_path / "fifo")  # opened without waiting for a writer, then refused
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    for path, fragment in ((tmp_path, "is a directory"), (tmp_path / "fifo", "is not a regular file"),
+                           ("/dev/null", "is not a regular file"),
+                           (tmp_path / "loop", "cannot open config file"),
+                           ("x" * 5000, "cannot open config file"),  # name too long: was an OSError
+                           ("a\0b", "cannot open config file")):
+        with pytest.raises(UserError, match=fragment) as info:
+            read_yaml(str(path))
+        assert "--cf" in str(info.value)
+
+
+def test_files_over_10_mb_are_refused_before_they_are_read(tmp_path, monkeypatch):
+    from flamby_mpi import config
+
+    assert config.MAX_CONFIG_BYTES == 10_000_000
+    path = tmp_path / "big.yaml"
+    with open(path, "wb") as file:  # valid YAML: refused for its size alone
+        file.write(b"train_args: {}\n#")
+        file.truncate(config.MAX_CONFIG_BYTES + 1)
+    monkeypatch.setattr(yaml, "safe_load", None)  # never parsed
+    monkeypatch.setattr(yaml, "load", None)
+    with pytest.raises(UserError, match=r"is 10000001 bytes, over the limit of 10 MB"):
+        read_yaml(str(path))
+    os.truncate(path, 2**40)  # a sparse terabyte: never read either
+    with pytest.raises(UserError, match=r"is 1099511627776 bytes"):
+        read_yaml(str(path))
+
+
 @pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "42\n"])
 def test_non_mapping_yaml_is_a_user_error(tmp_path, text):
     with pytest.raises(UserError, match="top level must be a mapping") as info:
@@ -494,8 +622,100 @@ def test_invalid_yaml_is_a_user_error(tmp_path):
         read_yaml(_write(tmp_path, "train_args: [1, 2\n"))
 
 
-def test_empty_file_gives_defaults(tmp_path):
-    assert load_config(_write(tmp_path, "")) == RunConfig()
+@pytest.mark.parametrize("text, message", [
+    ("train_args:\n  comm_round: 3\n  num_updates: 5\n  comm_round: 4\n",
+     "the key 'comm_round' is given twice (first at line 2) at line 4, column 3"),
+    ("train_args:\n  comm_round: 3\ndata_args: {}\ntrain_args:\n  num_updates: 5\n",
+     "the key 'train_args' is given twice (first at line 1) at line 4, column 1"),
+    ("train_args: {comm_round: 3, comm_round: 3}\n",
+     "the key 'comm_round' is given twice (first at line 1) at line 1, column 29"),
+])
+def test_a_key_given_twice_is_refused(tmp_path, text, message):
+    # PyYAML keeps the last one silently: the first train_args section above was lost.
+    with pytest.raises(UserError) as info:
+        read_yaml(_write(tmp_path, text))
+    assert str(info.value).endswith(f"is not valid YAML: {message}")
+
+
+def test_merge_keys_may_still_be_overridden(tmp_path):
+    text = "defaults: &d {comm_round: 3, num_updates: 5}\ntrain_args:\n  <<: *d\n  comm_round: 4\n"
+    assert read_yaml(_write(tmp_path, text))["train_args"] == {"comm_round": 4, "num_updates": 5}
+    with pytest.raises(UserError, match="the key 'a' is given twice"):
+        parse_override("train_args.comm_round={a: 1, a: 2}")
+    with pytest.raises(UserError, match="expected a mapping node, but found sequence"):
+        read_yaml(_write(tmp_path, "train_args: !!set [comm_round]\n"))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train_args: [1, 2\n", "expected ',' or ']', but got '<stream end>' (while parsing a flow sequence) "
+                            "at line 2, column 1"),
+    ("train_args:\n\tcomm_round: 3\n", "found character '\\t' that cannot start any token (while scanning "
+                                       "for the next token) at line 2, column 1"),
+    ("a: 1\n---\nb: 2\n", "expected a single document in the stream, but found another document at line 2, "
+                          "column 1"),
+    ("train_args:\n  comm_round: !!python/object/apply:os.system ['touch pwned']\n",
+     "the tag '!!python/object/apply:os.system' is not allowed (a config holds plain YAML values, without "
+     "tags) at line 2, column 15"),
+    ("train_args:\n  comm_round: 3\x07\n", "character '\\x07' (U+0007) is not allowed in YAML, at line 2, "
+                                          "column 16"),
+])
+def test_a_yaml_error_is_one_line_saying_where(tmp_path, text, message):
+    # PyYAML's own text quotes the line and draws a caret under it, on several lines.
+    with pytest.raises(UserError) as info:
+        read_yaml(_write(tmp_path, text))
+    assert str(info.value) == f"{tmp_path / 'run.yaml'} is not valid YAML: {message}"
+    assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
+
+
+@pytest.mark.parametrize("data, fragment", [
+    (bytes([0x94, 0x41, 0xff]), "is not UTF-8 text (byte 0x94 on line 1)"),
+    ("common_args:\n  run_id: caf\xe9\n".encode("latin-1"), "is not UTF-8 text (byte 0xe9 on line 2)"),
+    (b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR", "is a binary file (it contains NUL bytes)"),
+    ("train_args: {}\n".encode("utf-16"), "is UTF-16 or UTF-32 text"),
+])
+def test_a_file_that_is_not_utf8_text_is_a_user_error(tmp_path, data, fragment):
+    path = tmp_path / "run.yaml"
+    path.write_bytes(data)
+    with pytest.raises(UserError) as info:
+        read_yaml(str(path))
+    assert fragment in str(info.value)
+
+
+def test_a_utf8_bom_is_fine(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_bytes(b"\xef\xbb\xbftrain_args:\n  comm_round: 3\n")
+    assert read_yaml(str(path)) == {"train_args": {"comm_round": 3}}
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("train_args:\n  comm_round: !!int three\n", "'three' is not a valid !!int value"),
+    ("device_args:\n  using_gpu: !!bool maybe\n", "'maybe' is not a valid !!bool value"),
+    ("common_args:\n  run_id: !!timestamp 2026-13-45\n", "'2026-13-45' is not a valid !!timestamp value"),
+    ("train_args:\n  comm_round: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+    ("train_args:\n  comm_round: " + "9" * 5000 + "\n", "an integer of 5000 digits, more than Python reads"),
+])
+def test_yaml_that_cannot_be_built_is_a_user_error(tmp_path, text, fragment):
+    # These were tracebacks (ValueError, KeyError, RecursionError) from inside PyYAML.
+    with pytest.raises(UserError, match="not valid YAML") as info:
+        read_yaml(_write(tmp_path, text))
+    assert fragment in str(info.value)
+    with pytest.raises(UserError, match="not valid YAML"):
+        parse_override("train_args.comm_round=" + text.rstrip().rpartition(": ")[2])
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("", "is empty"), (" \n\t\n", "is empty"), ("\ufeff", "is empty"),
+    ("# train_args:\n#   comm_round: 3\n", "has no settings"), ("---\n", "has no settings"),
+    ("null\n", "has no settings"),
+])
+def test_an_empty_file_is_a_user_error(tmp_path, text, fragment):
+    with pytest.raises(UserError) as info:
+        load_config(_write(tmp_path, text))
+    assert fragment in str(info.value) and "config/fedml_config.yaml" in str(info.value)
+
+
+def test_an_empty_mapping_gives_defaults(tmp_path):
+    assert load_config(_write(tmp_path, "{}\n")) == RunConfig()
 
 
 def test_describe_options_lists_every_key():
@@ -536,7 +756,7 @@ def test_cli_bad_set_and_missing_file_exit_2(tmp_path, capsys, no_rank_env):
     assert cli.main(["--cf", str(tmp_path / "missing.yaml")]) == 2
     _, err = capsys.readouterr()
     assert len(_error_lines(err)) == 1 and "config file not found" in err
-    path = _write(tmp_path, "")
+    path = _write(tmp_path, "{}\n")
     assert cli.main(["--cf", path, "--set", "comm_round=3"]) == 2
     _, err = capsys.readouterr()
     assert len(_error_lines(err)) == 1 and "section.key=value" in err
@@ -580,6 +800,24 @@ def test_cli_usage_errors_exit_2(argv, capsys, no_rank_env):
         cli.main(argv)
     assert info.value.code == 2
     assert "usage:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--role", "client", "--run_id", "r"], "--rank and --role go together"),
+    (["--role", "server"], "--rank and --role go together"),
+    (["--rank", "1", "--run_id", "r"], "--rank and --role go together"),
+    (["--rank", "0", "--role", "client", "--run_id", "r"], "use --rank 0 --role server"),
+])
+def test_cli_rank_and_role_are_checked_before_mpi_and_the_config(argv, fragment, tmp_path, capsys,
+                                                                  monkeypatch, no_rank_env):
+    # --role without --rank went on to initialise MPI, and only then was refused.
+    def no_mpi():
+        raise AssertionError("MPI was started")
+
+    monkeypatch.setattr(cli, "mpi_world", no_mpi)
+    assert cli.main(["--cf", str(tmp_path / "not-read.yaml")] + argv) == 2
+    err = capsys.readouterr().err
+    assert len(_error_lines(err)) == 1 and fragment in err and "config file" not in err
 
 
 def test_pooled_test_off_unquoted_in_a_file(tmp_path):

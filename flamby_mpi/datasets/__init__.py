@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import importlib
 
-from ..errors import UserError
+from ..errors import UserError, clip, shown
 from ..registry import is_synthetic
 from .flamby_datasets import (
     FLAMBY_DATASETS,
@@ -53,12 +53,12 @@ def resolve_dataset(data_args, seed: int) -> DatasetSpec:
     except ModuleNotFoundError as exc:
         if "." not in name and exc.name == name:
             # Not a module at all: most likely a misspelt dataset name; show the choices.
-            raise UserError(f"unknown dataset {name!r}", hint=_CHOICES) from None
-        raise UserError(f"cannot import dataset module {name!r}: {exc}", hint=_IMPORTABLE) from None
+            raise UserError(f"unknown dataset {shown(name)}", hint=_CHOICES) from None
+        raise UserError(f"cannot import dataset module {shown(name)}: {clip(str(exc))}", hint=_IMPORTABLE) from None
     except ImportError as exc:
-        raise UserError(f"cannot import dataset module {name!r}: {exc}", hint=_IMPORTABLE) from None
+        raise UserError(f"cannot import dataset module {shown(name)}: {clip(str(exc))}", hint=_IMPORTABLE) from None
     except (ValueError, TypeError) as exc:  # "", ".x" (relative), "a..b": not a module name
-        raise UserError(f"unknown dataset {name!r} ({exc})", hint=_CHOICES) from None
+        raise UserError(f"unknown dataset {shown(name)} ({clip(str(exc))})", hint=_CHOICES) from None
     _check_interface(module, name)
     return spec_from_module(module, name, data_args.data_path, data_args.debug)
 
@@ -66,6 +66,6 @@ def resolve_dataset(data_args, seed: int) -> DatasetSpec:
 def _check_interface(module, name: str):
     missing = [a for a in REQUIRED_ATTRIBUTES if not hasattr(module, a)]
     if missing:
-        raise UserError(f"dataset module {name!r} lacks {', '.join(missing)}",
+        raise UserError(f"dataset module {shown(name)} lacks {', '.join(missing)}",
                         hint="a dataset module must define " + ", ".join(REQUIRED_ATTRIBUTES)
                              + " like flamby.datasets.fed_heart_disease")

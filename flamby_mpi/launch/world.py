@@ -109,17 +109,22 @@ def mpi_world() -> World:
     return form_world(MPI.COMM_WORLD)
 
 
-def check_world(world: World, expected_size: int, dataset_name: str,
-                cli_rank: Optional[int], cli_role: Optional[str]):
-    """Raises a UserError when the world cannot run this plan; no MPI call is made."""
+def check_rank_role(cli_rank: Optional[int], cli_role: Optional[str]):
+    """Raises a UserError when --rank and --role contradict each other (the command line alone)."""
     if (cli_rank is None) != (cli_role is None):
         raise UserError("--rank and --role go together",
                         hint="give both (e.g. --rank 0 --role server) or neither")
+    if cli_rank is not None and role_of(cli_rank) != cli_role:
+        expected = "--role server" if cli_rank == 0 else "--role client"
+        raise UserError(f"--rank {cli_rank} --role {cli_role}: rank 0 is the server and "
+                        f"ranks 1..N are clients", hint=f"use --rank {cli_rank} {expected}")
+
+
+def check_world(world: World, expected_size: int, dataset_name: str,
+                cli_rank: Optional[int], cli_role: Optional[str]):
+    """Raises a UserError when the world cannot run this plan; no MPI call is made."""
+    check_rank_role(cli_rank, cli_role)
     if cli_rank is not None:
-        if role_of(cli_rank) != cli_role:
-            expected = "--role server" if cli_rank == 0 else "--role client"
-            raise UserError(f"--rank {cli_rank} --role {cli_role}: rank 0 is the server and "
-                            f"ranks 1..N are clients", hint=f"use --rank {cli_rank} {expected}")
         if world.size > 1 and cli_rank != world.rank:
             raise RankMismatchError(f"--rank {cli_rank} disagrees with the MPI rank {world.rank} that "
                             "mpirun gave this process",
