@@ -106,7 +106,6 @@ class TensorBoardSink:
     def __init__(self, directory: Path, hyperparameters: Dict):
         self.directory = Path(directory)
         self._writer = None
-        self._failed = False
         self._ready = threading.Thread(target=self._open, name="flamby-mpi-tensorboard", daemon=True)
         self._ready.start()
         self._hyperparameters = hyperparameters
@@ -119,7 +118,6 @@ class TensorBoardSink:
             table = "\n".join(f"| {k} | {v} |" for k, v in self._hyperparameters.items())
             self._writer.add_text("run/plan", "| key | value |\n|---|---|\n" + table, 0)
         except Exception as exc:  # noqa: B902 - telemetry must never fail a run
-            self._failed = True
             log.warning("TensorBoard is off for this run: %s", exc)
 
     def _get(self):

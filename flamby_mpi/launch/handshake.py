@@ -176,9 +176,3 @@ def read_verdict(document: Dict[str, Any], secret: str, client_nonce: str, serve
                          reason, deadline):
         raise HandshakeError("did not prove that it holds this run's secret")
     return Verdict(ok=ok, reason=reason, deadline=float(deadline))
-
-
-def printable(text: Any, limit: int = 80) -> str:
-    """A peer's claim, safe to put in one log line."""
-    shown = repr(text)
-    return shown if len(shown) <= limit else shown[:limit] + "..."

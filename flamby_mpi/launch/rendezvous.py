@@ -99,8 +99,8 @@ def _read_json(path: Path):
         return None
 
 
-def _write_private(path: Path, text: str):
-    """Atomically replaces `path` by a new file of mode 0600 (a fresh temporary name, never followed)."""
+def _private_copy_beside(path: Path, text: str) -> Path:
+    """A new file of mode 0600 holding text, under a fresh name beside path (never followed)."""
     while True:
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
         try:
@@ -110,7 +110,12 @@ def _write_private(path: Path, text: str):
             continue
     with os.fdopen(fd, "w") as f:
         f.write(text)
-    os.replace(tmp, path)
+    return tmp
+
+
+def _write_private(path: Path, text: str):
+    """Atomically replaces `path` by a new private file holding text."""
+    os.replace(_private_copy_beside(path, text), path)
 
 
 def prepare_directory(directory: Path):
@@ -249,10 +254,7 @@ def connect_turn(files: RendezvousFiles, secret: str, port: str, deadline: float
     while True:
         # Written complete under a private name, then linked into place: a reader never sees half a
         # lock, and the link fails if the lock is held (atomic, also on NFS).
-        tmp = files.directory / f".{files.turn.name}.{secrets.token_hex(6)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(content)
+        tmp = _private_copy_beside(files.turn, content)
         try:
             os.link(tmp, files.turn)
             break
