@@ -64,37 +64,34 @@ class _Clock:
         return self.now
 
 
-def test_a_terminal_gets_one_line_redrawn_with_the_eta():
-    stream, clock = _Stream(tty=True), _Clock()
-    progress = Progress(4, stream=stream, clock=clock)
+def _drive(total: int, rounds: int, round_s: float, tty: bool, after_first=None) -> str:
+    """What a Progress of `total` rounds writes for `rounds` rounds of round_s seconds each."""
+    stream, clock = _Stream(tty=tty), _Clock()
+    progress = Progress(total, stream=stream, clock=clock)
     progress.start()
-    for k in range(1, 5):
-        clock.now += 10
-        progress.round_done(k, 10.0, 0.5)
-        if k == 1:
-            assert "ETA 0:30" in stream.getvalue() and "elapsed 0:10" in stream.getvalue()
-    text = stream.getvalue()
+    for k in range(1, rounds + 1):
+        clock.now += round_s
+        progress.round_done(k, round_s, 0.5)
+        if k == 1 and after_first is not None:
+            after_first(stream.getvalue())
+    return stream.getvalue()
+
+
+def test_a_terminal_gets_one_line_redrawn_with_the_eta():
+    def first(text):
+        assert "ETA 0:30" in text and "elapsed 0:10" in text
+
+    text = _drive(4, 4, 10.0, tty=True, after_first=first)
     assert text.count("\r") == 4 and text.endswith("\n") and text.count("\n") == 1
     assert "round 4/4 done" in text
 
 
 def test_a_file_gets_a_line_every_tenth_or_thirty_seconds_and_the_last_round():
-    stream, clock = _Stream(tty=False), _Clock()
-    progress = Progress(100, stream=stream, clock=clock)
-    progress.start()
-    for k in range(1, 101):
-        clock.now += 0.1
-        progress.round_done(k, 0.1, 0.5)
-    lines = stream.getvalue().splitlines()
+    lines = _drive(100, 100, 0.1, tty=False).splitlines()
     assert len(lines) == 10 and lines[0].startswith("[flamby-mpi] round 10/100 done")
     assert lines[-1].startswith("[flamby-mpi] round 100/100 done")
-    slow, clock = _Stream(tty=False), _Clock()
-    progress = Progress(1000, stream=slow, clock=clock)
-    progress.start()
-    for k in range(1, 5):
-        clock.now += 31
-        progress.round_done(k, 31.0, 0.5)
-    assert len(slow.getvalue().splitlines()) == 4  # every 30 s although far from 10%
+    slow = _drive(1000, 4, 31.0, tty=False)
+    assert len(slow.splitlines()) == 4  # every 30 s although far from 10%
 
 
 def test_quiet_shows_only_the_final_table(tmp_path, capsys):
