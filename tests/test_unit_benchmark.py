@@ -1,0 +1,140 @@
+"""scripts/benchmark.py's pure parts: section choice, ratios against targets, tables, csv and png.
+No job runs here and nothing is timed: the measurements themselves belong to the benchmark."""
+import csv
+import importlib.util
+import sys
+
+import pytest
+
+from support.mpi import REPO
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+benchmark = _load("benchmark")
+report = _load("benchmark_report")
+
+
+def test_sections_are_chosen_by_name_and_unknown_ones_are_refused():
+    assert benchmark.parse_sections("tiny_round, heart") == ["tiny_round", "heart"]
+    with pytest.raises(ValueError, match="unknown section.*wire.*choose from heart"):
+        benchmark.parse_sections("heart,wire")
+    with pytest.raises(ValueError, match="none given"):
+        benchmark.parse_sections(" , ")
+
+
+def test_the_command_line_refuses_an_unknown_section(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        benchmark.main(["--sections", "nope"])
+    assert exit_.value.code == 2
+    assert "choose from" in capsys.readouterr().err
+
+
+def test_a_ratio_meets_its_target_only_when_measured_and_at_most_the_target():
+    assert report.ratio_row("s", "c", 3.0, 2.0, 1.5)["met"] == "yes"
+    missed = report.ratio_row("s", "c", 3.1, 2.0, 1.5)
+    assert (missed["ratio"], missed["met"]) == (1.55, "no")
+    failed = report.ratio_row("scaling", "64 vs 32", None, 0.5, 2.5)
+    assert (failed["ratio"], failed["met"]) == (None, "no")
+    assert report.ratio_row("s", "c", 1.0, 2.0, None)["met"] == ""
+
+
+def test_medians_are_taken_over_the_matching_rows_only():
+    rows = [{"case": "a", "centres": 4, "x": 1.0}, {"case": "a", "centres": 4, "x": 3.0},
+            {"case": "a", "centres": 32, "x": 100.0}, {"case": "b", "centres": 4, "x": 7.0},
+            {"case": "a", "centres": 4, "x": None}]
+    assert report.median_of(rows, "x", case="a", centres=4) == 2.0
+    assert report.median_of(rows, "x", case="c") is None
+
+
+def test_raw_tiny_round_output_and_rotation_and_first_round():
+    assert benchmark.parse_raw_tiny_round("noise\nraw mpi4py tiny round, 4 clients: 12.50 ms/round\n") == 0.0125
+    assert benchmark.alternated(["a", "b", "c"], 0) == ["a", "b", "c"]
+    assert benchmark.alternated(["a", "b", "c"], 1) == ["b", "c", "a"]
+    job = benchmark.Job(["x"], 0, 10.0, 1000.0, "", results={"timing": {"first_round_unix": 1012.5}})
+    assert benchmark.first_round_after_launch(job) == 12.5
+    job.results = {"timing": {"startup_s": 9.0}}  # before the start-up change: no launch-relative time
+    assert benchmark.first_round_after_launch(job) is None
+
+
+def _rows():
+    return [
+        {"section": "heart", "case": "mpirun -np 5", "run": 0, "wall_s": 30.0},
+        report.ratio_row("heart", "mpirun vs FLamby", 30.0, 10.0, 1.5),
+        report.ratio_row("tiny_round", "32 centres", 0.4, 0.3, 1.5, unit="s/round"),
+        {"section": "startup", "case": "rank", "ranks": 5, "rank": 0, "role": "server", "imports_s": 2.0,
+         "data_s": 3.0, "first_message_s": 9.0, "peak_rss_mb": 400.0},
+        *({"section": "startup", "case": "rank", "ranks": 5, "rank": k, "role": "client", "imports_s": 2.0 + k,
+           "data_s": 4.0, "first_message_s": 9.5, "peak_rss_mb": 300.0 + k} for k in (1, 2, 3, 4)),
+        {"section": "scaling", "case": "curve", "centres": 4, "ranks": 5, "seconds_per_round": 0.012,
+         "first_round_s": 8.0, "peak_rss_mb": 350.0, "peak_private_mb": 300.0},
+        {"section": "scaling", "case": "curve", "centres": 64, "ranks": 65,
+         "note": "not run: needs about 35.0 GiB (500 MB per rank), 20.0 GiB free"},
+        report.note_row("exchange", "skipped", "no big model here"),
+    ]
+
+
+def test_the_report_shows_ratios_targets_breakdown_scaling_and_notes():
+    text = report.report(_rows())
+    heart = next(line for line in text.splitlines() if line.startswith("heart: mpirun vs FLamby"))
+    assert heart.split()[-4:] == ["3.00x", "<=", "1.5x", "MISSED"]
+    tiny = next(line for line in text.splitlines() if line.startswith("tiny_round"))
+    assert "400.0 ms/round" in tiny and tiny.endswith("ok")
+    clients = next(line for line in text.splitlines() if "clients, slowest" in line)
+    assert "6.00 s" in clients and "304.0 MB" in clients  # rank 4: imports at 2 + 4 s
+    assert "12.0 ms/round" in text and "not run: needs about 35.0 GiB" in text
+    assert "exchange: skipped  no big model here" in text
+
+
+def test_markdown_tables_are_ready_to_paste():
+    text = report.report(_rows(), markdown=True)
+    table = [line for line in text.splitlines() if line.startswith("|")]
+    assert table[0] == "| measure | flamby-mpi | reference | ratio | target | met |"
+    assert table[1] == "|---|---|---|---|---|---|"
+    assert "| heart: mpirun vs FLamby | 30.00 s | 10.00 s | 3.00x | <= 1.5x | MISSED |" in table
+    assert all(line.endswith("|") for line in table)
+
+
+def test_csv_has_every_row_and_png_is_drawn(tmp_path):
+    rows = _rows()
+    report.write_csv(rows, tmp_path / "benchmark.csv")
+    with open(tmp_path / "benchmark.csv", newline="") as f:
+        read = list(csv.DictReader(f))
+    assert list(read[0]) == report.COLUMNS and len(read) == len(rows)
+    assert read[1]["ratio"] == "3.0" and read[1]["met"] == "no" and read[0]["ratio"] == ""
+    report.draw(rows, tmp_path / "benchmark.png")
+    report.draw([], tmp_path / "empty.png")  # nothing measured still gives a picture, not a crash
+    for name in ("benchmark.png", "empty.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_main_runs_the_chosen_sections_and_a_failed_one_does_not_stop_the_others(tmp_path, monkeypatch, capsys):
+    def fine(bench):
+        assert bench.pairs == 3 and bench.max_centres == 8
+        return [report.ratio_row("fine", "x", 1.0, 1.0, 1.5)]
+
+    def broken(bench):
+        raise benchmark.RunFailed("mpiexec ...: exit code 1; last output: boom")
+
+    def first_form(work, pairs, centres, rounds):  # the table's first signature still works
+        return [report.ratio_row("first_form", f"{pairs} pairs {rounds} rounds", 2.0, 1.0, None)]
+
+    monkeypatch.setattr(benchmark, "SECTIONS", {"broken": broken, "fine": fine, "first_form": first_form})
+    out = tmp_path / "out"
+    assert benchmark.main(["--out", str(out), "--sections", "broken,fine,first_form", "--pairs", "3",
+                           "--max-centres", "8", "--rounds", "7", "--markdown"]) == 0
+    printed = capsys.readouterr().out
+    assert "broken stopped: mpiexec ...: exit code 1; last output: boom" in printed
+    assert "| fine: x | 1.00 s | 1.00 s | 1.00x | <= 1.5x | ok |" in printed
+    assert "first_form: 3 pairs 7 rounds" in printed
+    assert "Measured " in printed and "--sections broken,fine,first_form" in printed
+    with open(out / "benchmark.csv", newline="") as f:
+        cases = [(r["section"], r["case"]) for r in csv.DictReader(f)]
+    assert cases == [("broken", "failed"), ("fine", "x"), ("first_form", "3 pairs 7 rounds")]
+    assert (out / "benchmark.png").exists()
