@@ -191,22 +191,23 @@ def launch(command: List[str], deadline_s: float, env: Optional[Dict] = None, cw
 
 
 def run_project(ranks: int, args: List[str], out: Path, deadline_s: float, config: Optional[Path] = None,
-                mpi: bool = True, sample_memory: bool = False) -> Job:
+                mpi: bool = True, sample_memory: bool = False, env: Optional[Dict[str, str]] = None) -> Job:
     """One run of the launcher (under `mpiexec -n ranks`, or alone for the in-process twin), with its
-    results.json; RunFailed when it does not finish."""
+    results.json; RunFailed when it does not finish. `env`: variables added to this environment."""
     command = ([mpiexec(), "-n", str(ranks)] if mpi else []) + [
         sys.executable, str(LAUNCHER), "--cf", str(config or CONFIG), "--quiet",
         "--set", f"common_args.output_dir={out}", *args]
-    job = launch(command, deadline_s, cwd=out.parent, sample_memory=sample_memory)
+    job = launch(command, deadline_s, cwd=out.parent, sample_memory=sample_memory,
+                 env={**os.environ, **env} if env else None)
     if job.returncode != 0 or not (out / "results.json").exists():
         raise RunFailed(job.failure())
     job.results = json.loads((out / "results.json").read_text())
     return job
 
 
-def run_job(np_: int, args: List[str], out: Path, deadline_s: float) -> Dict:
+def run_job(np_: int, args: List[str], out: Path, deadline_s: float, env: Optional[Dict[str, str]] = None) -> Dict:
     """One `mpiexec -n np_` job: its results.json plus `wall_s`, the wall time seen from outside."""
-    job = run_project(np_, args, out, deadline_s)
+    job = run_project(np_, args, out, deadline_s, env=env)
     return {**job.results, "wall_s": job.wall_s}
 
 
@@ -452,9 +453,16 @@ def telemetry(bench: Bench) -> List[Dict]:
     return rows
 
 
-# One entry per section, run in this order. A section is `section(bench) -> rows`.
-SECTIONS: Dict[str, Callable] = {"heart": heart, "startup": startup, "tiny_round": tiny_round,
-                                 "scaling": scaling, "telemetry": telemetry}
+# One entry per section, run in this order. A section is `section(bench) -> rows` (rows: see
+# benchmark_report.py; a ratio row from ratio_row() carries its target). `exchange` (a 100 MB model
+# against raw_mpi_round.py) joins here, after tiny_round.
+SECTIONS: Dict[str, Callable] = {
+    "heart": heart,
+    "startup": startup,
+    "tiny_round": tiny_round,
+    "scaling": scaling,
+    "telemetry": telemetry,
+}
 
 
 def run_section(name: str, bench: Bench) -> List[Dict]:
