@@ -34,6 +34,7 @@ the README's Performance section.
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import importlib.util
 import inspect
@@ -265,19 +266,40 @@ def heart(bench: Bench) -> List[Dict]:
         return job
 
     cases = [("mpirun -np 5", mpirun), ("in-process twin", twin), ("FLamby in-RAM FedAvg", inram)]
-    rows = []
+    rows, metrics = [], {}
     for pair in range(bench.pairs):
         for case, run in alternated(cases, pair):
             with bench.step(f"heart: {case} (run {pair + 1}/{bench.pairs})"):
                 job = run(bench.work / f"heart-{case.split()[0].lower()}-{pair}")
             rows.append({"section": "heart", "case": case, "run": pair, "ranks": 5 if case.startswith("mpi") else 1,
                          "wall_s": job.wall_s})
+            metrics[case] = (job.results["metrics"] if job.results else parse_flamby_metrics(job.output))
+    rows.append(note_row("heart", "same work", same_metrics(metrics)))
     reference = median_of(rows, "wall_s", case="FLamby in-RAM FedAvg")
     rows.append(ratio_row("heart", "mpirun -np 5, wall, vs FLamby in-RAM FedAvg",
                           median_of(rows, "wall_s", case="mpirun -np 5"), reference, TARGET_HEART))
     rows.append(ratio_row("heart", "in-process twin, wall, vs FLamby in-RAM FedAvg",
                           median_of(rows, "wall_s", case="in-process twin"), reference, None))
     return rows
+
+
+def parse_flamby_metrics(output: str) -> Dict[str, float]:
+    """flamby_inram_fedavg.py's last line, FLamby's dict of per-centre metrics."""
+    line = [ln for ln in output.splitlines() if "{'client_test_" in ln][-1]  # tqdm's stderr may share it
+    return ast.literal_eval(line[line.index("{'client_test_"):])
+
+
+def same_metrics(metrics: Dict[str, Dict[str, float]]) -> str:
+    """Whether every case computed the same per-centre test metrics (the comparison is only fair if
+    they did the same work)."""
+    reference = metrics.get("FLamby in-RAM FedAvg", {})
+    centres = sorted(k for k in reference if k.startswith("client_test_"))
+    differ = [f"{case} {k}: {got.get(k)} vs {reference[k]}" for case, got in metrics.items() for k in centres
+              if got.get(k) is None or abs(got[k] - reference[k]) > 1e-6]
+    if not centres:
+        return "not checked: no metrics from FLamby's run"
+    return (f"yes: {', '.join(centres)} equal to FLamby's in every run" if not differ
+            else "NO, metrics differ: " + "; ".join(differ))
 
 
 def startup(bench: Bench) -> List[Dict]:

@@ -177,12 +177,13 @@ def draw(rows: List[Dict], path: Path) -> None:
     if curve:
         ax = axes[0][1]
         centres = [r["centres"] for r in curve]
-        ax.plot(centres, [r["seconds_per_round"] for r in curve], "o-", label="seconds per round")
+        lines = ax.plot(centres, [r["seconds_per_round"] for r in curve], "o-", label="seconds per round")
         starts = [(r["centres"], r["first_round_s"]) for r in curve if r.get("first_round_s") is not None]
         if starts:
             ax2 = ax.twinx()
-            ax2.plot(*zip(*starts), "s--", color="tab:orange", label="time to first round (s)")
+            lines += ax2.plot(*zip(*starts), "s--", color="tab:orange", label="time to first round (s, right)")
             ax2.set_ylabel("time to first round (s)")
+        ax.legend(lines, [line.get_label() for line in lines], loc="upper left")
         ax.set_xscale("log", base=2)
         ax.set_xticks(centres, [str(c) for c in centres])
         ax.set_xlabel("synthetic centres")

@@ -63,6 +63,17 @@ def test_raw_tiny_round_output_and_rotation_and_first_round():
     assert benchmark.first_round_after_launch(job) is None
 
 
+def test_heart_cases_are_checked_to_do_the_same_work_as_flamby():
+    flamby = benchmark.parse_flamby_metrics(
+        "rounds 15 train time 2.94\n{'client_test_0': 0.7596153846153846, 'client_test_1': 0.6966292134831461}\n")
+    assert flamby == {"client_test_0": 0.7596153846153846, "client_test_1": 0.6966292134831461}
+    ours = {**flamby, "average": 0.72, "pooled": 0.75}
+    assert benchmark.same_metrics({"FLamby in-RAM FedAvg": flamby, "mpirun -np 5": ours}).startswith("yes")
+    verdict = benchmark.same_metrics({"FLamby in-RAM FedAvg": flamby,
+                                      "mpirun -np 5": {**ours, "client_test_1": 0.69}})
+    assert verdict.startswith("NO") and "mpirun -np 5 client_test_1: 0.69" in verdict
+
+
 def _rows():
     return [
         {"section": "heart", "case": "mpirun -np 5", "run": 0, "wall_s": 30.0},
