@@ -185,6 +185,10 @@ def launch(command: List[str], deadline_s: float, env: Optional[Dict] = None, cw
         os.killpg(process.pid, signal.SIGKILL)
         output, _ = process.communicate()
         returncode = 124
+    except BaseException:  # Ctrl-C or SIGTERM of the benchmark: leave no rank behind
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise
     finally:
         rss, private = sampler.stop() if sampler else ([], [])
     return Job(command, returncode, time.monotonic() - start, launch_unix, output or "", peak_rss_mb=rss,
@@ -545,6 +549,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = time.strftime("%Y-%m-%d")
     rows: List[Dict] = []
+    # SIGTERM (a scheduler, `timeout`) unwinds like Ctrl-C: the running job is killed, the files kept.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="flamby-mpi-bench-") as work:
         for name in sections:
             print(f"{name}:", flush=True)
@@ -552,7 +558,7 @@ def main(argv=None) -> int:
             rows += run_section(name, Bench(Path(work), args.pairs, args.rounds, args.max_centres, args.centres,
                                             args.heart_data.resolve()))
             print(f"  ({name}: {time.monotonic() - start:.0f} s)", flush=True)
-    write_csv(rows, out / "benchmark.csv")
+            write_csv(rows, out / "benchmark.csv")  # after every section: a long run stopped keeps what it measured
     draw(rows, out / "benchmark.png")
     print("\n" + report(rows))
     if args.markdown:
