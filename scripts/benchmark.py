@@ -42,6 +42,7 @@ import json
 import os
 import platform
 import signal
+import statistics  # noqa: F401 (sections written in the table's first form use it)
 import subprocess
 import sys
 import tempfile

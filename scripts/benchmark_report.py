@@ -54,7 +54,10 @@ def format_quantity(value: Optional[float], unit: str = "s") -> str:
 def _ratio_cells(row: Dict) -> List[str]:
     ratio = "-" if row.get("ratio") is None else f"{row['ratio']:.2f}x"
     target = "" if row.get("target") is None else f"<= {row['target']:g}x"
-    met = {"yes": "ok", "no": "MISSED"}.get(row.get("met", ""), "")
+    met = row.get("met")
+    if met is None and row.get("target") is not None:  # a row made by hand, without ratio_row()
+        met = "yes" if row.get("ratio") is not None and row["ratio"] <= row["target"] else "no"
+    met = {"yes": "ok", "no": "MISSED"}.get(met or "", "")
     unit = row.get("unit", "s")
     return [f"{row['section']}: {row['case']}", format_quantity(row.get("ours"), unit),
             format_quantity(row.get("reference"), unit), ratio, target, met]
