@@ -147,7 +147,8 @@ class PeakMemory:
     def _sample(self):
         while not self._stop.wait(0.5):
             for pid in self._descendants():
-                with contextlib.suppress(OSError, ValueError, IndexError):
+                # a rank may exit between the listing and the read (a zombie has no memory lines)
+                with contextlib.suppress(OSError, ValueError, IndexError, KeyError):
                     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
                                   if ":" in line)
                     for key, peaks in (("VmHWM", self.peak_rss_mb), ("RssAnon", self.peak_private_mb)):
