@@ -3,6 +3,8 @@ No job runs here and nothing is timed: the measurements themselves belong to the
 import csv
 import importlib.util
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -150,3 +152,32 @@ def test_main_runs_the_chosen_sections_and_a_failed_one_does_not_stop_the_others
         cases = [(r["section"], r["case"]) for r in csv.DictReader(f)]
     assert cases == [("broken", "failed"), ("fine", "x"), ("first_form", "3 pairs 7 rounds")]
     assert (out / "benchmark.png").exists()
+
+
+def _alive(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_job_past_its_deadline_is_killed_with_its_children_and_memory_is_sampled_until_it_ends():
+    # a parent that starts a child and outlives the deadline, as mpiexec and its ranks do
+    parent = ("import subprocess, sys, time; child = subprocess.Popen([sys.executable, '-c', "
+              "'import time; time.sleep(60)']); print(child.pid, flush=True); b = b\"x\" * (50 * 2**20); "
+              "time.sleep(60)")
+    job = benchmark.launch([sys.executable, "-c", parent], deadline_s=4, sample_memory=True)
+    assert job.returncode == 124 and "timed out" in job.failure()
+    child = int(job.output.split()[0])
+    deadline = time.monotonic() + 10
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(child)
+    # both python processes were sampled; the parent's 50 MB buffer shows in its private memory
+    assert len(job.peak_rss_mb) == 2 and max(job.peak_private_mb) >= 50
+
+
+def test_a_job_that_ends_early_while_sampled_is_measured():
+    job = benchmark.launch([sys.executable, "-c", "import time; time.sleep(1.5)"], deadline_s=60,
+                           sample_memory=True)
+    assert job.returncode == 0 and len(job.peak_rss_mb) == 1 and job.peak_rss_mb[0] > 0
