@@ -410,7 +410,7 @@ def free_memory_mb() -> float:
 
 def scaling(bench: Bench) -> List[Dict]:
     """Start-up, seconds per round and memory per rank from 4 to 64 synthetic centres."""
-    rows, sampled = [], False
+    rows, sampled, approximate_start = [], False, False
     private_mb = 500.0  # per rank, until measured: about what a rank held at 32 centres when the issue was filed
     for centres in [c for c in (4, 8, 16, 32, 64) if c <= bench.max_centres]:
         ranks = centres + 1
@@ -443,6 +443,8 @@ def scaling(bench: Bench) -> List[Dict]:
                 private_mb = point["peak_private_mb"]
             if not reported:
                 sampled = True
+            if first is None:
+                approximate_start = True
             said["result"] = (f"{point['seconds_per_round'] * 1000:.1f} ms/round, first round after "
                               f"{point['first_round_s']:.1f} s, per rank at most {point['peak_rss_mb'] or 0:.0f} MB "
                               f"resident, {point['peak_private_mb'] or 0:.0f} MB private")
@@ -450,6 +452,9 @@ def scaling(bench: Bench) -> List[Dict]:
     if sampled:
         rows.append(note_row("scaling", "peak RSS", "sampled from /proc every 0.5 s (VmHWM); results.json "
                              "has no `ranks` yet"))
+    if approximate_start:
+        rows.append(note_row("scaling", "time to first round", "timing.startup_s, from rank 0's start "
+                             "(no timing.first_round_unix yet)"))
     by_centres = {r["centres"]: r for r in rows if r["case"] == "curve"}
     if 64 <= bench.max_centres and 32 in by_centres:
         at_64 = by_centres.get(64, {})
