@@ -197,6 +197,28 @@ def launch(command: List[str], deadline_s: float, env: Optional[Dict] = None, cw
                peak_private_mb=private)
 
 
+# Private memory of one rank, measured here before the start-up change (synthetic dataset): about
+# 540 MB. Jobs are not started when their ranks would not fit in the free memory: running out would
+# have the kernel kill processes of whoever shares this machine.
+PRIVATE_MB_PER_RANK = 550.0
+
+
+def free_memory_mb() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 1024
+    return float("inf")
+
+
+def memory_shortfall(ranks: int, private_mb: float = PRIVATE_MB_PER_RANK) -> Optional[str]:
+    """Why `ranks` ranks of `private_mb` each (plus 15%) should not start now, or None when they fit."""
+    needed, free = 1.15 * ranks * private_mb, free_memory_mb()
+    if needed <= free:
+        return None
+    return (f"not started: {ranks} ranks need about {needed / 1024:.1f} GiB ({private_mb:.0f} MB each), "
+            f"{free / 1024:.1f} GiB free now")
+
+
 def run_project(ranks: int, args: List[str], out: Path, deadline_s: float, config: Optional[Path] = None,
                 mpi: bool = True, sample_memory: bool = False, env: Optional[Dict[str, str]] = None) -> Job:
     """One run of the launcher (under `mpiexec -n ranks`, or alone for the in-process twin), with its
@@ -204,6 +226,9 @@ def run_project(ranks: int, args: List[str], out: Path, deadline_s: float, confi
     command = ([mpiexec(), "-n", str(ranks)] if mpi else []) + [
         sys.executable, str(LAUNCHER), "--cf", str(config or CONFIG), "--quiet",
         "--set", f"common_args.output_dir={out}", *args]
+    shortfall = memory_shortfall(ranks) if mpi else None
+    if shortfall:
+        raise RunFailed(shortfall)
     job = launch(command, deadline_s, cwd=out.parent, sample_memory=sample_memory,
                  env={**os.environ, **env} if env else None)
     if job.returncode != 0 or not (out / "results.json").exists():
@@ -240,6 +265,20 @@ def alternated(cases: List, pair: int) -> List:
     """The cases in a rotated order for each pair, so that no case always runs first (or last)."""
     shift = pair % len(cases)
     return cases[shift:] + cases[:shift]
+
+
+def run_pairs(bench: Bench, title: str, cases: List) -> Optional[str]:
+    """Each (what, run(pair)) case once per pair, in a rotated order. Stops at the first run that
+    fails and says why (the caller records it and goes on with its next size), else None."""
+    try:
+        for pair in range(bench.pairs):
+            for what, run in alternated(cases, pair):
+                with bench.step(f"{title}: {what} (run {pair + 1}/{bench.pairs})") as said:
+                    said["result"] = run(pair)
+    except RunFailed as failure:
+        print(f"    {str(failure)[:300]}", flush=True)
+        return str(failure)[-400:]
+    return None
 
 
 # --- sections ------------------------------------------------------------------------------------
@@ -341,10 +380,9 @@ def startup(bench: Bench) -> List[Dict]:
 
         cases = [(f"flamby-mpi, {centres} synthetic centres, to first round", ours),
                  ("floor: import torch + mpi4py, Barrier", floor)]
-        for pair in range(bench.pairs):
-            for what, run in alternated(cases, pair):
-                with bench.step(f"startup, {ranks} ranks: {what} (run {pair + 1}/{bench.pairs})") as said:
-                    said["result"] = run(pair)
+        failed = run_pairs(bench, f"startup, {ranks} ranks", cases)
+        if failed:
+            rows.append(note_row("startup", f"{ranks} ranks", failed))
         rows.append(ratio_row("startup", f"time to first round, {ranks} ranks, vs import torch+mpi4py",
                               median_of(rows, "first_round_s", case="flamby-mpi", ranks=ranks),
                               median_of(rows, "wall_s", case="floor", ranks=ranks), TARGET_FIRST_ROUND,
@@ -384,10 +422,9 @@ def tiny_round(bench: Bench) -> List[Dict]:
 
         cases = [(f"flamby-mpi, {centres} centres, {rounds} rounds", ours),
                  (f"raw mpi4py, {centres + 1} ranks, {rounds} rounds", raw)]
-        for pair in range(bench.pairs):
-            for what, run in alternated(cases, pair):
-                with bench.step(f"tiny round: {what} (run {pair + 1}/{bench.pairs})") as said:
-                    said["result"] = run(pair)
+        failed = run_pairs(bench, "tiny round", cases)
+        if failed:
+            rows.append(note_row("tiny_round", f"{centres} centres", failed))
         rows.append(ratio_row("tiny_round", f"{centres} centres, per round, vs raw mpi4py",
                               median_of(rows, "seconds_per_round", case="flamby-mpi", centres=centres),
                               median_of(rows, "seconds_per_round", case="raw mpi4py", centres=centres),
@@ -401,25 +438,17 @@ def parse_raw_tiny_round(output: str) -> float:
     return float(line.rsplit(":", 1)[1].split("ms")[0]) / 1000
 
 
-def free_memory_mb() -> float:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) / 1024
-    return float("inf")
-
-
 def scaling(bench: Bench) -> List[Dict]:
     """Start-up, seconds per round and memory per rank from 4 to 64 synthetic centres."""
     rows, sampled, approximate_start = [], False, False
-    private_mb = 500.0  # per rank, until measured: about what a rank held at 32 centres when the issue was filed
+    private_mb = PRIVATE_MB_PER_RANK  # until measured
     for centres in [c for c in (4, 8, 16, 32, 64) if c <= bench.max_centres]:
         ranks = centres + 1
         point = {"section": "scaling", "case": "curve", "centres": centres, "ranks": ranks}
-        # Running out of memory would have the kernel kill processes of whoever shares this machine.
-        needed, free = 1.15 * ranks * private_mb, free_memory_mb()
-        if needed > free:
-            point["note"] = (f"not run: needs about {needed / 1024:.1f} GiB ({private_mb:.0f} MB per rank), "
-                             f"{free / 1024:.1f} GiB free")
+        # with the private memory per rank measured at the previous point
+        shortfall = memory_shortfall(ranks, private_mb)
+        if shortfall:
+            point["note"] = shortfall
             print(f"  scaling, {centres} centres: {point['note']}")
             rows.append(point)
             continue

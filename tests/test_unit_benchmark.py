@@ -181,3 +181,34 @@ def test_a_job_that_ends_early_while_sampled_is_measured():
     job = benchmark.launch([sys.executable, "-c", "import time; time.sleep(1.5)"], deadline_s=60,
                            sample_memory=True)
     assert job.returncode == 0 and len(job.peak_rss_mb) == 1 and job.peak_rss_mb[0] > 0
+
+
+def test_a_job_that_would_not_fit_in_free_memory_is_not_started(tmp_path, monkeypatch):
+    monkeypatch.setattr(benchmark, "free_memory_mb", lambda: 4096.0)
+    assert benchmark.memory_shortfall(6) is None  # 6 x 550 MB x 1.15 = 3.7 GiB
+    assert "65 ranks need about 40.1 GiB (550 MB each), 4.0 GiB free" in benchmark.memory_shortfall(65)
+    with pytest.raises(benchmark.RunFailed, match="not started: 33 ranks"):
+        benchmark.run_project(33, [], tmp_path / "out", 10)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_size_that_fails_is_recorded_and_the_next_size_still_runs(monkeypatch, capsys):
+    monkeypatch.setattr(benchmark, "RAW_TINY_ROUND", Path(__file__))  # only has to exist
+    seen = []
+
+    def fake_project(ranks, args, out, deadline_s, **_):
+        seen.append(ranks)
+        if ranks == 5:
+            raise benchmark.RunFailed("mpiexec -n 5 ...: exit code 1; last output: boom")
+        return benchmark.Job([], 0, 1.0, 0.0, "", results={"timing": {"train_s": 2.0}, "rounds_completed": 10})
+
+    monkeypatch.setattr(benchmark, "run_project", fake_project)
+    monkeypatch.setattr(benchmark, "launch", lambda *a, **k: benchmark.Job(
+        [], 0, 1.0, 0.0, "raw mpi4py tiny round, 32 clients: 100.00 ms/round"))
+    rows = benchmark.tiny_round(benchmark.Bench(Path("/nonexistent"), pairs=1, rounds=10))
+    assert seen == [5, 33]
+    notes = [r for r in rows if r.get("note")]
+    assert notes[0]["case"] == "4 centres" and "boom" in notes[0]["note"]
+    ratios = {r["centres"]: r for r in rows if "ratio" in r}
+    assert ratios[4]["met"] == "no" and ratios[4]["ratio"] is None
+    assert ratios[32]["ratio"] == pytest.approx(2.0) and ratios[32]["met"] == "no"
