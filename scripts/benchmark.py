@@ -155,6 +155,10 @@ class PeakMemory:
                         peaks[pid] = max(peaks.get(pid, 0.0), int(fields[key].split()[0]) / 1024)
 
 
+# MPICH's lines after a rank dies, the same for every failure
+MPICH_BANNER = ("YOUR APPLICATION TERMINATED", "This typically refers", "Please see the FAQ")
+
+
 @dataclass
 class Job:
     command: List[str]
@@ -167,8 +171,15 @@ class Job:
     peak_private_mb: List[float] = field(default_factory=list)
 
     def failure(self) -> str:
+        """One line: what ran, how it ended, and its last words (without MPICH's exit banner)."""
         what = "timed out" if self.returncode == 124 else f"exit code {self.returncode}"
-        return f"{' '.join(self.command)}: {what}; last output: {self.output[-600:].strip()}"
+        if "Killed (signal 9)" in self.output:
+            what += ", a rank was killed with SIGKILL (out of memory? see dmesg)"
+        words = [ln.strip() for ln in self.output.splitlines() if ln.strip() and not ln.startswith("=")
+                 and not ln.startswith(MPICH_BANNER)]
+        program = next((Path(a).name for a in self.command if a.endswith(".py")), Path(self.command[0]).name)
+        ranks = f" -n {self.command[2]}" if len(self.command) > 2 and self.command[1] == "-n" else ""
+        return f"{program}{ranks}: {what}; last output: {' / '.join(words[-2:])[-300:] or '(none)'}"
 
 
 def launch(command: List[str], deadline_s: float, env: Optional[Dict] = None, cwd: Optional[Path] = None,

@@ -78,7 +78,7 @@ def notes_table(rows: List[Dict]) -> List[List[str]]:
     (The scaling points say theirs in the scaling table.)"""
     seen, table = set(), []
     for r in rows:
-        line = (f"{r['section']}: {r['case']}", r.get("note") or "")
+        line = (f"{r['section']}: {r['case']}", " ".join((r.get("note") or "").split())[:400])  # one table line
         if line[1] and line not in seen and not (r["section"] == "scaling" and r["case"] == "curve"):
             seen.add(line)
             table.append(list(line))

@@ -212,3 +212,17 @@ def test_a_size_that_fails_is_recorded_and_the_next_size_still_runs(monkeypatch,
     ratios = {r["centres"]: r for r in rows if "ratio" in r}
     assert ratios[4]["met"] == "no" and ratios[4]["ratio"] is None
     assert ratios[32]["ratio"] == pytest.approx(2.0) and ratios[32]["met"] == "no"
+
+
+def test_a_failed_job_is_said_in_one_line_without_mpich_banner():
+    output = ("training...\nTraceback (most recent call last):\nValueError: boom\n"
+              "=====================\n=   BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES\n"
+              "YOUR APPLICATION TERMINATED WITH THE EXIT STRING: Killed (signal 9)\n"
+              "This typically refers to a problem with your application.\n"
+              "Please see the FAQ page for debugging suggestions\n")
+    job = benchmark.Job(["/venv/bin/mpiexec", "-n", "33", "/venv/bin/python", "/repo/launch_client.py", "--cf", "x"],
+                        9, 1.0, 0.0, output)
+    assert job.failure() == ("launch_client.py -n 33: exit code 9, a rank was killed with SIGKILL (out of memory? "
+                             "see dmesg); last output: Traceback (most recent call last): / ValueError: boom")
+    table = report.report([report.note_row("tiny_round", "32 centres", "two\nlines")])
+    assert "tiny_round: 32 centres  two lines" in table
