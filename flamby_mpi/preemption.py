@@ -1,0 +1,69 @@
+"""SIGTERM and SIGINT: stop at the next round boundary with a checkpoint, not in the middle.
+
+A scheduler preempting or requeueing a job (SLURM's --signal and scancel, PBS), or Ctrl-C on
+mpirun, signals the ranks (MPICH's and Open MPI's mpiexec pass SIGTERM and SIGINT on to
+every rank). The handler only notes the signal; the round protocol does the rest
+(flamby_mpi.protocol): a client tells the server in its next reply, the server sends every
+client a stop message at the next round boundary, every rank saves the cut and the job
+exits with 128 + the signal number. If that takes longer than the grace time, the process
+ends at once and the last complete checkpoint is what a resume starts from. A second signal
+does not wait for the grace time.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Callable, Optional
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def exit_code(signum: int) -> int:
+    """The shell's convention for a process ended by a signal: 143 for SIGTERM, 130 for SIGINT."""
+    return 128 + signum
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+class StopRequest:
+    """This process's pending stop: the first SIGTERM/SIGINT it received, if any."""
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self._timer: Optional[threading.Timer] = None
+        self._previous = {}
+
+    def install(self, grace_s: float, on_signal: Callable[[int], None],
+                on_grace_expired: Callable[[int], None]) -> "StopRequest":
+        """From now on SIGTERM/SIGINT ask for a stop at the next round boundary. on_signal(signum)
+        says so (on the signal's own thread: keep it short); on_grace_expired(signum) runs if
+        the stop has not completed grace_s later (or at a second signal), and must end the process."""
+        if threading.current_thread() is not threading.main_thread():
+            return self  # Python delivers signals to the main thread only; a test harness thread
+
+        def handle(signum, _frame):
+            if self.signum is not None:  # a second signal: the user does not want to wait
+                on_grace_expired(self.signum)
+                return
+            self.signum = signum
+            on_signal(signum)
+            self._timer = threading.Timer(grace_s, on_grace_expired, args=(signum,))
+            self._timer.daemon = True
+            self._timer.start()
+
+        for signum in SIGNALS:
+            self._previous[signum] = signal.signal(signum, handle)
+        return self
+
+    def uninstall(self):
+        """The run is over (finished or stopped): the default handlers and no pending timer."""
+        if self._timer is not None:
+            self._timer.cancel()
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
