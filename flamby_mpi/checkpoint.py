@@ -128,13 +128,15 @@ def read_manifest(output_dir: Path, round_idx: int) -> dict:
     manifest = _read_json(path, "checkpoint manifest")
     if not isinstance(manifest, dict):
         raise CheckpointError(f"{path}: not a checkpoint manifest")
-    if manifest.get("format") != FORMAT:
+    if type(manifest.get("format")) is not int or manifest["format"] != FORMAT:
         raise CheckpointError(f"{path}: checkpoint format {manifest.get('format')!r}, this version of "
                               f"flamby-mpi reads format {FORMAT}")
     files, config = manifest.get("files"), manifest.get("config")
-    ok = (manifest.get("round") == round_idx and isinstance(config, dict) and isinstance(files, dict)
-          and isinstance(manifest.get("world_size"), int) and isinstance(manifest.get("flamby_mpi"), str)
-          and set(files) == {str(r) for r in range(manifest["world_size"])})
+    size = manifest.get("world_size")
+    ok = (manifest.get("round") == round_idx and type(manifest.get("round")) is int
+          and isinstance(config, dict) and isinstance(files, dict)
+          and isinstance(manifest.get("flamby_mpi"), str) and isinstance(manifest.get("run_id"), str)
+          and type(size) is int and 1 < size == len(files) and set(files) == {str(r) for r in range(size)})
     if ok:
         for rank, entries in files.items():
             ok = ok and isinstance(entries, dict) and set(entries) == set(rank_file_names(int(rank))) and all(

@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Tuple
 
 from . import __version__, checkpoint
 from .errors import UserError
+from .logs import SHOWN_WHEN_QUIET
 
 # Keys whose change leaves the computed result as it is: how long to wait, what to log, where
 # the ranks meet, how often to checkpoint. train_args.comm_round may grow (more rounds).
@@ -122,23 +123,43 @@ def agree_and_restore(plan, transport, server_run, client_runs, console) -> Opti
                                          if r > cut]
     path = str(checkpoint.round_dir(plan.output_dir, cut))
     kept = sorted(common)[-plan.keep_checkpoints:]
+    unusable = []
     for rank in transport.local_ranks:
-        tensors, data = checkpoint.read_rank_state(plan.output_dir, cut, rank)
-        if rank == 0:
-            server_run.restore(tensors, data, cut, path)
-        else:
-            next(c for c in client_runs if c.rank == rank).restore(tensors, data)
+        try:
+            _restore_rank(plan, cut, rank, path, server_run, client_runs)
+        except checkpoint.CheckpointError as error:
+            unusable.append(str(error))
+    unusable = [text for part in transport.allgather(unusable) for text in part]
+    if unusable:  # every rank stops here, so that none waits for the others in vain
+        raise UserError(f"--resume: the checkpoint of round {cut} cannot be restored: " + "; ".join(unusable),
+                        hint="it was altered after it was written; delete that round's directory to resume "
+                             "from an earlier checkpoint, or start afresh without --resume")
+    for rank in transport.local_ranks:
         # Newer cuts are incomplete or damaged, older ones past keep_checkpoints: this rank's part goes.
         checkpoint.remove_rank_checkpoints(plan.output_dir, rank, keep=kept)
     if server_run is not None:
         server_run.written_cuts = list(kept)
         for text in skipped:
             console.warning("%s", text)
-        console.info("resumed from round %d (%s)", cut, path)
+        console.info("resumed from round %d (%s)", cut, path, extra=SHOWN_WHEN_QUIET)
     for client in client_runs:
         client.start_round = cut
         client.written_cuts = list(kept)
     return cut
+
+
+def _restore_rank(plan, cut: int, rank: int, path: str, server_run, client_runs):
+    tensors, data = checkpoint.read_rank_state(plan.output_dir, cut, rank)
+    try:
+        if rank == 0:
+            server_run.restore(tensors, data, cut, path)
+        else:
+            next(c for c in client_runs if c.rank == rank).restore(tensors, data)
+    except checkpoint.CheckpointError:
+        raise
+    except Exception as exc:  # noqa: B902 - files that match their manifest but not this run's state
+        raise checkpoint.CheckpointError(
+            f"{path}: rank {rank}'s state does not fit this run ({type(exc).__name__}: {exc})") from None
 
 
 def start_afresh(plan, transport, console):
