@@ -151,7 +151,11 @@ def resume_command(plan: RunPlan) -> str:
         return command
     if "--rank" in args:
         return f"every rank's own command with --resume, e.g. {command}"
-    return f"mpirun -np {plan.world_size} {command}"
+    command = f"mpirun -np {plan.world_size} {command}"
+    job = os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID")
+    if job:  # the job scripts resume by themselves when the scheduler restarts the job
+        return f"requeue job {job} (scripts/slurm_job.sh and pbs_job.sh resume by themselves), or run {command}"
+    return command
 
 
 def _stop_on_signals(plan: RunPlan, transport, server_run, at: str) -> StopRequest:

@@ -37,6 +37,12 @@ def signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
+def _soon(action: Callable[[int], None], signum: int):
+    """Runs action outside the signal handler: the handler may have interrupted a print or a
+    log record in the main thread, and writing to the same stream from it could fail."""
+    threading.Thread(target=action, args=(signum,), name="flamby-mpi-stop", daemon=True).start()
+
+
 class StopRequest:
     """This process's pending stop: the first SIGTERM/SIGINT it received, if any."""
 
@@ -58,11 +64,11 @@ class StopRequest:
             if self.signum is not None:
                 if signum == self.signum and time.monotonic() - self._received_at < REPEAT_WINDOW_S:
                     return  # the same request passed on by another process of the launcher
-                on_grace_expired(self.signum)  # a second signal: the user does not want to wait
+                _soon(on_grace_expired, self.signum)  # a second signal: the user does not want to wait
                 return
             self.signum = signum
             self._received_at = time.monotonic()
-            on_signal(signum)
+            _soon(on_signal, signum)
             self._timer = threading.Timer(grace_s, on_grace_expired, args=(signum,))
             self._timer.daemon = True
             self._timer.start()
