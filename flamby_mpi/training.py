@@ -27,9 +27,11 @@ class DataLoaderWithMemory:
     - a loader with its own torch.Generator (ours) draws the epoch's permutation from it when an
       epoch starts; the generator's state then and the batches drawn since are the position, and
       restoring replays the permutation and skips that many batches of indices;
-    - opacus's Poisson-sampling loader draws each batch from torch's global random stream as it
-      goes (the client's own stream, saved with the client): restoring starts an iterator
-      without drawing and ends that epoch after the batches it had left.
+    - opacus's Poisson-sampling loader draws each batch as it goes, from the loader's generator
+      (ours, which opacus keeps) or else torch's global stream (the client's own, saved with the
+      client): its position is that generator's current state and the batches left in the
+      epoch; restoring starts an iterator, puts the generator back, and ends that epoch after
+      the batches it had left.
     """
 
     def __init__(self, loader: torch.utils.data.DataLoader):
@@ -68,6 +70,8 @@ class DataLoaderWithMemory:
         left = None
         if self._draws_as_it_goes():
             left = (self._epoch_length if self._epoch_length is not None else len(self.loader)) - self._epoch_batches
+            if self.loader.generator is not None:
+                tensors = {"generator": self.loader.generator.get_state()}
         return tensors, {"batches_drawn": self.batches_drawn, "epoch_batches": self._epoch_batches,
                          "epoch_batches_left": left}
 
@@ -76,8 +80,10 @@ class DataLoaderWithMemory:
         done = int(data["epoch_batches"])
         if self._draws_as_it_goes():
             outer = torch.get_rng_state()
-            self._iterator = iter(self.loader)  # its start drew from the stream: undone, it was drawn before
+            self._iterator = iter(self.loader)  # what its start drew was drawn before the checkpoint: undone
             torch.set_rng_state(outer)
+            if self.loader.generator is not None:
+                self.loader.generator.set_state(tensors["generator"])
             self._epoch_generator_state, self._epoch_batches = None, 0
             self._epoch_length = int(data["epoch_batches_left"])
             return
