@@ -106,7 +106,49 @@ def tiny_round(work: Path, pairs: int, centres: int, rounds: int) -> List[Dict]:
     return rows
 
 
-SECTIONS = {"telemetry": telemetry, "tiny_round": tiny_round}
+RAW_ROUND = REPO.parent / "shared" / "bench" / "raw_mpi_round.py"
+
+
+def exchange(work: Path, pairs: int, centres: int, rounds: int) -> List[Dict]:
+    """Seconds per round with a 100 MB model and 4 clients (../shared/bench/big_model_dataset.py: one tiny
+    update, so a round is the exchange and FedAvg) against raw_mpi_round.py moving the same bytes in the
+    same pattern with the same arithmetic (target: at most 1.25x). --centres and --rounds do not apply."""
+    import os
+
+    if not RAW_ROUND.exists():
+        print(f"  skipped: {RAW_ROUND} (the raw-MPI reference) is not here")
+        return []
+    clients, megabytes, exchanges = 4, 100, 5
+    saved = dict(os.environ)
+    os.environ.update({"BIG_MODEL_MB": str(megabytes), "BIG_MODEL_CLIENTS": str(clients), "PYTHONPATH": os.pathsep.join(
+        p for p in (str(RAW_ROUND.parents[1]), saved.get("PYTHONPATH")) if p)})  # `bench.` names the module
+    rows = []
+    try:
+        for pair in range(pairs):
+            results = run_job(clients + 1, [
+                "--set", "data_args.dataset=bench.big_model_dataset", "--set", "train_args.num_updates=1",
+                "--set", f"train_args.comm_round={exchanges}",
+                "--set", f"validation_args.frequency_of_the_test={exchanges + 1}"], work / f"exchange-{pair}", 1800)
+            ours = results["timing"]["train_s"] / results["rounds_completed"]
+            raw = subprocess.run([mpiexec(), "-n", str(clients + 1), sys.executable, str(RAW_ROUND), str(megabytes)],
+                                 capture_output=True, text=True, timeout=1800)
+            raw_s = float(raw.stdout.split(":")[-1].split("s/round")[0])
+            print(f"  exchange, {clients} clients x {megabytes} MB, pair {pair + 1}/{pairs}: {ours:.3f} s/round, "
+                  f"raw MPI {raw_s:.3f} s/round", flush=True)
+            rows += [{"section": "exchange", "case": "flamby-mpi", "centres": clients, "seconds_per_round": ours,
+                      "wall_s": results["wall_s"]},
+                     {"section": "exchange", "case": "raw MPI", "centres": clients, "seconds_per_round": raw_s}]
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    ours = statistics.median(r["seconds_per_round"] for r in rows if r["case"] == "flamby-mpi")
+    raw_s = statistics.median(r["seconds_per_round"] for r in rows if r["case"] == "raw MPI")
+    rows.append({"section": "exchange", "case": f"ratio to raw MPI, {megabytes} MB x {clients} (median)",
+                 "centres": clients, "ratio": ours / raw_s, "target": 1.25})
+    return rows
+
+
+SECTIONS = {"telemetry": telemetry, "tiny_round": tiny_round, "exchange": exchange}
 
 
 def draw(rows: List[Dict], path: Path):
