@@ -149,7 +149,7 @@ def _metered_comm_manager(comm, rank: int, size: int):
             self.meter = meter
 
         def run(self):  # FedML's loop, with the wire format, the byte count and a bounded back-off
-            status = MPI.Status()
+            status, pool = MPI.Status(), wire.BufferPool()
             try:
                 while True:
                     idle_since, pause = time.monotonic(), _FIRST_PAUSE_S
@@ -159,7 +159,7 @@ def _metered_comm_manager(comm, rank: int, size: int):
                         long_idle = time.monotonic() - idle_since > _LONG_IDLE_S
                         pause = min(pause * 2, _LONG_IDLE_PAUSE_S if long_idle else _PAUSE_S)
                     source = status.Get_source()
-                    message, size = wire.receive(self.comm, source, status.Get_count(MPI.BYTE))
+                    message, size = wire.receive(self.comm, source, status.Get_count(MPI.BYTE), pool)
                     self.meter.received(source, size)
                     self.q.put(message)
             except Exception:

@@ -126,3 +126,24 @@ def test_a_model_over_2_gib_trains_with_two_clients(workdir):
     for centre in results["traffic"]["per_centre"].values():  # three exchanges each way, each over 2 GiB
         assert centre["bytes_received"] > 3 * model_bytes and centre["bytes_sent"] > 2 * model_bytes
     assert job.leftovers == []
+
+
+def test_pool_reuses_a_buffer_only_once_nothing_refers_to_it():
+    pool = wire.BufferPool()
+    first = pool.allocate([400000])
+    kept = wire.decode(*_skeleton_and(first))
+    address = first[0].ctypes.data
+    del first
+    second = pool.allocate([400000])  # `kept` still views the first buffer: a new one
+    assert second[0].ctypes.data != address
+    second_address = second[0].ctypes.data
+    del kept, second
+    third = pool.allocate([400000])  # now free again: reused, no new page faults
+    assert third[0].ctypes.data in {address, second_address} and len(pool._buffers) == 2
+    del third
+    assert len(pool.allocate([8000000])) == 1 and len(pool._buffers) == 1  # other sizes dropped
+
+
+def _skeleton_and(buffers):
+    header, _ = wire.encode({"w": torch.zeros(100000)})
+    return wire.parse_header(header, 1 << 30)[1], buffers
