@@ -11,8 +11,10 @@ cloud), and start FedML's own cross-silo server and client managers over
 FedML's MPI communication manager. Three behaviours are replaced in small
 subclasses: the 5-second sleep before the server finishes, `MPI.Finalize()`
 inside `finish()` (we still need MPI afterwards to write results and to abort
-the job on errors), and the communication manager, which also counts the bytes
-of every message for the per-round telemetry.
+the job on errors), and the communication manager's transport: FedML's Message
+objects travel in flamby_mpi.wire's format (tensors as their own memory instead
+of pickled, messages over 2 GiB in pieces), received without FedML's sleep
+loops, and counted in bytes for the per-round telemetry.
 """
 from __future__ import annotations
 
@@ -120,43 +122,45 @@ class Meter:
         return traffic
 
 
-# The receive thread's wait for the next message: MPICH's blocking receive spins, which takes the
-# CPU from ranks that train when ranks outnumber cores, so it probes with pauses growing from
-# _FIRST_PAUSE_S to _PAUSE_S (FedML's own fixed pause), and to _LONG_IDLE_PAUSE_S once idle for
-# _LONG_IDLE_S (then a peer is training: a few ms of latency are small beside its round).
+# The receive thread's wait for the next message header: MPICH's blocking probe spins (measured: a
+# whole core per waiting rank; with MPIR_CVAR_CH4_PROGRESS_THROTTLE and MPIR_CVAR_ENABLE_HEAVY_YIELD
+# still a quarter of one), which takes the CPU from ranks that train when ranks outnumber cores. So
+# it probes with pauses growing from _FIRST_PAUSE_S to _PAUSE_S, and to _LONG_IDLE_PAUSE_S once idle
+# for _LONG_IDLE_S (then a peer is training: a few ms of latency are small beside its round). Only
+# the header is waited for this way; a message's buffers follow it at once and are received with
+# blocking MPI calls.
 _FIRST_PAUSE_S, _PAUSE_S = 0.00005, 0.001
 _LONG_IDLE_S, _LONG_IDLE_PAUSE_S = 0.2, 0.005
 _STOP_CHECK_S = 0.2
 
 
 def _metered_comm_manager(comm, rank: int, size: int):
-    """FedML's MPI communication manager, counting the bytes of every message it moves.
-
-    It sends what FedML's sends (the pickled FedML Message, as mpi4py's comm.send would) but
-    pickles it itself to know its size, and its receive thread reads each message's size from
-    the probe; the bytes on the wire and the objects received are unchanged."""
+    """FedML's MPI communication manager, moving FedML's Message objects with flamby_mpi.wire
+    (tensors as their own memory, not pickled) and counting the bytes of every message."""
     from mpi4py import MPI
     from fedml.core.distributed.communication.message import Message
     from fedml.core.distributed.communication.mpi.com_manager import MpiCommunicationManager
     from fedml.core.distributed.communication.mpi.mpi_receive_thread import MPIReceiveThread
+
+    from . import wire
 
     class MeteredReceiveThread(MPIReceiveThread):
         def __init__(self, meter: Meter, *args):
             super().__init__(*args)
             self.meter = meter
 
-        def run(self):  # FedML's loop, with the size of what it receives and a bounded back-off
-            status = MPI.Status()
+        def run(self):  # FedML's loop, with the wire format, the byte count and a bounded back-off
+            status, pool = MPI.Status(), wire.BufferPool()
             try:
                 while True:
                     idle_since, pause = time.monotonic(), _FIRST_PAUSE_S
-                    while not self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
+                    while not self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=wire.HEAD_TAG, status=status):
                         if self._stop_event.wait(pause):
                             return
                         long_idle = time.monotonic() - idle_since > _LONG_IDLE_S
                         pause = min(pause * 2, _LONG_IDLE_PAUSE_S if long_idle else _PAUSE_S)
-                    source, tag, size = status.Get_source(), status.Get_tag(), status.Get_count(MPI.BYTE)
-                    message = self.comm.recv(source=source, tag=tag)
+                    source = status.Get_source()
+                    message, size = wire.receive(self.comm, source, status.Get_count(MPI.BYTE), pool)
                     self.meter.received(source, size)
                     self.q.put(message)
             except Exception:
@@ -195,9 +199,7 @@ def _metered_comm_manager(comm, rank: int, size: int):
 
         def send_message(self, msg):
             dest = msg.get(Message.MSG_ARG_KEY_RECEIVER)
-            data = MPI.pickle.dumps(msg)
-            self.comm.Send([data, MPI.BYTE], dest=dest, tag=0)
-            self.meter.sent(dest, len(data))
+            self.meter.sent(dest, wire.send(self.comm, msg, dest))
 
     return MeteredMpiCommManager(comm, rank, size)
 

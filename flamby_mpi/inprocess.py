@@ -2,24 +2,23 @@
 
 The same ServerRun and ClientRun objects and the same round protocol as the MPI
 path (a GlobalMessage out, one ClientReply per client back, every client
-answering every exchange), with messages copied as MPI would copy them, so the
+answering every exchange), with messages copied as MPI would copy them (flamby_mpi.wire's format), so the
 final model is bitwise identical to the MPI run's: a debugging mode and a
 reference.
 """
 from __future__ import annotations
 
-import pickle
 import socket
 from typing import Callable, List, Tuple
 
+from . import wire
 from .telemetry import Traffic
 
 
 def _as_if_sent(obj) -> Tuple[object, int]:
-    """The object as its receiver gets it, and the bytes it took. MPI pickles every message;
-    doing the same keeps the two paths identical (no aliasing)."""
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    return pickle.loads(data), len(data)
+    """The object as its receiver gets it, and the bytes it took: through the MPI transport's
+    wire format (flamby_mpi.wire) without MPI, so the two paths stay identical (no aliasing)."""
+    return wire.as_if_sent(obj)
 
 
 def run_exchanges(server_run, client_runs: List) -> None:

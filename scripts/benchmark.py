@@ -20,6 +20,9 @@ Sections (each a function registered in SECTIONS; each prints what it runs and h
   tiny_round  seconds per tiny round (synthetic, 1 local update, no evaluation) at 4 and 32
               centres against ../shared/bench/raw_mpi_tiny_round.py with as many ranks.
               Targets: 32 centres at most 1.5x; 4 centres no slower than before (1.1x).
+  exchange    seconds per round with a 100 MB model and 4 clients (../shared/bench/big_model_dataset.py)
+              against ../shared/bench/raw_mpi_round.py moving the same bytes with the same
+              arithmetic, runs alternated. Target: at most 1.25x.
   scaling     4, 8, 16, 32, 64 synthetic centres (up to --max-centres): time to first round,
               seconds per round, peak memory per rank. A point that fails, or would not fit in
               this machine's free memory, is recorded as such. Target: 64 centres complete, at
@@ -449,6 +452,46 @@ def parse_raw_tiny_round(output: str) -> float:
     return float(line.rsplit(":", 1)[1].split("ms")[0]) / 1000
 
 
+def exchange(bench: Bench) -> List[Dict]:
+    """Seconds per round with a 100 MB model and 4 clients (../shared/bench/big_model_dataset.py: one
+    tiny update, so a round is the exchange and FedAvg) against raw_mpi_round.py moving the same bytes
+    in the same pattern with the same arithmetic (target: at most 1.25x). Runs alternated."""
+    raw_round = SHARED / "bench" / "raw_mpi_round.py"
+    if not raw_round.exists():
+        return [note_row("exchange", "skipped", f"{raw_round} (the raw-MPI reference) is not here")]
+    clients, megabytes, exchanges = 4, 100, 5
+    env = {"BIG_MODEL_MB": str(megabytes), "BIG_MODEL_CLIENTS": str(clients),
+           "PYTHONPATH": os.pathsep.join(p for p in (str(SHARED), os.environ.get("PYTHONPATH")) if p)}
+    rows = []
+    for pair in range(bench.pairs):
+        for which in alternated(["ours", "raw"], pair):
+            if which == "ours":
+                with bench.step(f"exchange: flamby-mpi, {clients} clients x {megabytes} MB "
+                                f"(run {pair + 1}/{bench.pairs})") as said:
+                    results = run_job(clients + 1, [
+                        "--set", "data_args.dataset=bench.big_model_dataset", "--set", "train_args.num_updates=1",
+                        "--set", f"train_args.comm_round={exchanges}",
+                        "--set", f"validation_args.frequency_of_the_test={exchanges + 1}"],
+                        bench.work / f"exchange-{pair}", 1800, env=env)
+                    value = results["timing"]["train_s"] / results["rounds_completed"]
+                    said["result"] = f"{value:.3f} s/round"
+                rows.append({"section": "exchange", "case": "flamby-mpi", "centres": clients, "run": pair,
+                             "seconds_per_round": value})
+            else:
+                with bench.step(f"exchange: raw MPI, {clients} clients x {megabytes} MB") as said:
+                    raw = subprocess.run([mpiexec(), "-n", str(clients + 1), sys.executable, str(raw_round),
+                                          str(megabytes)], capture_output=True, text=True, timeout=1800)
+                    value = float(raw.stdout.split(":")[-1].split("s/round")[0])
+                    said["result"] = f"{value:.3f} s/round"
+                rows.append({"section": "exchange", "case": "raw MPI", "centres": clients, "run": pair,
+                             "seconds_per_round": value})
+    rows.append(ratio_row("exchange", f"{megabytes} MB model x {clients} clients, per round, vs raw MPI",
+                          median_of(rows, "seconds_per_round", case="flamby-mpi"),
+                          median_of(rows, "seconds_per_round", case="raw MPI"), 1.25, unit="s/round",
+                          centres=clients))
+    return rows
+
+
 def scaling(bench: Bench) -> List[Dict]:
     """Start-up, seconds per round and memory per rank from 4 to 64 synthetic centres."""
     rows, sampled, approximate_start = [], False, False
@@ -527,12 +570,12 @@ def telemetry(bench: Bench) -> List[Dict]:
 
 
 # One entry per section, run in this order. A section is `section(bench) -> rows` (rows: see
-# benchmark_report.py; a ratio row from ratio_row() carries its target). `exchange` (a 100 MB model
-# against raw_mpi_round.py) joins here, after tiny_round.
+# benchmark_report.py; a ratio row from ratio_row() carries its target).
 SECTIONS: Dict[str, Callable] = {
     "heart": heart,
     "startup": startup,
     "tiny_round": tiny_round,
+    "exchange": exchange,
     "scaling": scaling,
     "telemetry": telemetry,
 }
