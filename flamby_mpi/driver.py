@@ -22,7 +22,7 @@ import traceback
 from datetime import datetime
 from typing import List, Optional, Tuple
 
-from . import PROCESS_START, failures
+from . import failures, startup
 from .errors import UserError
 from .plan import RunPlan
 
@@ -55,6 +55,10 @@ def run(plan: RunPlan, transport) -> int:
 def _run(plan: RunPlan, transport, at: str) -> int:
     import torch
 
+    from . import optim_without_dynamo
+
+    optim_without_dynamo.install()  # torch.optim without torch._dynamo's import (2 s, 80 MB a rank)
+
     from .logs import console_logger, setup_rank_logging
     from .results import atomic_write
 
@@ -81,13 +85,16 @@ def _run(plan: RunPlan, transport, at: str) -> int:
 
     def first_round():
         server_run.start_first_round()
+        startup.mark("first_message", server_run.first_round_at)
         console.info("all %d clients %s; time to first round %.1f s", plan.num_clients,
                      "ready in this process" if plan.backend == "inprocess" else "joined",
-                     server_run.first_round_at - PROCESS_START)
+                     server_run.first_round_at - startup.process_start())
 
     transport.exchange(plan, server_run, client_runs, first_round, device)
+    ranks = startup.gathered(transport.allgather(startup.rank_figures(transport.local_ranks, transport.host)))
+    startup.dump_modules_if_asked(transport.rank)
     if server_run is not None:
-        _write_and_report(plan, server_run, transport.world_size, console)
+        _write_and_report(plan, server_run, transport.world_size, console, ranks)
     return 0
 
 
@@ -114,6 +121,7 @@ def _preflight(plan: RunPlan, transport, device, console) -> Tuple[Optional[obje
         except Exception:  # noqa: B902 - reported below with its traceback, once
             problem = (rank, False, traceback.format_exc())
             break
+    startup.mark("data")  # this rank's own loading, before it waits for the others
     problems = [p for p in transport.allgather(problem) if p is not None]
     if not problems:
         return server_run, client_runs, 0
@@ -143,19 +151,22 @@ def _telemetry_sinks(plan: RunPlan) -> list:
     return [TensorBoardSink(plan.output_dir / "tensorboard", plan.summary())]
 
 
-def _write_and_report(plan: RunPlan, server_run, world_size: int, console):
+def _write_and_report(plan: RunPlan, server_run, world_size: int, console, ranks):
     from .logs import SHOWN_WHEN_QUIET
     from .report import write_report
     from .results import format_table, write_results
 
     end = time.time()
     first = server_run.first_round_at or end
-    timing = {"startup_s": first - PROCESS_START,
+    started = startup.process_start()  # rank 0's process, as the OS started it
+    timing = {"startup_s": first - started,
               "train_s": (server_run.last_round_at or end) - first,
-              "total_s": end - PROCESS_START}
+              "total_s": end - started,
+              "first_round_unix": first,
+              "end_unix": end}
     for sink in server_run.sinks:
         sink.close()
-    results = write_results(plan, server_run, timing, world_size, extra={"backend": plan.backend})
+    results = write_results(plan, server_run, timing, world_size, extra={"backend": plan.backend, "ranks": ranks})
     write_report(plan.output_dir)  # report.png; never fails the run (a warning at worst)
     server_run.progress.end_line()
     console.info("final metrics (%s, %s, %d rounds):\n%s", plan.dataset.name, results["strategy"],
