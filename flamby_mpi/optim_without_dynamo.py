@@ -16,6 +16,8 @@ the import. Torch versions that wrap differently are left as they are.
 """
 from __future__ import annotations
 
+import sys
+
 _CACHE_ATTRIBUTE = "__dynamo_disable"  # where torch._compile._disable_dynamo caches per function
 
 
@@ -27,8 +29,6 @@ def _is_disable_dynamo_wrapper(function) -> bool:
 
 def install():
     """Makes torch.optim's optimizers work without importing torch._dynamo (see above)."""
-    import sys
-
     import torch.optim
 
     if "torch._dynamo" not in sys.modules:
@@ -73,3 +73,38 @@ def _install_dynamo_stand_in(modules):
     stand_in.__getattr__ = __getattr__
     modules[name] = stand_in
     torch._dynamo = stand_in
+    sys.meta_path.insert(0, _RealDynamoFirst(stand_in, __getattr__))
+
+
+class _RealDynamoFirst:
+    """An import of a submodule (`import torch._dynamo.utils`) while the stand-in holds the place
+    loads the real torch._dynamo first; a submodule its package import already loaded is handed
+    over as it is, never executed twice."""
+
+    def __init__(self, stand_in, load_real):
+        self._stand_in, self._load_real = stand_in, load_real
+
+    def find_spec(self, fullname, path=None, target=None):
+        import sys
+
+        if not fullname.startswith("torch._dynamo.") or sys.modules.get("torch._dynamo") is not self._stand_in:
+            return None
+        self._load_real("__name__")
+        sys.meta_path.remove(self)
+        loaded = sys.modules.get(fullname)
+        if loaded is None:
+            return None  # the ordinary finders load it, under the real package
+        import importlib.util
+
+        return importlib.util.spec_from_loader(fullname, _AlreadyLoaded(loaded))
+
+
+class _AlreadyLoaded:
+    def __init__(self, module):
+        self._module, self._spec = module, module.__spec__
+
+    def create_module(self, spec):
+        return self._module
+
+    def exec_module(self, module):
+        module.__spec__ = self._spec  # the import machinery set ours; the module keeps its own
