@@ -156,3 +156,18 @@ def test_64_synthetic_centres_complete_within_the_memory_of_one_machine(workdir,
           f"max {max(added.values()):.0f} MB (rank {max(added, key=added.get)}), "
           f"clients median {sorted(added[k] for k in range(1, 65))[32]:.0f} MB")
     assert max(added.values()) <= 80, added
+
+
+def test_in_process_run_reports_every_rank_of_its_one_process(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(REPO / "launch_client.py"),
+                           "--cf", str(REPO / "config" / "fedml_config.yaml"),
+                           "--set", "comm_args.backend=inprocess", "--set", f"common_args.output_dir={out}",
+                           "--set", "train_args.comm_round=1", "--set", "train_args.num_updates=1", "--quiet"],
+                          cwd=tmp_path, env=job_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert [(r["rank"], r["role"]) for r in results["ranks"]] == [(0, "server")] + [(k, "client") for k in range(1, 5)]
+    assert all(set(r) == RANK_KEYS and 0 < r["imports_s"] <= r["data_s"] <= r["first_message_s"]
+               for r in results["ranks"])
+    assert results["timing"]["startup_s"] == pytest.approx(results["ranks"][0]["first_message_s"], abs=0.01)
