@@ -239,7 +239,3 @@ class _DeferredName:
 
     def __getattr__(self, attr):
         return getattr(self._real(), attr)
-
-
-# Modules that must never be loaded by a rank (tests/test_startup.py checks every rank of a real run).
-FORBIDDEN_MODULES = ("torchvision", "torch._dynamo", "wandb", "fedml.core.mlops.mlops_device_perfs")
