@@ -63,17 +63,23 @@ def _install_dynamo_stand_in(modules):
     stand_in._flamby_mpi_hollow = True
     stand_in.graph_break = graph_break
 
-    def __getattr__(attribute):
-        if modules.get(name) is stand_in:  # the first other use: load the real module in its place
+    def load_real():
+        if modules.get(name) is stand_in:
             del modules[name]
-            real = importlib.import_module(name)
-            torch._dynamo = real
-        return getattr(modules[name], attribute)
+            torch._dynamo = importlib.import_module(name)
+        return modules[name]
+
+    def __getattr__(attribute):
+        if attribute.startswith("__") and attribute.endswith("__"):
+            # Probes such as inspect.getmodule's hasattr(module, "__file__") over all of
+            # sys.modules must not load torch._dynamo in the middle of another import.
+            raise AttributeError(attribute)
+        return getattr(load_real(), attribute)  # the first real use: the real module takes over
 
     stand_in.__getattr__ = __getattr__
     modules[name] = stand_in
     torch._dynamo = stand_in
-    sys.meta_path.insert(0, _RealDynamoFirst(stand_in, __getattr__))
+    sys.meta_path.insert(0, _RealDynamoFirst(stand_in, load_real))
 
 
 class _RealDynamoFirst:
@@ -89,7 +95,7 @@ class _RealDynamoFirst:
 
         if not fullname.startswith("torch._dynamo.") or sys.modules.get("torch._dynamo") is not self._stand_in:
             return None
-        self._load_real("__name__")
+        self._load_real()
         sys.meta_path.remove(self)
         loaded = sys.modules.get(fullname)
         if loaded is None:
