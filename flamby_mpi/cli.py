@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "Under mpirun it must equal the MPI rank")
     parser.add_argument("--role", choices=(SERVER, CLIENT), default=None,
                         help="server for rank 0, client for ranks 1..N (give with --rank)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue this run (the output directory that --run_id or "
+                             "common_args.output_dir names) from its latest complete checkpoint; "
+                             "the config must be the same (comm_round may grow)")
     parser.add_argument("--quiet", action="store_true",
                         help="show only warnings, errors and the final table (no progress line)")
     parser.add_argument("--version", action="version", version=f"flamby-mpi {__version__}")
@@ -92,7 +96,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         _warn_ignored_keys(config, args, announced_rank)
         from .plan import make_plan  # imports torch: after the cheap checks
 
-        plan = make_plan(config, run_id=args.run_id, quiet=args.quiet)
+        if args.resume and not (args.run_id or config.common_args.run_id or config.common_args.output_dir):
+            raise UserError("--resume needs to know which run to continue",
+                            hint="give the run's --run_id (its outputs are in runs/<run_id>), or set "
+                                 "common_args.output_dir")
+        plan = make_plan(config, run_id=args.run_id, quiet=args.quiet, resume=args.resume)
         transport = _transport(plan, args, argv, announced_rank)
     except UserError as error:
         # Under mpirun every rank finds the same problem: say it once, from rank 0,

@@ -11,10 +11,11 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from typing import Optional
+from typing import List, Optional
 
 import torch
 
+from . import checkpoint
 from .plan import RunPlan
 from .protocol import ClientReply, GlobalMessage
 from .strategies import make_strategy
@@ -57,6 +58,10 @@ class ClientRun:
                                     dataset.baseline_loss(), train_loader, device, privacy,
                                     optimizer_kwargs=plan.optimizer_kwargs())
         self._rng_state = torch.get_rng_state()
+        self.stop_request = None  # this process's preemption.StopRequest, set by the driver
+        self.start_round = 0  # the first exchange this process runs: the resumed cut, else 0
+        self.stopped_by: Optional[int] = None  # the signal of a stop message, once one came
+        self.written_cuts: List[int] = []  # checkpoints holding this rank's files, oldest first
         log.info("rank %d: centre %d of %s, %d train / %d test samples, device %s",
                  rank, self.center, dataset.name, len(train_set), len(test_set), device)
 
@@ -78,11 +83,59 @@ class ClientRun:
         self._message = message
 
     def reply(self) -> ClientReply:
-        """Evaluates (when due) the global model just received, then trains unless this is the end."""
-        with self._own_rng():
-            reply = self._reply(self._message)
+        """Evaluates (when due) the global model just received, then trains unless this is the end;
+        saves this rank's part of a checkpoint when one is due or the job is stopping."""
+        message = self._message
+        if message.stop:
+            self.stopped_by = message.stop
+            reply = ClientReply(center=self.center, round_idx=message.round_idx, device=str(self.device),
+                                train_samples=self.learner.num_train_samples, wait_s=self._waited)
+            cut = message.round_idx
+        else:
+            with self._own_rng():
+                reply = self._reply(message)
+            cut = message.round_idx + 1
+        if (message.stop or self.plan.checkpoint_due(cut)) and cut not in self.written_cuts:
+            reply.checkpoint = self.save_checkpoint(cut)
+        elif message.final:  # every cut is complete now: keep as many as the server does
+            self._prune(keep=self.plan.keep_checkpoints)
+        if self.stop_request is not None:
+            reply.stop_requested = self.stop_request.signum
         self._replied_at = time.perf_counter()
         return reply
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def checkpoint_state(self):
+        """(tensors, JSON data): everything this client carries from one round to the next."""
+        learner_tensors, learner_data = self.learner.state()
+        strategy_tensors, strategy_data = self.strategy.state()
+        tensors = {"learner": learner_tensors, "strategy": strategy_tensors, "rng": self._rng_state}
+        return tensors, {"rank": self.rank, "learner": learner_data, "strategy": strategy_data}
+
+    def restore(self, tensors: dict, data: dict):
+        if data.get("rank") != self.rank:
+            raise checkpoint.CheckpointError(f"the state read for rank {self.rank} is rank {data.get('rank')}'s")
+        self.learner.restore(tensors["learner"], data["learner"])
+        self.strategy.restore(tensors["strategy"], data["strategy"])
+        self._rng_state = tensors["rng"]
+
+    def save_checkpoint(self, cut: int) -> dict:
+        """Writes this rank's part of the cut after `cut` rounds, then prunes its own older files:
+        the cuts before this one are complete (the server completes a cut before it sends the
+        next message), and the last keep_checkpoints of them stay."""
+        tick = time.perf_counter()
+        files = checkpoint.write_rank_state(self.plan.output_dir, cut, self.rank, *self.checkpoint_state())
+        # The server keeps keep_checkpoints manifests, this cut's among them once it is complete;
+        # until then the previous complete one must stay, whatever keep_checkpoints is.
+        self._prune(keep=max(1, self.plan.keep_checkpoints - 1))
+        self.written_cuts.append(cut)
+        return {"round": cut, "files": files, "write_s": time.perf_counter() - tick}
+
+    def _prune(self, keep: int):
+        """Deletes this rank's files of all but the newest `keep` cuts written so far (all complete)."""
+        for old in self.written_cuts[:-keep]:
+            checkpoint.remove_rank_files(self.plan.output_dir, old, self.rank)
+        self.written_cuts = self.written_cuts[-keep:]
 
     def _reply(self, message: GlobalMessage) -> ClientReply:
         plan, round_idx = self.plan, message.round_idx

@@ -98,6 +98,16 @@ class CommonArgs:
                                                                    check=path_problem))
     using_mlops: bool = field(default=False, metadata=_meta(choices=(False,),
                                                            help="FedML's cloud is never contacted"))
+    checkpoint_every: int = field(default=1, metadata=_meta(
+        minimum=0, maximum=1_000_000, help="every rank saves its state in <output_dir>/checkpoints every this "
+                                           "many rounds, so that --resume can continue the run; 0: never "
+                                           "(preemption still saves one)"))
+    keep_checkpoints: int = field(default=2, metadata=_meta(
+        minimum=1, maximum=1_000_000, help="complete checkpoints kept; older ones are deleted"))
+    preemption_grace_s: float = field(default=30.0, metadata=_meta(
+        minimum=1.0, maximum=MAX_TIMEOUT_S, help="on SIGTERM or SIGINT the ranks stop at the next round boundary "
+                                                 "and save a checkpoint; if that takes longer than this, they "
+                                                 "exit at once and the last complete checkpoint is kept"))
 
 
 @dataclass

@@ -17,14 +17,20 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
+import sys
 import time
 import traceback
 from datetime import datetime
+from pathlib import Path
 from typing import List, Optional, Tuple
 
-from . import failures, startup
+from . import checkpoint, failures, startup
+from .config import run_id_problem
 from .errors import UserError
+from .logs import SHOWN_WHEN_QUIET
 from .plan import RunPlan
+from .preemption import StopRequest, exit_code, signal_name
 
 
 def new_run_id() -> str:
@@ -63,7 +69,7 @@ def _run(plan: RunPlan, transport, at: str) -> int:
     from .results import atomic_write
 
     if plan.run_id is None:  # every rank has the same config, so every rank takes this branch
-        plan = plan.with_run_id(transport.agree(new_run_id() if transport.rank == 0 else None))
+        plan = plan.with_run_id(transport.agree(_first_run_id(plan) if transport.rank == 0 else None))
     setup_rank_logging(plan.output_dir, transport.rank, plan.log_level, quiet=plan.quiet)
     console = console_logger()
     torch.set_num_threads(torch_threads(plan))  # in-process too: the same arithmetic, the same results
@@ -79,9 +85,15 @@ def _run(plan: RunPlan, transport, at: str) -> int:
     transport.begin(plan, lambda reason: failures.fail(f"{reason}; ending the whole job",
                                                        failures.EXIT_FAILURE, at, end=transport.abort))
     server_run, client_runs, code = _preflight(plan, transport, device, console)
+    if not code:
+        code = _resume_or_start_afresh(plan, transport, server_run, client_runs, console)
     if code:
         transport.stop_watching()
         return code
+    stop_request = _stop_on_signals(plan, transport, server_run, at)
+    for role in [server_run, *client_runs]:
+        if role is not None:
+            role.stop_request = stop_request
 
     def first_round():
         server_run.start_first_round()
@@ -91,11 +103,86 @@ def _run(plan: RunPlan, transport, at: str) -> int:
                      server_run.first_round_at - startup.process_start())
 
     transport.exchange(plan, server_run, client_runs, first_round, device)
+    # Every rank that ran the exchanges, stopped early or not, takes part in this one collective.
     ranks = startup.gathered(transport.allgather(startup.rank_figures(transport.local_ranks, transport.host)))
     startup.dump_modules_if_asked(transport.rank)
+    stop_request.uninstall()
+    stopped_by = next((role.stopped_by for role in [server_run, *client_runs] if role is not None), None)
+    if stopped_by is not None:
+        if server_run is not None:
+            server_run.progress.end_line()
+            console.warning("stopped by %s after round %d; checkpoint in %s. To continue: %s",
+                            signal_name(stopped_by), server_run.rounds_completed,
+                            checkpoint.round_dir(plan.output_dir, server_run.rounds_completed),
+                            resume_command(plan), extra=SHOWN_WHEN_QUIET)
+        return exit_code(stopped_by)
     if server_run is not None:
         _write_and_report(plan, server_run, transport.world_size, console, ranks)
     return 0
+
+
+def _first_run_id(plan: RunPlan) -> str:
+    """Rank 0's run id when none was given: with --resume into common_args.output_dir, the id
+    the checkpoint recorded; else a new timestamp."""
+    output_dir = plan.config_dict()["common_args"]["output_dir"]
+    if plan.resume and output_dir:
+        recorded = checkpoint.latest_recorded_run_id(Path(output_dir))
+        if recorded is not None and run_id_problem(recorded) is None:
+            return recorded
+    return new_run_id()
+
+
+def _resume_or_start_afresh(plan: RunPlan, transport, server_run, client_runs, console) -> int:
+    """--resume: restore the roles from the newest checkpoint intact on every rank (0), or say
+    why not, once, from rank 0 (exit code 2 on every rank). Else clear an earlier run's ones."""
+    from . import resume
+
+    if not plan.resume:
+        resume.start_afresh(plan, transport, console)
+        return 0
+    try:
+        resume.agree_and_restore(plan, transport, server_run, client_runs, console)
+        return 0
+    except UserError as error:
+        if transport.rank == 0:
+            failures.report(failures.message(str(error), "rank 0"))
+        return failures.EXIT_USER_ERROR
+
+
+def resume_command(plan: RunPlan) -> str:
+    """What to run to continue this run: this command with --resume (and the run id it got)."""
+    args = [a for a in sys.argv[1:] if a != "--resume"]
+    if "--run_id" not in args and not any(a.startswith("--run_id=") for a in args):
+        args += ["--run_id", plan.run_id]
+    command = " ".join(shlex.quote(a) for a in ["python", "launch_client.py", *args, "--resume"])
+    if plan.backend == "inprocess":
+        return command
+    if "--rank" in args:
+        return f"every rank's own command with --resume, e.g. {command}"
+    command = f"mpirun -np {plan.world_size} {command}"
+    job = os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID")
+    if job:  # the job scripts resume by themselves when the scheduler restarts the job
+        return f"requeue job {job} (scripts/slurm_job.sh and pbs_job.sh resume by themselves), or run {command}"
+    return command
+
+
+def _stop_on_signals(plan: RunPlan, transport, server_run, at: str) -> StopRequest:
+    """SIGTERM/SIGINT from here on: stop at the next round boundary with a checkpoint."""
+    def said(signum: int):
+        if server_run is not None:
+            server_run.console(f"{signal_name(signum)} received: stopping at the next round boundary with a "
+                               f"checkpoint (at most {plan.preemption_grace_s:g} s)")
+
+    def expired(signum: int):
+        kept = server_run.written_cuts[-1] if server_run is not None and server_run.written_cuts else None
+        failures.fail(f"{signal_name(signum)}: the job could not stop at a round boundary within "
+                      f"{plan.preemption_grace_s:g} s (common_args.preemption_grace_s); "
+                      + (f"the last complete checkpoint, round {kept}, is kept"
+                         if kept is not None else "the last complete checkpoint is kept")
+                      + f". To continue: {resume_command(plan)}", exit_code(signum), at, end=transport.abort)
+        os._exit(exit_code(signum))
+
+    return StopRequest().install(plan.preemption_grace_s, said, expired)
 
 
 def _preflight(plan: RunPlan, transport, device, console) -> Tuple[Optional[object], List, int]:
@@ -152,7 +239,6 @@ def _telemetry_sinks(plan: RunPlan) -> list:
 
 
 def _write_and_report(plan: RunPlan, server_run, world_size: int, console, ranks):
-    from .logs import SHOWN_WHEN_QUIET
     from .report import write_report
     from .results import format_table, write_results
 
@@ -166,7 +252,14 @@ def _write_and_report(plan: RunPlan, server_run, world_size: int, console, ranks
               "end_unix": end}
     for sink in server_run.sinks:
         sink.close()
-    results = write_results(plan, server_run, timing, world_size, extra={"backend": plan.backend, "ranks": ranks})
+    seconds = server_run.checkpoint_seconds
+    checkpoints = {"every": plan.checkpoint_every, "keep": plan.keep_checkpoints, "written": len(seconds),
+                   "mean_s": round(sum(seconds) / len(seconds), 6) if seconds else None,
+                   "max_s": round(max(seconds), 6) if seconds else None,
+                   "dir": str(checkpoint.checkpoints_dir(plan.output_dir))}
+    results = write_results(plan, server_run, timing, world_size,
+                            extra={"backend": plan.backend, "checkpoints": checkpoints,
+                                   "resumed_from": server_run.resumed_from, "ranks": ranks})
     write_report(plan.output_dir)  # report.png; never fails the run (a warning at worst)
     server_run.progress.end_line()
     console.info("final metrics (%s, %s, %d rounds):\n%s", plan.dataset.name, results["strategy"],

@@ -36,7 +36,7 @@ def import_fedml(role: str):
     return import_fedml_for(role)
 
 
-def fedml_args(plan, world, device) -> SimpleNamespace:
+def fedml_args(plan, world, device, start_round: int = 0) -> SimpleNamespace:
     """The attributes FedML's cross-silo server and client read, for this rank."""
     from fedml.constants import FEDML_CROSS_SILO_SCENARIO_HORIZONTAL, FEDML_TRAINING_PLATFORM_CROSS_SILO
     from fedml.core.mlops import MLOpsStore
@@ -56,8 +56,9 @@ def fedml_args(plan, world, device) -> SimpleNamespace:
         client_num_per_round=n,
         # Server: every client rank; client: only itself (FedML's convention).
         client_id_list=json.dumps(list(range(1, n + 1)) if world.is_server else [world.rank]),
-        # FedML's rounds are our exchanges: the training rounds plus the final evaluation-only one.
-        comm_round=plan.exchanges,
+        # FedML's rounds are our exchanges from the round resumed (else 0) on: the training
+        # rounds plus the final evaluation-only one. Our round = FedML's round_idx + start_round.
+        comm_round=plan.exchanges - start_round,
         frequency_of_the_test=plan.eval_every,
         test_on_clients="no",  # our trainer evaluates inside train(), see client.py
         dataset=plan.dataset.name,
@@ -262,6 +263,9 @@ def run_client(args, world, trainer, center: int, train_samples: int, watchdog) 
         args, args.device, world.rank, trainer.model, train_samples,
         {center: train_samples}, {center: None}, {center: None}, trainer)
     manager = ClientManager(args, adapter, world.comm, world.rank, world.size, "MPI")
+    # A stop message (preemption) is the last this client trains on: FedML's next message,
+    # which it sends after every aggregation, then ends the client as after the final round.
+    trainer.on_stop = lambda: setattr(manager, "num_rounds", manager.round_idx + 1)
     watchdog.watch(receive_thread(manager))
     manager.run()
 
@@ -278,7 +282,7 @@ def make_aggregator(server_run, fedml_args):
 
     class FlambyServerAggregator(ServerAggregator):
         def get_model_params(self):
-            return server_run.global_message(int(fedml_args.round_idx))
+            return server_run.global_message(int(fedml_args.round_idx) + server_run.start_round)
 
         def set_model_params(self, model_parameters):
             pass  # ServerRun.aggregate already holds the aggregated model
@@ -289,7 +293,7 @@ def make_aggregator(server_run, fedml_args):
         meter: Optional[Meter] = None  # the server's MPI traffic, set once FedML's manager exists
 
         def aggregate(self, raw_client_model_or_grad_list):
-            round_idx = int(fedml_args.round_idx)
+            round_idx = int(fedml_args.round_idx) + server_run.start_round
             replies = [payload[_REPLY] for _, payload in raw_client_model_or_grad_list]
             traffic = self.meter.take() if self.meter is not None else None
             # After the final exchange FedML still sends one model message, which clients ignore.
@@ -319,6 +323,7 @@ def make_trainer(client_run, fedml_args):
         def __init__(self):
             super().__init__(client_run.learner.net, fedml_args)
             self._reply = None
+            self.on_stop: Callable[[], None] = lambda: None  # set by run_client
 
         def get_model_params(self):
             return {_REPLY: self._reply}
@@ -338,9 +343,11 @@ def make_trainer(client_run, fedml_args):
 
         def train(self, train_data, device, args):
             self._reply = client_run.reply()
-            if self._reply.round_idx != int(args.round_idx):  # FedML's count and ours must agree
-                raise RuntimeError(f"FedML runs round {args.round_idx}, the server sent round "
-                                   f"{self._reply.round_idx}")
+            if self._reply.round_idx != int(args.round_idx) + client_run.start_round:  # the counts agree
+                raise RuntimeError(f"FedML runs round {args.round_idx} (from {client_run.start_round}), the "
+                                   f"server sent round {self._reply.round_idx}")
+            if client_run.stopped_by is not None:
+                self.on_stop()
 
         def test(self, test_data, device, args):
             pass  # evaluation happens in train(), on the model received from the server
@@ -380,7 +387,8 @@ class FedMLTransport:
 
     def exchange(self, plan, server_run, client_runs, on_first_round: Callable[[], None], device):
         import_fedml(self._role)
-        args = fedml_args(plan, self.world, device)
+        start_round = server_run.start_round if server_run is not None else client_runs[0].start_round
+        args = fedml_args(plan, self.world, device, start_round)
         if server_run is not None:
             run_server(args, self.world, make_aggregator(server_run, args), on_first_round, self._watchdog)
         else:

@@ -25,7 +25,7 @@ def _as_if_sent(obj) -> Tuple[object, int]:
 
 def run_exchanges(server_run, client_runs: List) -> None:
     """Runs the whole federated training: every exchange, the final evaluation-only one included."""
-    message = server_run.global_message(0)
+    message = server_run.global_message(server_run.start_round)  # 0, or the round resumed
     while message is not None:
         replies, traffic = [], Traffic()
         for client in client_runs:

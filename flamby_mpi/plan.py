@@ -69,7 +69,11 @@ class RunPlan:
     tensorboard: bool
     cpu_threads: Optional[int]
     devices: DeviceArgs
+    checkpoint_every: int = 1  # 0: no periodic checkpoints (preemption still writes one)
+    keep_checkpoints: int = 2
+    preemption_grace_s: float = 30.0
     quiet: bool = False  # --quiet: the console shows only warnings, errors and the final table
+    resume: bool = False  # --resume: continue from the latest complete checkpoint in output_dir
     run_id: Optional[str] = None  # None until agreed (with_run_id)
     output_dir: Optional[Path] = None
     rendezvous_dir: Optional[Path] = None
@@ -93,6 +97,15 @@ class RunPlan:
     def evaluates(self, round_idx: int) -> bool:
         """Whether clients evaluate the global model received for this round."""
         return round_idx == self.final_round or (round_idx > 0 and round_idx % self.eval_every == 0)
+
+    def checkpoint_due(self, rounds_completed: int) -> bool:
+        """Whether every rank saves its state once this many training rounds are complete."""
+        return (self.checkpoint_every > 0 and 0 < rounds_completed <= self.rounds
+                and rounds_completed % self.checkpoint_every == 0)
+
+    def config_dict(self) -> dict:
+        """The resolved config as a plain dict (what a checkpoint's manifest records)."""
+        return self._config.to_dict()
 
     @property
     def optimizer_name(self) -> str:
@@ -201,7 +214,8 @@ def _strategy_problems(train, num_clients: int) -> List[str]:
     return problems
 
 
-def make_plan(config: RunConfig, run_id: Optional[str] = None, quiet: bool = False) -> RunPlan:
+def make_plan(config: RunConfig, run_id: Optional[str] = None, quiet: bool = False,
+              resume: bool = False) -> RunPlan:
     """The plan of this config; run_id (from --run_id) wins over common_args.run_id."""
     seed = config.common_args.random_seed
     dataset = resolve_dataset(config.data_args, seed)
@@ -251,7 +265,10 @@ def make_plan(config: RunConfig, run_id: Optional[str] = None, quiet: bool = Fal
         backend=config.comm_args.backend, round_timeout_s=config.comm_args.round_timeout_s,
         join_timeout_s=config.comm_args.join_timeout_s, secret_file=config.comm_args.secret_file,
         log_level=config.tracking_args.log_level, tensorboard=config.tracking_args.tensorboard,
-        quiet=quiet, cpu_threads=config.device_args.cpu_threads,
+        quiet=quiet, resume=resume, cpu_threads=config.device_args.cpu_threads,
+        checkpoint_every=config.common_args.checkpoint_every,
+        keep_checkpoints=config.common_args.keep_checkpoints,
+        preemption_grace_s=config.common_args.preemption_grace_s,
         devices=config.device_args, _config=config,
     )
     run_id = run_id if run_id is not None else config.common_args.run_id

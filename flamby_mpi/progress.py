@@ -38,6 +38,10 @@ class Progress:
         self._last_line_at: Optional[float] = None
         self._last_line_round = 0
         self._drawn = False
+        self._resumed_at = 0  # rounds done before this process started (--resume): not in the ETA
+
+    def resume_at(self, completed: int):
+        self._resumed_at = self._last_line_round = completed
 
     def start(self):
         self.started = self._last_line_at = self.clock()
@@ -47,7 +51,8 @@ class Progress:
         if self.started is None:
             self.start()
         elapsed = now - self.started
-        eta = elapsed / completed * (self.total - completed) if completed else 0.0
+        done_here = completed - self._resumed_at
+        eta = elapsed / done_here * (self.total - completed) if done_here > 0 else 0.0
         text = (f"round {completed}/{self.total} done in {round_s:.2f} s{note}, mean train loss "
                 f"{mean_loss:.4f} | elapsed {_clock_text(elapsed)}, ETA {_clock_text(eta)}")
         log.info(text)

@@ -7,7 +7,9 @@ every client a `GlobalMessage` for round r, and every client answers with one
 client trains). Every client answers every exchange, also when it does not
 train (client sampling, Cyclic): FedML's cross-silo server waits for all of
 them. The transports (FedML over MPI, the in-process loop) carry these objects
-unchanged; checkpointing and telemetry can serialise them.
+unchanged. Checkpoints ride on the same exchanges: a client saves its part before its
+reply says so, and the server completes the cut (flamby_mpi.checkpoint); a stop (SIGTERM,
+SIGINT) is asked for in a reply and ordered in the next GlobalMessage.
 """
 from __future__ import annotations
 
@@ -26,6 +28,9 @@ class GlobalMessage:
     final: bool  # the evaluation-only exchange after the last training round
     state: State  # the global model
     extras: Optional[Dict] = None  # strategy extras (Scaffold's server control variate)
+    # A signal number: the job is stopping (SIGTERM/SIGINT somewhere). Clients neither evaluate
+    # nor train; they save the cut after round_idx rounds (unless saved already) and the job ends.
+    stop: Optional[int] = None
 
 
 @dataclass
@@ -45,6 +50,12 @@ class ClientReply:
     # The evaluation of the global model received this exchange, when due (plan.evaluates);
     # its predictions travel only in the final exchange with pooled_test: predictions.
     evaluation: Optional[Evaluation] = None
+    # This client saved its part of a checkpoint before replying: {"round": cut, "files":
+    # {name: {"sha256", "bytes"}}, "write_s": seconds}; rank 0 writes the manifest once all have.
+    checkpoint: Optional[Dict] = None
+    # The signal this client's process received (SIGTERM/SIGINT), if any: the job stops at the
+    # next round boundary.
+    stop_requested: Optional[int] = None
 
     @property
     def trained(self) -> bool:

@@ -13,8 +13,10 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
+from . import __version__, checkpoint
 from .aggregation import weighted_mean
 from .plan import RunPlan
+from .preemption import signal_name as _signal_name
 from .progress import Progress
 from .protocol import ClientReply, GlobalMessage
 from .strategies import make_strategy
@@ -42,6 +44,12 @@ class ServerRun:
         self.last_round_at: Optional[float] = None
         self._round_started: Optional[float] = None
         self._pooled_test_set = None
+        self.stop_request = None  # this process's preemption.StopRequest, set by the driver
+        self.start_round = 0  # the first exchange this process runs: the resumed cut, else 0
+        self.resumed_from: Optional[Dict] = None  # {"round", "path"} when resumed
+        self.stopped_by: Optional[int] = None  # the signal the job stopped for, once it did
+        self.written_cuts: List[int] = []  # complete checkpoints on disk, oldest first
+        self.checkpoint_seconds: List[float] = []  # per cut: the server's write plus the slowest client's
 
     def check_pooled_test_data(self):
         """With pooled_test: flamby the server reads FLamby's pooled test set: fail now, not at the end."""
@@ -51,10 +59,11 @@ class ServerRun:
     def global_state(self) -> "OrderedDict[str, torch.Tensor]":
         return OrderedDict((k, v.detach().clone()) for k, v in self.model.state_dict().items())
 
-    def global_message(self, round_idx: int) -> GlobalMessage:
+    def global_message(self, round_idx: int, stop: Optional[int] = None) -> GlobalMessage:
         """What every client receives for exchange round_idx: the model and strategy extras."""
         return GlobalMessage(round_idx=round_idx, final=round_idx == self.plan.final_round,
-                             state=self.global_state(), extras=self.strategy.server_extras(round_idx))
+                             state=self.global_state(), extras=self.strategy.server_extras(round_idx),
+                             stop=stop)
 
     def console(self, text: str):
         self.progress.end_line()  # a line being redrawn on a terminal ends first
@@ -73,6 +82,10 @@ class ServerRun:
                 raise RuntimeError(f"exchange {round_idx}: centre {reply.center} answered exchange "
                                    f"{reply.round_idx}")
             self.devices[reply.center] = reply.device
+        if self.stopped_by is not None:  # the stop exchange: the clients saved the cut, we end it
+            self._complete_checkpoint(round_idx, replies)
+            self.round_log.close()
+            return None
         evaluated = self._record_evaluations(round_idx, replies)
         now = time.time()
         final = round_idx == self.plan.final_round
@@ -94,7 +107,64 @@ class ServerRun:
         self.progress.round_done(self.rounds_completed, now - (self._round_started or now),
                                  float(np.mean(losses)), who)
         self.last_round_at = self._round_started = now
-        return self.global_message(round_idx + 1)
+        cut = self.rounds_completed
+        if self.plan.checkpoint_due(cut):
+            self._complete_checkpoint(cut, replies)
+        stop = self._stop_asked(replies)
+        if stop is not None and cut < self.plan.final_round:
+            self.stopped_by = stop  # every client saves this cut (if not yet) and the job ends
+            self.console(f"{_signal_name(stop)} received: stopping after round {cut} with a checkpoint")
+            return self.global_message(cut, stop=stop)
+        return self.global_message(cut)
+
+    def _stop_asked(self, replies: List[ClientReply]) -> Optional[int]:
+        if self.stop_request is not None and self.stop_request.signum is not None:
+            return self.stop_request.signum
+        return next((r.stop_requested for r in replies if r.stop_requested), None)
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def checkpoint_state(self):
+        """(tensors, JSON data): the global model, the strategy's server state, the history so far."""
+        strategy_tensors, strategy_data = self.strategy.state()
+        tensors = {"model": self.model.state_dict(), "strategy": strategy_tensors, "rng": torch.get_rng_state()}
+        data = {"rank": 0, "rounds_completed": self.rounds_completed, "history": self.history,
+                "devices": {str(c): d for c, d in self.devices.items()}, "round_log": self.round_log.state(),
+                "strategy": strategy_data, "checkpoint_seconds": self.checkpoint_seconds}
+        return tensors, data
+
+    def restore(self, tensors: dict, data: dict, round_idx: int, path: str):
+        if data.get("rank") != 0 or data.get("rounds_completed") != round_idx:
+            raise checkpoint.CheckpointError(f"{path}: the server's state is not that of round {round_idx}")
+        self.model.load_state_dict(tensors["model"])
+        self.strategy.restore(tensors["strategy"], data["strategy"])
+        torch.set_rng_state(tensors["rng"])
+        self.rounds_completed = self.start_round = round_idx
+        self.history = list(data["history"])
+        self.devices = {int(c): d for c, d in data["devices"].items()}
+        self.round_log.restore(data["round_log"])
+        self.checkpoint_seconds = list(data["checkpoint_seconds"])
+        self.progress.resume_at(round_idx)
+        self.resumed_from = {"round": round_idx, "path": path}
+
+    def _complete_checkpoint(self, cut: int, replies: List[ClientReply]):
+        """Saves the server's part of the cut after `cut` rounds, then the manifest that makes it
+        a checkpoint, once every client's reply says its part is written; prunes old cuts."""
+        if cut in self.written_cuts:
+            return  # saved at the round boundary already; the stop exchange only confirms it
+        tick = time.perf_counter()
+        files = {0: checkpoint.write_rank_state(self.plan.output_dir, cut, 0, *self.checkpoint_state())}
+        for reply in replies:
+            if not reply.checkpoint or reply.checkpoint.get("round") != cut:
+                raise RuntimeError(f"checkpoint after round {cut}: centre {reply.center} did not save its part")
+            files[reply.center + 1] = reply.checkpoint["files"]
+        checkpoint.write_manifest(self.plan.output_dir, cut, self.plan.run_id, __version__,
+                                  self.plan.config_dict(), files)
+        write_s = time.perf_counter() - tick
+        self.checkpoint_seconds.append(write_s + max(float(r.checkpoint.get("write_s", 0.0)) for r in replies))
+        self.written_cuts.append(cut)
+        for old in self.written_cuts[:-self.plan.keep_checkpoints]:
+            checkpoint.remove_rank_files(self.plan.output_dir, old, 0, manifest_too=True)
+        self.written_cuts = self.written_cuts[-self.plan.keep_checkpoints:]
 
     def _record_evaluations(self, round_idx: int, replies: List[ClientReply]) -> Dict[str, float]:
         """Records this exchange's evaluations; returns client_test_<k> and average (empty if none)."""

@@ -81,6 +81,16 @@ class RoundLog:
         self.rows.extend(self._open)
         self._open = []
 
+    def state(self) -> Dict:
+        """The rows and totals so far, as JSON data (a checkpoint)."""
+        return {"rows": self.rows, "open": self._open, "open_round_s": self._open_round_s,
+                "totals": {str(c): t for c, t in self.totals.items()}}
+
+    def restore(self, data: Dict):
+        self.rows, self._open = list(data["rows"]), list(data["open"])
+        self._open_round_s = data["open_round_s"]
+        self.totals = {int(c): dict(t) for c, t in data["totals"].items()}
+
     def csv_text(self) -> str:
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=ROUND_COLUMNS)

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -21,24 +21,84 @@ def derived_seed(seed: int, rank: int) -> int:
 
 
 class DataLoaderWithMemory:
-    """Iterates a DataLoader forever, restarting it silently; the position is kept between calls."""
+    """Iterates a DataLoader forever, restarting it silently; the position is kept between calls.
+
+    Its position can be saved and restored exactly (checkpoints), without reloading a batch:
+    - a loader with its own torch.Generator (ours) draws the epoch's permutation from it when an
+      epoch starts; the generator's state then and the batches drawn since are the position, and
+      restoring replays the permutation and skips that many batches of indices;
+    - opacus's Poisson-sampling loader draws each batch as it goes, from the loader's generator
+      (ours, which opacus keeps) or else torch's global stream (the client's own, saved with the
+      client): its position is that generator's current state and the batches left in the
+      epoch; restoring starts an iterator, puts the generator back, and ends that epoch after
+      the batches it had left.
+    """
 
     def __init__(self, loader: torch.utils.data.DataLoader):
         self.loader = loader
-        self._iterator: Iterator = iter(loader)
         self.batches_drawn = 0
+        self._start_epoch()
 
     def __len__(self) -> int:
         return len(self.loader.dataset)
 
+    def _start_epoch(self):
+        generator = self.loader.generator
+        self._epoch_generator_state = None if generator is None else generator.get_state()
+        self._iterator: Iterator = iter(self.loader)
+        self._epoch_batches = 0
+        self._epoch_length: Optional[int] = None  # set when restored mid-epoch in draw-as-you-go mode
+
     def get_samples(self):
+        if self._epoch_length is not None and self._epoch_batches >= self._epoch_length:
+            self._start_epoch()
         try:
             batch = next(self._iterator)
         except StopIteration:
-            self._iterator = iter(self.loader)
+            self._start_epoch()
             batch = next(self._iterator)
         self.batches_drawn += 1
+        self._epoch_batches += 1
         return batch
+
+    def _draws_as_it_goes(self) -> bool:
+        return getattr(self.loader, "sample_rate", None) is not None  # opacus's DPDataLoader
+
+    def state(self) -> Tuple[dict, dict]:
+        """(tensors, JSON data) that restore this exact position."""
+        tensors = {} if self._epoch_generator_state is None else {"epoch_generator": self._epoch_generator_state}
+        left = None
+        if self._draws_as_it_goes():
+            left = (self._epoch_length if self._epoch_length is not None else len(self.loader)) - self._epoch_batches
+            if self.loader.generator is not None:
+                tensors = {"generator": self.loader.generator.get_state()}
+        return tensors, {"batches_drawn": self.batches_drawn, "epoch_batches": self._epoch_batches,
+                         "epoch_batches_left": left}
+
+    def restore(self, tensors: dict, data: dict):
+        self.batches_drawn = int(data["batches_drawn"])
+        done = int(data["epoch_batches"])
+        if self._draws_as_it_goes():
+            outer = torch.get_rng_state()
+            self._iterator = iter(self.loader)  # what its start drew was drawn before the checkpoint: undone
+            torch.set_rng_state(outer)
+            if self.loader.generator is not None:
+                self.loader.generator.set_state(tensors["generator"])
+            self._epoch_generator_state, self._epoch_batches = None, 0
+            self._epoch_length = int(data["epoch_batches_left"])
+            return
+        if "epoch_generator" not in tensors or self.loader.generator is None:
+            raise ValueError("the saved data position does not fit this loader")
+        self.loader.generator.set_state(tensors["epoch_generator"])
+        self._start_epoch()
+        sampler_iter = getattr(self._iterator, "_sampler_iter", None)
+        for _ in range(done):
+            if self.loader.num_workers == 0 and sampler_iter is not None:
+                next(sampler_iter)  # the batch's indices only: no sample is loaded
+                self._iterator._num_yielded += 1
+            else:  # worker processes prefetch: draw the batches themselves
+                next(self._iterator)
+        self._epoch_batches = done
 
 
 class LocalLearner:
@@ -57,8 +117,9 @@ class LocalLearner:
         self.optimizer = optimizer_class(self.model.parameters(), lr=learning_rate,
                                          **(optimizer_kwargs or {}))
         self._num_train_samples = len(train_loader.dataset)
+        self.accountant = None  # opacus's, with differential privacy: its history is checkpointed
         if privacy is not None:
-            self.model, self.optimizer, train_loader = privacy.make_private(
+            self.model, self.optimizer, train_loader, self.accountant = privacy.make_private(
                 self.model, self.optimizer, train_loader, device)
         self.batches = DataLoaderWithMemory(train_loader)
 
@@ -68,6 +129,29 @@ class LocalLearner:
 
     def state_dict(self):
         return self.net.state_dict()
+
+    def state(self) -> Tuple[dict, dict]:
+        """(tensors, JSON data): model, optimizer, data position and, with differential privacy,
+        the noise generator and the privacy accountant's history."""
+        batch_tensors, batch_data = self.batches.state()
+        tensors = {"model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(), "batches": batch_tensors}
+        data = {"batches": batch_data}
+        noise = getattr(self.optimizer, "generator", None)
+        if isinstance(noise, torch.Generator):
+            tensors["noise_generator"] = noise.get_state()
+        if self.accountant is not None:
+            data["accountant_history"] = [list(step) for step in self.accountant.history]
+        return tensors, data
+
+    def restore(self, tensors: dict, data: dict):
+        self.net.load_state_dict(tensors["model"])
+        self.optimizer.load_state_dict(tensors["optimizer"])
+        self.batches.restore(tensors["batches"], data["batches"])
+        noise = getattr(self.optimizer, "generator", None)
+        if isinstance(noise, torch.Generator):
+            noise.set_state(tensors["noise_generator"])
+        if self.accountant is not None:
+            self.accountant.history = [tuple(step) for step in data["accountant_history"]]
 
     def load_global_state(self, state_dict):
         # load_state_dict copies into the existing tensors, so the optimizer
@@ -113,12 +197,13 @@ class PrivacySettings:
     def make_private(self, model, optimizer, loader, device):
         from opacus import PrivacyEngine  # optional dependency, checked when the plan is made
 
-        wrapped, dp_optimizer, dp_loader = PrivacyEngine().make_private_with_epsilon(
+        engine = PrivacyEngine()
+        wrapped, dp_optimizer, dp_loader = engine.make_private_with_epsilon(
             module=model, optimizer=optimizer, data_loader=loader, epochs=self.epochs,
             target_epsilon=self.target_epsilon, target_delta=self.target_delta,
             max_grad_norm=self.max_grad_norm,
             noise_generator=torch.Generator(device).manual_seed(self.seed))
-        return wrapped, dp_optimizer, dp_loader
+        return wrapped, dp_optimizer, dp_loader, engine.accountant
 
 
 @dataclass

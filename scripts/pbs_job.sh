@@ -14,6 +14,9 @@
 #   python scripts/submit.py --scheduler pbs CONFIG [--set ...]   # computes N+1 from the config
 # Options given to qsub override the #PBS lines below.
 #
+# Rerunnable jobs (qsub -r y; submit.py --requeue): a job PBS starts again resumes from its
+# newest checkpoint in the same output directory (see "Rerun" below; untested on a real PBS).
+#
 # Outputs: runs/pbs-<job id>/ (results.json, logs/rank<k>.log, ...); the console in
 # flamby-mpi.o<job id> in the submit directory.
 #
@@ -105,6 +108,60 @@ start=("$mpiexec" ${FLAMBY_MPI_MPIEXEC_ARGS:-} -n "$np")
 # Ours first: the user's own --set, later on the line, win.
 defaults=(--run_id "$run_id" --set "common_args.output_dir=$output_dir")
 
+# Rerun (qsub -r y, README "On a cluster: SLURM requeue and PBS"). NOT TESTED ON A REAL PBS.
+# PBS Pro / OpenPBS count a job's starts in its run_count attribute (qstat -f); when it is
+# above 1 the job was rerun (qrerun, a preemption with requeue, a node failure) and continues
+# its run from the newest complete checkpoint, or does nothing again if the run had finished.
+# Torque shows no run_count: there, give FLAMBY_MPI_RESUME=1 to resume.
+runs=$(qstat -f "$PBS_JOBID" 2> /dev/null | sed -n 's/^ *run_count = *\([0-9][0-9]*\).*/\1/p' | head -n 1 || true)
+resume=()
+if [ "${runs:-1}" -gt 1 ] || [ "${FLAMBY_MPI_RESUME:-0}" = 1 ]; then
+    # The directory the job's command line names: a user's own --set common_args.output_dir wins.
+    run_dir=$("$python" - "$config" "${defaults[@]}" "$@" 2>/dev/null <<'PY' || true
+import sys
+from flamby_mpi.cli import build_parser
+from flamby_mpi.config import load_config
+args, _ = build_parser().parse_known_args(["--cf", *sys.argv[1:]])
+print(load_config(args.cf, args.set).common_args.output_dir)
+PY
+)
+    run_dir=${run_dir:-$output_dir}
+    if [ -f "$run_dir/results.json" ]; then
+        echo "flamby-mpi: PBS job $PBS_JOBID started again (run ${runs:-?}), but its run had already" \
+             "finished: results in $run_dir/results.json; nothing to redo"
+        exit 0
+    fi
+    if compgen -G "$run_dir/checkpoints/round_*/manifest.json" > /dev/null; then
+        resume=(--resume)
+        echo "flamby-mpi: PBS job $PBS_JOBID started again (run ${runs:-?}): resuming from the newest" \
+             "complete checkpoint in $run_dir/checkpoints"
+    else
+        echo "flamby-mpi: PBS job $PBS_JOBID started again (run ${runs:-?}) before any complete" \
+             "checkpoint in $run_dir: starting afresh"
+    fi
+fi
+
 echo "flamby-mpi: PBS job $PBS_JOBID, $np ranks; outputs in $output_dir"
-echo "flamby-mpi: ${start[*]} $python $home/launch_client.py --cf $config ${defaults[*]} $*"
-exec "${start[@]}" "$python" "$home/launch_client.py" --cf "$config" "${defaults[@]}" "$@"
+echo "flamby-mpi: ${start[*]} $python $home/launch_client.py --cf $config ${defaults[*]} $* ${resume[*]}"
+
+# qdel, qrerun and preemption send SIGTERM to the job's processes, then SIGKILL after the
+# queue's kill_delay (set preemption_grace_s below it). The launcher runs in the background
+# so that this shell passes TERM/INT on to it when only the shell is signalled; every rank
+# stops at the next round boundary with a checkpoint and exits 128 + the signal.
+signals=0
+forward() {
+    signals=$((signals + 1))
+    kill -s "$1" "$launcher" 2> /dev/null || true
+}
+"${start[@]}" "$python" "$home/launch_client.py" --cf "$config" "${defaults[@]}" "$@" "${resume[@]}" &
+launcher=$!
+trap 'forward TERM' TERM
+trap 'forward INT' INT
+while true; do
+    signals_before=$signals
+    status=0
+    wait "$launcher" || status=$?
+    # wait returns early when a trapped signal arrives; the launcher's own status comes later.
+    [ "$signals" -ne "$signals_before" ] || break
+done
+exit "$status"

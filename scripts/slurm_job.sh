@@ -7,6 +7,14 @@
 #   python scripts/submit.py CONFIG [--set ...]     # computes --ntasks from the config's dataset
 # Options given to sbatch override the #SBATCH lines below.
 #
+# Preemption and requeue (README "On a cluster: SLURM requeue and PBS"):
+#   sbatch --requeue --signal=B:TERM@<s> --time=<limit> ... scripts/slurm_job.sh CONFIG
+#   python scripts/submit.py --requeue CONFIG        # asks for both, s from preemption_grace_s
+# SIGTERM/SIGINT (scancel, scontrol requeue, preemption, the --signal warning) stop every rank
+# at the next round boundary with a checkpoint. A restarted job (SLURM_RESTART_COUNT > 0)
+# resumes from it in the same output directory; after the --signal warning a requeueable job
+# requeues itself. A restart of a job whose run had finished does nothing again.
+#
 # Outputs: runs/slurm-<job id>/ (results.json, logs/rank<k>.log, ...); the console
 # (rank 0's progress, every rank's warnings) in flamby-mpi-<job id>.out.
 #
@@ -40,6 +48,8 @@
 #SBATCH --mem-per-cpu=2G
 #SBATCH --time=01:00:00
 #SBATCH --output=flamby-mpi-%j.out
+# A requeued job appends to its console file instead of emptying it:
+#SBATCH --open-mode=append
 #
 # GPUs (optional; also set device_args.using_gpu: true). One per rank, bound by
 # SLURM through CUDA_VISIBLE_DEVICES (the server's stays idle):
@@ -123,6 +133,75 @@ case "$launcher" in
         ;;
 esac
 
+# Requeue (sbatch --requeue; README "On a cluster: SLURM requeue and PBS"): when SLURM
+# starts this job again (scontrol requeue, preemption, a node failure, or this script after
+# a time-limit signal), it continues the run in the same output directory from its newest
+# complete checkpoint, or, if the first start finished, does nothing again.
+resume=()
+if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then
+    # The directory the job's command line names: a user's own --set common_args.output_dir wins.
+    run_dir=$("$python" - "$config" "${defaults[@]}" "$@" 2>/dev/null <<'PY' || true
+import sys
+from flamby_mpi.cli import build_parser
+from flamby_mpi.config import load_config
+args, _ = build_parser().parse_known_args(["--cf", *sys.argv[1:]])
+print(load_config(args.cf, args.set).common_args.output_dir)
+PY
+)
+    run_dir=${run_dir:-$output_dir}
+    if [ -f "$run_dir/results.json" ]; then
+        echo "flamby-mpi: SLURM job $SLURM_JOB_ID restarted (restart $SLURM_RESTART_COUNT), but its run" \
+             "had already finished: results in $run_dir/results.json; nothing to redo"
+        exit 0
+    fi
+    if compgen -G "$run_dir/checkpoints/round_*/manifest.json" > /dev/null; then
+        resume=(--resume)
+        echo "flamby-mpi: SLURM job $SLURM_JOB_ID restarted (restart $SLURM_RESTART_COUNT): resuming" \
+             "from the newest complete checkpoint in $run_dir/checkpoints"
+    else
+        echo "flamby-mpi: SLURM job $SLURM_JOB_ID restarted (restart $SLURM_RESTART_COUNT) before any" \
+             "complete checkpoint in $run_dir: starting afresh"
+    fi
+fi
+
 echo "flamby-mpi: SLURM job $SLURM_JOB_ID, $tasks tasks on ${SLURM_JOB_NODELIST:-?}; outputs in $output_dir"
-echo "flamby-mpi: ${start[*]} $python $home/launch_client.py --cf $config ${defaults[*]} $*"
-exec "${start[@]}" "$python" "$home/launch_client.py" --cf "$config" "${defaults[@]}" "$@"
+echo "flamby-mpi: ${start[*]} $python $home/launch_client.py --cf $config ${defaults[*]} $* ${resume[*]}"
+
+# The launcher runs in the background so that this shell can pass signals on: with
+# `sbatch --signal=B:TERM@<s>` SLURM signals only this shell. SIGTERM/SIGINT make every
+# rank stop at the next round boundary with a checkpoint and exit 128 + the signal.
+# (scancel and scontrol requeue signal every process of the job themselves; the ranks take
+# a repeated signal within a second as the same request.)
+received=
+signals=0
+forward() {
+    received=$1
+    signals=$((signals + 1))
+    kill -s "$1" "$launcher" 2> /dev/null || true
+}
+"${start[@]}" "$python" "$home/launch_client.py" --cf "$config" "${defaults[@]}" "$@" "${resume[@]}" &
+launcher=$!
+trap 'forward TERM' TERM
+trap 'forward INT' INT
+while true; do
+    signals_before=$signals
+    status=0
+    wait "$launcher" || status=$?
+    # wait returns early when a trapped signal arrives; the launcher's own status comes later.
+    [ "$signals" -ne "$signals_before" ] || break
+done
+trap - TERM INT
+
+# A signal to this shell alone while the job still runs is SLURM's --signal=B:TERM@<s>
+# warning before the time limit (scancel and scontrol requeue end the job as well: it is no
+# longer RUNNING). A requeueable job that stopped cleanly then puts itself back in the queue
+# and, on its restart, resumes from the checkpoint it just wrote.
+if [ -n "$received" ] && [ "$status" -eq $((128 + $(kill -l "$received"))) ]; then
+    job=$(scontrol show job -o "$SLURM_JOB_ID" 2> /dev/null || true)
+    if [[ " $job " == *" JobState=RUNNING "* && " $job " == *" Requeue=1 "* ]]; then
+        echo "flamby-mpi: stopped by SIG$received with a checkpoint; requeueing SLURM job $SLURM_JOB_ID:" \
+             "it resumes from there when it starts again"
+        scontrol requeue "$SLURM_JOB_ID" || echo "flamby-mpi: scontrol requeue failed: resume by hand" >&2
+    fi
+fi
+exit "$status"

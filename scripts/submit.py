@@ -4,7 +4,9 @@
     python scripts/submit.py CONFIG [--set section.key=value ...] [other launch_client.py flags]
     python scripts/submit.py config/fed_ixi.yaml --scheduler pbs --dry-run
 
-submit.py's own options (--scheduler, --option, --dry-run, --help) are
+    python scripts/submit.py --requeue CONFIG --option=--time=04:00:00
+
+submit.py's own options (--scheduler, --option, --requeue, --stop-before, --dry-run, --help) are
 recognised anywhere on the line (up to a `--`, after which everything is the
 job's); the first other argument is CONFIG and the rest go to launch_client.py.
 Options for sbatch/qsub go one per --option (repeatable), written with "=" or
@@ -22,6 +24,7 @@ login node that has only pyyaml.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
 import subprocess
@@ -40,19 +43,34 @@ from flamby_mpi.errors import UserError  # noqa: E402
 from flamby_mpi.world_size import world_size_for  # noqa: E402
 
 # submit.py's own options, recognised anywhere on the line: name -> takes a value.
-OWN_OPTIONS = {"--scheduler": True, "--option": True,
+OWN_OPTIONS = {"--scheduler": True, "--option": True, "--requeue": False, "--stop-before": True,
                "--dry-run": False, "--help": False, "-h": False}
 # What the job scripts put before the user's flags (their run id is the job's).
 JOB_RUN_ID = "job-id"
 
 
-def slurm_command(ranks: int, config: str, launch_args: List[str], options: List[str]) -> List[str]:
-    return (["sbatch", f"--ntasks={ranks}"] + options
+# --requeue: SLURM's warning signal before the time limit comes this long before it at least.
+# The job needs common_args.preemption_grace_s to stop at a round boundary with a checkpoint,
+# plus time for every process to exit and for the job to requeue itself (slow on a busy node).
+STOP_MARGIN_S = 30
+MIN_STOP_BEFORE_S = 60
+
+
+def stop_before_s(preemption_grace_s: float) -> int:
+    """Seconds before the time limit at which SLURM signals a --requeue job (--signal=B:TERM@s)."""
+    return max(MIN_STOP_BEFORE_S, math.ceil(preemption_grace_s) + STOP_MARGIN_S)
+
+
+def slurm_command(ranks: int, config: str, launch_args: List[str], options: List[str],
+                  stop_before: Optional[int] = None) -> List[str]:
+    """stop_before (seconds): a requeueable job, signalled that long before its time limit."""
+    requeue = [] if stop_before is None else ["--requeue", f"--signal=B:TERM@{stop_before}"]
+    return (["sbatch", f"--ntasks={ranks}"] + requeue + options
             + [str(SCRIPTS / "slurm_job.sh"), config] + launch_args)
 
 
 def pbs_command(ranks: int, config: str, launch_args: List[str], options: List[str],
-                torque: bool = False) -> List[str]:
+                torque: bool = False, rerunnable: bool = False) -> List[str]:
     for arg in [config] + launch_args:
         if any(c.isspace() for c in arg) or "," in arg:
             raise UserError(f"{arg!r}: arguments travel to the PBS job in one variable, split on "
@@ -61,7 +79,8 @@ def pbs_command(ranks: int, config: str, launch_args: List[str], options: List[s
     job_args = " ".join([config] + launch_args)
     resources = f"nodes=1:ppn={ranks}" if torque else f"select=1:ncpus={ranks}:mpiprocs={ranks}"
     passing = ["-F", job_args] if torque else ["-v", f"FLAMBY_MPI_ARGS={job_args}"]
-    return ["qsub", "-l", resources] + passing + options + [str(SCRIPTS / "pbs_job.sh")]
+    rerun = ["-r", "y"] if rerunnable else []
+    return ["qsub", "-l", resources] + passing + rerun + options + [str(SCRIPTS / "pbs_job.sh")]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--option", action="append", default=[], metavar="OPTION",
                         help="one option for sbatch/qsub, e.g. --option=--time=04:00:00 "
                              "(or --option='-l walltime=4:00:00'); repeatable")
+    parser.add_argument("--requeue", action="store_true",
+                        help="a job that the scheduler may restart and that then resumes from its "
+                             "newest checkpoint. SLURM: sbatch --requeue --signal=B:TERM@<s>, which "
+                             "stops the job with a checkpoint s seconds before its time limit and "
+                             "requeues it; PBS: qsub -r y (rerunnable)")
+    parser.add_argument("--stop-before", type=int, default=None, metavar="SECONDS",
+                        help="with --requeue on SLURM: how long before the time limit the job is told "
+                             "to stop (default: common_args.preemption_grace_s + "
+                             f"{STOP_MARGIN_S}, at least {MIN_STOP_BEFORE_S})")
     parser.add_argument("--dry-run", action="store_true",
                         help="check and print the command, submit nothing")
     return parser
@@ -117,7 +145,7 @@ def check_launch_command(config: str, launch_args: List[str]):
     def refuse(message):
         raise UserError(f"launch_client.py would refuse the job's arguments: {message}",
                         hint="python launch_client.py --help lists its flags; submit.py's own "
-                             "are --scheduler, --option and --dry-run")
+                             "are --scheduler, --option, --requeue, --stop-before and --dry-run")
 
     parser.error = refuse
     # As the job scripts run it: their --run_id and --set first, the user's flags after.
@@ -144,15 +172,27 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("CONFIG is missing")
     if rest[0].startswith("-"):
         parser.error(f"expected CONFIG before launch_client.py's flags, found {rest[0]!r} first "
-                     "(submit.py's own options are --scheduler, --option and --dry-run)")
+                     "(submit.py's own options are --scheduler, --option, --requeue, --stop-before "
+                     "and --dry-run)")
     config, launch_args = rest[0], rest[1:]
+    if args.stop_before is not None:
+        if not args.requeue or args.scheduler != "slurm":
+            parser.error("--stop-before is for --requeue on SLURM (PBS has no signal before the "
+                         "walltime ends)")
+        if args.stop_before < 1:
+            parser.error(f"--stop-before {args.stop_before}: give the seconds before the time limit, "
+                         f"at least common_args.preemption_grace_s + {STOP_MARGIN_S}")
     try:
         loaded, ranks = check_launch_command(config, launch_args)
         if args.scheduler == "slurm":
-            command = slurm_command(ranks, config, launch_args, args.option)
+            stop_before = None
+            if args.requeue:
+                stop_before = (args.stop_before if args.stop_before is not None
+                               else stop_before_s(loaded.common_args.preemption_grace_s))
+            command = slurm_command(ranks, config, launch_args, args.option, stop_before)
         else:
             command = pbs_command(ranks, config, launch_args, args.option,
-                                  torque=args.scheduler == "torque")
+                                  torque=args.scheduler == "torque", rerunnable=args.requeue)
     except UserError as error:
         print(f"submit.py: error: {error}", file=sys.stderr)
         return 2

@@ -7,11 +7,14 @@ where MPICH's mpiexec reads the node file as it would under PBS. The SLURM
 script runs on a real SLURM in test_cluster_slurm.py.
 """
 import json
+import os
 import re
 import shlex
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -313,3 +316,168 @@ def test_pbs_script_runs_under_a_pbs_like_environment(workdir):
     assert results["rounds_completed"] == 2
     assert re.search(r"PBS job \S+, 5 ranks", job.stdout)
     assert job.leftovers == []
+
+
+# --- Requeue / rerun (issue 11): submit.py --requeue, and the scripts' restart and signal plumbing
+# with stand-ins for mpiexec, scontrol and qstat (the real SLURM runs are in test_cluster_slurm.py).
+
+def test_submit_requeue_asks_slurm_for_requeue_and_a_warning_signal(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    code, command, err = _submit(capsys, "--requeue", "config/fedml_config.yaml")
+    assert code == 0, err
+    # preemption_grace_s is 30 by default: 30 s to stop + 30 s margin.
+    assert command[:4] == ["sbatch", "--ntasks=5", "--requeue", "--signal=B:TERM@60"]
+    code, command, err = _submit(capsys, "config/fedml_config.yaml", "--requeue",
+                                 "--set", "common_args.preemption_grace_s=90.5",
+                                 "--option=--time=04:00:00")
+    assert command[2:5] == ["--requeue", "--signal=B:TERM@121", "--time=04:00:00"]
+    code, command, err = _submit(capsys, "--requeue", "--stop-before", "600", "config/fedml_config.yaml")
+    assert command[2:4] == ["--requeue", "--signal=B:TERM@600"]
+    code, command, err = _submit(capsys, "config/fedml_config.yaml")
+    assert "--requeue" not in command and not any(c.startswith("--signal") for c in command)
+
+
+def test_submit_requeue_makes_pbs_jobs_rerunnable(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    for scheduler in ("pbs", "torque"):
+        code, command, err = _submit(capsys, "--scheduler", scheduler, "--requeue", "config/fedml_config.yaml")
+        assert code == 0, err
+        assert command[5:7] == ["-r", "y"] and command[-1] == str(PBS_SCRIPT)
+    code, command, err = _submit(capsys, "--scheduler", "pbs", "config/fedml_config.yaml")
+    assert "-r" not in command
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--stop-before", "60"], "--stop-before is for --requeue on SLURM"),
+    (["--requeue", "--scheduler", "pbs", "--stop-before", "60"], "--stop-before is for --requeue on SLURM"),
+    (["--requeue", "--stop-before", "0"], "give the seconds before the time limit"),
+    (["--requeue", "--stop-before", "soon"], "invalid int value"),
+])
+def test_submit_refuses_a_bad_stop_before(args, message, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit) as exited:
+        submit.main(["--dry-run", *args, "config/fedml_config.yaml"])
+    assert exited.value.code == 2 and message in capsys.readouterr().err
+
+
+def _stand_ins(tmp_path, scontrol_job="JobState=RUNNING Requeue=1", run_count=None):
+    """A bin directory: mpiexec that logs its arguments and, on SIGTERM, exits 143 like a job
+    stopped at a round boundary; scontrol and qstat that answer like the schedulers and log."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls.log"
+    (bin_dir / "mpiexec").write_text(
+        f"#!/bin/bash\necho \"mpiexec $*\" >> {log}\n"
+        f"trap 'echo mpiexec got TERM >> {log}; exit 143' TERM\n"
+        f"touch {tmp_path}/launched\nfor i in $(seq 600); do sleep 0.1; done\n")
+    (bin_dir / "scontrol").write_text(
+        f"#!/bin/bash\necho \"scontrol $*\" >> {log}\n"
+        f"[ \"$1\" = show ] && echo 'JobId=7 {scontrol_job} Restarts=0'\nexit 0\n")
+    qstat = f"echo '    run_count = {run_count}'" if run_count is not None else "exit 1"
+    (bin_dir / "qstat").write_text(f"#!/bin/bash\n{qstat}\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    return bin_dir, log
+
+
+def _script_env(tmp_path, bin_dir, extra):
+    env = job_env(tmp_path, {"FLAMBY_MPI_PYTHON": sys.executable, "FLAMBY_MPI_MPIEXEC": str(bin_dir / "mpiexec"),
+                             **extra})
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    return env
+
+
+def _run_then_term(script, tmp_path, env, deadline_s=60):
+    """Starts the job script, sends SIGTERM to it alone once the launcher runs; (rc, stdout)."""
+    proc = subprocess.Popen(["bash", str(script), str(DEFAULT_CONFIG)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + deadline_s
+        while not (tmp_path / "launched").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=deadline_s)
+        return proc.returncode, out
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.mark.parametrize("script, env", [
+    (SLURM_SCRIPT, {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "5"}),
+    (PBS_SCRIPT, {"PBS_JOBID": "7.pbs", "FLAMBY_MPI_NP": "5"}),
+])
+def test_a_signal_to_the_batch_shell_reaches_the_launcher(script, env, tmp_path):
+    bin_dir, log = _stand_ins(tmp_path, scontrol_job="JobState=COMPLETING Requeue=1")
+    code, out = _run_then_term(script, tmp_path, _script_env(tmp_path, bin_dir, env))
+    calls = log.read_text()
+    assert code == 143, out  # the launcher's own exit code
+    assert "mpiexec got TERM" in calls
+    assert "scontrol requeue" not in calls  # a job SLURM is already ending is not requeued
+
+
+@pytest.mark.parametrize("requeueable", [True, False])
+def test_slurm_job_signalled_alone_requeues_itself_if_requeueable(requeueable, tmp_path):
+    """SLURM's --signal=B:TERM@<s> warning before the time limit: the job is still RUNNING."""
+    bin_dir, log = _stand_ins(tmp_path, scontrol_job=f"JobState=RUNNING Requeue={int(requeueable)}")
+    code, out = _run_then_term(SLURM_SCRIPT, tmp_path, _script_env(
+        tmp_path, bin_dir, {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "5"}))
+    assert code == 143, out
+    assert ("requeueing SLURM job 7" in out) == requeueable, out
+    assert ("scontrol requeue 7" in log.read_text()) == requeueable
+
+
+def _restarted(script, tmp_path, env, run_dir, state):
+    """A restarted job whose run directory holds `state` (nothing, a checkpoint, results)."""
+    if state in ("checkpoint", "finished"):
+        (run_dir / "checkpoints" / "round_3").mkdir(parents=True)
+        (run_dir / "checkpoints" / "round_3" / "manifest.json").write_text("{}")
+    if state == "finished":
+        (run_dir / "results.json").write_text("{}")
+    bin_dir, log = _stand_ins(tmp_path, run_count=env.pop("run_count", None))
+    env = _script_env(tmp_path, bin_dir, env)
+    (bin_dir / "mpiexec").write_text(f"#!/bin/bash\necho \"mpiexec $*\" >> {log}\n")  # ends at once
+    done = subprocess.run(["bash", str(script), str(DEFAULT_CONFIG)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    return done, log.read_text() if log.exists() else ""
+
+
+@pytest.mark.parametrize("script, env, run_dir", [
+    (SLURM_SCRIPT, {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "5", "SLURM_RESTART_COUNT": "1"}, "runs/slurm-7"),
+    (PBS_SCRIPT, {"PBS_JOBID": "7.pbs", "FLAMBY_MPI_NP": "5", "run_count": "2"}, "runs/pbs-7"),
+    # A user's own output directory is where the restarted job looks.
+    (SLURM_SCRIPT, {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "5", "SLURM_RESTART_COUNT": "2",
+                    "FLAMBY_MPI_ARGS_EXTRA": "mine"}, "mine"),
+])
+@pytest.mark.parametrize("state", ["empty", "checkpoint", "finished"])
+def test_a_restarted_job_resumes_starts_afresh_or_does_nothing(script, env, run_dir, state, tmp_path):
+    env = dict(env)  # parametrize shares the dict between cases
+    mine = env.pop("FLAMBY_MPI_ARGS_EXTRA", None)
+    (tmp_path / run_dir).mkdir(parents=True)
+    if mine:  # the user's --set goes after the script's: theirs wins
+        script_args = ["--set", f"common_args.output_dir={mine}"]
+        wrapper = tmp_path / "job.sh"
+        wrapper.write_text(f"#!/bin/bash\nexec bash {script} \"$@\" {' '.join(script_args)}\n")
+        script = wrapper
+    done, calls = _restarted(script, tmp_path, env, tmp_path / run_dir, state)
+    assert done.returncode == 0, done.stdout + done.stderr
+    if state == "finished":
+        assert "had already finished" in done.stdout and "nothing to redo" in done.stdout
+        assert "mpiexec" not in calls
+    elif state == "checkpoint":
+        assert "resuming from the newest complete checkpoint" in done.stdout
+        assert calls.rstrip().endswith("--resume"), calls
+    else:
+        assert "before any complete checkpoint" in done.stdout and "starting afresh" in done.stdout
+        assert "mpiexec" in calls and "--resume" not in calls
+
+
+def test_a_first_start_never_resumes(tmp_path):
+    (tmp_path / "runs" / "slurm-7" / "checkpoints" / "round_3").mkdir(parents=True)
+    (tmp_path / "runs" / "slurm-7" / "checkpoints" / "round_3" / "manifest.json").write_text("{}")
+    done, calls = _restarted(SLURM_SCRIPT, tmp_path, {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "5"},
+                             tmp_path / "runs" / "slurm-7", "empty")
+    assert done.returncode == 0 and "mpiexec" in calls and "--resume" not in calls, done.stdout

@@ -6,17 +6,19 @@ starts ranks inside the allocation runs once: mpiexec and srun, with MPICH
 (the project's default) and with Open MPI (tests/support/openmpi.py).
 """
 import glob
+import hashlib
 import json
 import os
+import re
 import sys
 
 import pytest
 
 from support.facility import missing
-from support.mpi import DEFAULT_CONFIG, REPO, processes_matching, wait_until_gone
+from support.mpi import DEFAULT_CONFIG, REPO, processes_matching, run_job, wait_until_gone
 from support.mpi import test_env as job_env  # aliased: pytest would collect test_env
 from support.openmpi import openmpi_env, openmpi_prefix
-from support.slurm import SlurmCluster, check_available
+from support.slurm import ACTIVE_STATES, SlurmCluster, check_available
 
 pytestmark = pytest.mark.mpi
 
@@ -147,3 +149,97 @@ def test_sbatch_with_open_mpi_srun_pmix(cluster, workdir):
         cluster, workdir, [str(SCRIPT), str(DEFAULT_CONFIG), *SMALL], env_extra=extra)
     _check_complete_run(job_id, fields, output, out_dir, marker)
     assert "srun --mpi=pmix --ntasks=5" in output  # chosen from the MPI that mpi4py loads
+
+
+# --- Requeue (issue 11): a job stopped by SLURM and started again continues its run. ---
+REQUEUE_ROUNDS = 16  # enough rounds left after round 2 that the requeue lands mid-run
+REQUEUE_ARGS = ["--set", f"train_args.comm_round={REQUEUE_ROUNDS}"]
+# Five ranks' startup took up to 4 minutes on a 2-core CI machine shared with other MPI jobs.
+REQUEUE_DEADLINE_S = 480
+
+
+def _wait_for_checkpoint(cluster, job_id, out_dir, round_idx=2, deadline_s=REQUEUE_DEADLINE_S):
+    manifest = out_dir / "checkpoints" / f"round_{round_idx}" / "manifest.json"
+    cluster.wait_for(job_id, f"checkpointed round {round_idx}", lambda f: manifest.exists()
+                     or f.get("JobState") not in ACTIVE_STATES, deadline_s)
+    assert manifest.exists(), f"job {job_id} ended before round {round_idx}: {cluster.job(job_id)}"
+
+
+def _uninterrupted_model_sha256(cwd, home, marker) -> str:
+    """The same run in one process (the in-process twin is bitwise equal to MPI)."""
+    out = cwd / f"twin-{marker}"
+    finished = run_job([sys.executable, str(REPO / "launch_client.py"), "--cf", str(DEFAULT_CONFIG),
+                        *REQUEUE_ARGS, "--quiet", "--set", "comm_args.backend=inprocess",
+                        "--set", f"common_args.output_dir={out}"], cwd, job_env(home), REQUEUE_DEADLINE_S)
+    assert finished.returncode == 0, finished.output
+    return hashlib.sha256((out / "global_model.pt").read_bytes()).hexdigest()
+
+
+def test_scontrol_requeue_mid_run_resumes_by_itself_to_the_uninterrupted_model(cluster, workdir):
+    cwd, home, marker = workdir
+    env = _python_env(home, marker)
+    job_id = cluster.submit(["--requeue", str(SCRIPT), str(DEFAULT_CONFIG), *REQUEUE_ARGS], cwd, env)
+    out_dir = cwd / f"runs-{marker}" / f"slurm-{job_id}"
+    try:
+        _wait_for_checkpoint(cluster, job_id, out_dir)
+        cluster.requeue(job_id)  # SIGTERM to every process of the job, then back to the queue
+        cluster.start_requeued_now(job_id, restarts=1, deadline_s=REQUEUE_DEADLINE_S)
+        expected = _uninterrupted_model_sha256(cwd, home, marker)  # meanwhile
+        fields = cluster.wait(job_id, REQUEUE_DEADLINE_S)
+    except BaseException:
+        cluster.scancel(job_id)
+        raise
+    console = (cwd / f"flamby-mpi-{job_id}.out").read_text()  # both starts: --open-mode=append
+    assert (fields["JobState"], fields["ExitCode"], fields["Restarts"]) == ("COMPLETED", "0:0", "1"), \
+        f"{fields}\n{console}"
+    # The first start stopped at a round boundary with a checkpoint (no second-signal abort).
+    stopped = re.search(r"stopped by SIGTERM after round (\d+); checkpoint in", console)
+    assert stopped and "could not stop at a round boundary" not in console, console
+    resumed = re.search(r"resumed from round (\d+) \(", console)
+    assert resumed and int(resumed.group(1)) == int(stopped.group(1)) >= 2, console
+    assert f"restarted (restart 1): resuming from the newest complete checkpoint in {out_dir.relative_to(cwd)}" \
+        in console
+    assert f"round {REQUEUE_ROUNDS}/{REQUEUE_ROUNDS} done" in console and "final metrics" in console
+    results = json.loads((out_dir / "results.json").read_text())
+    assert results["rounds_completed"] == REQUEUE_ROUNDS
+    assert results["resumed_from"]["round"] == int(resumed.group(1))
+    assert hashlib.sha256((out_dir / "global_model.pt").read_bytes()).hexdigest() == expected
+    assert wait_until_gone(marker) == []
+
+    # Started once more (a requeue after it finished): it does not redo the run.
+    model_before = (out_dir / "global_model.pt").read_bytes()
+    cluster.requeue(job_id)
+    cluster.start_requeued_now(job_id, restarts=2, deadline_s=60)
+    fields = cluster.wait(job_id, 120)
+    console = (cwd / f"flamby-mpi-{job_id}.out").read_text()
+    assert (fields["JobState"], fields["ExitCode"]) == ("COMPLETED", "0:0"), f"{fields}\n{console}"
+    assert "(restart 2), but its run had already finished" in console and "nothing to redo" in console
+    assert console.count("final metrics") == 1
+    assert (out_dir / "global_model.pt").read_bytes() == model_before
+
+
+def test_time_limit_signal_to_the_batch_shell_checkpoints_and_requeues_the_job(cluster, workdir):
+    """sbatch --signal=B:TERM@<s> signals the batch shell alone before the time limit; the
+    same delivery by hand: scancel --signal=TERM --batch."""
+    cwd, home, marker = workdir
+    env = _python_env(home, marker)
+    job_id = cluster.submit(["--requeue", "--signal=B:TERM@60", str(SCRIPT), str(DEFAULT_CONFIG),
+                             *REQUEUE_ARGS], cwd, env)
+    out_dir = cwd / f"runs-{marker}" / f"slurm-{job_id}"
+    try:
+        _wait_for_checkpoint(cluster, job_id, out_dir)
+        cluster.scancel(job_id, "--signal=TERM", "--batch")
+        fields = cluster.wait_for(job_id, "requeued by its script",
+                                  lambda f: int(f.get("Restarts", 0)) >= 1
+                                  or f.get("JobState") not in ACTIVE_STATES, REQUEUE_DEADLINE_S)
+        assert int(fields.get("Restarts", 0)) == 1, fields
+    finally:
+        cluster.scancel(job_id)
+        cluster.wait(job_id, 120)
+    console = (cwd / f"flamby-mpi-{job_id}.out").read_text()
+    stopped = re.search(r"stopped by SIGTERM after round (\d+); checkpoint in", console)
+    assert stopped, console
+    assert f"requeueing SLURM job {job_id}: it resumes from there" in console
+    assert (out_dir / "checkpoints" / f"round_{stopped.group(1)}" / "manifest.json").exists()
+    assert not (out_dir / "results.json").exists()
+    assert wait_until_gone(marker) == []

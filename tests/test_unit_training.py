@@ -264,3 +264,51 @@ def test_make_loader_with_generator_is_reproducible():
     assert order[0] == order[1]
     assert sorted(order[0]) == list(range(10))
     assert order[0] != list(range(10))
+
+
+# ---- the data position survives a checkpoint ---------------------------------------------------
+
+def _shuffled_loader(seed=7):
+    return make_loader(TensorDataset(torch.arange(11)), batch_size=3, shuffle=True, num_workers=0,
+                       generator=torch.Generator().manual_seed(seed))
+
+
+class _PoissonSampler(torch.utils.data.Sampler):
+    """Like opacus's UniformWithReplacementSampler: each batch drawn as it is asked for."""
+
+    def __init__(self, n, rate, generator):
+        self.n, self.rate, self.generator, self.steps = n, rate, generator, int(1 / rate)
+
+    def __len__(self):
+        return self.steps
+
+    def __iter__(self):
+        for _ in range(self.steps):
+            yield (torch.rand(self.n, generator=self.generator) < self.rate).nonzero().reshape(-1).tolist()
+
+
+class _PoissonLoader(DataLoader):
+    """The shape of opacus's DPDataLoader: a sample_rate, a lazily drawing batch sampler."""
+
+    def __init__(self, generator):
+        self.sample_rate = 0.25
+        super().__init__(TensorDataset(torch.arange(12)), batch_sampler=_PoissonSampler(12, 0.25, generator),
+                         generator=generator)
+
+
+@pytest.mark.parametrize("make", [_shuffled_loader, lambda: _PoissonLoader(torch.Generator().manual_seed(3))],
+                         ids=["shuffled", "poisson"])
+@pytest.mark.parametrize("drawn_before", [0, 2, 4, 9])
+def test_a_restored_data_position_gives_the_same_batches(make, drawn_before):
+    original = DataLoaderWithMemory(make())
+    for _ in range(drawn_before):
+        original.get_samples()
+    tensors, data = original.state()
+    rng = torch.get_rng_state()
+    expected = [original.get_samples()[0].tolist() for _ in range(10)]
+    torch.set_rng_state(rng)
+    restored = DataLoaderWithMemory(make())
+    restored.get_samples()  # a fresh process has drawn something of its own before restoring
+    restored.restore(tensors, data)
+    assert [restored.get_samples()[0].tolist() for _ in range(10)] == expected
+    assert restored.batches_drawn == drawn_before + 10

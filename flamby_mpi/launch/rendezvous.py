@@ -71,7 +71,7 @@ class RendezvousFiles:
 
     def read_info(self) -> Optional[Dict]:
         """The published server, if the file holds what a server writes; None otherwise."""
-        info = _read_json(self.info)
+        info = read_json(self.info)
         if not isinstance(info, dict):
             return None  # absent, being replaced right now, or not ours
         kinds = {"run_id": str, "port": str, "host": str, "pid": int, "heartbeat": (int, float)}
@@ -89,7 +89,7 @@ class RendezvousFiles:
                 pass
 
 
-def _read_json(path: Path):
+def read_json(path: Path):
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         with os.fdopen(fd, "rb") as f:
@@ -113,7 +113,7 @@ def _private_copy_beside(path: Path, text: str) -> Path:
     return tmp
 
 
-def _write_private(path: Path, text: str):
+def write_private(path: Path, text: str):
     """Atomically replaces `path` by a new private file holding text."""
     os.replace(_private_copy_beside(path, text), path)
 
@@ -170,7 +170,7 @@ class Publication:
     def _write(self):
         info = {"run_id": self.files.run_id, "port": self.port, "host": socket.gethostname(),
                 "pid": os.getpid(), "heartbeat": time.time()}
-        _write_private(self.files.info, json.dumps(info))
+        write_private(self.files.info, json.dumps(info))
 
     def _beat(self):
         while not self._stop.wait(HEARTBEAT_S):
@@ -237,7 +237,7 @@ def read_turn(files: RendezvousFiles, secret: str, port: str) -> Tuple[Optional[
         st = os.stat(files.turn, follow_symlinks=False)
     except FileNotFoundError:
         return None, None
-    turn = _read_json(files.turn)
+    turn = read_json(files.turn)
     if isinstance(turn, dict) and isinstance(turn.get("nonce"), str) and len(turn["nonce"]) <= 64 \
             and handshake.proof_matches(secret, turn.get("proof"), "turn", files.run_id, port, turn["nonce"]):
         return turn["nonce"], st

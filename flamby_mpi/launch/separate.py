@@ -19,7 +19,7 @@ from typing import Callable, List, Optional
 
 from ..errors import UserError
 from ..failures import EXIT_FAILURE, fail, where
-from . import rendezvous, run_secret
+from . import liveness, rendezvous, run_secret
 from .environment import started_by_mpi_launcher
 from .world import World, form_world
 
@@ -115,7 +115,9 @@ def join_world(plan, cli_rank: int) -> World:
             timer.cancel()
         announce(f"all {size - 1} clients joined")
         # The files stay (heartbeat on) while the run lives: a second server is refused meanwhile.
-        return form_world(comm, cleanups=[publication.close], joined_separately=True)
+        world = form_world(comm, cleanups=[publication.close], joined_separately=True)
+        _watch_peers(world, files, publication.secret, port)
+        return world
 
     announce(f"run {run_id}: looking for the server in {files.info} (up to {timeout:g} s)")
     info = rendezvous.wait_for_server(files, deadline)
@@ -138,4 +140,13 @@ def join_world(plan, cli_rank: int) -> World:
                                   on_joined=joined)
     timers[0].cancel()
     announce(f"joined run {run_id} as rank {cli_rank} (server on {info['host']})")
-    return form_world(comm, joined_separately=True)
+    world = form_world(comm, joined_separately=True)
+    _watch_peers(world, files, secret, port)
+    return world
+
+
+def _watch_peers(world: World, files: rendezvous.RendezvousFiles, secret: str, port: str):
+    """No launcher ends this job when a rank dies (each rank has its own mpiexec): the ranks watch
+    each other's heartbeats until the end of the run (liveness.py)."""
+    at = where(world.rank, world.host)
+    liveness.watch(world, files, secret, port, report=lambda text: fail(text, EXIT_FAILURE, at))

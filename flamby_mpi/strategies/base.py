@@ -78,6 +78,16 @@ class Strategy:
         return learner.net
 
 
+    # ---- checkpoints (both halves) --------------------------------------------------------
+    def state(self) -> Tuple[Dict, Dict]:
+        """What this half carries from round to round, as (tensors, JSON-able data), for a
+        checkpoint; a strategy that keeps nothing between rounds returns two empty dicts."""
+        return {}, {}
+
+    def restore(self, tensors: Dict, data: Dict) -> None:
+        """Takes back what state() returned (in a new process, resuming)."""
+
+
 def _in_order(results: Dict[int, ClientResult]) -> Sequence[ClientResult]:
     return [results[c] for c in sorted(results)]
 

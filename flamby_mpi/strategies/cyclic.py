@@ -33,6 +33,15 @@ class Cyclic(Strategy):
         self._rng = np.random.default_rng(plan.seed)
         self._own_state = None  # client half, pass_model_on false: this centre's own model
 
+    def state(self):
+        tensors = {} if self._own_state is None else {"own_state": self._own_state}
+        return tensors, {"cycles": self._cycles, "rng": self._rng.bit_generator.state}
+
+    def restore(self, tensors, data):
+        self._cycles = [[int(c) for c in cycle] for cycle in data["cycles"]]
+        self._rng.bit_generator.state = data["rng"]
+        self._own_state = tensors.get("own_state")
+
     def participants(self, round_idx):
         cycle = round_idx // self.num_clients
         while len(self._cycles) <= cycle:

@@ -19,6 +19,12 @@ class _FedOpt(Strategy):
     def _second_moment(self, v, d2):
         raise NotImplementedError
 
+    def state(self):
+        return ({} if self.m is None else {"m": self.m, "v": self.v}), {}
+
+    def restore(self, tensors, data):
+        self.m, self.v = tensors.get("m"), tensors.get("v")
+
     def aggregate(self, round_idx, global_state, results):
         delta = weighted_delta(global_state, results)
         lr, b1, tau = (float(self.hp[k]) for k in ("server_learning_rate", "beta1", "tau"))

@@ -24,6 +24,12 @@ class Scaffold(Strategy):
         self.c_i = None  # client half: this centre's correction
         self.previous = None  # client half: this centre's previous result y_i
 
+    def state(self):
+        return ({} if self.c_i is None else {"c_i": self.c_i, "previous": self.previous}), {}
+
+    def restore(self, tensors, data):
+        self.c_i, self.previous = tensors.get("c_i"), tensors.get("previous")
+
     def local_train(self, learner, round_idx, server_extras):
         g = float(self.hp["server_learning_rate"])
         params = dict(learner.model.named_parameters())

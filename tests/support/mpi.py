@@ -101,3 +101,28 @@ def processes_matching(marker: str) -> List[str]:
         if marker in cmdline:
             found.append(cmdline)
     return found
+
+
+def rank_pid(marker: str, rank: int) -> Optional[int]:
+    """The pid of the python process that plays `rank` in the job whose command lines hold marker.
+
+    Started one per terminal, that process names its rank (`--rank K`); under mpirun every rank has
+    the same command line and the launcher's PMI_RANK tells them apart. Launchers (mpiexec, its
+    proxies) are not python processes and never match."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+            if args[0] != sys.executable or not any(marker in a for a in args):
+                continue
+            if "--rank" in args:
+                if args[args.index("--rank") + 1] == str(rank):
+                    return int(pid)
+                continue
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, UnicodeDecodeError):
+            continue
+        if f"PMI_RANK={rank}".encode() in environ:
+            return int(pid)
+    return None

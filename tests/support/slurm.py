@@ -182,6 +182,33 @@ PartitionName=test Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
                                      f"{deadline_s:.0f} s deadline (cancelled)\n{shown}\n{self.logs()}")
             time.sleep(1)
 
+    def wait_for(self, job_id: int, what: str, ready, deadline_s: float) -> Dict[str, str]:
+        """Polls `scontrol show job` until ready(fields); on deadline cancels the job and fails."""
+        deadline = time.monotonic() + deadline_s
+        while True:
+            fields = self.job(job_id)
+            if ready(fields):
+                return fields
+            if time.monotonic() > deadline:
+                self._command("scancel", str(job_id), check=False)
+                raise AssertionError(f"SLURM job {job_id}: not {what} after {deadline_s:.0f} s "
+                                     f"(cancelled): {fields}\n{self.logs()}")
+            time.sleep(0.2)
+
+    def scancel(self, job_id: int, *flags: str):
+        self._command("scancel", *flags, str(job_id), check=False)
+
+    def requeue(self, job_id: int):
+        self._command("scontrol", "requeue", str(job_id))
+
+    def start_requeued_now(self, job_id: int, restarts: int, deadline_s: float):
+        """SLURM holds a requeued job for about two minutes (its EligibleTime); once the job is
+        pending again, a test lets it start at once."""
+        self.wait_for(job_id, f"pending after restart {restarts}",
+                      lambda f: f.get("JobState") == "PENDING" and int(f.get("Restarts", 0)) >= restarts,
+                      deadline_s)
+        self._command("scontrol", "update", f"jobid={job_id}", "StartTime=now")
+
     def logs(self) -> str:
         parts = []
         for path in sorted(self.root.glob("log/*.log")) + [self.root / "munge" / "munged.log"]:

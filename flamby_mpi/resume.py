@@ -1,0 +1,171 @@
+"""--resume: agree on the latest checkpoint every rank can use, check the config, restore.
+
+1. Rank 0 reads the manifests in <output_dir>/checkpoints (newest first), skipping and
+   naming any it cannot read, and refuses a config that would change the result.
+2. It sends the usable rounds and their file lists to every rank (one broadcast); each rank
+   checks its own files (sizes, sha256) against them: ranks may sit on hosts that share no
+   filesystem, and only a rank's own host has its files.
+3. One allgather: the newest round every rank holds intact is resumed; newer, incomplete
+   cuts are deleted by each rank.
+A run that starts afresh (no --resume) in a directory holding an earlier run's checkpoints
+deletes them (each rank its own files) so that a later --resume never mixes two runs.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+from . import __version__, checkpoint
+from .errors import UserError
+from .logs import SHOWN_WHEN_QUIET
+
+# Keys whose change leaves the computed result as it is: how long to wait, what to log, where
+# the ranks meet, how often to checkpoint. train_args.comm_round may grow (more rounds).
+CHANGES_ALLOWED = frozenset({
+    "common_args.run_id", "common_args.output_dir", "common_args.checkpoint_every",
+    "common_args.keep_checkpoints", "common_args.preemption_grace_s",
+    "comm_args.round_timeout_s", "comm_args.join_timeout_s", "comm_args.rendezvous_dir",
+    "comm_args.secret_file", "tracking_args.log_level", "tracking_args.tensorboard",
+})
+_ROUNDS = "train_args.comm_round"
+
+
+def _flat(config: dict) -> Dict[str, object]:
+    return {f"{section}.{key}": value for section, keys in config.items() if isinstance(keys, dict)
+            for key, value in keys.items()}
+
+
+def config_problem(plan, recorded: dict, cut: int) -> Optional[str]:
+    """Why this plan cannot continue the run a checkpoint recorded (None: it can)."""
+    old, new = _flat(recorded), _flat(plan.config_dict())
+    differing = sorted(k for k in set(old) | set(new) if k not in CHANGES_ALLOWED and k != _ROUNDS
+                       and old.get(k, "<absent>") != new.get(k, "<absent>"))
+    if differing:
+        shown = "; ".join(f"{k}: {old.get(k, '<absent>')!r} in the checkpoint, {new.get(k, '<absent>')!r} now"
+                          for k in differing)
+        return (f"the config differs from the checkpointed run's in what decides the result ({shown}). "
+                "Resume with the same config (only comm_round may grow, and timeouts, log level, "
+                "tensorboard and checkpoint settings may change), or start a new run with another --run_id")
+    if old.get(_ROUNDS) != new.get(_ROUNDS):
+        if plan.rounds < cut:
+            return (f"train_args.comm_round is {plan.rounds}, but the checkpoint has {cut} rounds done: "
+                    f"give at least {cut}")
+        if plan.privacy is not None:
+            return ("train_args.comm_round cannot change on resume with differential privacy: opacus "
+                    "sets the noise from the number of rounds; resume with comm_round "
+                    f"{old.get(_ROUNDS)!r}")
+    return None
+
+
+def _offer(plan) -> Dict:
+    """Rank 0: the usable checkpoints, newest first, or why there is none."""
+    output_dir = plan.output_dir
+    rounds = checkpoint.rounds_on_disk(output_dir)
+    where = checkpoint.checkpoints_dir(output_dir)
+    if not rounds:
+        return {"error": f"--resume: no checkpoint in {where}: this run never completed a checkpointed "
+                         f"round there. Check --run_id / common_args.output_dir, or start without --resume"}
+    candidates, warnings = [], []
+    for round_idx in rounds:
+        try:
+            manifest = checkpoint.read_manifest(output_dir, round_idx)
+        except checkpoint.CheckpointError as error:
+            warnings.append(f"checkpoint of round {round_idx} skipped: {error}")
+            continue
+        if manifest["flamby_mpi"] != __version__:
+            return {"error": f"--resume: the checkpoint of round {round_idx} was written by flamby-mpi "
+                             f"{manifest['flamby_mpi']}, this is {__version__}: resume it with that version"}
+        if manifest["world_size"] != plan.world_size:
+            return {"error": f"--resume: the checkpoint of round {round_idx} has {manifest['world_size']} ranks, "
+                             f"this run {plan.world_size}"}
+        if not candidates:  # the newest usable manifest decides whether the config fits
+            problem = config_problem(plan, manifest["config"], round_idx)
+            if problem:
+                return {"error": f"--resume: {problem}"}
+        if round_idx <= plan.rounds:
+            candidates.append([round_idx, manifest["files"]])
+    if not candidates:
+        return {"error": f"--resume: no complete checkpoint in {where}: " + "; ".join(warnings),
+                "warnings": []}
+    return {"candidates": candidates, "warnings": warnings}
+
+
+def _intact_rounds(plan, rank: int, candidates: List) -> Tuple[List[int], List[Tuple[int, str]]]:
+    intact, problems = [], []
+    for round_idx, files in candidates:
+        try:
+            checkpoint.check_rank_files(plan.output_dir, round_idx, rank, files[str(rank)])
+            intact.append(round_idx)
+        except checkpoint.CheckpointError as error:
+            problems.append((round_idx, str(error)))
+    return intact, problems
+
+
+def agree_and_restore(plan, transport, server_run, client_runs, console) -> Optional[int]:
+    """Every rank: restores the roles of this process from the newest checkpoint intact on every
+    rank. Returns the round resumed; raises UserError (on every rank) when there is none."""
+    offer = transport.agree(_offer(plan) if transport.rank == 0 else None)
+    if "error" in offer:
+        raise UserError(offer["error"])
+    local = {}
+    for rank in transport.local_ranks:
+        local[rank] = _intact_rounds(plan, rank, offer["candidates"])
+    gathered: Dict[int, Tuple[List[int], List[Tuple[int, str]]]] = {}
+    for part in transport.allgather(local):
+        gathered.update(part)
+    common = set(r for r, _ in offer["candidates"])
+    for intact, _ in gathered.values():
+        common &= set(intact)
+    problems = [p for _, (_, ps) in sorted(gathered.items()) for p in ps]
+    if not common:
+        raise UserError("--resume: no checkpoint is intact on every rank: " + "; ".join(t for _, t in problems))
+    cut = max(common)
+    skipped = list(offer["warnings"]) + [f"checkpoint of round {r} skipped: {text}" for r, text in problems
+                                         if r > cut]
+    path = str(checkpoint.round_dir(plan.output_dir, cut))
+    kept = sorted(common)[-plan.keep_checkpoints:]
+    unusable = []
+    for rank in transport.local_ranks:
+        try:
+            _restore_rank(plan, cut, rank, path, server_run, client_runs)
+        except checkpoint.CheckpointError as error:
+            unusable.append(str(error))
+    unusable = [text for part in transport.allgather(unusable) for text in part]
+    if unusable:  # every rank stops here, so that none waits for the others in vain
+        raise UserError(f"--resume: the checkpoint of round {cut} cannot be restored: " + "; ".join(unusable),
+                        hint="it was altered after it was written; delete that round's directory to resume "
+                             "from an earlier checkpoint, or start afresh without --resume")
+    for rank in transport.local_ranks:
+        # Newer cuts are incomplete or damaged, older ones past keep_checkpoints: this rank's part goes.
+        checkpoint.remove_rank_checkpoints(plan.output_dir, rank, keep=kept)
+    if server_run is not None:
+        server_run.written_cuts = list(kept)
+        for text in skipped:
+            console.warning("%s", text)
+        console.info("resumed from round %d (%s)", cut, path, extra=SHOWN_WHEN_QUIET)
+    for client in client_runs:
+        client.start_round = cut
+        client.written_cuts = list(kept)
+    return cut
+
+
+def _restore_rank(plan, cut: int, rank: int, path: str, server_run, client_runs):
+    tensors, data = checkpoint.read_rank_state(plan.output_dir, cut, rank)
+    try:
+        if rank == 0:
+            server_run.restore(tensors, data, cut, path)
+        else:
+            next(c for c in client_runs if c.rank == rank).restore(tensors, data)
+    except checkpoint.CheckpointError:
+        raise
+    except Exception as exc:  # noqa: B902 - files that match their manifest but not this run's state
+        raise checkpoint.CheckpointError(
+            f"{path}: rank {rank}'s state does not fit this run ({type(exc).__name__}: {exc})") from None
+
+
+def start_afresh(plan, transport, console):
+    """No --resume: an earlier run's checkpoints in this output directory go (each rank its own)."""
+    if transport.rank == 0 and checkpoint.rounds_on_disk(plan.output_dir):
+        console.warning("starting afresh: the earlier checkpoints in %s are deleted (to continue that run "
+                        "instead, start it with --resume)", checkpoint.checkpoints_dir(plan.output_dir))
+    for rank in transport.local_ranks:
+        checkpoint.remove_rank_checkpoints(plan.output_dir, rank, keep=())

@@ -1,0 +1,228 @@
+"""scripts/benchmark.py's pure parts: section choice, ratios against targets, tables, csv and png.
+No job runs here and nothing is timed: the measurements themselves belong to the benchmark."""
+import csv
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from support.mpi import REPO
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+benchmark = _load("benchmark")
+report = _load("benchmark_report")
+
+
+def test_sections_are_chosen_by_name_and_unknown_ones_are_refused():
+    assert benchmark.parse_sections("tiny_round, heart") == ["tiny_round", "heart"]
+    with pytest.raises(ValueError, match="unknown section.*wire.*choose from heart"):
+        benchmark.parse_sections("heart,wire")
+    with pytest.raises(ValueError, match="none given"):
+        benchmark.parse_sections(" , ")
+
+
+def test_the_command_line_refuses_an_unknown_section(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        benchmark.main(["--sections", "nope"])
+    assert exit_.value.code == 2
+    assert "choose from" in capsys.readouterr().err
+
+
+def test_a_ratio_meets_its_target_only_when_measured_and_at_most_the_target():
+    assert report.ratio_row("s", "c", 3.0, 2.0, 1.5)["met"] == "yes"
+    missed = report.ratio_row("s", "c", 3.1, 2.0, 1.5)
+    assert (missed["ratio"], missed["met"]) == (1.55, "no")
+    failed = report.ratio_row("scaling", "64 vs 32", None, 0.5, 2.5)
+    assert (failed["ratio"], failed["met"]) == (None, "no")
+    assert report.ratio_row("s", "c", 1.0, 2.0, None)["met"] == ""
+
+
+def test_medians_are_taken_over_the_matching_rows_only():
+    rows = [{"case": "a", "centres": 4, "x": 1.0}, {"case": "a", "centres": 4, "x": 3.0},
+            {"case": "a", "centres": 32, "x": 100.0}, {"case": "b", "centres": 4, "x": 7.0},
+            {"case": "a", "centres": 4, "x": None}]
+    assert report.median_of(rows, "x", case="a", centres=4) == 2.0
+    assert report.median_of(rows, "x", case="c") is None
+
+
+def test_raw_tiny_round_output_and_rotation_and_first_round():
+    assert benchmark.parse_raw_tiny_round("noise\nraw mpi4py tiny round, 4 clients: 12.50 ms/round\n") == 0.0125
+    assert benchmark.alternated(["a", "b", "c"], 0) == ["a", "b", "c"]
+    assert benchmark.alternated(["a", "b", "c"], 1) == ["b", "c", "a"]
+    job = benchmark.Job(["x"], 0, 10.0, 1000.0, "", results={"timing": {"first_round_unix": 1012.5}})
+    assert benchmark.first_round_after_launch(job) == 12.5
+    job.results = {"timing": {"startup_s": 9.0}}  # before the start-up change: no launch-relative time
+    assert benchmark.first_round_after_launch(job) is None
+
+
+def test_heart_cases_are_checked_to_do_the_same_work_as_flamby():
+    flamby = benchmark.parse_flamby_metrics(
+        "rounds 15 train time 2.94\n{'client_test_0': 0.7596153846153846, 'client_test_1': 0.6966292134831461}\n")
+    assert flamby == {"client_test_0": 0.7596153846153846, "client_test_1": 0.6966292134831461}
+    ours = {**flamby, "average": 0.72, "pooled": 0.75}
+    assert benchmark.same_metrics({"FLamby in-RAM FedAvg": flamby, "mpirun -np 5": ours}).startswith("yes")
+    verdict = benchmark.same_metrics({"FLamby in-RAM FedAvg": flamby,
+                                      "mpirun -np 5": {**ours, "client_test_1": 0.69}})
+    assert verdict.startswith("NO") and "mpirun -np 5 client_test_1: 0.69" in verdict
+
+
+def _rows():
+    return [
+        {"section": "heart", "case": "mpirun -np 5", "run": 0, "wall_s": 30.0},
+        report.ratio_row("heart", "mpirun vs FLamby", 30.0, 10.0, 1.5),
+        report.ratio_row("tiny_round", "32 centres", 0.4, 0.3, 1.5, unit="s/round"),
+        {"section": "startup", "case": "rank", "ranks": 5, "rank": 0, "role": "server", "imports_s": 2.0,
+         "data_s": 3.0, "first_message_s": 9.0, "peak_rss_mb": 400.0},
+        *({"section": "startup", "case": "rank", "ranks": 5, "rank": k, "role": "client", "imports_s": 2.0 + k,
+           "data_s": 4.0, "first_message_s": 9.5, "peak_rss_mb": 300.0 + k} for k in (1, 2, 3, 4)),
+        {"section": "scaling", "case": "curve", "centres": 4, "ranks": 5, "seconds_per_round": 0.012,
+         "first_round_s": 8.0, "peak_rss_mb": 350.0, "peak_private_mb": 300.0},
+        {"section": "scaling", "case": "curve", "centres": 64, "ranks": 65,
+         "note": "not run: needs about 35.0 GiB (500 MB per rank), 20.0 GiB free"},
+        report.note_row("exchange", "skipped", "no big model here"),
+    ]
+
+
+def test_the_report_shows_ratios_targets_breakdown_scaling_and_notes():
+    text = report.report(_rows())
+    heart = next(line for line in text.splitlines() if line.startswith("heart: mpirun vs FLamby"))
+    assert heart.split()[-4:] == ["3.00x", "<=", "1.5x", "MISSED"]
+    tiny = next(line for line in text.splitlines() if line.startswith("tiny_round"))
+    assert "400.0 ms/round" in tiny and tiny.endswith("ok")
+    clients = next(line for line in text.splitlines() if "clients, slowest" in line)
+    assert "6.00 s" in clients and "304.0 MB" in clients  # rank 4: imports at 2 + 4 s
+    assert "12.0 ms/round" in text and "not run: needs about 35.0 GiB" in text
+    assert "exchange: skipped  no big model here" in text
+
+
+def test_markdown_tables_are_ready_to_paste():
+    text = report.report(_rows(), markdown=True)
+    table = [line for line in text.splitlines() if line.startswith("|")]
+    assert table[0] == "| measure | flamby-mpi | reference | ratio | target | met |"
+    assert table[1] == "|---|---|---|---|---|---|"
+    assert "| heart: mpirun vs FLamby | 30.00 s | 10.00 s | 3.00x | <= 1.5x | MISSED |" in table
+    assert all(line.endswith("|") for line in table)
+
+
+def test_csv_has_every_row_and_png_is_drawn(tmp_path):
+    rows = _rows()
+    report.write_csv(rows, tmp_path / "benchmark.csv")
+    with open(tmp_path / "benchmark.csv", newline="") as f:
+        read = list(csv.DictReader(f))
+    assert list(read[0]) == report.COLUMNS and len(read) == len(rows)
+    assert read[1]["ratio"] == "3.0" and read[1]["met"] == "no" and read[0]["ratio"] == ""
+    report.draw(rows, tmp_path / "benchmark.png")
+    report.draw([], tmp_path / "empty.png")  # nothing measured still gives a picture, not a crash
+    for name in ("benchmark.png", "empty.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_main_runs_the_chosen_sections_and_a_failed_one_does_not_stop_the_others(tmp_path, monkeypatch, capsys):
+    def fine(bench):
+        assert bench.pairs == 3 and bench.max_centres == 8
+        return [report.ratio_row("fine", "x", 1.0, 1.0, 1.5)]
+
+    def broken(bench):
+        raise benchmark.RunFailed("mpiexec ...: exit code 1; last output: boom")
+
+    def first_form(work, pairs, centres, rounds):  # the table's first signature still works
+        # such sections made their ratio rows by hand: ratio and target, no ours/reference/met
+        return [{"section": "first_form", "case": f"{pairs} pairs {rounds} rounds", "ratio": 2.0, "target": 1.25}]
+
+    monkeypatch.setattr(benchmark, "SECTIONS", {"broken": broken, "fine": fine, "first_form": first_form})
+    out = tmp_path / "out"
+    assert benchmark.main(["--out", str(out), "--sections", "broken,fine,first_form", "--pairs", "3",
+                           "--max-centres", "8", "--rounds", "7", "--markdown"]) == 0
+    printed = capsys.readouterr().out
+    assert "broken stopped: mpiexec ...: exit code 1; last output: boom" in printed
+    assert "| fine: x | 1.00 s | 1.00 s | 1.00x | <= 1.5x | ok |" in printed
+    assert "| first_form: 3 pairs 7 rounds | - | - | 2.00x | <= 1.25x | MISSED |" in printed
+    assert "Measured " in printed and "--sections broken,fine,first_form" in printed
+    with open(out / "benchmark.csv", newline="") as f:
+        cases = [(r["section"], r["case"]) for r in csv.DictReader(f)]
+    assert cases == [("broken", "failed"), ("fine", "x"), ("first_form", "3 pairs 7 rounds")]
+    assert (out / "benchmark.png").exists()
+
+
+def _alive(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_job_past_its_deadline_is_killed_with_its_children_and_memory_is_sampled_until_it_ends():
+    # a parent that starts a child and outlives the deadline, as mpiexec and its ranks do
+    parent = ("import subprocess, sys, time; child = subprocess.Popen([sys.executable, '-c', "
+              "'import time; time.sleep(60)']); print(child.pid, flush=True); b = b\"x\" * (50 * 2**20); "
+              "time.sleep(60)")
+    job = benchmark.launch([sys.executable, "-c", parent], deadline_s=4, sample_memory=True)
+    assert job.returncode == 124 and "timed out" in job.failure()
+    child = int(job.output.split()[0])
+    deadline = time.monotonic() + 10
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(child)
+    # both python processes were sampled; the parent's 50 MB buffer shows in its private memory
+    assert len(job.peak_rss_mb) == 2 and max(job.peak_private_mb) >= 50
+
+
+def test_a_job_that_ends_early_while_sampled_is_measured():
+    job = benchmark.launch([sys.executable, "-c", "import time; time.sleep(1.5)"], deadline_s=60,
+                           sample_memory=True)
+    assert job.returncode == 0 and len(job.peak_rss_mb) == 1 and job.peak_rss_mb[0] > 0
+
+
+def test_a_job_that_would_not_fit_in_free_memory_is_not_started(tmp_path, monkeypatch):
+    monkeypatch.setattr(benchmark, "free_memory_mb", lambda: 4096.0)
+    assert benchmark.memory_shortfall(6) is None  # 6 x 550 MB x 1.15 = 3.7 GiB
+    assert "65 ranks need about 40.1 GiB (550 MB each), 4.0 GiB free" in benchmark.memory_shortfall(65)
+    with pytest.raises(benchmark.RunFailed, match="not started: 33 ranks"):
+        benchmark.run_project(33, [], tmp_path / "out", 10)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_size_that_fails_is_recorded_and_the_next_size_still_runs(monkeypatch, capsys):
+    monkeypatch.setattr(benchmark, "RAW_TINY_ROUND", Path(__file__))  # only has to exist
+    seen = []
+
+    def fake_project(ranks, args, out, deadline_s, **_):
+        seen.append(ranks)
+        if ranks == 5:
+            raise benchmark.RunFailed("mpiexec -n 5 ...: exit code 1; last output: boom")
+        return benchmark.Job([], 0, 1.0, 0.0, "", results={"timing": {"train_s": 2.0}, "rounds_completed": 10})
+
+    monkeypatch.setattr(benchmark, "run_project", fake_project)
+    monkeypatch.setattr(benchmark, "launch", lambda *a, **k: benchmark.Job(
+        [], 0, 1.0, 0.0, "raw mpi4py tiny round, 32 clients: 100.00 ms/round"))
+    rows = benchmark.tiny_round(benchmark.Bench(Path("/nonexistent"), pairs=1, rounds=10))
+    assert seen == [5, 33]
+    notes = [r for r in rows if r.get("note")]
+    assert notes[0]["case"] == "4 centres" and "boom" in notes[0]["note"]
+    ratios = {r["centres"]: r for r in rows if "ratio" in r}
+    assert ratios[4]["met"] == "no" and ratios[4]["ratio"] is None
+    assert ratios[32]["ratio"] == pytest.approx(2.0) and ratios[32]["met"] == "no"
+
+
+def test_a_failed_job_is_said_in_one_line_without_mpich_banner():
+    output = ("training...\nTraceback (most recent call last):\nValueError: boom\n"
+              "=====================\n=   BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES\n"
+              "YOUR APPLICATION TERMINATED WITH THE EXIT STRING: Killed (signal 9)\n"
+              "This typically refers to a problem with your application.\n"
+              "Please see the FAQ page for debugging suggestions\n")
+    job = benchmark.Job(["/venv/bin/mpiexec", "-n", "33", "/venv/bin/python", "/repo/launch_client.py", "--cf", "x"],
+                        9, 1.0, 0.0, output)
+    assert job.failure() == ("launch_client.py -n 33: exit code 9, a rank was killed with SIGKILL (out of memory? "
+                             "see dmesg); last output: Traceback (most recent call last): / ValueError: boom")
+    table = report.report([report.note_row("tiny_round", "32 centres", "two\nlines")])
+    assert "tiny_round: 32 centres  two lines" in table
