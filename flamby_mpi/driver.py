@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from . import PROCESS_START, checkpoint, failures
+from . import checkpoint, failures, startup
 from .config import run_id_problem
 from .errors import UserError
 from .logs import SHOWN_WHEN_QUIET
@@ -61,6 +61,10 @@ def run(plan: RunPlan, transport) -> int:
 def _run(plan: RunPlan, transport, at: str) -> int:
     import torch
 
+    from . import optim_without_dynamo
+
+    optim_without_dynamo.install()  # torch.optim without torch._dynamo's import (2 s, 80 MB a rank)
+
     from .logs import console_logger, setup_rank_logging
     from .results import atomic_write
 
@@ -93,11 +97,15 @@ def _run(plan: RunPlan, transport, at: str) -> int:
 
     def first_round():
         server_run.start_first_round()
+        startup.mark("first_message", server_run.first_round_at)
         console.info("all %d clients %s; time to first round %.1f s", plan.num_clients,
                      "ready in this process" if plan.backend == "inprocess" else "joined",
-                     server_run.first_round_at - PROCESS_START)
+                     server_run.first_round_at - startup.process_start())
 
     transport.exchange(plan, server_run, client_runs, first_round, device)
+    # Every rank that ran the exchanges, stopped early or not, takes part in this one collective.
+    ranks = startup.gathered(transport.allgather(startup.rank_figures(transport.local_ranks, transport.host)))
+    startup.dump_modules_if_asked(transport.rank)
     stop_request.uninstall()
     stopped_by = next((role.stopped_by for role in [server_run, *client_runs] if role is not None), None)
     if stopped_by is not None:
@@ -109,7 +117,7 @@ def _run(plan: RunPlan, transport, at: str) -> int:
                             resume_command(plan), extra=SHOWN_WHEN_QUIET)
         return exit_code(stopped_by)
     if server_run is not None:
-        _write_and_report(plan, server_run, transport.world_size, console)
+        _write_and_report(plan, server_run, transport.world_size, console, ranks)
     return 0
 
 
@@ -200,6 +208,7 @@ def _preflight(plan: RunPlan, transport, device, console) -> Tuple[Optional[obje
         except Exception:  # noqa: B902 - reported below with its traceback, once
             problem = (rank, False, traceback.format_exc())
             break
+    startup.mark("data")  # this rank's own loading, before it waits for the others
     problems = [p for p in transport.allgather(problem) if p is not None]
     if not problems:
         return server_run, client_runs, 0
@@ -229,15 +238,18 @@ def _telemetry_sinks(plan: RunPlan) -> list:
     return [TensorBoardSink(plan.output_dir / "tensorboard", plan.summary())]
 
 
-def _write_and_report(plan: RunPlan, server_run, world_size: int, console):
+def _write_and_report(plan: RunPlan, server_run, world_size: int, console, ranks):
     from .report import write_report
     from .results import format_table, write_results
 
     end = time.time()
     first = server_run.first_round_at or end
-    timing = {"startup_s": first - PROCESS_START,
+    started = startup.process_start()  # rank 0's process, as the OS started it
+    timing = {"startup_s": first - started,
               "train_s": (server_run.last_round_at or end) - first,
-              "total_s": end - PROCESS_START}
+              "total_s": end - started,
+              "first_round_unix": first,
+              "end_unix": end}
     for sink in server_run.sinks:
         sink.close()
     seconds = server_run.checkpoint_seconds
@@ -247,7 +259,7 @@ def _write_and_report(plan: RunPlan, server_run, world_size: int, console):
                    "dir": str(checkpoint.checkpoints_dir(plan.output_dir))}
     results = write_results(plan, server_run, timing, world_size,
                             extra={"backend": plan.backend, "checkpoints": checkpoints,
-                                   "resumed_from": server_run.resumed_from})
+                                   "resumed_from": server_run.resumed_from, "ranks": ranks})
     write_report(plan.output_dir)  # report.png; never fails the run (a warning at worst)
     server_run.progress.end_line()
     console.info("final metrics (%s, %s, %d rounds):\n%s", plan.dataset.name, results["strategy"],

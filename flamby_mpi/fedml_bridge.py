@@ -23,22 +23,19 @@ import queue
 import threading
 import time
 import traceback
-import warnings
 from types import SimpleNamespace
 from typing import Callable, Dict, List, Optional
 
+from . import startup
 from .launch.world import World
 from .telemetry import Traffic
 from .watchdog import Watchdog
 
-def import_fedml():
-    """Imports FedML quietly (its import emits dependency warnings that are not ours to fix)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import fedml  # noqa: F401
-        from fedml.cross_silo.client.fedml_client_master_manager import ClientMasterManager  # noqa: F401
-        from fedml.cross_silo.server.fedml_server_manager import FedMLServerManager  # noqa: F401
-    return fedml
+def import_fedml(role: str):
+    """Imports the part of FedML that `role` runs (flamby_mpi/fedml_imports.py says what and why)."""
+    from .fedml_imports import import_fedml_for
+
+    return import_fedml_for(role)
 
 
 def fedml_args(plan, world, device, start_round: int = 0) -> SimpleNamespace:
@@ -334,6 +331,7 @@ def make_trainer(client_run, fedml_args):
             return {_REPLY: self._reply}
 
         def set_model_params(self, model_parameters):
+            startup.mark("first_message")  # FedML hands over each model it receives; the first counts
             client_run.receive(model_parameters)
 
         def update_dataset(self, local_train_dataset, local_test_dataset, local_sample_number):
@@ -371,6 +369,8 @@ class FedMLTransport:
     def begin(self, plan, on_expire: Callable[[str], None]):
         """From here on, a rank that hears nothing for round_timeout_s ends the job."""
         self._watchdog = Watchdog(plan.round_timeout_s, on_expire).start()
+        import_fedml(self._role)  # before the data: this rank's imports are then done
+        startup.mark("imports")
 
     def agree(self, value):
         return self.world.comm.bcast(value, root=0)
@@ -383,8 +383,12 @@ class FedMLTransport:
 
         return pick_device(plan.devices, self.world, warn)
 
+    @property
+    def _role(self) -> str:
+        return "server" if self.world.is_server else "client"
+
     def exchange(self, plan, server_run, client_runs, on_first_round: Callable[[], None], device):
-        import_fedml()
+        import_fedml(self._role)
         start_round = server_run.start_round if server_run is not None else client_runs[0].start_round
         args = fedml_args(plan, self.world, device, start_round)
         if server_run is not None:
