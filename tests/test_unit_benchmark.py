@@ -185,8 +185,8 @@ def test_a_job_that_ends_early_while_sampled_is_measured():
 
 def test_a_job_that_would_not_fit_in_free_memory_is_not_started(tmp_path, monkeypatch):
     monkeypatch.setattr(benchmark, "free_memory_mb", lambda: 4096.0)
-    assert benchmark.memory_shortfall(6) is None  # 6 x 550 MB x 1.15 = 3.7 GiB
-    assert "65 ranks need about 40.1 GiB (550 MB each), 4.0 GiB free" in benchmark.memory_shortfall(65)
+    assert benchmark.memory_shortfall(6) is None  # 6 x 550 MB x 1.05 = 3.4 GiB
+    assert "65 ranks need about 36.7 GiB (550 MB each), 4.0 GiB free" in benchmark.memory_shortfall(65)
     with pytest.raises(benchmark.RunFailed, match="not started: 33 ranks"):
         benchmark.run_project(33, [], tmp_path / "out", 10)
     assert not (tmp_path / "out").exists()
