@@ -234,13 +234,14 @@ def memory_shortfall(ranks: int, private_mb: float = PRIVATE_MB_PER_RANK) -> Opt
 
 
 def run_project(ranks: int, args: List[str], out: Path, deadline_s: float, config: Optional[Path] = None,
-                mpi: bool = True, sample_memory: bool = False, env: Optional[Dict[str, str]] = None) -> Job:
+                mpi: bool = True, sample_memory: bool = False, env: Optional[Dict[str, str]] = None,
+                private_mb: float = PRIVATE_MB_PER_RANK) -> Job:
     """One run of the launcher (under `mpiexec -n ranks`, or alone for the in-process twin), with its
     results.json; RunFailed when it does not finish. `env`: variables added to this environment."""
     command = ([mpiexec(), "-n", str(ranks)] if mpi else []) + [
         sys.executable, str(LAUNCHER), "--cf", str(config or CONFIG), "--quiet",
         "--set", f"common_args.output_dir={out}", *args]
-    shortfall = memory_shortfall(ranks) if mpi else None
+    shortfall = memory_shortfall(ranks, private_mb) if mpi else None
     if shortfall:
         raise RunFailed(shortfall)
     job = launch(command, deadline_s, cwd=out.parent, sample_memory=sample_memory,
@@ -523,7 +524,7 @@ def scaling(bench: Bench) -> List[Dict]:
         with bench.step(f"scaling: {centres} synthetic centres, {bench.rounds} tiny rounds") as said:
             try:
                 job = run_project(ranks, tiny_round_args(centres, bench.rounds), bench.work / f"scaling-{centres}",
-                                  300 + 30 * ranks, sample_memory=True)
+                                  300 + 30 * ranks, sample_memory=True, private_mb=private_mb)
             except RunFailed as failure:
                 point["note"] = f"failed: {str(failure)[-300:]}"
                 said["result"] = "FAILED"
