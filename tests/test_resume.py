@@ -20,6 +20,7 @@ import pytest
 
 from flamby_mpi import cli
 from support.mpi import DEFAULT_CONFIG
+from support.strategy_cases import CASES, HAVE_OPACUS
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -27,21 +28,6 @@ BASE = ["--set", "comm_args.backend=inprocess", "--set", "train_args.num_updates
         "--set", "validation_args.frequency_of_the_test=2", "--set", "tracking_args.tensorboard=false",
         "--set", "common_args.random_seed=5", "--quiet"]
 ROUNDS = 8
-CASES = {
-    "FedAvg": [],
-    "FedProx": ["--set", "train_args.mu=0.5"],
-    "FedAdam": ["--set", "train_args.server_learning_rate=0.05"],
-    "FedYogi": ["--set", "train_args.server_learning_rate=0.05"],
-    "FedAdagrad": ["--set", "train_args.server_learning_rate=0.05"],
-    "Scaffold": [],
-    "Cyclic": [],
-    "Cyclic-own-models": ["--set", "train_args.pass_model_on=false"],
-    "FedAvgFineTuning": ["--set", "train_args.num_fine_tuning_steps=4"],
-    "FedAvg-sampled": ["--set", "train_args.client_num_per_round=2"],
-    "FedAvg-dp": ["--set", "train_args.dp_target_epsilon=5", "--set", "train_args.dp_target_delta=0.001",
-                  "--set", "train_args.dp_max_grad_norm=1.0"],
-}
-HAVE_OPACUS = __import__("importlib").util.find_spec("opacus") is not None
 
 
 def _argv(case, output_dir, rounds=ROUNDS, extra=()):

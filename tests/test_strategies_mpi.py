@@ -7,7 +7,6 @@ its own output directory and its own MPI == in-process check. The twins run in t
 a result that depended on what ran before it in the same process would show up as a mismatch.
 """
 import hashlib
-import importlib.util
 import json
 import sys
 import uuid
@@ -16,25 +15,15 @@ from types import SimpleNamespace
 import pytest
 
 from support.mpi import DEFAULT_CONFIG, LAUNCHER, mpiexec, run_job
+from support.strategy_cases import CASES as STRATEGY_CASES
+from support.strategy_cases import HAVE_OPACUS
 from support.mpi import test_env as env_for
 
 FAST = ["--set", "train_args.comm_round=3", "--set", "train_args.num_updates=5",
         "--set", "validation_args.frequency_of_the_test=2"]
-CASES = {
-    "FedAvg": [],
-    "FedProx": ["--set", "train_args.mu=0.5"],
-    "FedAdam": ["--set", "train_args.server_learning_rate=0.05"],
-    "FedYogi": ["--set", "train_args.server_learning_rate=0.05"],
-    "FedAdagrad": ["--set", "train_args.server_learning_rate=0.05"],
-    "Scaffold": [],
-    "Cyclic": ["--set", "train_args.comm_round=5"],
-    "Cyclic-own-models": ["--set", "train_args.comm_round=6", "--set", "train_args.pass_model_on=false"],
-    "FedAvgFineTuning": ["--set", "train_args.num_fine_tuning_steps=4"],
-    "FedAvg-sampled": ["--set", "train_args.client_num_per_round=2"],
-    "FedAvg-dp": ["--set", "train_args.dp_target_epsilon=5", "--set", "train_args.dp_target_delta=0.001",
-                  "--set", "train_args.dp_max_grad_norm=1.0"],
-}
-HAVE_OPACUS = importlib.util.find_spec("opacus") is not None
+# Cyclic needs more rounds than FAST to reach every centre (later --set wins).
+CASES = {**STRATEGY_CASES, "Cyclic": ["--set", "train_args.comm_round=5"],
+         "Cyclic-own-models": ["--set", "train_args.comm_round=6", *STRATEGY_CASES["Cyclic-own-models"]]}
 RUN = [case for case in CASES if HAVE_OPACUS or not case.endswith("-dp")]
 # Deadlines: start-up once, then each short run (a few seconds here; generous for a loaded machine).
 MPI_DEADLINE_S = 90 + 30 * len(RUN)
