@@ -18,7 +18,6 @@ rank 0 alone reads the manifests (the resume negotiation is in flamby_mpi/resume
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
@@ -50,11 +49,29 @@ def rank_file_names(rank: int) -> Tuple[str, str]:
     return f"rank_{rank}.pt", f"rank_{rank}.json"
 
 
-def durable_write(path: Path, data: bytes):
-    """Writes data to path so that a reader (or a kill) never sees half of it."""
+class _HashingFile:
+    """A file being written that hashes what goes through it (torch.save streams into it, so a
+    model of several GB is never held twice in memory)."""
+
+    def __init__(self, handle):
+        self.handle, self.digest, self.size = handle, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        self.size += len(memoryview(data))
+        return self.handle.write(data)
+
+    def flush(self):
+        self.handle.flush()
+
+
+def _durable(path: Path, write) -> Dict[str, object]:
+    """Writes path through write(file) so that a reader (or a kill) never sees half of it: a
+    temporary name, flushed to disk, then renamed. Returns the file's sha256 and size."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "wb") as handle:
-        handle.write(data)
+        hashing = _HashingFile(handle)
+        write(hashing)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
@@ -66,10 +83,11 @@ def durable_write(path: Path, data: bytes):
             os.close(fd)
     except OSError:
         pass
+    return {"sha256": hashing.digest.hexdigest(), "bytes": hashing.size}
 
 
-def _entry(data: bytes) -> Dict[str, object]:
-    return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+def durable_write(path: Path, data: bytes) -> Dict[str, object]:
+    return _durable(path, lambda handle: handle.write(data))
 
 
 def write_rank_state(output_dir: Path, round_idx: int, rank: int, tensors: dict, data: dict) -> FileEntries:
@@ -78,13 +96,9 @@ def write_rank_state(output_dir: Path, round_idx: int, rank: int, tensors: dict,
 
     directory = round_dir(output_dir, round_idx)
     directory.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save(tensors, buffer)
-    blobs = dict(zip(rank_file_names(rank),
-                     (buffer.getvalue(), json.dumps(data, sort_keys=True).encode())))
-    for name, blob in blobs.items():
-        durable_write(directory / name, blob)
-    return {name: _entry(blob) for name, blob in blobs.items()}
+    pt_name, json_name = rank_file_names(rank)
+    return {pt_name: _durable(directory / pt_name, lambda handle: torch.save(tensors, handle)),
+            json_name: durable_write(directory / json_name, json.dumps(data, sort_keys=True).encode())}
 
 
 def write_manifest(output_dir: Path, round_idx: int, run_id: str, version: str, config: dict,
