@@ -116,6 +116,7 @@ def test_a_model_over_2_gib_trains_with_two_clients(workdir):
     model_bytes = 2_200_000_000  # over 2**31 - 1, MPI's count limit
     job = run_mpi(3, ["--cf", str(DEFAULT_CONFIG), "--run_id", marker, "--set", f"common_args.output_dir={out}",
                       "--set", "data_args.dataset=support.heavy_model_dataset", "--set", "train_args.num_updates=1",
+                      "--set", "train_args.comm_round=2", "--set", "common_args.checkpoint_every=0",
                       "--set", "tracking_args.tensorboard=false"],
                   cwd, home, deadline_s=1200, env_extra={"HEAVY_MODEL_BYTES": str(model_bytes)}, marker=marker)
     assert job.returncode == 0, job.output
