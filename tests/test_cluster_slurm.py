@@ -152,8 +152,10 @@ def test_sbatch_with_open_mpi_srun_pmix(cluster, workdir):
 
 
 # --- Requeue (issue 11): a job stopped by SLURM and started again continues its run. ---
-REQUEUE_ROUNDS = 16  # enough rounds left after round 2 that the requeue lands mid-run
-REQUEUE_ARGS = ["--set", f"train_args.comm_round={REQUEUE_ROUNDS}"]
+# Enough rounds left after round 2, each long enough, that the requeue lands mid-run: on a quiet
+# machine 16 rounds of 50 updates ended (2.2 s in all) before scontrol's requeue reached the job.
+REQUEUE_ROUNDS = 40
+REQUEUE_ARGS = ["--set", f"train_args.comm_round={REQUEUE_ROUNDS}", "--set", "train_args.num_updates=250"]
 # Five ranks' startup took up to 4 minutes on a 2-core CI machine shared with other MPI jobs.
 REQUEUE_DEADLINE_S = 480
 
