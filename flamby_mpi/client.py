@@ -80,6 +80,9 @@ class ClientRun:
         if self._replied_at is not None:
             self._waited = time.perf_counter() - self._replied_at
         self.strategy.receive(self.learner, message.state)
+        # Loaded into the learner: the received copy is let go now, so that its memory goes back to
+        # the transport's receive buffers for the next message instead of a new one being allocated.
+        message.state = None
         self._message = message
 
     def reply(self) -> ClientReply:
@@ -151,5 +154,7 @@ class ClientRun:
         tick = time.perf_counter()
         reply.train_loss, reply.extras = self.strategy.local_train(self.learner, round_idx, message.extras)
         reply.train_s = time.perf_counter() - tick
-        reply.state = OrderedDict((k, v.detach().cpu().clone()) for k, v in self.learner.state_dict().items())
+        # The model's own tensors (a copy only off a GPU): the reply is sent, or copied by the
+        # in-process transport, before this client trains again.
+        reply.state = OrderedDict((k, v.detach().cpu()) for k, v in self.learner.state_dict().items())
         return reply

@@ -160,6 +160,9 @@ def _metered_comm_manager(comm, rank: int, size: int):
                     message, size = wire.receive(self.comm, source, status.Get_count(MPI.BYTE), pool)
                     self.meter.received(source, size)
                     self.q.put(message)
+                    # Not held while waiting for the next one: once handled, its buffers are free
+                    # for the next message of the same sizes (wire.BufferPool).
+                    message = None
             except Exception:
                 traceback.print_exc()
                 raise  # the watchdog sees this thread die and ends the job
@@ -214,9 +217,14 @@ def run_server(args, world, aggregator, on_first_round: Callable[[], None], watc
             self.com_manager.add_observer(self)
 
         def send_init_msg(self):
-            if not self._started:  # FedML may see all clients online twice
-                self._started = True
-                on_first_round()
+            # FedML calls this every time it sees all clients online after a status message, and
+            # each client reports twice (when its connection is ready, and when the server asks):
+            # up to N+1 init messages, each the whole model, to every client, which ignores all
+            # but the first. Only the first is sent.
+            if self._started:
+                return
+            self._started = True
+            on_first_round()
             super().send_init_msg()
 
         def receive_message(self, msg_type, msg_params):

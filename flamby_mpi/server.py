@@ -57,7 +57,10 @@ class ServerRun:
             self._pooled_test_set = self.plan.dataset.pooled_dataset(train=False)
 
     def global_state(self) -> "OrderedDict[str, torch.Tensor]":
-        return OrderedDict((k, v.detach().clone()) for k, v in self.model.state_dict().items())
+        """The global model's own tensors, not a copy: a message carrying them is sent (the MPI
+        transport returns once the bytes are out, the in-process one copies them) before the
+        next aggregation changes them in place."""
+        return self.model.state_dict()
 
     def global_message(self, round_idx: int, stop: Optional[int] = None) -> GlobalMessage:
         """What every client receives for exchange round_idx: the model and strategy extras."""
@@ -99,13 +102,19 @@ class ServerRun:
         expected = self.strategy.participants(round_idx)
         if sorted(results) != expected:
             raise RuntimeError(f"round {round_idx}: updates from centres {sorted(results)}, expected {expected}")
-        self.model.load_state_dict(self.strategy.aggregate(round_idx, self.global_state(), results))
+        global_state = self.global_state()
+        new_state = self.strategy.aggregate(round_idx, global_state, results)
+        if new_state is not global_state:
+            self.model.load_state_dict(new_state)
+        for reply in replies:  # spent: their memory goes back to the transport's receive buffers
+            reply.state = None
         self.rounds_completed = round_idx + 1
         now = time.time()
         losses = [r.train_loss for r in replies if r.train_loss is not None]
         who = "" if len(expected) == self.plan.num_clients else f" (centres {', '.join(map(str, expected))})"
-        self.progress.round_done(self.rounds_completed, now - (self._round_started or now),
-                                 float(np.mean(losses)), who)
+        round_s = now - (self._round_started or now)
+        self.round_log.round_done(round_s)
+        self.progress.round_done(self.rounds_completed, round_s, float(np.mean(losses)), who)
         self.last_round_at = self._round_started = now
         cut = self.rounds_completed
         if self.plan.checkpoint_due(cut):

@@ -61,8 +61,13 @@ class Strategy:
         return None
 
     def aggregate(self, round_idx: int, global_state: State, results: Dict[int, ClientResult]) -> State:
-        """results: centre -> (train samples, local state, extras) for this round's participants."""
-        return fedavg(global_state, [(n, state) for n, state, _ in _in_order(results)])
+        """results: centre -> (train samples, local state, extras) for this round's participants.
+        Returns the new global state.
+
+        global_state holds the server model's own tensors, and the local states are the server's
+        received copies, spent once aggregated: a strategy may compute in place in both (FedAvg
+        does: a large model then costs no temporaries) and return global_state itself."""
+        return fedavg(global_state, [(n, state) for n, state, _ in _in_order(results)], in_place=True)
 
     # ---- client half ----------------------------------------------------------------------
     def receive(self, learner, state_dict: State) -> None:
@@ -93,5 +98,7 @@ def _in_order(results: Dict[int, ClientResult]) -> Sequence[ClientResult]:
 
 
 def weighted_delta(global_state: State, results: Dict[int, ClientResult]) -> Dict[str, torch.Tensor]:
-    """Sample-weighted mean of (local - global) over participants, as FLamby computes it."""
-    return weighted_update(global_state, [(n, state) for n, state, _ in _in_order(results)])
+    """Sample-weighted mean of (local - global) over participants, as FLamby computes it; the local
+    states are spent (Strategy.aggregate)."""
+    return weighted_update(global_state, [(n, state) for n, state, _ in _in_order(results)],
+                           spend_client_states=True)

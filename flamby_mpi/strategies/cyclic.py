@@ -54,7 +54,7 @@ class Cyclic(Strategy):
     def aggregate(self, round_idx, global_state, results):
         (center, (_, state, _)), = results.items()
         if self.hp["pass_model_on"] or center == self.EVALUATED_CENTER:
-            return _copy(state)
+            return state  # the server's received copy: it becomes the global model
         return global_state  # another centre's own model: it stays with that centre
 
     def receive(self, learner, state_dict):
