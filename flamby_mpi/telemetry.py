@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 ROUND_COLUMNS = ("round", "centre", "local_train_s", "wait_s", "bytes_sent", "bytes_received",
-                 "train_loss", "sampled")
+                 "train_loss", "sampled", "round_s")
 
 log = logging.getLogger("flamby_mpi.telemetry")
 
@@ -74,7 +74,15 @@ class RoundLog:
                     "round": round_idx + 1, "centre": reply.center, "local_train_s": _seconds(reply.train_s),
                     "wait_s": None, "bytes_sent": traffic.from_centre.get(reply.center),
                     "bytes_received": traffic.to_centre.get(reply.center), "train_loss": reply.train_loss,
-                    "sampled": reply.trained})
+                    "sampled": reply.trained, "round_s": None})
+
+    def round_done(self, round_s: float):
+        """The training round just recorded is aggregated: round_s is the server's time for all of
+        it (from the end of the previous round: its message out, the clients' work, their replies
+        in, the aggregation), the same figure the progress line shows."""
+        for row in self._open:
+            row["round_s"] = _seconds(round_s)
+        self._open_round_s = round_s
 
     def close(self):
         """The run ended: rows still open (a run that stopped early) are kept without their wait."""
@@ -96,7 +104,8 @@ class RoundLog:
         writer = csv.DictWriter(out, fieldnames=ROUND_COLUMNS)
         writer.writeheader()
         for row in self.rows:
-            writer.writerow({k: "" if row[k] is None else row[k] for k in ROUND_COLUMNS})
+            # .get: rows restored from a checkpoint of an earlier version lack newer columns
+            writer.writerow({k: "" if row.get(k) is None else row[k] for k in ROUND_COLUMNS})
         return out.getvalue()
 
     def summary(self) -> Dict:

@@ -73,13 +73,14 @@ def _check_telemetry(out, results, state, rounds, centres):
 
     rows = list(csv.DictReader((out / "rounds.csv").open()))
     assert list(rows[0]) == ["round", "centre", "local_train_s", "wait_s", "bytes_sent", "bytes_received",
-                             "train_loss", "sampled"]
+                             "train_loss", "sampled", "round_s"]
     assert [(int(r["round"]), int(r["centre"])) for r in rows] == \
         [(r, c) for r in range(1, rounds + 1) for c in range(centres)]
     model_bytes = sum(t.numel() * t.element_size() for t in state.values())
     for row in rows:
         assert row["sampled"] == "True" and float(row["train_loss"]) > 0
         assert 0 <= float(row["local_train_s"]) < 60 and 0 <= float(row["wait_s"]) < 60
+        assert float(row["local_train_s"]) < float(row["round_s"]) < 60
         # Round 1 also carries FedML's start-up status messages; later rounds only the exchange.
         envelope = 8192 if row["round"] == "1" else 2048
         for key in ("bytes_sent", "bytes_received"):

@@ -30,16 +30,17 @@ def test_a_round_is_completed_by_the_waits_of_the_next_exchange():
     log.record(0, [_reply(0, 0), _reply(1, 0, trained=False)], Traffic({0: 100, 1: 100}, {0: 90, 1: 20}),
                1.5, training_round=True)
     assert log.rows == [] and sink.rounds == []  # the waits after round 1 are not known yet
+    log.round_done(1.75)  # aggregated: the round's whole time replaces the time so far
     log.record(1, [_reply(0, 1, trained=False, wait=0.125), _reply(1, 1, trained=False, wait=0.5)],
                Traffic({0: 100, 1: 100}, {0: 30, 1: 30}), 0.1, training_round=False)
     log.close()
-    assert sink.rounds == [(1, [0, 1], 1.5)]
+    assert sink.rounds == [(1, [0, 1], 1.75)]
     first, second = log.rows
     assert first == {"round": 1, "centre": 0, "local_train_s": 0.25, "wait_s": 0.125, "bytes_sent": 90,
-                     "bytes_received": 100, "train_loss": 0.5, "sampled": True}
+                     "bytes_received": 100, "train_loss": 0.5, "sampled": True, "round_s": 1.75}
     assert second["sampled"] is False and second["train_loss"] is None and second["wait_s"] == 0.5
     rows = list(csv.DictReader(io.StringIO(log.csv_text())))
-    assert tuple(rows[0]) == ROUND_COLUMNS and rows[1]["train_loss"] == ""
+    assert tuple(rows[0]) == ROUND_COLUMNS and rows[1]["train_loss"] == "" and rows[1]["round_s"] == "1.75"
     summary = log.summary()
     assert summary["bytes_moved"] == 100 + 100 + 90 + 20 + 100 + 100 + 30 + 30
     assert summary["per_centre"]["client_0"] == {"bytes_sent": 120, "bytes_received": 200, "compute_s": 0.25,
