@@ -1,6 +1,5 @@
 """`python -m flamby_mpi ...` is the same as `python launch_client.py ...`."""
-import sys
-
 from flamby_mpi.cli import main
+from flamby_mpi.fast_exit import exit_now
 
-sys.exit(main())
+exit_now(main())

@@ -7,6 +7,7 @@ import importlib
 import os
 
 from ..errors import UserError
+from .deferred_imports import deferring
 from ..registry import FLAMBY_DATASET_FACTS, FLAMBY_DATASETS, canonical_flamby_name  # noqa: F401 (re-exported)
 
 # FLamby's names and pip extras live in flamby_mpi.registry (torch-free, also read by scripts/submit.py).
@@ -25,7 +26,8 @@ FLAMBY_INSTALL = (
 def import_flamby_dataset(name: str):
     module_name = f"flamby.datasets.{name}"
     try:
-        return importlib.import_module(module_name)
+        with deferring():  # FLamby's plotting imports: loaded if ever used (deferred_imports.py)
+            return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         missing = exc.name or ""
         if missing == "flamby" or missing.startswith("flamby."):

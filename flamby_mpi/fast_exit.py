@@ -1,0 +1,36 @@
+"""Ending a rank's process without Python's interpreter teardown.
+
+A process that has imported torch (and FLamby's datasets, pandas, sklearn) spends about half a
+second after its last line on freeing every module and object one by one, and C++ static
+destructors: measured 2.25 s for `python -c "import torch"` against 1.81 s when it ends with
+os._exit. Five ranks on two cores pay that together, after the results are written, while the
+user waits for mpirun to return. Nothing is lost by skipping it: the registered exit handlers
+still run (logging's flush, multiprocessing's cleanup of DataLoader workers, anything a library
+registered), MPI is finalized as mpi4py would have done, and the standard streams are flushed.
+Only the launcher's normal return path ends this way; errors and aborts keep their own paths.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+
+
+def exit_now(code) -> None:
+    """sys.exit(code), minus the interpreter's teardown."""
+    code = 0 if code is None else code
+    if not isinstance(code, int):  # sys.exit's other forms: print the message, exit 1
+        print(code, file=sys.stderr)
+        code = 1
+    try:
+        atexit._run_exitfuncs()  # what the interpreter would run first (logging.shutdown, ...)
+        mpi = sys.modules.get("mpi4py.MPI")
+        if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+            mpi.Finalize()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError, AttributeError):
+                pass  # a closed or missing stream: nothing to flush
+        os._exit(code)
