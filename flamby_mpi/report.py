@@ -232,13 +232,14 @@ def _line(ax, points, **style):
         ax.plot(xs, ys, **style)
 
 
-def _pyplot():
+def _matplotlib():
+    """matplotlib without pyplot: a Figure drawn by the Agg canvas needs neither pyplot's import
+    (its backend machinery, a fifth of a second) nor a display."""
     import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # no display: the picture only goes to a file
-    import matplotlib.pyplot as plt
-
-    return plt
+    return matplotlib, Figure, FigureCanvasAgg
 
 
 def draw(runs: Sequence[Run], out_path) -> Path:
@@ -247,7 +248,7 @@ def draw(runs: Sequence[Run], out_path) -> Path:
     if not runs:
         raise ValueError("draw() needs at least one run")
     out_path = Path(out_path)
-    plt = _pyplot()
+    matplotlib, Figure, FigureCanvasAgg = _matplotlib()
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
     from matplotlib.ticker import MaxNLocator
@@ -255,11 +256,12 @@ def draw(runs: Sequence[Run], out_path) -> Path:
     several = len(runs) > 1
     with_rounds = any(run.rounds for run in runs)
     panels = 3 if with_rounds else 1
-    fig, axes = plt.subplots(1, panels, figsize=(5.6 * panels, 4.8), squeeze=False)
-    axes = list(axes[0])
+    fig = Figure(figsize=(5.6 * panels, 4.8))
+    FigureCanvasAgg(fig)
+    axes = list(fig.subplots(1, panels, squeeze=False)[0])
     try:
-        run_colours = [plt.get_cmap("tab10")(i % 10) for i in range(len(runs))]
-        centre_colours = plt.get_cmap("tab10")
+        run_colours = [matplotlib.colormaps["tab10"](i % 10) for i in range(len(runs))]
+        centre_colours = matplotlib.colormaps["tab10"]
 
         # Panel 1: test metric per centre, average and pooled, over rounds.
         ax = axes[0]
@@ -387,7 +389,7 @@ def draw(runs: Sequence[Run], out_path) -> Path:
         fig.tight_layout(rect=(0, footer / height, 1, 1 - header / height))
         _save(fig, out_path)
     finally:
-        plt.close(fig)
+        fig.clear()
     return out_path
 
 
@@ -435,7 +437,7 @@ def _private_matplotlib_cache():
     with tempfile.TemporaryDirectory(prefix="flamby-mpi-matplotlib-") as tmp:
         os.environ["MPLCONFIGDIR"] = tmp
         try:
-            _pyplot()  # matplotlib reads MPLCONFIGDIR once, here
+            _matplotlib()  # matplotlib reads MPLCONFIGDIR once, here
         finally:
             del os.environ["MPLCONFIGDIR"]
         yield
