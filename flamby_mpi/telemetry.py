@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -117,53 +116,46 @@ class RoundLog:
 
 
 class TensorBoardSink:
-    """TensorBoard event files in one run directory (`tensorboard --logdir runs/` compares runs).
-
-    TensorBoard is imported in a background thread as soon as the sink is made, so that its
-    import (over a second) overlaps the wait for the clients instead of delaying a round."""
+    """TensorBoard event files in one run directory (`tensorboard --logdir runs/` compares runs),
+    written by flamby_mpi/tensorboard_events.py: one event per round and per evaluation, without
+    importing TensorBoard. A file that cannot be written turns TensorBoard off for the run, with
+    a warning: telemetry never fails a run."""
 
     def __init__(self, directory: Path, hyperparameters: Dict):
+        from .tensorboard_events import EventFileWriter
+
         self.directory = Path(directory)
         self._writer = None
-        self._ready = threading.Thread(target=self._open, name="flamby-mpi-tensorboard", daemon=True)
-        self._ready.start()
-        self._hyperparameters = hyperparameters
-
-    def _open(self):
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            self._writer = EventFileWriter(self.directory)
+            table = "\n".join(f"| {k} | {v} |" for k, v in hyperparameters.items())
+            self._writer.text(0, "run/plan", "| key | value |\n|---|---|\n" + table)
+        except OSError as exc:
+            self._off(exc)
 
-            self._writer = SummaryWriter(log_dir=str(self.directory))
-            table = "\n".join(f"| {k} | {v} |" for k, v in self._hyperparameters.items())
-            self._writer.add_text("run/plan", "| key | value |\n|---|---|\n" + table, 0)
-        except Exception as exc:  # noqa: B902 - telemetry must never fail a run
-            log.warning("TensorBoard is off for this run: %s", exc)
-
-    def _get(self):
-        self._ready.join()
-        return self._writer
+    def _off(self, exc: Exception):
+        log.warning("TensorBoard is off for this run: %s", exc)
+        self._writer = None
 
     def round(self, round_number: int, rows: List[Dict], round_s: Optional[float]):
-        writer = self._get()
-        if writer is None:
-            return
-        for row in rows:
-            centre = f"centre_{row['centre']}"
-            for key in ("train_loss", "local_train_s", "wait_s", "bytes_sent", "bytes_received"):
-                if row[key] is not None:
-                    writer.add_scalar(f"{centre}/{key}", row[key], round_number)
-        if round_s is not None:
-            writer.add_scalar("round/time_s", round_s, round_number)
+        scalars = {f"centre_{row['centre']}/{key}": row[key] for row in rows
+                   for key in ("train_loss", "local_train_s", "wait_s", "bytes_sent", "bytes_received")}
+        scalars["round/time_s"] = round_s
+        self._write(round_number, scalars)
 
     def evaluation(self, round_number: int, metrics: Dict[str, float]):
-        writer = self._get()
-        if writer is None:
+        self._write(round_number, {f"metric/{name}": value for name, value in metrics.items()})
+
+    def _write(self, step: int, scalars: Dict[str, Optional[float]]):
+        """All of a step's scalars as one event (a summary of several values, as TensorBoard reads
+        them)."""
+        if self._writer is None:
             return
-        for name, value in metrics.items():
-            if value is not None:
-                writer.add_scalar(f"metric/{name}", value, round_number)
+        try:
+            self._writer.scalars(step, {tag: value for tag, value in scalars.items() if value is not None})
+        except OSError as exc:
+            self._off(exc)
 
     def close(self):
-        writer = self._get()
-        if writer is not None:
-            writer.close()
+        if self._writer is not None:
+            self._writer.close()

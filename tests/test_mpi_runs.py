@@ -103,6 +103,10 @@ def _check_telemetry(out, results, state, rounds, centres):
             "metric/client_test_1", "metric/average", "metric/pooled"} <= tags
     assert [e.step for e in events.Scalars("centre_1/train_loss")] == list(range(1, rounds + 1))
     assert events.Scalars("metric/pooled")[0].value == pytest.approx(results["metrics"]["pooled"])
+    losses = [float(r["train_loss"]) for r in rows if r["centre"] == "1"]
+    assert [e.value for e in events.Scalars("centre_1/train_loss")] == pytest.approx(losses, rel=1e-6)
+    times = [float(r["round_s"]) for r in rows if r["centre"] == "0"]
+    assert [e.value for e in events.Scalars("round/time_s")] == pytest.approx(times, abs=2e-6)  # csv: 6 decimals
 
 
 def test_same_seed_gives_bitwise_identical_model_and_other_seed_does_not(workdir, tmp_path):

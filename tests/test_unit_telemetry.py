@@ -7,7 +7,7 @@ import pytest
 
 from flamby_mpi.progress import Progress
 from flamby_mpi.protocol import ClientReply
-from flamby_mpi.telemetry import ROUND_COLUMNS, RoundLog, Traffic
+from flamby_mpi.telemetry import ROUND_COLUMNS, RoundLog, TensorBoardSink, Traffic
 
 
 def _reply(centre, round_idx, trained=True, wait=None):
@@ -116,3 +116,66 @@ def _in_repo(monkeypatch):
     from support.mpi import REPO
 
     monkeypatch.chdir(REPO)
+
+
+# ---- TensorBoard event files written without TensorBoard (flamby_mpi/tensorboard_events.py) ----
+
+def test_event_bytes_are_protobufs_own_serialization():
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.compat.proto.tensor_pb2 import TensorProto
+    from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+
+    from flamby_mpi import tensorboard_events as te
+
+    scalars = {"centre_0/train_loss": 0.693, "centre_10/bytes_sent": 123456789.0, "round/time_s": 0.0,
+               "metric/ünïcode": -1.5e-7}
+    expected = Event(wall_time=1795907794.25, step=300, summary=Summary(value=[
+        Summary.Value(tag=tag, simple_value=value) for tag, value in scalars.items()]))
+    assert te.event(1795907794.25, 300, summary=te.scalars_summary(scalars)) == expected.SerializeToString()
+    assert te.event(5.5, file_version="brain.Event:2") == \
+        Event(wall_time=5.5, file_version="brain.Event:2").SerializeToString()
+    text = "| key | value |\n|---|---|\n| strategy | FedAvg |"
+    tensor = TensorProto(dtype="DT_STRING", string_val=[text.encode()],
+                         tensor_shape=TensorShapeProto(dim=[TensorShapeProto.Dim(size=1)]))
+    metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="text"))
+    expected = Event(wall_time=7.0, summary=Summary(value=[
+        Summary.Value(tag="run/plan/text_summary", metadata=metadata, tensor=tensor)]))
+    assert te.event(7.0, 0, summary=te.text_summary("run/plan", text)) == expected.SerializeToString()
+    for step in (1, 127, 128, 2 ** 40):  # varints of one, two and six bytes
+        assert te.event(1.0, step) == Event(wall_time=1.0, step=step).SerializeToString()
+
+
+def test_crc32c_of_the_standard_check_value():
+    from flamby_mpi.tensorboard_events import crc32c
+
+    assert crc32c(b"123456789") == 0xE3069283  # CRC-32C's published check value
+    assert crc32c(b"") == 0
+
+
+def test_tensorboard_reads_the_files_the_sink_writes(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    sink = TensorBoardSink(tmp_path / "tb", {"strategy": "FedAvg", "rounds": 3})
+    for number in (1, 2, 3):
+        sink.round(number, [{"centre": 0, "train_loss": 0.5 / number, "local_train_s": 0.01, "wait_s": None,
+                             "bytes_sent": 1000, "bytes_received": 2000}], round_s=0.25 * number)
+    sink.evaluation(3, {"average": 0.75, "pooled": None})
+    sink.close()
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"tensors": 0})
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("centre_0/train_loss")] == \
+        [(n, pytest.approx(0.5 / n)) for n in (1, 2, 3)]
+    assert [e.value for e in events.Scalars("round/time_s")] == [0.25, 0.5, 0.75]
+    assert "centre_0/wait_s" not in events.Tags()["scalars"]  # None is left out, not written as 0
+    assert [e.value for e in events.Scalars("metric/average")] == [0.75]
+    (plan,) = events.Tensors("run/plan/text_summary")
+    assert b"| strategy | FedAvg |" in plan.tensor_proto.string_val[0]
+
+
+def test_an_unwritable_tensorboard_directory_turns_it_off_with_a_warning(tmp_path, caplog):
+    (tmp_path / "tb").write_text("a file where the directory should be")
+    sink = TensorBoardSink(tmp_path / "tb", {})
+    sink.round(1, [], round_s=0.1)  # no error
+    sink.close()
+    assert "TensorBoard is off for this run" in caplog.text
