@@ -38,6 +38,7 @@ INLINE_MAX_BYTES = 64 * 1024  # smaller buffers stay in the skeleton: one MPI me
 CHUNK_BYTES = 1 << 30  # below MPI's 2**31 - 1 count limit, for messages over 2 GiB
 MAX_HEADER_BYTES = CHUNK_BYTES  # the skeleton travels as one MPI message
 MAX_BUFFERS = 1 << 20
+CHECK_MEMORY_FROM_BYTES = 64 << 20  # smaller messages are not checked against the free memory
 
 _COUNT = struct.Struct("<4sI")
 _SIZE = struct.Struct("<Q")
@@ -94,8 +95,10 @@ def encode(obj) -> Tuple[bytes, List[memoryview]]:
     return header, buffers
 
 
-def parse_header(header, limit_bytes: int) -> Tuple[List[int], memoryview]:
-    """The buffer sizes and the skeleton of a header, checked against `limit_bytes` in all."""
+def parse_header(header, limit_bytes: "int | None" = None) -> Tuple[List[int], memoryview]:
+    """The buffer sizes and the skeleton of a header, checked against `limit_bytes` in all; by
+    default against what this host can still allocate, for messages of CHECK_MEMORY_FROM_BYTES
+    or more (reading /proc/meminfo for every small message was a tenth of a tiny round's time)."""
     view = memoryview(header)
     if len(view) < _COUNT.size:
         raise WireError(f"a message header of {len(view)} bytes, shorter than its fixed part")
@@ -106,7 +109,9 @@ def parse_header(header, limit_bytes: int) -> Tuple[List[int], memoryview]:
         raise WireError(f"a message header announcing {count} buffers in {len(view)} bytes")
     sizes = [_SIZE.unpack_from(view, _COUNT.size + i * _SIZE.size)[0] for i in range(count)]
     total = sum(sizes)
-    if total > limit_bytes:
+    if limit_bytes is None and total >= CHECK_MEMORY_FROM_BYTES:
+        limit_bytes = available_bytes()
+    if limit_bytes is not None and total > limit_bytes:
         raise WireError(f"a message announcing {total} bytes, more than this host can hold now "
                         f"({limit_bytes} bytes available)")
     return sizes, view[_COUNT.size + count * _SIZE.size:]
@@ -186,7 +191,7 @@ def as_if_sent(obj) -> Tuple[object, int]:
     """The object as a receiver gets it (its own memory, no aliasing), and the bytes it took: the
     wire's steps without MPI, for the in-process twin."""
     header, buffers = encode(obj)
-    sizes, skeleton = parse_header(header, available_bytes())
+    sizes, skeleton = parse_header(header)
     received = allocate(sizes)
     for target, source in zip(received, buffers):
         memoryview(target)[:] = source
@@ -217,7 +222,7 @@ def receive(comm, source: int, header_bytes: int, pool: "BufferPool | None" = No
     header = bytearray(header_bytes)
     comm.Recv([header, MPI.BYTE], source=source, tag=HEAD_TAG)
     try:
-        sizes, skeleton = parse_header(header, available_bytes())
+        sizes, skeleton = parse_header(header)
     except WireError as error:
         raise WireError(f"from rank {source}: {error}") from None
     buffers = pool.allocate(sizes) if pool is not None else allocate(sizes)
