@@ -72,3 +72,16 @@ def test_deferred_modules_run_on_first_use_only(tmp_path):
     done = subprocess.run([sys.executable, "-c", DEFERRED, str(tmp_path)], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_exit_now_runs_the_c_level_exit_handlers_libraries_registered(tmp_path):
+    # MPI and other C libraries register cleanups with atexit(3) or on_exit(3): they run at a
+    # normal exit, and must still run here (os._exit would skip them)
+    script = ("import ctypes, sys; from flamby_mpi.fast_exit import exit_now\n"
+              "handler = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_void_p)(\n"
+              "    lambda status, _: open(sys.argv[1], 'w').write(f'ran with {status}'))\n"
+              "ctypes.CDLL(None).on_exit(handler, None); exit_now(4)")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "c_atexit")], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 4, done.stderr
+    assert (tmp_path / "c_atexit").read_text() == "ran with 4"
