@@ -14,7 +14,8 @@ import statistics
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
-COLUMNS = ["section", "case", "centres", "ranks", "run", "seconds", "seconds_per_round", "wall_s",
+COLUMNS = ["section", "case", "centres", "ranks", "run", "seconds", "seconds_per_round",
+           "seconds_per_round_whole_run", "wall_s",
            "first_round_s", "role", "rank", "imports_s", "data_s", "first_message_s", "peak_rss_mb",
            "peak_private_mb",
            "ours", "reference", "unit", "ratio", "target", "met", "note"]
