@@ -116,29 +116,27 @@ defaults=(--run_id "$run_id" --set "common_args.output_dir=$output_dir")
 runs=$(qstat -f "$PBS_JOBID" 2> /dev/null | sed -n 's/^ *run_count = *\([0-9][0-9]*\).*/\1/p' | head -n 1 || true)
 resume=()
 if [ "${runs:-1}" -gt 1 ] || [ "${FLAMBY_MPI_RESUME:-0}" = 1 ]; then
-    # The directory the job's command line names: a user's own --set common_args.output_dir wins.
-    run_dir=$("$python" - "$config" "${defaults[@]}" "$@" 2>/dev/null <<'PY' || true
-import sys
-from flamby_mpi.cli import build_parser
-from flamby_mpi.config import load_config
-args, _ = build_parser().parse_known_args(["--cf", *sys.argv[1:]])
-print(load_config(args.cf, args.set).common_args.output_dir)
-PY
-)
-    run_dir=${run_dir:-$output_dir}
-    if [ -f "$run_dir/results.json" ]; then
-        echo "flamby-mpi: PBS job $PBS_JOBID started again (run ${runs:-?}), but its run had already" \
-             "finished: results in $run_dir/results.json; nothing to redo"
-        exit 0
-    fi
-    if compgen -G "$run_dir/checkpoints/round_*/manifest.json" > /dev/null; then
-        resume=(--resume)
-        echo "flamby-mpi: PBS job $PBS_JOBID started again (run ${runs:-?}): resuming from the newest" \
-             "complete checkpoint in $run_dir/checkpoints"
-    else
-        echo "flamby-mpi: PBS job $PBS_JOBID started again (run ${runs:-?}) before any complete" \
-             "checkpoint in $run_dir: starting afresh"
-    fi
+    # The decision and the run directory (the job's command line's: a user's own --set
+    # common_args.output_dir wins), from the rule both job scripts share (flamby_mpi/restart.py).
+    decision=$(PYTHONPATH="$home${PYTHONPATH:+:$PYTHONPATH}" "$python" -m flamby_mpi.restart "$output_dir" \
+               "$config" "${defaults[@]}" "$@" 2>/dev/null) || decision="afresh $output_dir"
+    run_dir=${decision#* }
+    case "${decision%% *}" in
+        finished)
+            echo "flamby-mpi: PBS job $PBS_JOBID started again (run ${runs:-?}), but its run had already" \
+                 "finished: results in $run_dir/results.json; nothing to redo"
+            exit 0
+            ;;
+        resume)
+            resume=(--resume)
+            echo "flamby-mpi: PBS job $PBS_JOBID started again (run ${runs:-?}): resuming from the newest" \
+                 "complete checkpoint in $run_dir/checkpoints"
+            ;;
+        *)
+            echo "flamby-mpi: PBS job $PBS_JOBID started again (run ${runs:-?}) before any complete" \
+                 "checkpoint in $run_dir: starting afresh"
+            ;;
+    esac
 fi
 
 echo "flamby-mpi: PBS job $PBS_JOBID, $np ranks; outputs in $output_dir"

@@ -139,29 +139,27 @@ esac
 # complete checkpoint, or, if the first start finished, does nothing again.
 resume=()
 if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then
-    # The directory the job's command line names: a user's own --set common_args.output_dir wins.
-    run_dir=$("$python" - "$config" "${defaults[@]}" "$@" 2>/dev/null <<'PY' || true
-import sys
-from flamby_mpi.cli import build_parser
-from flamby_mpi.config import load_config
-args, _ = build_parser().parse_known_args(["--cf", *sys.argv[1:]])
-print(load_config(args.cf, args.set).common_args.output_dir)
-PY
-)
-    run_dir=${run_dir:-$output_dir}
-    if [ -f "$run_dir/results.json" ]; then
-        echo "flamby-mpi: SLURM job $SLURM_JOB_ID restarted (restart $SLURM_RESTART_COUNT), but its run" \
-             "had already finished: results in $run_dir/results.json; nothing to redo"
-        exit 0
-    fi
-    if compgen -G "$run_dir/checkpoints/round_*/manifest.json" > /dev/null; then
-        resume=(--resume)
-        echo "flamby-mpi: SLURM job $SLURM_JOB_ID restarted (restart $SLURM_RESTART_COUNT): resuming" \
-             "from the newest complete checkpoint in $run_dir/checkpoints"
-    else
-        echo "flamby-mpi: SLURM job $SLURM_JOB_ID restarted (restart $SLURM_RESTART_COUNT) before any" \
-             "complete checkpoint in $run_dir: starting afresh"
-    fi
+    # The decision and the run directory (the job's command line's: a user's own --set
+    # common_args.output_dir wins), from the rule both job scripts share (flamby_mpi/restart.py).
+    decision=$(PYTHONPATH="$home${PYTHONPATH:+:$PYTHONPATH}" "$python" -m flamby_mpi.restart "$output_dir" \
+               "$config" "${defaults[@]}" "$@" 2>/dev/null) || decision="afresh $output_dir"
+    run_dir=${decision#* }
+    case "${decision%% *}" in
+        finished)
+            echo "flamby-mpi: SLURM job $SLURM_JOB_ID restarted (restart $SLURM_RESTART_COUNT), but its run" \
+                 "had already finished: results in $run_dir/results.json; nothing to redo"
+            exit 0
+            ;;
+        resume)
+            resume=(--resume)
+            echo "flamby-mpi: SLURM job $SLURM_JOB_ID restarted (restart $SLURM_RESTART_COUNT): resuming" \
+                 "from the newest complete checkpoint in $run_dir/checkpoints"
+            ;;
+        *)
+            echo "flamby-mpi: SLURM job $SLURM_JOB_ID restarted (restart $SLURM_RESTART_COUNT) before any" \
+                 "complete checkpoint in $run_dir: starting afresh"
+            ;;
+    esac
 fi
 
 echo "flamby-mpi: SLURM job $SLURM_JOB_ID, $tasks tasks on ${SLURM_JOB_NODELIST:-?}; outputs in $output_dir"
