@@ -90,10 +90,8 @@ class ServerRun:
             self.round_log.close()
             return None
         evaluated = self._record_evaluations(round_idx, replies)
-        now = time.time()
         final = round_idx == self.plan.final_round
-        self.round_log.record(round_idx, replies, traffic, now - (self._round_started or now),
-                              training_round=not final)
+        self.round_log.record(round_idx, replies, traffic, training_round=not final)
         if final:
             self._finish(replies, evaluated)
             self.round_log.close()

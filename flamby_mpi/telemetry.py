@@ -49,10 +49,9 @@ class RoundLog:
         return self.totals.setdefault(centre, {"bytes_sent": 0, "bytes_received": 0, "compute_s": 0.0,
                                                "wait_s": 0.0})
 
-    def record(self, round_idx: int, replies, traffic: Optional[Traffic], round_s: Optional[float],
-               training_round: bool):
-        """One exchange: its replies (in rank order), its traffic, the server's time for it; a
-        training round opens one row per centre, sampled or not."""
+    def record(self, round_idx: int, replies, traffic: Optional[Traffic], training_round: bool):
+        """One exchange: its replies (in rank order) and its traffic; a training round opens one
+        row per centre, sampled or not, whose round_s comes with round_done()."""
         traffic = traffic or Traffic()
         waits = {r.center: r.wait_s for r in replies}
         for row in self._open:
@@ -62,7 +61,7 @@ class RoundLog:
             self.rows.extend(self._open)
             for sink in self.sinks:
                 sink.round(self._open[0]["round"], self._open, self._open_round_s)
-        self._open, self._open_round_s = [], round_s
+        self._open, self._open_round_s = [], None
         for reply in replies:
             total = self._total(reply.center)
             total["bytes_sent"] += traffic.from_centre.get(reply.center, 0)
@@ -124,10 +123,9 @@ class TensorBoardSink:
     def __init__(self, directory: Path, hyperparameters: Dict):
         from .tensorboard_events import EventFileWriter
 
-        self.directory = Path(directory)
         self._writer = None
         try:
-            self._writer = EventFileWriter(self.directory)
+            self._writer = EventFileWriter(Path(directory))
             table = "\n".join(f"| {k} | {v} |" for k, v in hyperparameters.items())
             self._writer.text(0, "run/plan", "| key | value |\n|---|---|\n" + table)
         except OSError as exc:

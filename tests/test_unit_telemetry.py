@@ -28,11 +28,11 @@ def test_a_round_is_completed_by_the_waits_of_the_next_exchange():
     sink = _Sink()
     log = RoundLog([sink])
     log.record(0, [_reply(0, 0), _reply(1, 0, trained=False)], Traffic({0: 100, 1: 100}, {0: 90, 1: 20}),
-               1.5, training_round=True)
+               training_round=True)
     assert log.rows == [] and sink.rounds == []  # the waits after round 1 are not known yet
-    log.round_done(1.75)  # aggregated: the round's whole time replaces the time so far
+    log.round_done(1.75)  # aggregated: the round's whole time
     log.record(1, [_reply(0, 1, trained=False, wait=0.125), _reply(1, 1, trained=False, wait=0.5)],
-               Traffic({0: 100, 1: 100}, {0: 30, 1: 30}), 0.1, training_round=False)
+               Traffic({0: 100, 1: 100}, {0: 30, 1: 30}), training_round=False)
     log.close()
     assert sink.rounds == [(1, [0, 1], 1.75)]
     first, second = log.rows
