@@ -1,0 +1,382 @@
+"""Files in a directory a run owns: written whole or not at all, never through a link, read within bounds.
+
+Everything flamby-mpi writes under an output, checkpoint, log or rendezvous directory goes through
+this module, so that a planted link, a FIFO or a full disk is handled in one place:
+- Paths are a `root` (the directory the user named: it may itself be a link, the user's choice)
+  and a relative path below it. Every component below the root is made and entered one at a time,
+  relative to its parent's descriptor, with O_NOFOLLOW|O_DIRECTORY: a link or a file where a
+  directory should be is refused (`UnsafePathError`), never followed, never pruned through.
+- `write_atomic` writes a fresh temporary file, created with O_CREAT|O_EXCL|O_NOFOLLOW under an
+  unpredictable name beside the target, then renames it over the target (a rename replaces a link
+  at the target's name, it never writes through it). The data is hashed on the way (sha256, size);
+  `durable=True` also fsyncs the file and its directory. Nothing else writes a whole file.
+- `open_append` opens a log for appending, O_NOFOLLOW, never truncating.
+- A write the file system refuses for lack of room or rights (ENOSPC, EDQUOT, EROFS, EACCES, EPERM)
+  raises `StorageError` naming the file, after its partial temporary file is removed.
+- `open_regular` / `read_bounded` open with O_NOFOLLOW|O_NONBLOCK (a FIFO does not block the open),
+  require a regular file (fstat of the open file, not a prior stat of the path) and read at most
+  a cap: a link to /dev/zero, a FIFO or a huge file is refused, never read without end.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import secrets
+import stat
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Callable, Dict, Iterator, List, Tuple, Union
+
+from .errors import UserError, plain
+
+# Errors of the file system's room or rights: the user can fix them (free space, a quota, a mount).
+STORAGE_ERRNOS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+# sysexits' EX_IOERR: a job script can tell a full disk (free space, then --resume) from a config mistake (2).
+EXIT_STORAGE = 74
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+
+Writer = Callable[[BinaryIO], object]
+
+
+class StorageError(UserError):
+    """A write the file system refused (full disk, quota, read-only, rights): which file, why, what next."""
+
+    exit_code = EXIT_STORAGE
+
+    def __init__(self, path: Union[str, Path], error: OSError, doing: str = "writing"):
+        self.path, self.errno = Path(path), error.errno
+        reason = STORAGE_ERRNOS.get(error.errno, error.strerror or type(error).__name__)
+        super().__init__(f"{doing} {plain(path)} failed: {reason} (errno {errno.errorcode.get(error.errno, '?')})",
+                         hint="free space on that file system (or fix its quota, mount or permissions), then "
+                              "continue the run with --resume")
+
+
+class UnsafePathError(UserError):
+    """A link, or something other than a directory or regular file, where the run keeps its files."""
+
+    def __init__(self, path: Union[str, Path], what: str):
+        super().__init__(f"{plain(path)} {what}: flamby-mpi never follows a link or writes through one inside "
+                         "a run's directory",
+                         hint="remove it (or choose another output directory); nothing was written there")
+
+
+def is_storage_error(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in STORAGE_ERRNOS
+
+
+def _parts(relative: Union[str, PurePosixPath, Path]) -> List[str]:
+    parts = [p for p in PurePosixPath(str(relative)).parts if p not in ("", ".")]
+    if not parts or any(p in ("..", "/") for p in parts) or PurePosixPath(str(relative)).is_absolute():
+        raise ValueError(f"not a path below a run's directory: {relative!r}")
+    return parts
+
+
+def open_dir(root: Union[str, Path], relative: Union[str, Path, None] = None, create: bool = False,
+             mode: int = 0o777) -> int:
+    """A descriptor of root/relative, each component below root entered without following a link
+    (made first when create). The caller closes it. Raises UnsafePathError, FileNotFoundError,
+    or StorageError when a directory cannot be made."""
+    root = Path(os.path.expanduser(str(root)))
+    try:
+        if create:
+            root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    except NotADirectoryError:
+        raise UnsafePathError(root, "is not a directory") from None
+    except OSError as exc:
+        if is_storage_error(exc):
+            raise StorageError(root, exc, "making the directory") from None
+        raise
+    done = root
+    try:
+        for part in _parts(relative) if relative is not None else []:
+            done = done / part
+            if create:
+                try:
+                    os.mkdir(part, mode, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                except OSError as exc:
+                    if is_storage_error(exc):
+                        raise StorageError(done, exc, "making the directory") from None
+                    raise
+            try:
+                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except (NotADirectoryError, OSError) as exc:
+                if isinstance(exc, NotADirectoryError) or exc.errno == errno.ELOOP:
+                    raise UnsafePathError(done, "is a link or not a directory") from None
+                raise
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class _HashingFile:
+    """A file being written that hashes what goes through it (torch.save streams into it, so a
+    model of several GB is never held twice in memory)."""
+
+    def __init__(self, handle):
+        self.handle, self.digest, self.size = handle, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        self.size += len(memoryview(data))
+        return self.handle.write(data)
+
+    def flush(self):
+        self.handle.flush()
+
+
+def _new_temporary(dir_fd: int, name: str, mode: int) -> Tuple[str, int]:
+    while True:  # unpredictable: a name planted in advance (a link) is never the one used
+        tmp = f".{name}.{secrets.token_hex(8)}.tmp"
+        try:
+            return tmp, os.open(tmp, _NEW_FILE_FLAGS, mode, dir_fd=dir_fd)
+        except FileExistsError:
+            continue
+
+
+def write_atomic(root: Union[str, Path], relative: Union[str, Path], data: Union[bytes, Writer],
+                 durable: bool = False, mode: int = 0o644) -> Dict[str, object]:
+    """Writes root/relative whole (data, or writer(file) for streamed content) through a fresh
+    temporary file and a rename; a reader, a kill or a full disk never leaves half of it under
+    its name. Returns {"sha256", "bytes"} of what was written."""
+    parts = _parts(relative)
+    dir_fd = open_dir(root, PurePosixPath(*parts[:-1]) if len(parts) > 1 else None, create=True)
+    target = Path(os.path.expanduser(str(root))).joinpath(*parts)
+    tmp = None
+    try:
+        tmp, fd = _new_temporary(dir_fd, parts[-1], mode)
+        with os.fdopen(fd, "wb") as handle:
+            hashing = _HashingFile(handle)
+            if callable(data):
+                data(hashing)
+            else:
+                hashing.write(data)
+            handle.flush()
+            if durable:
+                os.fsync(handle.fileno())
+        os.replace(tmp, parts[-1], src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        tmp = None
+        if durable:  # the rename itself survives a crash of the host only once the directory is synced
+            try:
+                os.fsync(dir_fd)
+            except OSError:
+                pass
+        return {"sha256": hashing.digest.hexdigest(), "bytes": hashing.size}
+    except OSError as exc:
+        if is_storage_error(exc):
+            raise StorageError(target, exc) from None
+        raise
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp, dir_fd=dir_fd)
+            except OSError:
+                pass
+        os.close(dir_fd)
+
+
+def open_append(root: Union[str, Path], relative: Union[str, Path], mode: int = 0o644) -> BinaryIO:
+    """root/relative opened for appending (created if absent), never through a link, never truncated."""
+    parts = _parts(relative)
+    dir_fd = open_dir(root, PurePosixPath(*parts[:-1]) if len(parts) > 1 else None, create=True)
+    target = Path(os.path.expanduser(str(root))).joinpath(*parts)
+    try:
+        fd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+                     | getattr(os, "O_CLOEXEC", 0), mode, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafePathError(target, "is a link") from None
+        if is_storage_error(exc):
+            raise StorageError(target, exc, "opening") from None
+        raise
+    finally:
+        os.close(dir_fd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnsafePathError(target, "is not a regular file")
+    return os.fdopen(fd, "ab")
+
+
+def open_regular(path: Union[str, Path], cap: int, root: Union[str, Path, None] = None) -> BinaryIO:
+    """A regular file opened for reading without following a link or blocking on a FIFO; raises
+    UnsafePathError for anything else, ValueError when it holds more than cap bytes, OSError
+    (FileNotFoundError...) as the system says. With root, path is relative to it and no component
+    below root is followed either."""
+    if root is not None:
+        parts = _parts(path)
+        dir_fd = open_dir(root, PurePosixPath(*parts[:-1]) if len(parts) > 1 else None)
+        shown_path, name = Path(root).joinpath(*parts), parts[-1]
+    else:
+        dir_fd, shown_path, name = None, Path(path), str(path)
+    try:
+        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafePathError(shown_path, "is a link") from None
+        raise
+    finally:
+        if dir_fd is not None:
+            os.close(dir_fd)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise UnsafePathError(shown_path, "is not a regular file")
+    if info.st_size > cap:
+        os.close(fd)
+        raise ValueError(f"{plain(shown_path)}: {info.st_size} bytes, more than the {cap} expected at most")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def read_bounded(path: Union[str, Path], cap: int, root: Union[str, Path, None] = None) -> bytes:
+    """The whole content of a regular file of at most cap bytes, read from the open file (a file that
+    grows past cap after the open is refused too)."""
+    with open_regular(path, cap, root) as handle:
+        data = handle.read(cap + 1)
+    if len(data) > cap:
+        raise ValueError(f"{plain(path)}: more than the {cap} bytes expected at most")
+    return data
+
+
+def load_json(data: bytes, max_depth: int = 32):
+    """JSON from bytes already bounded in size, nested at most max_depth deep (ValueError otherwise)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in data:  # a linear scan: the C parser's own limit is the interpreter's recursion limit
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > max_depth:
+                raise ValueError(f"JSON nested more than {max_depth} deep")
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return json.loads(data.decode("utf-8"))
+
+
+def entries(root: Union[str, Path], relative: Union[str, Path, None] = None) -> Iterator[Tuple[str, bool]]:
+    """(name, is a real directory) of what root/relative holds, links reported as not directories;
+    nothing when it does not exist."""
+    try:
+        fd = open_dir(root, relative)
+    except FileNotFoundError:
+        return iter(())
+    try:
+        with os.scandir(fd) as scan:
+            found = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in scan]
+    finally:
+        os.close(fd)
+    return iter(found)
+
+
+def remove(root: Union[str, Path], relative: Union[str, Path], directory_too: bool = False) -> bool:
+    """Unlinks root/relative (a file or a link: never what a link points to); with directory_too,
+    then removes its directory if empty. Returns whether something was removed."""
+    parts = _parts(relative)
+    try:
+        dir_fd = open_dir(root, PurePosixPath(*parts[:-1]) if len(parts) > 1 else None)
+    except (FileNotFoundError, UnsafePathError):
+        return False
+    try:
+        os.unlink(parts[-1], dir_fd=dir_fd)
+        removed = True
+    except FileNotFoundError:
+        removed = False
+    except IsADirectoryError:
+        removed = False
+    finally:
+        os.close(dir_fd)
+    if directory_too and len(parts) > 1:
+        remove_empty_dir(root, PurePosixPath(*parts[:-1]))
+    return removed
+
+
+def remove_empty_dir(root: Union[str, Path], relative: Union[str, Path]) -> bool:
+    """rmdir of root/relative when it is a real, empty directory; a link there is left alone."""
+    parts = _parts(relative)
+    try:
+        dir_fd = open_dir(root, PurePosixPath(*parts[:-1]) if len(parts) > 1 else None)
+    except (FileNotFoundError, UnsafePathError):
+        return False
+    try:
+        info = os.stat(parts[-1], dir_fd=dir_fd, follow_symlinks=False)
+        if not stat.S_ISDIR(info.st_mode):
+            return False
+        os.rmdir(parts[-1], dir_fd=dir_fd)
+        return True
+    except OSError:  # not empty, gone already
+        return False
+    finally:
+        os.close(dir_fd)
+
+
+def remove_tree(root: Union[str, Path], relative: Union[str, Path]) -> None:
+    """Deletes root/relative and everything below it without following any link inside it (a link
+    is removed as a link). Missing: nothing to do."""
+    parts = _parts(relative)
+    try:
+        parent = open_dir(root, PurePosixPath(*parts[:-1]) if len(parts) > 1 else None)
+    except (FileNotFoundError, UnsafePathError):
+        return
+    try:
+        _remove_below(parent, parts[-1])
+    finally:
+        os.close(parent)
+
+
+def _remove_below(parent_fd: int, name: str):
+    try:
+        info = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(info.st_mode):
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        try:
+            with os.scandir(fd) as scan:
+                children = [entry.name for entry in scan]
+            for child in children:
+                _remove_below(fd, child)
+        finally:
+            os.close(fd)
+        os.rmdir(name, dir_fd=parent_fd)
+    else:
+        os.unlink(name, dir_fd=parent_fd)
+
+
+def file_exists(root: Union[str, Path], relative: Union[str, Path]) -> bool:
+    """Whether root/relative is a regular file reached without following a link below root."""
+    parts = _parts(relative)
+    try:
+        dir_fd = open_dir(root, PurePosixPath(*parts[:-1]) if len(parts) > 1 else None)
+    except (OSError, UnsafePathError):
+        return False
+    try:
+        return stat.S_ISREG(os.stat(parts[-1], dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+    finally:
+        os.close(dir_fd)
+
