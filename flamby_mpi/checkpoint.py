@@ -154,7 +154,10 @@ def _open_checked(output_dir: Path, round_idx: int, name: str, cap: int, what: s
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing") from None
     except safe_files.UnsafePathError as error:  # a link, a FIFO, a device, a directory
-        raise CheckpointError(f"{error.args[0]} (a {what} is only ever read from a regular file)") from None
+        # Its message without the part about writing: "<path> is a link", "<path> is not a regular file"
+        found = error.args[0].split(": flamby-mpi never follows")[0]
+        raise CheckpointError(f"{found} (a {what} is read only from a regular file, never through a link: "
+                              "this is not one flamby-mpi wrote)") from None
     except ValueError:  # st_size of the open file over the cap
         raise CheckpointError(too_big or f"{path}: larger than the {cap} bytes a {what} can be") from None
     except OSError as exc:
