@@ -11,9 +11,12 @@ Every file is written to a temporary name, flushed to disk and renamed, so a kil
 write leaves the previous checkpoint as it was. Each rank prunes its own files.
 
 A checkpoint is trusted only as far as it is checked: the manifest is JSON of a known shape
-and format, every file's size and sha256 must match it before it is read, and nothing is
-unpickled. Ranks may sit on hosts without a shared filesystem: each reads its own files, and
-rank 0 alone reads the manifests (the resume negotiation is in flamby_mpi/resume.py).
+and format, every file's size and sha256 must match it before its content is used (the bytes
+hashed are the bytes loaded: one open file), and nothing is unpickled. Every read is bounded
+(safe_files.open_regular): a regular file reached without following a link, at most a cap read
+from the open file, so a FIFO, a link to /dev/zero or a huge file is refused, not waited on.
+Ranks may sit on hosts without a shared filesystem: each reads its own files, and rank 0 alone
+reads the manifests (the resume negotiation is in flamby_mpi/resume.py).
 """
 from __future__ import annotations
 
