@@ -11,9 +11,12 @@ Every file is written to a temporary name, flushed to disk and renamed, so a kil
 write leaves the previous checkpoint as it was. Each rank prunes its own files.
 
 A checkpoint is trusted only as far as it is checked: the manifest is JSON of a known shape
-and format, every file's size and sha256 must match it before it is read, and nothing is
-unpickled. Ranks may sit on hosts without a shared filesystem: each reads its own files, and
-rank 0 alone reads the manifests (the resume negotiation is in flamby_mpi/resume.py).
+and format, every file's size and sha256 must match it before its content is used (the bytes
+hashed are the bytes loaded: one open file), and nothing is unpickled. Every read is bounded
+(safe_files.open_regular): a regular file reached without following a link, at most a cap read
+from the open file, so a FIFO, a link to /dev/zero or a huge file is refused, not waited on.
+Ranks may sit on hosts without a shared filesystem: each reads its own files, and rank 0 alone
+reads the manifests (the resume negotiation is in flamby_mpi/resume.py).
 """
 from __future__ import annotations
 
@@ -21,14 +24,29 @@ import hashlib
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
+
+from . import safe_files
+from .errors import clip, shown
 
 FORMAT = 1
 MANIFEST = "manifest.json"
 _ROUND_DIR = re.compile(r"^round_([0-9]{1,9})$")
-# A rank's JSON state and a manifest stay far below this; a bigger file is not ours.
-MAX_JSON_BYTES = 512 * 1024 * 1024
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# Bounds of what a checkpoint read may take, whatever is planted in the directory:
+# - a manifest holds the config (about 2 KB) and two entries (about 250 bytes) per rank: 3 KB for
+#   5 ranks; 4 MiB is ten thousand ranks, and parsing 4 MiB of JSON costs tens of MB, not GB;
+# - a rank's JSON state grows with the run (the server's history and per-round log, about 200 bytes
+#   per client and round): 64 MiB is over 300 000 client-rounds, and still a bounded parse;
+# - nesting: 4 levels today in both; the bounds leave room, and keep the parser off deep recursion;
+# - a rank's .pt is read up to its size in the manifest (plus one byte, to see it is not longer).
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+MAX_STATE_BYTES = 64 * 1024 * 1024
+MAX_MANIFEST_DEPTH = 8
+MAX_STATE_DEPTH = 16
+_BLOCK = 1 << 24  # hashing a .pt: 16 MiB at a time, so a model of several GB is never held twice
 
 FileEntries = Dict[str, Dict[str, object]]  # file name -> {"sha256": hex, "bytes": int}
 
@@ -124,26 +142,66 @@ def rounds_on_disk(output_dir: Path) -> List[int]:
     return sorted(found, reverse=True)
 
 
-def _read_json(path: Path, what: str):
+def _relative(round_idx: int, name: str) -> str:
+    """A checkpoint file's path below the output directory: the reads below enter each of its
+    components without following a link (safe_files), the output directory itself being the user's."""
+    return f"checkpoints/round_{round_idx}/{name}"
+
+
+def _open_checked(output_dir: Path, round_idx: int, name: str, cap: int, what: str, too_big: str = ""):
+    """name of round_idx's directory opened for reading: a regular file of at most cap bytes reached
+    without following a link, the open itself never blocking (a FIFO); CheckpointError otherwise."""
+    path = round_dir(output_dir, round_idx) / name
     try:
-        size = path.stat().st_size
-        if size > MAX_JSON_BYTES:
-            raise CheckpointError(f"{path}: {size} bytes, more than a {what} can be")
-        return json.loads(path.read_bytes())
+        return safe_files.open_regular(_relative(round_idx, name), cap, root=output_dir)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing") from None
-    except (OSError, ValueError, RecursionError) as exc:
-        raise CheckpointError(f"{path}: not a readable {what} ({type(exc).__name__}: {exc})") from None
+    except safe_files.UnsafePathError as error:  # a link, a FIFO, a device, a directory
+        # Its message without the part about writing: "<path> is a link", "<path> is not a regular file"
+        found = error.args[0].split(": flamby-mpi never follows")[0]
+        raise CheckpointError(f"{found} (a {what} is read only from a regular file, never through a link: "
+                              "this is not one flamby-mpi wrote)") from None
+    except ValueError:  # st_size of the open file over the cap
+        raise CheckpointError(too_big or f"{path}: larger than the {cap} bytes a {what} can be") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be opened ({exc.strerror or type(exc).__name__})") from None
+
+
+def _parse_json(path: Path, data: bytes, what: str, max_depth: int):
+    try:
+        return safe_files.load_json(data, max_depth=max_depth)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise CheckpointError(f"{path}: not a readable {what} ({type(exc).__name__}: "
+                              f"{clip(str(exc))})") from None
+
+
+def _read_json(output_dir: Path, round_idx: int, name: str, what: str, cap: int, max_depth: int):
+    """A JSON file of round_idx's directory, read from the open file, at most cap bytes of it."""
+    path = round_dir(output_dir, round_idx) / name
+    with _open_checked(output_dir, round_idx, name, cap, what) as handle:
+        try:
+            data = handle.read(cap + 1)
+        except OSError as exc:
+            raise CheckpointError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+    if len(data) > cap:  # it grew after the open
+        raise CheckpointError(f"{path}: larger than the {cap} bytes a {what} can be")
+    return _parse_json(path, data, what, max_depth)
+
+
+def _is_entry(entry) -> bool:
+    return (isinstance(entry, dict) and type(entry.get("bytes")) is int and entry["bytes"] >= 0
+            and isinstance(entry.get("sha256"), str) and _SHA256.match(entry["sha256"]) is not None)
 
 
 def read_manifest(output_dir: Path, round_idx: int) -> dict:
     """round_idx's manifest, checked for shape; raises CheckpointError naming what is wrong."""
     path = round_dir(output_dir, round_idx) / MANIFEST
-    manifest = _read_json(path, "checkpoint manifest")
+    manifest = _read_json(output_dir, round_idx, MANIFEST, "checkpoint manifest", MAX_MANIFEST_BYTES,
+                          MAX_MANIFEST_DEPTH)
     if not isinstance(manifest, dict):
         raise CheckpointError(f"{path}: not a checkpoint manifest")
     if type(manifest.get("format")) is not int or manifest["format"] != FORMAT:
-        raise CheckpointError(f"{path}: checkpoint format {manifest.get('format')!r}, this version of "
+        raise CheckpointError(f"{path}: checkpoint format {shown(manifest.get('format'))}, this version of "
                               f"flamby-mpi reads format {FORMAT}")
     files, config = manifest.get("files"), manifest.get("config")
     size = manifest.get("world_size")
@@ -154,48 +212,114 @@ def read_manifest(output_dir: Path, round_idx: int) -> dict:
     if ok:
         for rank, entries in files.items():
             ok = ok and isinstance(entries, dict) and set(entries) == set(rank_file_names(int(rank))) and all(
-                isinstance(e, dict) and isinstance(e.get("sha256"), str) and isinstance(e.get("bytes"), int)
-                for e in entries.values())
+                _is_entry(e) for e in entries.values())
     if not ok:
         raise CheckpointError(f"{path}: not a checkpoint manifest of round {round_idx} (fields missing or "
                               "of the wrong type)")
     return manifest
 
 
-def check_rank_files(output_dir: Path, round_idx: int, rank: int, entries: FileEntries):
-    """Checks this rank's files of round_idx against the manifest's entries (size, sha256)."""
-    directory = round_dir(output_dir, round_idx)
-    for name in rank_file_names(rank):
-        path, expected = directory / name, entries[name]
+class RankFiles:
+    """One rank's two files of one cut, checked against the manifest and kept as checked: the .pt
+    stays open (the tensors are loaded from the very file whose bytes were hashed, not from a name
+    that could meanwhile point elsewhere) and the JSON is kept as the bytes that were hashed."""
+
+    def __init__(self, round_idx: int, rank: int, tensors_path: Path, tensors_file, json_path: Path,
+                 json_bytes: bytes):
+        self.round_idx, self.rank = round_idx, rank
+        self.tensors_path, self._tensors_file = tensors_path, tensors_file
+        self.json_path, self._json_bytes = json_path, json_bytes
+
+    def load(self) -> Tuple[dict, dict]:
+        """(tensors, data): torch.load(weights_only=True) of the open .pt (nothing is unpickled but
+        tensors and plain containers), and the JSON state."""
+        import torch
+
         try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            raise CheckpointError(f"{path}: missing (rank {rank}'s part of the checkpoint)") from None
-        if size != expected["bytes"]:
-            raise CheckpointError(f"{path}: {size} bytes, the manifest says {expected['bytes']} (truncated?)")
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 24), b""):
-                digest.update(block)
-        if digest.hexdigest() != expected["sha256"]:
-            raise CheckpointError(f"{path}: its sha256 differs from the manifest's (corrupt)")
+            self._tensors_file.seek(0)
+            with warnings.catch_warnings():  # torch's warnings about a file that is not ours are noise
+                warnings.simplefilter("ignore")
+                tensors = torch.load(self._tensors_file, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: B902 - any unreadable file is a bad checkpoint
+            # Torch's own message is not shown: it advises retrying with weights_only=False, which
+            # would run whatever a file that is not ours holds.
+            raise CheckpointError(f"{self.tensors_path}: not readable as tensors: not a tensor checkpoint "
+                                  f"written by flamby-mpi (torch could not read it safely: "
+                                  f"{type(exc).__name__})") from None
+        data = _parse_json(self.json_path, self._json_bytes, "checkpoint state", MAX_STATE_DEPTH)
+        if not isinstance(tensors, dict) or not isinstance(data, dict):
+            raise CheckpointError(f"{self.tensors_path.parent}: rank {self.rank}'s state has the wrong shape")
+        return tensors, data
+
+    def close(self):
+        self._tensors_file.close()
+        self._json_bytes = b""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
 
 
-def read_rank_state(output_dir: Path, round_idx: int, rank: int) -> Tuple[dict, dict]:
-    """(tensors, data) of one rank, already checked with check_rank_files."""
-    import torch
-
-    pt_name, json_name = rank_file_names(rank)
-    directory = round_dir(output_dir, round_idx)
+def _open_matching(output_dir: Path, round_idx: int, rank: int, name: str, entry: dict, keep_bytes: bool):
+    """name opened and read once, at most its manifest size + 1 bytes, its size and sha256 compared
+    with the manifest's entry. Returns (the open file, rewound; the bytes when keep_bytes)."""
+    path = round_dir(output_dir, round_idx) / name
+    expected = entry["bytes"]
     try:
-        tensors = torch.load(directory / pt_name, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: B902 - any unreadable file is a bad checkpoint
-        raise CheckpointError(f"{directory / pt_name}: not readable as tensors ({type(exc).__name__}: "
-                              f"{exc})") from None
-    data = _read_json(directory / json_name, "checkpoint state")
-    if not isinstance(tensors, dict) or not isinstance(data, dict):
-        raise CheckpointError(f"{directory}: rank {rank}'s state has the wrong shape")
-    return tensors, data
+        handle = _open_checked(output_dir, round_idx, name, expected, "checkpoint file",
+                               too_big=f"{path}: larger than the {expected} bytes the manifest says (altered?)")
+    except CheckpointError as error:
+        raise CheckpointError(f"{error} (rank {rank}'s part of the checkpoint)") from None
+    try:
+        digest, size, kept = hashlib.sha256(), 0, []
+        while size <= expected:
+            block = handle.read(min(_BLOCK, expected + 1 - size))
+            if not block:
+                break
+            digest.update(block)
+            size += len(block)
+            if keep_bytes:
+                kept.append(block)
+        if size != expected:
+            raise CheckpointError(f"{path}: {size} bytes, the manifest says {expected} (truncated?)")
+        if digest.hexdigest() != entry["sha256"]:
+            raise CheckpointError(f"{path}: its sha256 differs from the manifest's (corrupt)")
+        handle.seek(0)
+        return handle, b"".join(kept)
+    except OSError as exc:
+        handle.close()
+        raise CheckpointError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+    except BaseException:
+        handle.close()
+        raise
+
+
+def check_rank_files(output_dir: Path, round_idx: int, rank: int, entries: FileEntries) -> RankFiles:
+    """This rank's files of round_idx, checked against the manifest's entries (size, sha256) as
+    they are read; the caller closes what it returns (RankFiles is a context manager)."""
+    pt_name, json_name = rank_file_names(rank)
+    if entries[json_name]["bytes"] > MAX_STATE_BYTES:
+        raise CheckpointError(f"{round_dir(output_dir, round_idx) / json_name}: the manifest gives it "
+                              f"{entries[json_name]['bytes']} bytes, more than a rank's state can be "
+                              f"({MAX_STATE_BYTES})")
+    tensors_file, _ = _open_matching(output_dir, round_idx, rank, pt_name, entries[pt_name], keep_bytes=False)
+    try:
+        json_file, json_bytes = _open_matching(output_dir, round_idx, rank, json_name, entries[json_name],
+                                               keep_bytes=True)
+        json_file.close()
+    except BaseException:
+        tensors_file.close()
+        raise
+    directory = round_dir(output_dir, round_idx)
+    return RankFiles(round_idx, rank, directory / pt_name, tensors_file, directory / json_name, json_bytes)
+
+
+def read_rank_state(output_dir: Path, round_idx: int, rank: int, entries: FileEntries) -> Tuple[dict, dict]:
+    """(tensors, data) of one rank, checked against the manifest's entries in the same reading."""
+    with check_rank_files(output_dir, round_idx, rank, entries) as files:
+        return files.load()
 
 
 def remove_rank_files(output_dir: Path, round_idx: int, rank: int, manifest_too: bool = False):

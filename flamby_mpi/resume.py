@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Tuple
 
 from . import __version__, checkpoint
-from .errors import UserError
+from .errors import UserError, clip
 from .logs import SHOWN_WHEN_QUIET
 
 # Keys whose change leaves the computed result as it is: how long to wait, what to log, where
@@ -89,15 +89,25 @@ def _offer(plan) -> Dict:
     return {"candidates": candidates, "warnings": warnings}
 
 
-def _intact_rounds(plan, rank: int, candidates: List) -> Tuple[List[int], List[Tuple[int, str]]]:
-    intact, problems = [], []
+def _intact_rounds(plan, rank: int, candidates: List) -> Tuple[List[int], List[Tuple[int, str]],
+                                                               Optional[checkpoint.RankFiles]]:
+    """The candidate rounds whose files of this rank match the manifest, the problems of the
+    others, and this rank's files of the newest intact round, still open as checked: the cut
+    agreed on is that round unless another rank lacks it, and then it is loaded without being
+    opened again (the file checked is the file loaded)."""
+    intact, problems, newest = [], [], None
     for round_idx, files in candidates:
         try:
-            checkpoint.check_rank_files(plan.output_dir, round_idx, rank, files[str(rank)])
-            intact.append(round_idx)
+            checked = checkpoint.check_rank_files(plan.output_dir, round_idx, rank, files[str(rank)])
         except checkpoint.CheckpointError as error:
             problems.append((round_idx, str(error)))
-    return intact, problems
+            continue
+        intact.append(round_idx)
+        if newest is None:
+            newest = checked
+        else:
+            checked.close()
+    return intact, problems, newest
 
 
 def agree_and_restore(plan, transport, server_run, client_runs, console) -> Optional[int]:
@@ -106,29 +116,41 @@ def agree_and_restore(plan, transport, server_run, client_runs, console) -> Opti
     offer = transport.agree(_offer(plan) if transport.rank == 0 else None)
     if "error" in offer:
         raise UserError(offer["error"])
-    local = {}
-    for rank in transport.local_ranks:
-        local[rank] = _intact_rounds(plan, rank, offer["candidates"])
-    gathered: Dict[int, Tuple[List[int], List[Tuple[int, str]]]] = {}
-    for part in transport.allgather(local):
-        gathered.update(part)
-    common = set(r for r, _ in offer["candidates"])
-    for intact, _ in gathered.values():
-        common &= set(intact)
-    problems = [p for _, (_, ps) in sorted(gathered.items()) for p in ps]
-    if not common:
-        raise UserError("--resume: no checkpoint is intact on every rank: " + "; ".join(t for _, t in problems))
-    cut = max(common)
-    skipped = list(offer["warnings"]) + [f"checkpoint of round {r} skipped: {text}" for r, text in problems
-                                         if r > cut]
-    path = str(checkpoint.round_dir(plan.output_dir, cut))
-    kept = sorted(common)[-plan.keep_checkpoints:]
-    unusable = []
-    for rank in transport.local_ranks:
-        try:
-            _restore_rank(plan, cut, rank, path, server_run, client_runs)
-        except checkpoint.CheckpointError as error:
-            unusable.append(str(error))
+    local, held = {}, {}
+    try:
+        for rank in transport.local_ranks:
+            intact, problems, held[rank] = _intact_rounds(plan, rank, offer["candidates"])
+            local[rank] = (intact, problems)
+        gathered: Dict[int, Tuple[List[int], List[Tuple[int, str]]]] = {}
+        for part in transport.allgather(local):
+            gathered.update(part)
+        common = set(r for r, _ in offer["candidates"])
+        for intact, _ in gathered.values():
+            common &= set(intact)
+        problems = [p for _, (_, ps) in sorted(gathered.items()) for p in ps]
+        if not common:
+            raise UserError("--resume: no checkpoint is intact on every rank: " +
+                            "; ".join(t for _, t in problems))
+        cut = max(common)
+        files = dict(next(f for r, f in offer["candidates"] if r == cut))
+        skipped = list(offer["warnings"]) + [f"checkpoint of round {r} skipped: {text}" for r, text in problems
+                                             if r > cut]
+        path = str(checkpoint.round_dir(plan.output_dir, cut))
+        kept = sorted(common)[-plan.keep_checkpoints:]
+        unusable = []
+        for rank in transport.local_ranks:
+            checked = held.pop(rank)
+            if checked is not None and checked.round_idx != cut:
+                checked.close()
+                checked = None
+            try:
+                _restore_rank(plan, cut, rank, path, server_run, client_runs, files[str(rank)], checked)
+            except checkpoint.CheckpointError as error:
+                unusable.append(str(error))
+    finally:
+        for checked in held.values():
+            if checked is not None:
+                checked.close()
     unusable = [text for part in transport.allgather(unusable) for text in part]
     if unusable:  # every rank stops here, so that none waits for the others in vain
         raise UserError(f"--resume: the checkpoint of round {cut} cannot be restored: " + "; ".join(unusable),
@@ -148,8 +170,14 @@ def agree_and_restore(plan, transport, server_run, client_runs, console) -> Opti
     return cut
 
 
-def _restore_rank(plan, cut: int, rank: int, path: str, server_run, client_runs):
-    tensors, data = checkpoint.read_rank_state(plan.output_dir, cut, rank)
+def _restore_rank(plan, cut: int, rank: int, path: str, server_run, client_runs, entries,
+                  checked: Optional[checkpoint.RankFiles]):
+    """Restores one rank from its files of the cut: those held open since they were checked, or,
+    when the cut is older than this rank's newest intact one, opened and checked again now."""
+    if checked is None:
+        checked = checkpoint.check_rank_files(plan.output_dir, cut, rank, entries)
+    with checked:
+        tensors, data = checked.load()
     try:
         if rank == 0:
             server_run.restore(tensors, data, cut, path)
@@ -159,7 +187,7 @@ def _restore_rank(plan, cut: int, rank: int, path: str, server_run, client_runs)
         raise
     except Exception as exc:  # noqa: B902 - files that match their manifest but not this run's state
         raise checkpoint.CheckpointError(
-            f"{path}: rank {rank}'s state does not fit this run ({type(exc).__name__}: {exc})") from None
+            f"{path}: rank {rank}'s state does not fit this run ({type(exc).__name__}: {clip(str(exc))})") from None
 
 
 def start_afresh(plan, transport, console):
