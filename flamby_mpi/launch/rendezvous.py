@@ -269,12 +269,18 @@ class Freshness:
         self.since = clock()  # when `last` was first seen
         self.changed_at: Optional[float] = None
 
+    @staticmethod
+    def _beat(document: Optional[Dict]):
+        return None if document is None else (document["port"], document["host"], document["pid"], document["beat"])
+
     def see(self, document: Optional[Dict]):
-        if document != self.last:
+        """One look at the publication (a server's info, or None when absent or not a server's)."""
+        if self._beat(document) != self._beat(self.last):
             now = self.clock()
             if self.last is not None and document is not None:
                 self.changed_at = now  # a new beat (or a new publication): someone writes it
-            self.last, self.since = document, now
+            self.since = now
+        self.last = document
 
     def live(self) -> bool:
         return self.last is not None and self.changed_at is not None \

@@ -110,7 +110,7 @@ def fake_server(files, record_file):
     Path(record_file).write_bytes(received)
     # A verdict that says yes, with a proof made up without the secret.
     handshake.send(MPI, inter, {"protocol": handshake.PROTOCOL, "ok": True, "reason": None,
-                                "deadline": time.time() + 60, "proof": "0" * 64})
+                                "remaining_s": 60.0, "proof": "0" * 64})
     # Disconnect is collective: it returns once the client has received the verdict, judged it
     # and disconnected in turn, so no sleep is needed to leave the client that time.
     inter.Disconnect()
