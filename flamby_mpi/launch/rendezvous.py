@@ -533,6 +533,8 @@ def read_turn(files: RendezvousFiles, secret: str, port: str) -> Tuple[Optional[
     if isinstance(turn, dict) and isinstance(turn.get("nonce"), str) and len(turn["nonce"]) <= 64 \
             and handshake.proof_matches(secret, turn.get("proof"), "turn", files.run_id, port, turn["nonce"]):
         return turn["nonce"], st
+    if turn is None and not os.path.lexists(files.turn):
+        return None, None  # released while being read: no turn, rather than an unproven one
     return None, st
 
 
