@@ -112,7 +112,7 @@ def test_a_forged_verdict_is_not_believed():
     hello = handshake.read_hello(_hello())
     real = handshake.make_verdict(SECRET, hello, "n" * 32, "port-1", None, 123.0)
     assert handshake.read_verdict(dict(real), SECRET, hello.nonce, "n" * 32, "port-1").ok
-    for forged in ({**real, "proof": "0" * 64}, {**real, "ok": False}, {**real, "deadline": 999.0},
+    for forged in ({**real, "proof": "0" * 64}, {**real, "ok": False}, {**real, "remaining_s": 999.0},
                    {**real, "reason": "go away"}):
         with pytest.raises(handshake.HandshakeError, match="did not prove"):
             handshake.read_verdict(forged, SECRET, hello.nonce, "n" * 32, "port-1")
@@ -222,11 +222,14 @@ def test_a_shared_rendezvous_directory_is_used_with_a_warning(tmp_path, caplog):
 
 @pytest.mark.parametrize("content", [b"", b"not json", b"[]", b'{"port": 1}', b"\xff" * 10,
                                      json.dumps({"run_id": "r1", "port": "p", "host": "h", "pid": "1",
-                                                 "heartbeat": 1.0}).encode(), b"{" * 20000])
-def test_a_published_file_that_a_server_did_not_write_is_not_live(tmp_path, content):
+                                                 "beat": 1}).encode(),
+                                     json.dumps({"run_id": "r1", "port": "p", "host": "h", "pid": 1,
+                                                 "heartbeat": 1.0}).encode(),  # the earlier wall-clock format
+                                     b"{" * 20000, b'{"run_id": ' + b"[" * 100 + b"]" * 100 + b"}"])
+def test_a_published_file_that_a_server_did_not_write_is_not_a_server(tmp_path, content):
     files = rendezvous.RendezvousFiles(tmp_path, "r1")
     files.info.write_bytes(content)
-    assert files.read_info() is None and not rendezvous.is_live(files.read_info())
+    assert files.read_info() is None and files.look() == (True, None)
 
 
 def test_a_turn_not_written_by_a_client_of_this_run_is_replaced(tmp_path):

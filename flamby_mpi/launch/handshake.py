@@ -10,8 +10,11 @@ side proves it holds the secret with an HMAC over fresh nonces:
   server -> client   challenge  {"protocol", "nonce": Ns}
   client -> server   hello      {"protocol", "rank", "fingerprint", "turn", "host", "pid", "nonce": Nc,
                                  "proof": HMAC(secret, "client", Ns, Nc, port, rank, fingerprint, turn, host, pid)}
-  server -> client   verdict    {"ok", "reason", "deadline",
-                                 "proof": HMAC(secret, "server", Nc, Ns, port, ok, reason, deadline)}
+  server -> client   verdict    {"ok", "reason", "remaining_s",
+                                 "proof": HMAC(secret, "server", Nc, Ns, port, ok, reason, remaining_s)}
+
+`remaining_s` is what is left of the server's join deadline, in seconds: the client
+times it on its own clock (no wall-clock time crosses hosts, whose clocks may differ).
 
 The port name the client connected to is part of both proofs, so a process that
 relays a real client's answers to the real server from another port (a fake
@@ -27,7 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
-PROTOCOL = "flamby-mpi-join/1"
+PROTOCOL = "flamby-mpi-join/2"
 # Far above any real handshake message (a few hundred bytes), far below anything that costs memory.
 MAX_MESSAGE_BYTES = 4096
 TAG = 0x4A4E  # "JN"; any tag is read, this is the one we send with
@@ -150,18 +153,18 @@ def hello_is_proven(hello: Hello, secret: str, server_nonce: str, port: str) -> 
 
 
 def make_verdict(secret: str, hello: Optional[Hello], server_nonce: str, port: str,
-                 reason: Optional[str], deadline: float) -> Dict[str, Any]:
+                 reason: Optional[str], remaining_s: float) -> Dict[str, Any]:
     ok = reason is None
     client_nonce = hello.nonce if hello is not None else ""
-    return {"protocol": PROTOCOL, "ok": ok, "reason": reason, "deadline": deadline,
-            "proof": proof(secret, "server", client_nonce, server_nonce, port, ok, reason, deadline)}
+    return {"protocol": PROTOCOL, "ok": ok, "reason": reason, "remaining_s": remaining_s,
+            "proof": proof(secret, "server", client_nonce, server_nonce, port, ok, reason, remaining_s)}
 
 
 @dataclass(frozen=True)
 class Verdict:
     ok: bool
     reason: Optional[str]
-    deadline: float
+    remaining_s: float  # of the server's join deadline, when it answered
 
 
 def read_verdict(document: Dict[str, Any], secret: str, client_nonce: str, server_nonce: str,
@@ -171,8 +174,10 @@ def read_verdict(document: Dict[str, Any], secret: str, client_nonce: str, serve
     reason = document.get("reason")
     if reason is not None:
         reason = _field(document, "reason", str, 1024)
-    deadline = _field(document, "deadline", float)
+    remaining_s = _field(document, "remaining_s", float)
     if not proof_matches(secret, document.get("proof"), "server", client_nonce, server_nonce, port, ok,
-                         reason, deadline):
+                         reason, remaining_s):
         raise HandshakeError("did not prove that it holds this run's secret")
-    return Verdict(ok=ok, reason=reason, deadline=float(deadline))
+    if not 0 <= remaining_s <= 10 ** 9:  # proven, so the server's own value: bounded all the same
+        raise HandshakeError("sent a malformed handshake message (field 'remaining_s')")
+    return Verdict(ok=ok, reason=reason, remaining_s=float(remaining_s))

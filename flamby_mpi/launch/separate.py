@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from ..errors import UserError
-from ..failures import EXIT_FAILURE, fail, where
+from ..failures import EXIT_FAILURE, EXIT_USER_ERROR, fail, where
 from . import liveness, rendezvous, run_secret
 from .environment import started_by_mpi_launcher
 from .world import World, form_world
@@ -90,8 +90,13 @@ def join_world(plan, cli_rank: int) -> World:
     if cli_rank == 0:
         port = MPI.Open_port()
         publication = rendezvous.publish(files, port, secret_file, announce)
+
+        def abandon(text):  # from a watching thread while MPI's Accept (which cannot time out) waits
+            publication.close()
+            fail(text, EXIT_USER_ERROR, where(cli_rank, host), end=os._exit)
+
         joining = rendezvous.ServerJoin(MPI, files, port, publication.secret, set(range(1, size)),
-                                        fingerprint, announce)
+                                        fingerprint, announce, publication=publication, abandon=abandon)
         announce(f"run {run_id}: waiting up to {timeout:g} s for {size - 1} clients "
                  f"(rendezvous {files.info}); start each with: python launch_client.py --cf <config> "
                  f"--run_id {run_id} --rank K --role client")
@@ -129,20 +134,40 @@ def join_world(plan, cli_rank: int) -> World:
 
     timers = [_start_timer(max(0.0, deadline - time.monotonic()) + CLIENT_GRACE_S, no_verdict)]
 
-    def joined(verdict):  # from now on the server's deadline counts, not this process's own
+    def joined(verdict):  # from now on the server's deadline counts (what was left of it), not our own
         timers[0].cancel()
-        timers[0] = _start_timer(max(0.0, verdict.deadline - time.time()) + CLIENT_GRACE_S, no_verdict)
+        timers[0] = _start_timer(verdict.remaining_s + CLIENT_GRACE_S, no_verdict)
 
     port = info["port"]
-    secret = run_secret.for_client(files.secret, secret_file)
-    comm = rendezvous.client_join(MPI, port, secret, cli_rank, fingerprint,
-                                  turn=rendezvous.connect_turn(files, secret, port, deadline + CLIENT_GRACE_S),
-                                  on_joined=joined)
+    secret = _client_secret(files, secret_file, info)
+    try:
+        comm = rendezvous.client_join(MPI, port, secret, cli_rank, fingerprint,
+                                      turn=rendezvous.connect_turn(files, secret, port, deadline + CLIENT_GRACE_S),
+                                      on_joined=joined)
+    except rendezvous.GaveUp as exc:  # before connecting: the server would wait for us until its deadline
+        timers[0].cancel()
+        rendezvous.leave_gave_up(files, secret, port, cli_rank, exc.args[0])
+        raise
     timers[0].cancel()
     announce(f"joined run {run_id} as rank {cli_rank} (server on {info['host']})")
     world = form_world(comm, joined_separately=True)
     _watch_peers(world, files, secret, port)
     return world
+
+
+def _client_secret(files: rendezvous.RendezvousFiles, secret_file, info) -> str:
+    """The run's secret; a per-run secret file gone although its server was just seen alive is
+    named as such (the server ended meanwhile, or something removed the file)."""
+    try:
+        return run_secret.for_client(files.secret, secret_file)
+    except UserError:
+        if run_secret.from_environment() is None and not secret_file and not os.path.lexists(files.secret):
+            raise UserError(f"the secret file {files.secret} of the server published in {files.info} "
+                            f"(pid {info['pid']} on {info['host']}) disappeared while this client was joining: "
+                            "that server ended, or something removed the file",
+                            hint="start the server again, then this client; leave the rendezvous directory "
+                                 "to the run while it starts") from None
+        raise
 
 
 def _watch_peers(world: World, files: rendezvous.RendezvousFiles, secret: str, port: str):

@@ -16,6 +16,7 @@ import os
 import pickle
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -34,13 +35,10 @@ class CreatesAFile:
 
 
 def _published_port(files):
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        info = files.read_info()
-        if rendezvous.is_live(info):
-            return info["port"]
-        time.sleep(0.1)
-    raise SystemExit("no server published")
+    try:
+        return rendezvous.wait_for_server(files, time.monotonic() + 60)["port"]
+    except UserError:
+        raise SystemExit("no server published") from None
 
 
 def _refused(inter) -> str:
@@ -90,8 +88,17 @@ def attack_as_client(mode, files, arg):
 def fake_server(files, record_file):
     port = MPI.Open_port()
     files.directory.mkdir(parents=True, exist_ok=True)
-    files.info.write_text(json.dumps({"run_id": files.run_id, "port": port, "host": socket.gethostname(),
-                                      "pid": os.getpid(), "heartbeat": time.time() + 3600}))
+
+    def beat():  # looks alive, as a real server does: its counter keeps changing
+        count = 0
+        while True:
+            rendezvous.write_private(files.info, json.dumps(
+                {"run_id": files.run_id, "port": port, "host": socket.gethostname(), "pid": os.getpid(),
+                 "beat": count}))
+            count += 1
+            time.sleep(0.5)
+
+    threading.Thread(target=beat, daemon=True).start()
     print("PUBLISHED", flush=True)
     inter = MPI.COMM_SELF.Accept(port)
     inter.Set_errhandler(MPI.ERRORS_RETURN)
@@ -103,7 +110,7 @@ def fake_server(files, record_file):
     Path(record_file).write_bytes(received)
     # A verdict that says yes, with a proof made up without the secret.
     handshake.send(MPI, inter, {"protocol": handshake.PROTOCOL, "ok": True, "reason": None,
-                                "deadline": time.time() + 60, "proof": "0" * 64})
+                                "remaining_s": 60.0, "proof": "0" * 64})
     # Disconnect is collective: it returns once the client has received the verdict, judged it
     # and disconnected in turn, so no sleep is needed to leave the client that time.
     inter.Disconnect()

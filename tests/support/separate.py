@@ -18,29 +18,43 @@ class SeparateRanks:
         self.cwd, self.config, self.run_id, self.common = cwd, config, run_id, list(common)
         self.env = test_env(home, env)
         self.procs: Dict[str, subprocess.Popen] = {}
+        self.started_at: Dict[str, float] = {}
+        self.ended_at: Dict[str, float] = {}
 
-    def start(self, rank: int, role: Optional[str] = None, name: Optional[str] = None, extra=()):
+    def start(self, rank: int, role: Optional[str] = None, name: Optional[str] = None, extra=(), prefix=(),
+              env: Optional[Dict[str, str]] = None):
+        """`prefix`: a command that runs the rank (setpriv...); `env`: entries for this process only."""
         role = role or ("server" if rank == 0 else "client")
         name = name or f"rank{rank}"
         log = open(self._log_path(name), "w")
-        cmd = [sys.executable, str(LAUNCHER), "--cf", str(self.config), "--run_id", self.run_id,
+        self.started_at[name] = time.monotonic()
+        cmd = [*prefix, sys.executable, str(LAUNCHER), "--cf", str(self.config), "--run_id", self.run_id,
                "--rank", str(rank), "--role", role, *self.common, *extra]
-        self.procs[name] = subprocess.Popen(cmd, cwd=self.cwd, env=self.env, stdout=log,
+        self.procs[name] = subprocess.Popen(cmd, cwd=self.cwd, env=dict(self.env, **(env or {})), stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True)
         return name
 
     def wait(self, deadline_s: float, names=None) -> Dict[str, int]:
-        """Exit codes of the named (default: all) processes; fails if one outlives the deadline."""
+        """Exit codes of the named (default: all) processes; fails if one outlives the deadline.
+        `ended_at[name]` is when each was seen to end (polled every 0.1 s)."""
         end = time.monotonic() + deadline_s
-        codes = {}
-        for name in names or list(self.procs):
-            try:
-                codes[name] = self.procs[name].wait(timeout=max(0.1, end - time.monotonic()))
-            except subprocess.TimeoutExpired:
+        names = list(names or self.procs)
+        while True:
+            for name in names:
+                if name not in self.ended_at and self.procs[name].poll() is not None:
+                    self.ended_at[name] = time.monotonic()
+            if all(name in self.ended_at for name in names):
+                return {name: self.procs[name].returncode for name in names}
+            if time.monotonic() > end:
+                late = [name for name in names if name not in self.ended_at]
                 self.kill_all()
-                raise AssertionError(f"{name} outlived its {deadline_s:.0f} s deadline; logs:\n"
+                raise AssertionError(f"{', '.join(late)} outlived the {deadline_s:.0f} s deadline; logs:\n"
                                      + self.all_logs())
-        return codes
+            time.sleep(0.1)
+
+    def seconds(self, name: str) -> float:
+        """How long the named process ran (after wait())."""
+        return self.ended_at[name] - self.started_at[name]
 
     def _log_path(self, name: str) -> Path:
         # Named by run id too: two runs started side by side in one directory both have a rank0.
