@@ -301,24 +301,21 @@ def _largest_without_overflow(fits, high: float) -> float:
 
 
 def _optimizer_problems(optimizer_class: type, learning_rate: float, weight_decay: Optional[float]) -> List[str]:
-    """learning_rate and weight_decay that torch's own optimizer cannot use in float32 (checked on a
-    two-element parameter, in milliseconds; an optimizer from another package is not run here)."""
+    """A learning rate that torch's own optimizer cannot use in float32 (checked on a two-element
+    parameter, in milliseconds; an optimizer from another package is not run here)."""
     if not optimizer_class.__module__.startswith("torch.optim"):
         return []
     from . import optim_without_dynamo
 
     optim_without_dynamo.install()  # as the driver does: a step would import torch._dynamo (2 s)
-    name = f"{optimizer_class.__module__}.{optimizer_class.__name__}"
-    if _overflows(optimizer_class, learning_rate, None):
-        largest = _largest_without_overflow(lambda lr: not _overflows(optimizer_class, lr, None), learning_rate)
-        return [f"train_args.learning_rate: {shown(learning_rate)} overflows float32 (the models' dtype) in the "
-                f"first steps of {name}, which scales it up; with this optimizer it must be in [0, {largest:.3g}]"]
-    if weight_decay is not None and _overflows(optimizer_class, learning_rate, weight_decay):
-        largest = _largest_without_overflow(lambda wd: not _overflows(optimizer_class, learning_rate, wd),
-                                            weight_decay)
-        return [f"train_args.weight_decay: {shown(weight_decay)} overflows float32 (the models' dtype) in the "
-                f"first steps of {name} with learning_rate {learning_rate:g}; it must be in [0, {largest:.3g}]"]
-    return []
+    if not _overflows(optimizer_class, learning_rate, weight_decay):
+        return []
+    largest = _largest_without_overflow(lambda lr: not _overflows(optimizer_class, lr, weight_decay),
+                                        learning_rate)
+    with_decay = "" if weight_decay is None else f" with weight_decay {weight_decay:g}"
+    return [f"train_args.learning_rate: {shown(learning_rate)} overflows float32 (the models' dtype) in the first "
+            f"steps of {optimizer_class.__module__}.{optimizer_class.__name__}{with_decay}, which scales it up; "
+            f"with this optimizer it must be in [0, {largest:.3g}]"]
 
 
 def _strategy_problems(train, num_clients: int) -> List[str]:
