@@ -16,6 +16,7 @@ import stat
 import sys
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
@@ -132,6 +133,13 @@ def run_id_problem(run_id: str, name_max: int = NAME_MAX) -> Optional[str]:
     return None
 
 
+def expand_dir(path: str) -> Path:
+    """A directory the config names (common_args.output_dir, comm_args.rendezvous_dir): `~` is the
+    home directory, as for comm_args.secret_file (`~/x` was a directory named `~` in the working
+    directory). The config keeps the text as written: ranks compare it, and their homes may differ."""
+    return Path(os.path.expanduser(path))
+
+
 def path_problem(path: str) -> Optional[str]:
     """A path the run will open or create later: a NUL in it would fail there, with a traceback."""
     if "\0" in path:
@@ -156,8 +164,9 @@ class CommonArgs:
         help="seeds model init and data order"))
     run_id: Optional[str] = field(default=None, metadata=_meta(
         help="--run_id overrides; default: a timestamp", check=run_id_problem))
-    output_dir: Optional[str] = field(default=None, metadata=_meta(help="default: runs/<run_id>",
-                                                                   check=path_problem))
+    output_dir: Optional[str] = field(default=None, metadata=_meta(
+        help="default: runs/<run_id>; ~ is your home directory; refused if it is a file or you cannot create it",
+        check=path_problem))
     using_mlops: bool = field(default=False, metadata=_meta(choices=(False,),
                                                            help="FedML's cloud is never contacted"))
     checkpoint_every: int = field(default=1, metadata=_meta(
@@ -296,7 +305,8 @@ class CommArgs:
         minimum=1.0, maximum=MAX_TIMEOUT_S, help="ranks started one per terminal must all join within this time"))
     rendezvous_dir: Optional[str] = field(default=None, metadata=_meta(
         help="where a separately started server publishes how to reach it (any shared filesystem); "
-             "created private (0700); default: <output_dir>/rendezvous", check=path_problem))
+             "created private (0700); default: <output_dir>/rendezvous; ~ is your home directory",
+        check=path_problem))
     secret_file: Optional[str] = field(default=None, metadata=_meta(
         help="separately started ranks prove they hold the secret in this file (yours, mode 0600; the "
              "server creates it if missing), for a rendezvous directory shared with others; default: a "
@@ -380,14 +390,19 @@ def _number(x) -> str:
     return repr(x)
 
 
-def bounds_text(metadata) -> str:
-    """The allowed range of a field, e.g. `[0, 1)` or `[1, 1000000000] (a count beyond any run)`;
-    written so in every message, in --help and in README's config table."""
+def range_text(metadata) -> str:
+    """The allowed range of a field, e.g. `[0, 1)` or `(0, 3.4028234663852886e+38]`: a square
+    bracket includes its bound, a round one excludes it. README's config table shows it too."""
     low, high = metadata.get("minimum"), metadata.get("maximum")
-    text = ("(" if metadata.get("above") else "[") + ("-inf" if low is None else _number(low)) + ", " \
+    return ("(" if metadata.get("above") else "[") + ("-inf" if low is None else _number(low)) + ", " \
         + ("inf" if high is None else _number(high)) + (")" if metadata.get("below") or high is None else "]")
+
+
+def bounds_text(metadata) -> str:
+    """The range with where it comes from, e.g. `[0, 1) (a decay: 1 would never forget)`: in every
+    message and in --help."""
     why = metadata.get("why")
-    return f"{text} ({why})" if why else text
+    return f"{range_text(metadata)} ({why})" if why else range_text(metadata)
 
 
 def in_bounds(metadata, value) -> bool:

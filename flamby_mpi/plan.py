@@ -30,6 +30,7 @@ from .config import (
     OPTIMIZER_CHOICES,
     DeviceArgs,
     RunConfig,
+    expand_dir,
     run_id_problem,
 )
 from .datasets import DatasetSpec, resolve_dataset
@@ -159,17 +160,11 @@ class RunPlan:
         return {} if self.weight_decay is None else {"weight_decay": self.weight_decay}
 
 
-def _expanded(path: str) -> Path:
-    """A directory of the config's: `~` means the home directory, as for comm_args.secret_file
-    (was a literal directory named `~` in the working directory)."""
-    return Path(os.path.expanduser(path))
-
-
 def run_directories(config: RunConfig, run_id: str):
     """(output_dir, rendezvous_dir) of the run named run_id."""
-    output_dir = _expanded(config.common_args.output_dir) if config.common_args.output_dir \
+    output_dir = expand_dir(config.common_args.output_dir) if config.common_args.output_dir \
         else Path("runs", run_id)
-    rendezvous_dir = _expanded(config.comm_args.rendezvous_dir) if config.comm_args.rendezvous_dir \
+    rendezvous_dir = expand_dir(config.comm_args.rendezvous_dir) if config.comm_args.rendezvous_dir \
         else output_dir / "rendezvous"
     return output_dir, rendezvous_dir
 
@@ -224,7 +219,7 @@ def directory_problems(config: RunConfig, run_id: Optional[str]) -> List[str]:
     broadcast later), the output directory's parent `runs` is checked."""
     key = "common_args.output_dir" + ("" if config.common_args.output_dir else " (default runs/<run_id>)")
     if run_id is None:
-        path = _expanded(config.common_args.output_dir) if config.common_args.output_dir else Path("runs")
+        path = expand_dir(config.common_args.output_dir) if config.common_args.output_dir else Path("runs")
         problem = directory_problem(path, key)
         return [problem] if problem else []
     output_dir, rendezvous_dir = run_directories(config, run_id)

@@ -984,7 +984,7 @@ def test_every_config_key_is_documented_in_the_readme_and_help():
     from pathlib import Path
 
     from flamby_mpi.cli import build_parser
-    from flamby_mpi.config import RunConfig
+    from flamby_mpi.config import RunConfig, range_text
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     help_text = build_parser().format_help()
@@ -995,3 +995,6 @@ def test_every_config_key_is_documented_in_the_readme_and_help():
             key = f"{section_name}.{f.name}"
             assert f"`{key}`" in readme, f"{key} is missing from README's config table"
             assert key in help_text, f"{key} is missing from --help"
+            if f.metadata.get("minimum") is not None or f.metadata.get("maximum") is not None:
+                row = next(line for line in readme.splitlines() if line.startswith(f"| `{key}` |"))
+                assert row.endswith(f"range `{range_text(f.metadata)}` |"), f"README's row of {key}: {row}"
