@@ -13,8 +13,10 @@ import math
 import os
 import re
 import stat
+import sys
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
@@ -48,9 +50,13 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 POOLED_TEST_MODES = ("predictions", "flamby", "off")
 
 
-def _meta(choices=None, minimum=None, help="", normalize=None, check=None, maximum=None):
-    return {"choices": choices, "minimum": minimum, "maximum": maximum, "help": help, "normalize": normalize,
-            "check": check}
+def _meta(choices=None, minimum=None, help="", normalize=None, check=None, maximum=None,
+          above=False, below=False, why=""):
+    """A field's checks. minimum/maximum bound a number, inclusive unless `above`/`below` (then the
+    value must be strictly above the minimum / below the maximum); `why` says where the bound
+    comes from, in the message and in --help."""
+    return {"choices": choices, "minimum": minimum, "maximum": maximum, "above": above, "below": below,
+            "why": why, "help": help, "normalize": normalize, "check": check}
 
 
 # Upper bounds where a larger number passes every other check and then fails the run, or
@@ -61,15 +67,77 @@ MAX_SYNTHETIC_CENTERS = 10_000  # one MPI process each
 MAX_SYNTHETIC_SAMPLES = 10_000_000  # per centre, in memory
 MAX_THREADS_OR_WORKERS = 1024
 MAX_TIMEOUT_S = 1e9  # about 31 years
+# Seeds go to torch.manual_seed (a 64-bit integer: it refuses 2**64) and numpy's SeedSequence, and
+# into results.csv, which tools read as signed 64-bit integers: the tightest is [0, 2**63).
+MAX_SEED = 2**63 - 1
+# Counts (rounds, local steps, batch sizes, clients, evaluation frequency): a billion is beyond any
+# run, and within what every consumer takes: itertools.islice (a DataLoader batch) refuses more
+# than sys.maxsize, MPI ranks and torch's sizes are C ints in places. A bigger value is a typo.
+MAX_COUNT = 1_000_000_000
+# Every float hyperparameter ends up as a scalar in the models' arithmetic, which is float32
+# (torch's default dtype, every FLamby baseline's): torch refuses `alpha=1e39` for a float32
+# tensor ("value cannot be converted to type float without overflow"), so the value itself must be
+# a float32 (what lr * grad then gives is training's business). torch.finfo(torch.float32).max and
+# .tiny * 2**-23 (the smallest positive float32, below which a tau would be 0 there), written out
+# so that checking a config does not import torch (tests/test_unit_config.py checks them).
+FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_SMALLEST = 1.401298464324817e-45
+_IN_FLOAT32 = "finite in float32, the models' dtype"
+_COUNT_WHY = "more than a billion is beyond any run"
+_DECAY = "a decay: 1 would never forget"
 
 
-def run_id_problem(run_id: str) -> Optional[str]:
-    """File and directory names are derived from the run id: it must not reach outside them."""
+# The longest name of one file the file system takes, in bytes (NAME_MAX: 255 on Linux's and
+# macOS's file systems); the plan also asks a directory for its own (os.pathconf PC_NAME_MAX).
+NAME_MAX = 255
+# File names derived from a run id, besides `runs/<run_id>` itself: in the rendezvous directory
+# `<run_id>.json`, `.secret`, `.connecting` (flamby_mpi/launch/rendezvous.py) and
+# `<run_id>.alive.<rank>` (launch/liveness.py; a rank is an MPI C int: 10 digits at most). Each
+# is written through a temporary name beside it, at longest safe_files' `.<name>.<16 hex>.tmp`
+# (22 bytes more; rendezvous.py's `.<name>.<12 hex>` is shorter). tests/test_unit_config.py
+# creates every one of them for the longest run id allowed.
+RUN_ID_SUFFIXES = (".alive." + "9" * 10, ".connecting", ".secret", ".json", "")
+TEMPORARY_NAME_EXTRA = len(".") + len(".") + 16 + len(".tmp")
+RUN_ID_NAME_EXTRA = max(len(suffix) for suffix in RUN_ID_SUFFIXES) + TEMPORARY_NAME_EXTRA
+MAX_RUN_ID_CHARACTERS = 200
+
+
+def max_run_id_bytes(name_max: int = NAME_MAX) -> int:
+    """The longest run id, in bytes of the file system's encoding, whose derived names all fit."""
+    return name_max - RUN_ID_NAME_EXTRA
+
+
+def run_id_bytes(run_id: str) -> Optional[int]:
+    """The run id's length in the file system's encoding (None: it cannot be encoded at all)."""
+    try:
+        return len(os.fsencode(run_id))
+    except UnicodeError:
+        return None
+
+
+def run_id_problem(run_id: str, name_max: int = NAME_MAX) -> Optional[str]:
+    """File and directory names are derived from the run id: it must not reach outside them, and
+    the longest of them must fit the file system's limit on a name, counted in bytes (an 'é' is
+    two in UTF-8: 130 of them passed a limit in characters and failed with "File name too long")."""
     if not run_id or "/" in run_id or "\\" in run_id or ".." in run_id or run_id.startswith(".") \
-            or not run_id.isprintable() or len(run_id) > 200:
-        return (f"run id {shown(run_id)} cannot name files: it must be 1 to 200 printable characters, without "
-                "'/', '\\' or '..' and not starting with '.' (for example heart_fedavg_1)")
+            or not run_id.isprintable() or len(run_id) > MAX_RUN_ID_CHARACTERS:
+        return (f"run id {shown(run_id)} cannot name files: it must be 1 to {MAX_RUN_ID_CHARACTERS} printable "
+                "characters, without '/', '\\' or '..' and not starting with '.' (for example heart_fedavg_1)")
+    size, limit = run_id_bytes(run_id), max_run_id_bytes(name_max)
+    if size is None or size > limit:
+        return (f"run id {shown(run_id)} cannot name files: it is "
+                + ("not encodable" if size is None else f"{size} bytes") + f" in the file system's encoding "
+                f"({sys.getfilesystemencoding()}), and the longest file named after it "
+                f"(<run_id>.alive.<rank> under a temporary name) must fit the file system's {name_max}-byte "
+                f"limit on a name: at most {limit} bytes (letters such as 'é' take 2 bytes in UTF-8)")
     return None
+
+
+def expand_dir(path: str) -> Path:
+    """A directory the config names (common_args.output_dir, comm_args.rendezvous_dir): `~` is the
+    home directory, as for comm_args.secret_file (`~/x` was a directory named `~` in the working
+    directory). The config keeps the text as written: ranks compare it, and their homes may differ."""
+    return Path(os.path.expanduser(path))
 
 
 def path_problem(path: str) -> Optional[str]:
@@ -91,11 +159,14 @@ def _pooled_test_mode(value):
 @dataclass
 class CommonArgs:
     training_type: str = field(default="cross_silo", metadata=_meta(choices=("cross_silo",)))
-    random_seed: int = field(default=0, metadata=_meta(minimum=0, help="seeds model init and data order"))
+    random_seed: int = field(default=0, metadata=_meta(
+        minimum=0, maximum=MAX_SEED, why="a signed 64-bit integer, as torch and numpy take seeds",
+        help="seeds model init and data order"))
     run_id: Optional[str] = field(default=None, metadata=_meta(
         help="--run_id overrides; default: a timestamp", check=run_id_problem))
-    output_dir: Optional[str] = field(default=None, metadata=_meta(help="default: runs/<run_id>",
-                                                                   check=path_problem))
+    output_dir: Optional[str] = field(default=None, metadata=_meta(
+        help="default: runs/<run_id>; ~ is your home directory; refused if it is a file or you cannot create it",
+        check=path_problem))
     using_mlops: bool = field(default=False, metadata=_meta(choices=(False,),
                                                            help="FedML's cloud is never contacted"))
     checkpoint_every: int = field(default=1, metadata=_meta(
@@ -135,32 +206,42 @@ class ModelArgs:
 @dataclass
 class TrainArgs:
     federated_optimizer: str = field(default="FedAvg", metadata=_meta(choices=STRATEGY_NAMES))
-    client_num_in_total: Optional[int] = field(default=None, metadata=_meta(minimum=1))
+    client_num_in_total: Optional[int] = field(default=None, metadata=_meta(minimum=1, maximum=MAX_COUNT,
+                                                                            why=_COUNT_WHY))
     client_num_per_round: Optional[int] = field(default=None, metadata=_meta(
-        minimum=1, help="centres sampled per round (seeded); default: all"))
+        minimum=1, maximum=MAX_COUNT, why=_COUNT_WHY, help="centres sampled per round (seeded); default: all"))
     comm_round: Optional[int] = field(default=None, metadata=_meta(
-        minimum=1, help="default: the dataset's get_nb_max_rounds(num_updates)"))
-    num_updates: int = field(default=100, metadata=_meta(minimum=1, help="local optimizer steps per round"))
-    batch_size: Optional[int] = field(default=None, metadata=_meta(minimum=1, help="default: dataset's BATCH_SIZE"))
-    learning_rate: Optional[float] = field(default=None, metadata=_meta(minimum=0.0, help="default: dataset's LR"))
+        minimum=1, maximum=MAX_COUNT, why=_COUNT_WHY, help="default: the dataset's get_nb_max_rounds(num_updates)"))
+    num_updates: int = field(default=100, metadata=_meta(minimum=1, maximum=MAX_COUNT, why=_COUNT_WHY,
+                                                         help="local optimizer steps per round"))
+    batch_size: Optional[int] = field(default=None, metadata=_meta(minimum=1, maximum=MAX_COUNT, why=_COUNT_WHY,
+                                                                   help="default: dataset's BATCH_SIZE"))
+    learning_rate: Optional[float] = field(default=None, metadata=_meta(
+        minimum=0.0, maximum=FLOAT32_MAX, why=_IN_FLOAT32, help="default: dataset's LR"))
     client_optimizer: Optional[str] = field(default=None, metadata=_meta(
         help=f"one of {', '.join(OPTIMIZER_CHOICES)} or a dotted class such as torch.optim.SGD; "
              "default: the dataset's Optimizer"))
     weight_decay: Optional[float] = field(default=None, metadata=_meta(
-        minimum=0.0, help="passed to the client optimizer (weight_decay=); default: none is "
-                          "passed, so the optimizer's own default applies"))
+        minimum=0.0, maximum=FLOAT32_MAX, why=_IN_FLOAT32,
+        help="passed to the client optimizer (weight_decay=); default: none is passed, so the optimizer's own "
+             "default applies"))
     # Strategy hyperparameters, with FLamby's names (flamby/config_<dataset>.json); which strategy
     # uses each and its default come from flamby_mpi.registry, in the help as everywhere else.
     mu: Optional[float] = field(default=None, metadata=_meta(
-        minimum=0.0, help=hyperparameter_help("mu", "proximal term weight")))
+        minimum=0.0, maximum=FLOAT32_MAX, why=_IN_FLOAT32,
+        help=hyperparameter_help("mu", "proximal term weight")))
     server_learning_rate: Optional[float] = field(default=None, metadata=_meta(
-        minimum=0.0, help=hyperparameter_help("server_learning_rate", "the server's step size")))
+        minimum=0.0, above=True, maximum=FLOAT32_MAX, why=_IN_FLOAT32,
+        help=hyperparameter_help("server_learning_rate", "the server's step size")))
     beta1: Optional[float] = field(default=None, metadata=_meta(
-        minimum=0.0, help=hyperparameter_help("beta1", "first-moment decay")))
+        minimum=0.0, maximum=1.0, below=True, why=_DECAY,
+        help=hyperparameter_help("beta1", "first-moment decay")))
     beta2: Optional[float] = field(default=None, metadata=_meta(
-        minimum=0.0, help=hyperparameter_help("beta2", "second-moment decay")))
+        minimum=0.0, maximum=1.0, below=True, why=_DECAY,
+        help=hyperparameter_help("beta2", "second-moment decay")))
     tau: Optional[float] = field(default=None, metadata=_meta(
-        minimum=0.0, help=hyperparameter_help("tau", "adaptivity (added to the square root of v)")))
+        minimum=FLOAT32_SMALLEST, maximum=FLOAT32_MAX, why="> 0 in float32, the models' dtype",
+        help=hyperparameter_help("tau", "adaptivity (added to the square root of v)")))
     deterministic_cycle: Optional[bool] = field(default=None, metadata=_meta(
         help=hyperparameter_help("deterministic_cycle",
                                  "centres in order 0..N-1 instead of a seeded random order per cycle")))
@@ -169,31 +250,36 @@ class TrainArgs:
                                  "false reproduces FLamby's cyclic.py, where every centre trains its own "
                                  "copy and centre 0's is evaluated")))
     num_fine_tuning_steps: Optional[int] = field(default=None, metadata=_meta(
-        minimum=0, help=hyperparameter_help("num_fine_tuning_steps",
+        minimum=0, maximum=MAX_COUNT, why=_COUNT_WHY, help=hyperparameter_help("num_fine_tuning_steps",
                                             "local steps on the final model before evaluation")))
     # Differential privacy as FLamby offers it (opacus, an optional install): all three or none.
     dp_target_epsilon: Optional[float] = field(default=None, metadata=_meta(
-        minimum=0.0, help="differential privacy (needs opacus): target epsilon"))
+        minimum=0.0, above=True, maximum=FLOAT32_MAX, why=_IN_FLOAT32,
+        help="differential privacy (needs opacus): target epsilon"))
     dp_target_delta: Optional[float] = field(default=None, metadata=_meta(
-        minimum=0.0, help="differential privacy: target delta"))
+        minimum=0.0, above=True, maximum=1.0, below=True, why="a probability",
+        help="differential privacy: target delta"))
     dp_max_grad_norm: Optional[float] = field(default=None, metadata=_meta(
-        minimum=0.0, help="differential privacy: per-sample gradient clipping norm"))
+        minimum=0.0, above=True, maximum=FLOAT32_MAX, why=_IN_FLOAT32,
+        help="differential privacy: per-sample gradient clipping norm"))
 
 
 @dataclass
 class ValidationArgs:
-    frequency_of_the_test: int = field(default=5, metadata=_meta(minimum=1))
+    frequency_of_the_test: int = field(default=5, metadata=_meta(minimum=1, maximum=MAX_COUNT, why=_COUNT_WHY))
     pooled_test: str = field(default="predictions", metadata=_meta(
         choices=POOLED_TEST_MODES, normalize=_pooled_test_mode,
         help="how the Pooled Test metric is computed: predictions (clients send test predictions and "
              "labels to the server), flamby (the server evaluates on FLamby's pooled test set, reading "
              "the data), off; true/false mean predictions/off"))
-    test_batch_size: Optional[int] = field(default=None, metadata=_meta(minimum=1))
+    test_batch_size: Optional[int] = field(default=None, metadata=_meta(minimum=1, maximum=MAX_COUNT,
+                                                                        why=_COUNT_WHY))
 
 
 @dataclass
 class DeviceArgs:
-    worker_num: Optional[int] = field(default=None, metadata=_meta(minimum=1, help="number of clients"))
+    worker_num: Optional[int] = field(default=None, metadata=_meta(minimum=1, maximum=MAX_COUNT, why=_COUNT_WHY,
+                                                                   help="number of clients"))
     using_gpu: bool = field(default=False, metadata=_meta(
         help="clients train on GPUs: round-robin over the GPUs visible on their host by local rank, "
              "or as gpu_mapping_file says; the server stays on CPU; CPU with one warning when no GPU "
@@ -219,7 +305,8 @@ class CommArgs:
         minimum=1.0, maximum=MAX_TIMEOUT_S, help="ranks started one per terminal must all join within this time"))
     rendezvous_dir: Optional[str] = field(default=None, metadata=_meta(
         help="where a separately started server publishes how to reach it (any shared filesystem); "
-             "created private (0700); default: <output_dir>/rendezvous", check=path_problem))
+             "created private (0700); default: <output_dir>/rendezvous; ~ is your home directory",
+        check=path_problem))
     secret_file: Optional[str] = field(default=None, metadata=_meta(
         help="separately started ranks prove they hold the secret in this file (yours, mode 0600; the "
              "server creates it if missing), for a rendezvous directory shared with others; default: a "
@@ -296,6 +383,35 @@ def _coerce(value: Any, tp) -> Tuple[bool, Any]:
     raise TypeError(f"unsupported config field type {tp}")  # a bug in this module
 
 
+def _number(x) -> str:
+    """A bound as a user would type it: 1 rather than 1.0, every digit of 3.4028234663852886e+38."""
+    if isinstance(x, float) and x.is_integer() and abs(x) < 1e16:
+        return str(int(x))
+    return repr(x)
+
+
+def range_text(metadata) -> str:
+    """The allowed range of a field, e.g. `[0, 1)` or `(0, 3.4028234663852886e+38]`: a square
+    bracket includes its bound, a round one excludes it. README's config table shows it too."""
+    low, high = metadata.get("minimum"), metadata.get("maximum")
+    return ("(" if metadata.get("above") else "[") + ("-inf" if low is None else _number(low)) + ", " \
+        + ("inf" if high is None else _number(high)) + (")" if metadata.get("below") or high is None else "]")
+
+
+def bounds_text(metadata) -> str:
+    """The range with where it comes from, e.g. `[0, 1) (a decay: 1 would never forget)`: in every
+    message and in --help."""
+    why = metadata.get("why")
+    return f"{range_text(metadata)} ({why})" if why else range_text(metadata)
+
+
+def in_bounds(metadata, value) -> bool:
+    low, high = metadata.get("minimum"), metadata.get("maximum")
+    if low is not None and (value <= low if metadata.get("above") else value < low):
+        return False
+    return high is None or not (value >= high if metadata.get("below") else value > high)
+
+
 def _check_field(where: str, f: dataclasses.Field, tp, value: Any, problems: List[str]):
     normalize = f.metadata.get("normalize")
     if normalize is not None:
@@ -312,13 +428,8 @@ def _check_field(where: str, f: dataclasses.Field, tp, value: Any, problems: Lis
         listed = ", ".join(yaml.safe_dump(c).strip().removesuffix("...").strip() for c in choices)
         problems.append(f"{where}: {shown(value)} is not supported; valid choices: {listed}")
         return None, False
-    minimum = f.metadata.get("minimum")
-    if minimum is not None and value is not None and value < minimum:
-        problems.append(f"{where}: must be >= {minimum}, got {shown(value)}")
-        return None, False
-    maximum = f.metadata.get("maximum")
-    if maximum is not None and value is not None and value > maximum:
-        problems.append(f"{where}: must be <= {int(maximum)}, got {shown(value)}")
+    if value is not None and not in_bounds(f.metadata, value):
+        problems.append(f"{where}: must be in {bounds_text(f.metadata)}, got {shown(value)}")
         return None, False
     check = f.metadata.get("check")
     problem = check(value) if check is not None and value is not None else None
@@ -587,8 +698,8 @@ def describe_options() -> str:
             choices = f.metadata.get("choices")
             if choices and len(choices) > 1:
                 extra = (extra + "; " if extra else "") + "choices: " + ", ".join(map(str, choices))
-            if f.metadata.get("maximum") is not None:
-                extra = (extra + "; " if extra else "") + f"at most {int(f.metadata['maximum'])}"
+            if f.metadata.get("minimum") is not None or f.metadata.get("maximum") is not None:
+                extra = (extra + "; " if extra else "") + f"range {bounds_text(f.metadata)}"
             lines.append(f"  {section}.{f.name} ({_describe(hints[f.name])}, default {default!r})"
                          + (f": {extra}" if extra else ""))
     return "\n".join(lines)

@@ -14,16 +14,27 @@ import copy
 import dataclasses
 import importlib
 import inspect
+import math
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
 
-from .config import OPTIMIZER_CHOICES, DeviceArgs, RunConfig, run_id_problem
+from .config import (
+    FLOAT32_SMALLEST,
+    MAX_COUNT,
+    NAME_MAX,
+    OPTIMIZER_CHOICES,
+    DeviceArgs,
+    RunConfig,
+    expand_dir,
+    run_id_problem,
+)
 from .datasets import DatasetSpec, resolve_dataset
-from .errors import ConfigError, UserError, shown
+from .errors import ConfigError, plain, shown
 from .registry import HYPERPARAMETER_USERS, STRATEGY_HYPERPARAMETERS
 from .world_size import client_count_problems
 
@@ -113,16 +124,17 @@ class RunPlan:
         return f"{self.optimizer_class.__module__}.{self.optimizer_class.__name__}"
 
     def with_run_id(self, run_id: str) -> "RunPlan":
-        """The plan of the run named run_id: its output and rendezvous directories resolved."""
-        problem = run_id_problem(run_id)
-        if problem:
-            raise UserError(problem)
+        """The plan of the run named run_id: its output and rendezvous directories resolved.
+        Raises ConfigError if the run id cannot name its files there, or the output directory
+        is a file or cannot be made (checked on every rank, without writing anything)."""
+        problems = directory_problems(self._config, run_id)
+        if problems:
+            raise ConfigError(problems)
         config = copy.deepcopy(self._config)
         config.common_args.run_id = run_id
-        output_dir = Path(config.common_args.output_dir or os.path.join("runs", run_id))
-        return dataclasses.replace(
-            self, run_id=run_id, output_dir=output_dir, _config=config,
-            rendezvous_dir=Path(config.comm_args.rendezvous_dir or output_dir / "rendezvous"))
+        output_dir, rendezvous_dir = run_directories(config, run_id)
+        return dataclasses.replace(self, run_id=run_id, output_dir=output_dir, _config=config,
+                                   rendezvous_dir=rendezvous_dir)
 
     def config_yaml(self) -> str:
         """The resolved config as written to config.yaml (and compared by separately started ranks)."""
@@ -146,6 +158,78 @@ class RunPlan:
         rate: weight_decay only when the config sets it (never a 0.0 that would override an
         optimizer default such as AdamW's 0.01)."""
         return {} if self.weight_decay is None else {"weight_decay": self.weight_decay}
+
+
+def run_directories(config: RunConfig, run_id: str):
+    """(output_dir, rendezvous_dir) of the run named run_id."""
+    output_dir = expand_dir(config.common_args.output_dir) if config.common_args.output_dir \
+        else Path("runs", run_id)
+    rendezvous_dir = expand_dir(config.comm_args.rendezvous_dir) if config.comm_args.rendezvous_dir \
+        else output_dir / "rendezvous"
+    return output_dir, rendezvous_dir
+
+
+def _nearest_existing(path: Path) -> Path:
+    """path, or its nearest ancestor that exists (the directory a new path would be made in)."""
+    path = Path(os.path.abspath(path))
+    for candidate in (path, *path.parents):
+        if os.path.lexists(candidate):
+            return candidate
+    return Path(path.anchor)
+
+
+def name_max(directory: Path) -> int:
+    """The longest file name, in bytes, that the file system of `directory` (or of the nearest
+    ancestor that exists) takes; NAME_MAX where it cannot tell."""
+    try:
+        return min(NAME_MAX, int(os.pathconf(_nearest_existing(directory), "PC_NAME_MAX")))
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows), or no such limit
+        return NAME_MAX
+
+
+def directory_problem(path: Path, key: str) -> Optional[str]:
+    """Why the directory `path` (the setting `key`) could not be made or written, found without
+    writing anything: a file where it or one of its parents should be, a parent that does not let
+    this user create it, a name too long. None when the run can make it and write in it."""
+    target = Path(os.path.abspath(path))
+    hint = "; choose another directory (it is made if missing)"
+    for candidate in (target, *target.parents):
+        try:
+            info = os.stat(candidate)
+        except (FileNotFoundError, NotADirectoryError):  # not made yet, or under a file: look up
+            continue
+        except OSError as exc:  # permission denied on a parent, a loop of links, a name too long
+            return f"{key}: {plain(path)} cannot be reached ({plain(candidate)}: {exc.strerror}){hint}"
+        # The directory as the user wrote it; a parent in full (`..`, a relative path, resolved)
+        made, where = ("", plain(path)) if candidate == target else (f"{plain(path)} cannot be made: ",
+                                                                      plain(candidate))
+        if not stat.S_ISDIR(info.st_mode):
+            kind = "a file, not a directory" if stat.S_ISREG(info.st_mode) else "not a directory"
+            return f"{key}: {made}{where} is {kind}{hint}"
+        if not os.access(candidate, os.W_OK | os.X_OK):
+            return f"{key}: {made}{where} is not writable by you{hint}"
+        return None
+    return None
+
+
+def directory_problems(config: RunConfig, run_id: Optional[str]) -> List[str]:
+    """Problems with the run's directories, on every rank before any MPI call: run id
+    (run_id_problem, against the limit of the file systems its names go to), and an output
+    directory that is a file or cannot be made. Without a run id yet (rank 0 picks a timestamp,
+    broadcast later), the output directory's parent `runs` is checked."""
+    key = "common_args.output_dir" + ("" if config.common_args.output_dir else " (default runs/<run_id>)")
+    if run_id is None:
+        path = expand_dir(config.common_args.output_dir) if config.common_args.output_dir else Path("runs")
+        problem = directory_problem(path, key)
+        return [problem] if problem else []
+    output_dir, rendezvous_dir = run_directories(config, run_id)
+    # The run id names the output directory (runs/<run_id>) and files in the rendezvous directory.
+    limit = min(name_max(rendezvous_dir), NAME_MAX if config.common_args.output_dir else name_max(output_dir))
+    problem = run_id_problem(run_id, limit)
+    if problem:
+        return [problem]
+    problem = directory_problem(output_dir, key)
+    return [problem] if problem else []
 
 
 def resolve_hyperparameters(strategy: str, train_args) -> Dict[str, object]:
@@ -176,6 +260,57 @@ def _accepts_keyword(cls: type, name: str) -> bool:
     except (TypeError, ValueError):  # no signature to read: let the optimizer itself decide
         return True
     return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def _overflows(optimizer_class: type, learning_rate: float, weight_decay: Optional[float]) -> bool:
+    """Whether a few steps of the optimizer on a float32 parameter fail because a scalar it derives
+    from the learning rate or weight decay is beyond float32: Adam, AdamW, NAdam and Adamax divide
+    the learning rate by 1 - beta1 (0.1) in their first step, so 3.4e38 passes the config and
+    then stops the run with "value cannot be converted to type float without overflow"."""
+    parameter = torch.nn.Parameter(torch.ones(2, dtype=torch.float32))
+    kwargs = {} if weight_decay is None else {"weight_decay": weight_decay}
+    try:
+        optimizer = optimizer_class([parameter], lr=learning_rate, **kwargs)
+        for _ in range(3):
+            parameter.grad = torch.ones_like(parameter)
+            optimizer.step()
+    except RuntimeError as exc:
+        return "overflow" in str(exc)
+    except Exception:  # noqa: BLE001 - anything else is no overflow; the run reports it as it does
+        return False
+    return False
+
+
+def _largest_without_overflow(fits, high: float) -> float:
+    """About the largest value in (0, high] for which fits(value) holds (fits is monotone: small
+    values fit), rounded down to 3 significant digits; 0 if none does."""
+    low_exponent, high_exponent = math.log2(FLOAT32_SMALLEST), math.log2(high)
+    if not fits(FLOAT32_SMALLEST):
+        return 0.0
+    for _ in range(40):  # bisection on the exponent: from 1e-45 to 3e38 in 40 probes of a millisecond
+        middle = (low_exponent + high_exponent) / 2
+        low_exponent, high_exponent = (middle, high_exponent) if fits(2.0 ** middle) else (low_exponent, middle)
+    largest = 2.0 ** low_exponent
+    unit = 10.0 ** (math.floor(math.log10(largest)) - 2)
+    return math.floor(largest / unit) * unit
+
+
+def _optimizer_problems(optimizer_class: type, learning_rate: float, weight_decay: Optional[float]) -> List[str]:
+    """A learning rate that torch's own optimizer cannot use in float32 (checked on a two-element
+    parameter, in milliseconds; an optimizer from another package is not run here)."""
+    if not optimizer_class.__module__.startswith("torch.optim"):
+        return []
+    from . import optim_without_dynamo
+
+    optim_without_dynamo.install()  # as the driver does: a step would import torch._dynamo (2 s)
+    if not _overflows(optimizer_class, learning_rate, weight_decay):
+        return []
+    largest = _largest_without_overflow(lambda lr: not _overflows(optimizer_class, lr, weight_decay),
+                                        learning_rate)
+    with_decay = "" if weight_decay is None else f" with weight_decay {weight_decay:g}"
+    return [f"train_args.learning_rate: {shown(learning_rate)} overflows float32 (the models' dtype) in the first "
+            f"steps of {optimizer_class.__module__}.{optimizer_class.__name__}{with_decay}, which scales it up; "
+            f"with this optimizer it must be in [0, {largest:.3g}]"]
 
 
 def _strategy_problems(train, num_clients: int) -> List[str]:
@@ -239,12 +374,25 @@ def make_plan(config: RunConfig, run_id: Optional[str] = None, quiet: bool = Fal
                         f"{optimizer_class.__name__} takes no weight_decay; remove it or choose an "
                         f"optimizer that does ({', '.join(OPTIMIZER_CHOICES)})")
 
+    learning_rate = train.learning_rate if train.learning_rate is not None else dataset.learning_rate
+    if optimizer_class is not None and not problems:
+        problems += _optimizer_problems(optimizer_class, learning_rate, train.weight_decay)
+    if train.federated_optimizer == "Scaffold":
+        scale = resolve_hyperparameters("Scaffold", train)["server_learning_rate"] * learning_rate \
+            * train.num_updates
+        if not scale >= FLOAT32_SMALLEST:  # 0 (or 0 once in float32): a NaN model after round 1
+            problems.append(f"train_args.learning_rate: Scaffold divides by server_learning_rate * learning_rate "
+                            f"* num_updates, which is {scale:g} here: it must be > 0 in float32 "
+                            f"(at least {FLOAT32_SMALLEST:g})")
+
     rounds = train.comm_round
     if rounds is None:
         rounds = int(dataset.get_nb_max_rounds(train.num_updates))
-        if rounds < 1:
+        if not 1 <= rounds <= MAX_COUNT:
             problems.append(f"train_args.comm_round: {dataset.name}'s get_nb_max_rounds("
-                            f"{train.num_updates}) gives {rounds}; set comm_round explicitly")
+                            f"{train.num_updates}) gives {rounds}, outside [1, {MAX_COUNT}]; set comm_round "
+                            "explicitly")
+    problems += directory_problems(config, run_id if run_id is not None else config.common_args.run_id)
     if problems:
         raise ConfigError(problems)
 
@@ -255,7 +403,7 @@ def make_plan(config: RunConfig, run_id: Optional[str] = None, quiet: bool = Fal
     plan = RunPlan(
         dataset=dataset, num_clients=n, rounds=rounds, num_updates=train.num_updates,
         batch_size=batch_size, test_batch_size=config.validation_args.test_batch_size or batch_size,
-        learning_rate=train.learning_rate if train.learning_rate is not None else dataset.learning_rate,
+        learning_rate=learning_rate,
         optimizer_class=optimizer_class, weight_decay=train.weight_decay, seed=seed,
         strategy=train.federated_optimizer,
         hyperparameters=resolve_hyperparameters(train.federated_optimizer, train),

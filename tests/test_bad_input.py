@@ -5,17 +5,24 @@ The cases come from tests/support/bad_input.py (a fixed seed). Each runs in proc
 `flamby_mpi.cli.main(argv)`, with MPI replaced by a stub that fails the case if it is reached (the
 mistake must be found before any MPI call or training); a sample also runs as a real
 `python launch_client.py` process.
+
+Values that pass the schema and break where they are used (issue 18, ids `use-...`) must be refused
+the same way, on every rank before MPI starts: one of each kind also runs under a real
+`mpiexec -n 5`. Their accepted neighbours (ids `ok-...`) must pass every check in process, and run
+to exit 0 under `mpiexec -n 5` (merged into a few jobs of one round each).
 """
+import json
 import os
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from flamby_mpi import cli
-from support.bad_input import CF, SEED, TEN_MB, base_raw, dump, generate
-from support.mpi import LAUNCHER, run_job
+from support.bad_input import BASE_FILE, CF, OUT, OUT_PARENT, SEED, TEN_MB, base_raw, dump, flow, generate
+from support.mpi import LAUNCHER, run_job, run_mpi
 from support.mpi import test_env as job_env  # aliased: pytest would collect test_env
 
 CASES = generate()
@@ -46,6 +53,32 @@ def test_the_generator_makes_at_least_150_cases_the_same_each_time():
                      "nesting", "binary", "empty", "large", "runid", "unicode", "set", "rank", "usage", "path"}
 
 
+def plant(case, where: Path, cwd: Path) -> dict:
+    """Makes what the case's `plant` says; returns the values of OUT and OUT_PARENT."""
+    where.mkdir(parents=True, exist_ok=True)
+    out = where / "out"
+    if case.plant == "file":
+        out.write_text("not a directory\n")
+    elif case.plant == "under-file":
+        (where / "file").write_text("not a directory\n")
+        out = where / "file" / "out"
+    elif case.plant == "unwritable":
+        if os.geteuid() == 0:  # root may write any directory but /proc's: access(2) says no there too
+            out = Path("/proc/1/flamby-mpi-out")
+        else:
+            (where / "locked").mkdir(mode=0o555)
+            out = where / "locked" / "out"
+    elif case.plant == "runs-file":
+        (cwd / "runs").write_text("not a directory\n")
+    return {OUT: str(out), OUT_PARENT: str(out.parent)}
+
+
+def substitute(text: str, values: dict) -> str:
+    for name, value in values.items():
+        text = text.replace(name, value)
+    return text
+
+
 def write_case(case, where: Path) -> str:
     """Puts the case's config where its argv says CF; returns that path."""
     where.mkdir(parents=True, exist_ok=True)
@@ -68,15 +101,15 @@ def write_case(case, where: Path) -> str:
     return str(path)
 
 
-def argv_of(case, path: str):
-    return [path if a == CF else a for a in case.argv]
+def argv_of(case, path: str, values: dict = None):
+    return [path if a == CF else substitute(a, values or {}) for a in case.argv]
 
 
 def snapshot(folder: Path):
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
 
 
-def check_message(case, code, out: str, err: str):
+def check_message(case, code, out: str, err: str, values: dict = None):
     """Exit 2, and stderr holds one message: no traceback, nothing on stdout."""
     shown = f"{case.id}: exit {code}\nstdout:\n{out[:2000]}\nstderr:\n{err[:3000]}"
     assert code == 2, shown
@@ -96,8 +129,9 @@ def check_message(case, code, out: str, err: str):
         rest = lines[1:]
         assert all(line.startswith("  - ") for line in rest if not line.startswith("HINT: ")), shown
         assert sum(line.startswith("HINT: ") for line in rest) <= 1, shown
-    assert any(e in err for e in case.expect.split("|")), \
-        f"{case.id}: the message does not mention {case.expect!r}\n{err[:3000]}"
+    expect = substitute(case.expect, values or {})
+    assert any(e in err for e in expect.split("|")), \
+        f"{case.id}: the message does not mention {expect!r}\n{err[:3000]}"
 
 
 @pytest.fixture(scope="module")
@@ -171,23 +205,33 @@ def test_the_valid_base_gets_past_every_check(tmp_path, monkeypatch, heavy_impor
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_exits_2_with_one_message(case, tmp_path, monkeypatch, capsys, heavy_imports, stubbed_mpi):
+    """A refused case exits 2 with its message; an accepted one (`ok-...`) gets past every check
+    (to the MPI stub). Neither writes anything."""
     cwd, home, inputs = isolate(tmp_path, monkeypatch, case.env)
     path = write_case(case, inputs)
-    before = snapshot(inputs)
+    values = plant(case, inputs, cwd)
+    before = [snapshot(cwd), snapshot(home), snapshot(inputs)]
 
     start = time.monotonic()
     try:
-        code = cli.main(argv_of(case, path))
+        code = cli.main(argv_of(case, path, values))
     except SystemExit as exit:  # argparse's usage errors
         code = exit.code
+    except ReachedMPI:
+        code = None
     seconds = time.monotonic() - start
     out, err = capsys.readouterr()
 
-    check_message(case, code, out, err)
+    if case.accepted:
+        assert code is None, f"{case.id} is valid but was refused (exit {code}):\n{err[:3000]}"
+        assert "Traceback" not in out + err and "error" not in err, err
+    else:
+        assert code is not None, f"{case.id} got past every check:\n{err[:3000]}"
+        check_message(case, code, out, err, values)
     assert seconds < SECONDS_PER_CASE, f"{case.id} took {seconds:.1f} s"
     # Nothing written: not in the working directory (where runs/ would go), not in HOME, not beside
     # the config (a python tag's `touch pwned` would land in the working directory).
-    assert snapshot(cwd) == [] and snapshot(home) == [] and snapshot(inputs) == before
+    assert [snapshot(cwd), snapshot(home), snapshot(inputs)] == before
 
 
 SAMPLE = [next(c for c in CASES if c.id.startswith(prefix)) for prefix in PROCESS_SAMPLE]
@@ -212,3 +256,82 @@ def test_bad_input_as_a_real_process(case, tmp_path):
     check_message(case, done.returncode, done.stdout, done.stderr)
     assert done.seconds < 30, f"{case.id} took {done.seconds:.1f} s"
     assert snapshot(cwd) == [] and snapshot(home) == [] and snapshot(inputs) == before
+
+
+# ---- values past the schema under a real mpirun (issue 18) -----------------------------------
+
+# One refused case of each kind of value (`use-<kind>-...`): the first the generator made.
+MPI_KINDS = sorted({c.id.split("-")[1] for c in CASES if c.id.startswith("use-")})
+MPI_SAMPLE = [next(c for c in CASES if c.id.startswith(f"use-{kind}-")) for kind in MPI_KINDS]
+JOBS = sorted({c.job for c in CASES if c.accepted})
+# One round of one local step on small centres: the accepted values are used, and the job ends.
+TINY = ["--set", "train_args.comm_round=1", "--set", "train_args.num_updates=1",
+        "--set", "data_args.synthetic_samples_per_center=8", "--quiet"]
+
+
+def test_the_mpi_sample_covers_every_kind_of_value():
+    assert set(MPI_KINDS) >= {"seed", "count", "float32", "decay", "tau", "probability", "limit", "optimizer",
+                              "scaffold", "outdir", "runid"}, MPI_KINDS
+    accepted = [c for c in CASES if c.accepted]
+    assert {c.id.split("-")[1] for c in accepted} >= {"seed", "count", "float32", "decay", "tau", "outdir",
+                                                       "runid", "scaffold"}
+    assert 1 <= len(JOBS) <= 5 and all(c.job for c in accepted)
+
+
+@pytest.mark.parametrize("case", MPI_SAMPLE, ids=[c.id for c in MPI_SAMPLE])
+def test_values_past_the_schema_under_mpirun(case, tmp_path):
+    """`mpiexec -n 5 python launch_client.py ...`: every rank finds the problem before MPI_Init's
+    job starts; rank 0 says it once; exit 2; nothing written."""
+    cwd, home, inputs = tmp_path / "cwd", tmp_path / "home", tmp_path / "in"
+    cwd.mkdir()
+    home.mkdir()
+    path = write_case(case, inputs)
+    values = plant(case, inputs, cwd)
+    before = [snapshot(cwd), snapshot(home), snapshot(inputs)]
+    done = run_mpi(5, argv_of(case, path, values), cwd, home, deadline_s=180)
+    check_message(case, done.returncode, done.stdout, done.stderr, values)
+    assert [snapshot(cwd), snapshot(home), snapshot(inputs)] == before
+
+
+def settings(case) -> list:
+    """The case's change to the base config, as --set/--run_id arguments (merged into a job)."""
+    argv = list(case.argv)
+    del argv[argv.index("--cf"):argv.index("--cf") + 2]
+    base, raw = base_raw(), yaml.safe_load(case.config) if case.config else {}
+    for section, body in (raw or {}).items():
+        for key, value in (body or {}).items():
+            if base.get(section, {}).get(key, object()) != value:
+                argv += ["--set", f"{section}.{key}={flow(value)}"]
+    return argv
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_accepted_boundaries_run_to_exit_0_under_mpirun(job, tmp_path):
+    """The last values allowed (seed 2**63-1, float32's largest, betas just below 1, tau at float32's
+    smallest, 216-byte run ids, output_dir under ~ ...), merged into one job per strategy: one round
+    under `mpiexec -n 5` ends with exit 0 and its results where they belong."""
+    cases = [c for c in CASES if c.job == job]
+    argv = ["--cf", str(BASE_FILE)] + [a for c in cases for a in settings(c)] + TINY
+    keys = [a.partition("=")[0] for a in argv if "=" in a and not a.startswith("train_args.federated_optimizer")]
+    assert len(keys) == len(set(keys)), f"{job} sets a key twice: {keys}"
+    cwd, home = tmp_path / "cwd", tmp_path / "home"
+    cwd.mkdir()
+    home.mkdir()
+    done = run_mpi(5, argv, cwd, home, deadline_s=300)
+    assert done.returncode == 0, f"{job}: exit {done.returncode}\n{done.stderr[-4000:]}"
+    assert "Traceback" not in done.output
+    if "common_args.output_dir=~/flamby-run" in argv:  # ~ is the home directory, as for secret_file
+        assert not (cwd / "~").exists()
+        results = [home / "flamby-run" / "results.json"]
+    else:
+        results = list((cwd / "runs").glob("*/results.json"))
+    assert len(results) == 1 and results[0].exists(), (snapshot(cwd), snapshot(home))
+    summary = json.loads(results[0].read_text())
+    assert summary["rounds_completed"] == 1
+    if "--run_id" in argv:
+        assert summary["run_id"] == argv[argv.index("--run_id") + 1] == results[0].parent.name
+    for flag, field, number in (("common_args.random_seed", "seed", int),
+                                ("train_args.learning_rate", "learning_rate", float)):
+        given = [a for a in argv if a.startswith(flag + "=")]
+        if given:  # the value was used as given (YAML 1.1 reads 3.4e38, without a dot, as a string)
+            assert summary[field] == number(yaml.safe_load(given[0].partition("=")[2]))

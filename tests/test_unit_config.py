@@ -220,7 +220,7 @@ def test_every_problem_is_reported_in_one_error():
     wrong_type = one("train_args.num_updates:")
     assert "expected an integer" in wrong_type and "'many'" in wrong_type
     too_small = one("train_args.comm_round")
-    assert "must be >= 1" in too_small and "got 0" in too_small
+    assert "must be in [1, 1000000000]" in too_small and "got 0" in too_small
     choice = one("tracking_args.log_level")
     assert "'loud'" in choice and "valid choices: debug, info, warning, error" in choice
     # Every problem also appears in the printed message.
@@ -244,7 +244,7 @@ def test_problems_from_file_and_set_are_reported_together(tmp_path):
     assert len(info.value.problems) == 3
     joined = "\n".join(info.value.problems)
     assert "train_args.epochs" in joined
-    assert "comm_args.round_timeout_s: must be >= 1.0" in joined
+    assert "comm_args.round_timeout_s: must be in [1, 1000000000], got 0.5" in joined
     assert "valid choices: baseline" in joined
 
 
@@ -455,7 +455,7 @@ def test_weight_decay_is_a_train_arg():
     c = build_config({"train_args": {"weight_decay": 0.001}})
     assert c.train_args.weight_decay == 0.001
     assert build_config({}, ["train_args.weight_decay=1e-4"]).train_args.weight_decay == 0.0001
-    with pytest.raises(ConfigError, match="train_args.weight_decay: must be >= 0.0"):
+    with pytest.raises(ConfigError, match=r"train_args.weight_decay: must be in \[0, 3.4028234663852886e\+38\]"):
         build_config({"train_args": {"weight_decay": -0.1}})
 
 
@@ -517,7 +517,8 @@ def test_huge_values_are_shown_short(tmp_path):
         load_config(path)
     assert "train_args.comm_round: expected an integer or null, got [[[" in str(info.value)
     assert len(str(info.value)) < 400
-    with pytest.raises(ConfigError, match="must be >= 0, got a negative integer of 5000 digits"):
+    with pytest.raises(ConfigError, match=r"must be in \[0, 9223372036854775807\] .*, got a negative integer of "
+                                          "5000 digits"):
         build_config({"common_args": {"random_seed": -10**4999}})
     with pytest.raises(ConfigError) as info:
         build_config({"common_args": {"run_id": "r" * 100000}})
@@ -561,10 +562,160 @@ def test_floats_must_be_finite(text):
 def test_numbers_no_run_can_use_are_refused(key, value, maximum):
     # They passed the config and hung the plan (10**9 synthetic centres) or failed the run later
     # (memory, torch.set_num_threads, DataLoader workers, threading.Timer overflow).
-    with pytest.raises(ConfigError, match=f"{key}: must be <= {maximum}, got "):
+    with pytest.raises(ConfigError, match=rf"{key}: must be in \[\d+, {maximum}\], got "):
         build_config({}, [f"{key}={value}"])
     section, _, name = key.partition(".")
     assert getattr(getattr(build_config({}, [f"{key}={maximum}"]), section), name) == maximum
+
+
+def _bounded_fields():
+    import dataclasses
+    import typing
+
+    for section, cls in typing.get_type_hints(RunConfig).items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            tp = [a for a in typing.get_args(tp) if a is not type(None)][0] if typing.get_args(tp) else tp
+            if tp in (int, float):
+                yield section, f, tp
+
+
+BOUNDED = list(_bounded_fields())
+
+
+def test_every_number_in_the_config_has_both_bounds():
+    """Anything an int or a float ends up in torch, range(), islice, a timer or a file name: with
+    no upper bound, 10**19 or 1e300 passed the schema and crashed the run (issue 18)."""
+    assert len(BOUNDED) >= 29
+    for section, f, _ in BOUNDED:
+        assert f.metadata["minimum"] is not None and f.metadata["maximum"] is not None, f"{section}.{f.name}"
+
+
+@pytest.mark.parametrize("section, f, tp", BOUNDED, ids=[f"{s}.{f.name}" for s, f, _ in BOUNDED])
+def test_each_bound_is_where_its_range_says(section, f, tp):
+    """The last value on each side passes; one step past it is refused naming the key and the range
+    the message and --help print ([a, b] includes a bound, (a, b) excludes it)."""
+    import math
+
+    from flamby_mpi.config import bounds_text
+
+    key, text = f"{section}.{f.name}", bounds_text(f.metadata)
+    low, high = f.metadata["minimum"], f.metadata["maximum"]
+    step_up = (lambda x: x + 1) if tp is int else (lambda x: math.nextafter(x, math.inf))
+    step_down = (lambda x: x - 1) if tp is int else (lambda x: math.nextafter(x, -math.inf))
+    inside = [step_up(low) if f.metadata["above"] else low, step_down(high) if f.metadata["below"] else high]
+    outside = [low if f.metadata["above"] else step_down(low), high if f.metadata["below"] else step_up(high)]
+    assert text.startswith("(" if f.metadata["above"] else "[") and (")" if f.metadata["below"] else "]") in text
+    for value in inside:
+        config = build_config({section: {f.name: value}})
+        assert getattr(getattr(config, section), f.name) == value
+    for value in outside:
+        with pytest.raises(ConfigError) as info:
+            build_config({section: {f.name: value}})
+        assert info.value.problems == [f"{key}: must be in {text}, got {value!r}"]
+    assert f"{key} (" in describe_options() and f"range {text}" in describe_options()
+
+
+def test_float32_bounds_are_torchs():
+    import torch
+
+    from flamby_mpi.config import FLOAT32_MAX, FLOAT32_SMALLEST
+
+    assert FLOAT32_MAX == torch.finfo(torch.float32).max
+    assert FLOAT32_SMALLEST == 2.0 ** -149
+    assert torch.tensor(FLOAT32_SMALLEST, dtype=torch.float32).item() > 0
+    assert torch.tensor(FLOAT32_SMALLEST * 0.49, dtype=torch.float32).item() == 0  # a tau this small is 0
+    parameter = torch.ones(1)
+    parameter.add_(torch.ones(1), alpha=-FLOAT32_MAX)  # the largest learning rate is used as it is
+    with pytest.raises(RuntimeError, match="overflow"):  # what 1e39 did at the first step
+        parameter.add_(torch.ones(1), alpha=-1e39)
+
+
+def test_seed_bound_is_what_torch_and_numpy_take():
+    import numpy as np
+    import torch
+
+    from flamby_mpi.config import MAX_SEED
+    from flamby_mpi.training import derived_seed
+
+    assert MAX_SEED == 2**63 - 1
+    with torch.random.fork_rng():  # the global generator is left as it was for other tests
+        torch.manual_seed(MAX_SEED)
+        with pytest.raises(ValueError, match="Overflow"):  # what 2**64 did on rank 0
+            torch.manual_seed(2**64)
+    torch.Generator().manual_seed(MAX_SEED)
+    np.random.default_rng([MAX_SEED, 0x5A])
+    assert 0 <= derived_seed(MAX_SEED, 4) < 2**32
+    with pytest.raises(ConfigError, match=r"common_args.random_seed: must be in \[0, 9223372036854775807\]"):
+        build_config({"common_args": {"random_seed": 2**63}})
+
+
+def test_count_bound_is_within_what_a_loader_takes():
+    import itertools
+
+    import torch
+
+    from flamby_mpi.config import MAX_COUNT
+
+    assert MAX_COUNT <= min(sys.maxsize, 2**31 - 1)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(5)), batch_size=MAX_COUNT)
+    assert [len(batch[0]) for batch in loader] == [5]  # one batch of the whole set
+    with pytest.raises(ValueError, match="islice"):  # what batch_size 10**19 did
+        list(itertools.islice(range(3), 10**19))
+
+
+# --- run ids in bytes -----------------------------------------------------------------------------
+
+def test_run_ids_are_bounded_in_bytes_not_characters():
+    from flamby_mpi.config import max_run_id_bytes, run_id_problem
+
+    assert max_run_id_bytes() == 255 - len(".alive.2147483647") - len("..0123456789abcdef.tmp") == 216
+    assert run_id_problem("r" * 200) is None and run_id_problem("\u00e9" * 108) is None  # 216 bytes
+    for run_id, size in (("\u00e9" * 130, 260), ("\u00e9" * 109, 218), ("\u00e9" * 108 + "a", 217),
+                         ("\u4e2d" * 73, 219)):  # 73 characters of 3 bytes
+        problem = run_id_problem(run_id)
+        assert problem and f"it is {size} bytes" in problem and "at most 216 bytes" in problem, problem
+    with pytest.raises(ConfigError, match="common_args.run_id: run id .* it is 260 bytes"):
+        build_config({"common_args": {"run_id": "\u00e9" * 130}})
+
+
+def _derived_names_of(directory: Path, run_id: str):
+    """Every file the project names after a run id, from the code that names them."""
+    from flamby_mpi.launch.liveness import Liveness
+    from flamby_mpi.launch.rendezvous import RendezvousFiles
+
+    files = RendezvousFiles(directory, run_id)
+    paths = [getattr(files, name) for name in dir(RendezvousFiles)
+             if isinstance(getattr(RendezvousFiles, name), property)]
+    assert {p.name for p in paths} >= {f"{run_id}.json", f"{run_id}.secret", f"{run_id}.connecting"}
+    paths.append(Liveness(files, "s" * 32, "port", rank=2**31 - 1, size=2**31).path(2**31 - 1))
+    return paths
+
+
+def test_every_file_named_after_the_longest_run_id_can_be_made(tmp_path):
+    """The bound is the longest derived name: for the longest run id allowed (216 bytes), every name
+    the code derives, under the temporary names it is written through, is made on a real file
+    system; one byte more and the longest of them is "File name too long" (it was, for 130 'é')."""
+    import errno
+
+    from flamby_mpi import safe_files
+    from flamby_mpi.config import max_run_id_bytes, run_id_problem
+    from flamby_mpi.launch import rendezvous
+
+    longest = "\u00e9" * 108
+    assert len(os.fsencode(longest)) == max_run_id_bytes() and run_id_problem(longest) is None
+    (tmp_path / "runs" / longest).mkdir(parents=True)  # the output directory runs/<run_id>
+    for path in _derived_names_of(tmp_path / "rendezvous", longest):
+        safe_files.write_atomic(path.parent, path.name, b"{}")  # through .<name>.<16 hex>.tmp
+        rendezvous._private_copy_beside(path, "{}").unlink()  # through .<name>.<12 hex>
+        assert path.exists()
+    one_more = longest + "a"
+    assert run_id_problem(one_more) is not None
+    alive = max(_derived_names_of(tmp_path / "more", longest), key=lambda p: len(p.name))
+    with pytest.raises(OSError) as info:
+        safe_files.write_atomic(tmp_path / "more", alive.name.replace(longest, one_more), b"{}")
+    assert info.value.errno == errno.ENAMETOOLONG
 
 
 def test_exponent_notation_learning_rate_is_accepted():
@@ -833,7 +984,7 @@ def test_every_config_key_is_documented_in_the_readme_and_help():
     from pathlib import Path
 
     from flamby_mpi.cli import build_parser
-    from flamby_mpi.config import RunConfig
+    from flamby_mpi.config import RunConfig, range_text
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     help_text = build_parser().format_help()
@@ -844,3 +995,6 @@ def test_every_config_key_is_documented_in_the_readme_and_help():
             key = f"{section_name}.{f.name}"
             assert f"`{key}`" in readme, f"{key} is missing from README's config table"
             assert key in help_text, f"{key} is missing from --help"
+            if f.metadata.get("minimum") is not None or f.metadata.get("maximum") is not None:
+                row = next(line for line in readme.splitlines() if line.startswith(f"| `{key}` |"))
+                assert row.endswith(f"range `{range_text(f.metadata)}` |"), f"README's row of {key}: {row}"

@@ -1,4 +1,7 @@
 """Unit tests of flamby_mpi.plan (config + dataset -> run values), synthetic dataset only."""
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -188,3 +191,97 @@ def test_weight_decay_with_an_optimizer_that_takes_none_is_reported():
         "remove it or choose an optimizer that does (sgd, adam, adamw, adagrad, rmsprop)"]
     # Without weight_decay that optimizer is fine as before.
     assert _plan(train_args={"client_optimizer": "torch.optim.LBFGS"}).optimizer_class is torch.optim.LBFGS
+
+
+# --- values checked where they are used (issue 18) ------------------------------------------------
+
+def test_an_optimizer_that_scales_its_learning_rate_past_float32_is_refused_with_the_largest_it_takes():
+    """Adam divides the learning rate by 1 - beta1 in its first step: 3.4e38 passed the config and
+    stopped the run with "value cannot be converted to type float without overflow"."""
+    with pytest.raises(ConfigError) as info:
+        _plan(train_args={"client_optimizer": "adam", "learning_rate": 3.4e38})
+    (problem,) = info.value.problems
+    assert problem.startswith("train_args.learning_rate: 3.4e+38 overflows float32") and "adam.Adam" in problem
+    largest = float(problem.rpartition("must be in [0, ")[2].rstrip("]"))
+    assert 3e37 < largest < 3.41e37
+    plan = _plan(train_args={"client_optimizer": "adam", "learning_rate": largest})  # the range it gave works
+    assert plan.learning_rate == largest
+    assert _plan(train_args={"client_optimizer": "sgd", "learning_rate": 3.4e38}).learning_rate == 3.4e38
+
+
+def test_scaffold_needs_a_divisor_above_zero_in_float32():
+    # Scaffold divides by server_learning_rate * learning_rate * num_updates: 0 made a NaN model.
+    for train in ({"learning_rate": 0.0}, {"learning_rate": 1e-30, "server_learning_rate": 1e-30}):
+        with pytest.raises(ConfigError, match="train_args.learning_rate: Scaffold divides by server_learning_rate"):
+            _plan(train_args={"federated_optimizer": "Scaffold", **train})
+    assert _plan(train_args={"federated_optimizer": "Scaffold", "learning_rate": 0.01}).learning_rate == 0.01
+    assert _plan(train_args={"learning_rate": 0.0}).learning_rate == 0.0  # FedAvg does not divide by it
+
+
+def test_output_and_rendezvous_dirs_expand_the_home_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    plan = make_plan(build_config({"common_args": {"output_dir": "~/out"}}), run_id="r1")
+    assert plan.output_dir == tmp_path / "out" and plan.rendezvous_dir == tmp_path / "out" / "rendezvous"
+    assert plan.config_dict()["common_args"]["output_dir"] == "~/out"  # the config as written (fingerprint)
+    plan = make_plan(build_config({"comm_args": {"rendezvous_dir": "~/rdv"}}), run_id="r1")
+    assert plan.rendezvous_dir == tmp_path / "rdv" and plan.output_dir == Path("runs", "r1")
+    assert not (tmp_path / "out").exists() and not Path("~").exists()  # the plan makes nothing
+
+
+def _unwritable_parent(tmp_path):
+    if os.geteuid() == 0:  # root may create anywhere but /proc's directories (access(2) says so too)
+        return Path("/proc/1")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    return locked
+
+
+@pytest.mark.parametrize("where", ["file", "under-file", "unwritable", "unwritable-inner"])
+def test_an_output_dir_that_cannot_be_made_is_refused_naming_it(where, tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    out, parent, fragment = {
+        "file": (tmp_path / "a_file", None, "is a file, not a directory"),
+        "under-file": (tmp_path / "a_file" / "x" / "y", tmp_path / "a_file", "is a file, not a directory"),
+        "unwritable": (_unwritable_parent(tmp_path) / "out", None, "is not writable by you"),
+        "unwritable-inner": (_unwritable_parent(tmp_path) / "out" / "deeper", None, "is not writable by you"),
+    }[where]
+    before = sorted(tmp_path.rglob("*"))
+    for run_id in ("r1", None):  # with a run id, and before rank 0 picks one
+        with pytest.raises(ConfigError) as info:
+            make_plan(build_config({"common_args": {"output_dir": str(out)}}), run_id=run_id)
+        (problem,) = info.value.problems
+        assert problem.startswith(f"common_args.output_dir: {out}") and fragment in problem, problem
+        if parent is not None:
+            assert f"cannot be made: {parent} is a file" in problem
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_a_file_named_runs_is_refused_for_the_default_output_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").write_text("x")
+    with pytest.raises(ConfigError, match=r"common_args.output_dir \(default runs/<run_id>\): runs is a file"):
+        make_plan(RunConfig())
+    with pytest.raises(ConfigError, match=r"\(default runs/<run_id>\): runs/r1 cannot be made: .*runs is a file"):
+        make_plan(RunConfig(), run_id="r1")
+    (tmp_path / "runs").unlink()
+    (tmp_path / "runs").mkdir()
+    assert make_plan(RunConfig(), run_id="r1").output_dir == Path("runs", "r1")
+
+
+def test_a_plan_checks_the_run_id_against_its_directories_own_name_limit(tmp_path, monkeypatch):
+    """Where a file system takes shorter names than 255 bytes (eCryptfs: 143), the run id's
+    bound follows the limit the directory reports (os.pathconf PC_NAME_MAX)."""
+    from flamby_mpi import plan as plan_module
+
+    asked = []
+
+    def pathconf(path, name):
+        asked.append((str(path), name))
+        return 143
+
+    monkeypatch.setattr(plan_module.os, "pathconf", pathconf)
+    config = build_config({"common_args": {"output_dir": str(tmp_path / "out")}})
+    assert make_plan(config, run_id="r" * 104).run_id == "r" * 104  # 143 - 39
+    with pytest.raises(ConfigError, match="it is 105 bytes .* 143-byte limit on a name: at most 104 bytes"):
+        make_plan(config, run_id="r" * 105)
+    assert (str(tmp_path), "PC_NAME_MAX") in asked  # the nearest directory that exists

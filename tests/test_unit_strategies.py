@@ -43,7 +43,7 @@ def test_fedopt_first_round_by_hand(name, v_expected):
 
 
 def test_fedadam_moments_persist_across_rounds():
-    s = _strategy("FedAdam", server_learning_rate=1.0, beta1=0.5, beta2=0.5, tau=0.0)
+    s = _strategy("FedAdam", server_learning_rate=1.0, beta1=0.5, beta2=0.5, tau=1e-3)  # tau > 0: the config
     s.aggregate(0, _state(0.0), {0: (1, _state(2.0), None)})      # d=2: m=1, v=2
     s.aggregate(1, _state(0.0), {0: (1, _state(0.0), None)})      # d=0: m=0.5, v=1
     assert s.m["linear.weight"].item() == pytest.approx(0.5)

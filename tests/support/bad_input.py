@@ -11,6 +11,14 @@ keys, deep nesting and alias bombs, malformed `--set`, inconsistent
 `--rank/--role` (also against mpirun's rank and size), bad run ids, argparse
 mistakes, paths that are not config files.
 
+Values that pass the schema's types and break only where they are used (issue 18) are ids
+`use-<kind>-...`: seeds torch cannot take, counts past what a loader or islice takes, floats beyond
+float32 (the models' dtype), decays outside [0, 1), an optimizer that scales its learning rate
+past float32, an output directory that is a file or cannot be made, run ids too long in bytes.
+Each has its accepted neighbour, ids `ok-<kind>-...` (`accepted`): the same key at the last value
+allowed, which must pass every check, and run to exit 0 (tests/test_bad_input.py runs them under
+`mpiexec -n 5`, merged by `job`, one training round each).
+
 The runner (tests/test_bad_input.py) writes `case.config` to a file and puts
 its path where the argv says CF.
 """
@@ -18,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import math
 import random
 import typing
 from dataclasses import dataclass
@@ -30,6 +39,7 @@ from flamby_mpi.config import RunConfig
 
 SEED = 20261128
 CF = "{cf}"  # in an argv: the path of the case's config file
+OUT = "{out}"  # in an argv: a path the runner plants as the case's `plant` says
 TEN_MB = 10_000_000
 SECTIONS = typing.get_type_hints(RunConfig)  # section name -> its dataclass
 BASE_FILE = Path(__file__).resolve().parents[2] / "config" / "fedml_config.yaml"
@@ -51,6 +61,14 @@ class Case:
     size: int = 0
     # What the path CF is instead of a regular file: "dir", "fifo", "loop" (of links), "missing".
     special: str = ""
+    # The input is valid: it passes every check (and runs to exit 0); `expect` is then empty.
+    accepted: bool = False
+    # Accepted cases with the same job run as one MPI job (their --set merged; no key twice).
+    job: str = ""
+    # What the runner puts at OUT: "file" (a regular file), "under-file" (OUT is inside a regular
+    # file), "unwritable" (OUT's parent does not let the user create it), "runs-file" (the working
+    # directory's `runs`, parent of the default output directories, is a regular file).
+    plant: str = ""
 
     @property
     def in_a_process(self) -> bool:
@@ -138,7 +156,7 @@ def _out_of_range(c: _Cases):
         if minimum is None:
             continue
         below = minimum - c.rng.choice((1, 1, 7, 10**6) if tp is int else (0.5, 1e-9, 1e9))
-        c.value("range", section, f.name, below, expect=f"{section}.{f.name}: must be >= ")
+        c.value("range", section, f.name, below, expect=f"{section}.{f.name}: must be in ")
     # Floats that FedAvg on synthetic uses (a strategy's own hyperparameter would be refused by the
     # plan as unused, whatever its value).
     floats = [("train_args", "learning_rate"), ("train_args", "weight_decay"), ("comm_args", "round_timeout_s"),
@@ -171,7 +189,7 @@ def _out_of_range(c: _Cases):
         tag = f"{value:.0e}" if isinstance(value, float) else f"1e{len(str(value)) - 1}"
         # comm_round: null makes the plan ask the dataset for its rounds, over every centre.
         c.add(f"range-huge-{section}.{key}={tag}", f"{section}.{key}: "
-              + ("expected a number" if value == 10**400 else "must be <= "),
+              + ("expected a number" if value == 10**400 else "must be in "),
               ["--set", f"{section}.{key}={value}", "--set", "train_args.comm_round=null"])
     choices = [("common_args", "training_type", "simulation"), ("common_args", "using_mlops", True),
                ("model_args", "model", "lr"), ("train_args", "federated_optimizer", "fedavg"),
@@ -444,9 +462,179 @@ def _paths(c: _Cases):
     c.add("path-too-long", "cannot open config file", ["--cf", "x" * 5000 + ".yaml"], cf=False)
 
 
+# ---- values that pass the schema and break where they are used (issue 18) -------------------
+
+OUT_PARENT = "{out_parent}"  # in an expect: the directory that holds OUT
+FLOAT32_MAX_TEXT = "3.4028234663852886e38"
+# What a strategy hyperparameter needs around it to be used at all (another strategy refuses it).
+_CONTEXT = {
+    "mu": {"federated_optimizer": "FedProx"},
+    "server_learning_rate": {"federated_optimizer": "FedAdam"},
+    "beta1": {"federated_optimizer": "FedAdam"}, "beta2": {"federated_optimizer": "FedAdam"},
+    "tau": {"federated_optimizer": "FedAdam"},
+    "num_fine_tuning_steps": {"federated_optimizer": "FedAvgFineTuning"},
+    "dp_target_epsilon": {"dp_target_delta": 1e-3, "dp_max_grad_norm": 1.0},
+    "dp_target_delta": {"dp_target_epsilon": 5.0, "dp_max_grad_norm": 1.0},
+    "dp_max_grad_norm": {"dp_target_epsilon": 5.0, "dp_target_delta": 1e-3},
+}
+# Keys whose largest allowed value still makes a run of one round that ends (a billion local steps
+# or rounds would not end, 1024 DataLoader workers fork 1024 processes, the client counts must be
+# the dataset's, differential privacy needs opacus): those get an accepted case that runs.
+_RUNS_AT_ITS_LIMIT = {"random_seed", "checkpoint_every", "keep_checkpoints", "preemption_grace_s", "batch_size",
+                      "learning_rate", "weight_decay", "mu", "server_learning_rate", "beta1", "beta2", "tau",
+                      "test_batch_size", "frequency_of_the_test", "round_timeout_s", "join_timeout_s"}
+# Keys whose smallest allowed value runs too (a round timeout of 1 s would end a slow run).
+_RUNS_AT_ITS_MINIMUM = {"server_learning_rate", "tau", "preemption_grace_s"}
+
+
+def _kind(key: str, f: dataclasses.Field, tp) -> str:
+    from flamby_mpi.config import FLOAT32_MAX
+
+    special = {"random_seed": "seed", "beta1": "decay", "beta2": "decay", "tau": "tau",
+               "dp_target_delta": "probability"}
+    if key in special:
+        return special[key]
+    if tp is int:
+        return "count"
+    return "float32" if f.metadata.get("maximum") == FLOAT32_MAX else "limit"
+
+
+def _pack_jobs(c: _Cases, accepted: List[Tuple[int, Optional[str], set]]):
+    """Accepted cases -> as few MPI jobs as can hold them: a case joins the first job of its
+    strategy (any, if it needs none) that sets none of its keys."""
+    jobs: List[Tuple[Optional[str], set]] = []  # (strategy, keys set)
+    for index, strategy, keys in sorted(accepted, key=lambda a: a[1] is None):  # strategies first
+        for n, (job_strategy, job_keys) in enumerate(jobs):
+            if strategy in (None, job_strategy) and not keys & job_keys:
+                job_keys.update(keys)
+                break
+        else:
+            n = len(jobs)
+            jobs.append((strategy, set(keys)))
+        c.cases[index] = dataclasses.replace(c.cases[index], job=f"{jobs[n][0] or 'FedAvg'}-{n + 1}")
+
+
+def _boundaries(c: _Cases):
+    """For every bounded key: just past each bound and far past it (refused, naming the key and
+    the range), and the last value allowed (accepted), in the file or with --set; then the values
+    the issue names, combinations, output directories and run ids in bytes."""
+    from flamby_mpi.config import bounds_text
+
+    accepted: List[Tuple[int, Optional[str], set]] = []  # (case index, strategy, keys it sets)
+
+    def accept(strategy: Optional[str], keys):
+        c.cases[-1] = dataclasses.replace(c.cases[-1], accepted=True)
+        accepted.append((len(c.cases) - 1, strategy, set(keys)))
+
+    fields = {f.name: (section, f, tp) for section, f, tp in _fields()}
+
+    made = set()
+
+    def case(prefix: str, key: str, value, ok: bool):
+        section, f, tp = fields[key]
+        value = float(value) if tp is float else value
+        if (key, value) in made:
+            return  # the same boundary twice (a named value that is also a generated one)
+        made.add((key, value))
+        via = c.rng.choice(("file", "set"))
+        id = f"{prefix}-{section}.{key}={value!r}-{via}"
+        context = _CONTEXT.get(key, {})
+        expect = "" if ok else f"{section}.{key}: must be in {bounds_text(f.metadata)}, got "
+        if via == "file":
+            raw = with_value(section, key, value)
+            raw.setdefault("train_args", {}).update(context)
+            c.add(id, expect, config=dump(raw))
+        else:
+            sets = [f"train_args.{k}={flow(v)}" for k, v in context.items()] + [f"{section}.{key}={flow(value)}"]
+            c.add(id, expect, [a for one in sets for a in ("--set", one)])
+        if ok:
+            accept(context.get("federated_optimizer"), [key, *(k for k in context if k != "federated_optimizer")])
+
+    for key, (section, f, tp) in fields.items():
+        low, high = f.metadata.get("minimum"), f.metadata.get("maximum")
+        if low is None and high is None:
+            continue
+        kind = _kind(key, f, tp)
+        refused, allowed = [], []
+        if high is not None:
+            if tp is int:
+                refused += [high + 1, high + c.rng.randint(2, 10**c.rng.randint(1, 25))]
+                allowed.append(high)
+            else:
+                past = high if f.metadata.get("below") else math.nextafter(high, math.inf)
+                refused += [past, high * 10 ** c.rng.uniform(0.01, 300 - math.log10(high))]
+                allowed.append(math.nextafter(high, 0.0) if f.metadata.get("below") else high)
+        if low is not None and f.metadata.get("above"):  # the minimum itself is refused
+            refused.append(low)
+            allowed.append(math.nextafter(low, math.inf))
+        elif low is not None and tp is float and low > 0:  # tau: below the smallest float32 is 0 there
+            refused.append(c.rng.uniform(0.0, low))
+            allowed.append(low)
+        for value in refused:
+            case(f"use-{kind}", key, value, ok=False)
+        for value in allowed:
+            if key in (_RUNS_AT_ITS_LIMIT if value == allowed[0] and high is not None else _RUNS_AT_ITS_MINIMUM):
+                case(f"ok-{kind}", key, value, ok=True)
+
+    # The values the issue names, and boundaries a user would type.
+    for key, value, ok in (("random_seed", 2**64, False), ("random_seed", 2**63, False),
+                           ("random_seed", 2**63 - 1, True), ("batch_size", 10**19, False),
+                           ("learning_rate", 1e39, False), ("learning_rate", 3.5e38, False),
+                           ("learning_rate", 3.4e38, True), ("weight_decay", 1e300, False), ("mu", 1e300, False),
+                           ("server_learning_rate", 1e300, False), ("beta1", 5, False), ("beta1", 1.0, False),
+                           ("beta1", 0.999999, True), ("beta2", 0.0, True), ("tau", 0.0, False),
+                           ("server_learning_rate", 0.0, False)):
+        section, f, tp = fields[key]
+        case(f"{'ok' if ok else 'use'}-{_kind(key, f, tp)}", key, value, ok)
+
+    # Allowed alone, refused where they are used together: Adam divides its learning rate by
+    # 1 - beta1 in its first step; Scaffold divides by server_learning_rate * learning_rate * steps.
+    for optimizer in ("adam", "adamw", "torch.optim.Adamax"):
+        c.add(f"use-optimizer-{optimizer}-learning_rate=3.4e38", "train_args.learning_rate: 3.4e+38 overflows float32",
+              ["--set", f"train_args.client_optimizer={optimizer}", "--set", "train_args.learning_rate=3.4e38"])
+    scaffold = ["--set", "train_args.federated_optimizer=Scaffold"]
+    c.add("use-scaffold-learning_rate=0", "train_args.learning_rate: Scaffold divides",
+          scaffold + ["--set", "train_args.learning_rate=0"])
+    c.add("use-scaffold-product-underflows", "train_args.learning_rate: Scaffold divides",
+          scaffold + ["--set", "train_args.learning_rate=1e-30", "--set", "train_args.server_learning_rate=1e-30"])
+    c.add("ok-scaffold-float32-max", "", scaffold + ["--set", f"train_args.learning_rate={FLOAT32_MAX_TEXT}",
+                                                     "--set", f"train_args.server_learning_rate={FLOAT32_MAX_TEXT}"])
+    accept("Scaffold", ["learning_rate", "server_learning_rate"])
+
+    # The output directory: a file, inside a file, where this user cannot create it; and `~`.
+    key = "common_args.output_dir"
+    for plant, expect in (("file", f"{key}: {OUT} is a file, not a directory"),
+                          ("under-file", f"{key}: {OUT} cannot be made: {OUT_PARENT} is a file, not a directory"),
+                          ("unwritable", f"{key}: {OUT} cannot be made: {OUT_PARENT} is not writable by you")):
+        c.add(f"use-outdir-{plant}", expect, ["--set", f"{key}={OUT}"], plant=plant)
+    c.add("use-outdir-runs-file", f"{key} (default runs/<run_id>): runs/r1 cannot be made: ", ["--run_id", "r1"],
+          plant="runs-file")
+    c.add("use-outdir-runs-file-no-run-id", f"{key} (default runs/<run_id>): runs is a file, not a directory",
+          plant="runs-file")
+    c.add("ok-outdir-tilde", "", ["--set", f"{key}=~/flamby-run"])
+    accept(None, ["output_dir"])
+
+    # Run ids counted in bytes: 'é' is 2 bytes in UTF-8; 216 bytes is the most (config.max_run_id_bytes).
+    for n, ok in ((130, False), (109, False), (108, True)):
+        run_id = "\u00e9" * n
+        via = c.rng.choice(("flag", "set", "file"))
+        id, expect = f"{'ok' if ok else 'use'}-runid-bytes-{n}e-{via}", "" if ok else f"it is {2 * n} bytes"
+        if via == "flag":
+            c.add(id, expect, ["--run_id", run_id])
+        elif via == "set":
+            c.add(id, expect, ["--set", f"common_args.run_id={run_id}"])
+        else:
+            c.add(id, expect, config=yaml.safe_dump(with_value("common_args", "run_id", run_id),
+                                                    allow_unicode=True).encode())
+        if ok:
+            accept(None, ["run_id", "output_dir"])  # not with output_dir: runs/<run_id> is what it names
+    _pack_jobs(c, accepted)
+
+
 def generate() -> List[Case]:
     c = _Cases()
-    for part in (_wrong_types, _out_of_range, _sections, _yaml, _bytes, _odd_text, _command_lines, _paths):
+    for part in (_wrong_types, _out_of_range, _sections, _yaml, _bytes, _odd_text, _command_lines, _paths,
+                 _boundaries):
         part(c)
     ids = [case.id for case in c.cases]
     duplicates = {i for i in ids if ids.count(i) > 1}
