@@ -146,6 +146,20 @@ def test_a_deferred_fedml_name_stands_for_the_real_class_once_used(tmp_path):
     assert out.strip().endswith("ok")
 
 
+def test_after_fedmls_own_full_import_a_rank_imports_use_that_fedml(tmp_path):
+    # Other code in the process imported FedML the ordinary way: nothing is replaced under it.
+    out = _python("""
+        import fedml
+        from fedml import mlops
+        from flamby_mpi.fedml_imports import import_fedml_for
+        assert import_fedml_for("client") is fedml and import_fedml_for("server") is fedml
+        import fedml.core.mlops
+        assert not vars(mlops).get("_flamby_mpi_hollow") and not vars(fedml.core.mlops).get("_flamby_mpi_hollow")
+        print("ok")
+    """, tmp_path)
+    assert out.strip().endswith("ok")
+
+
 def _fake_fedml_metadata(directory, version: str):
     """A dist-info that importlib.metadata finds before the installed FedML's (PYTHONPATH first)."""
     info = directory / f"fedml-{version}.dist-info"
