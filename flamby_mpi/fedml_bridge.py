@@ -26,7 +26,8 @@ import traceback
 from types import SimpleNamespace
 from typing import Callable, Dict, List, Optional
 
-from . import startup
+from . import failures, startup
+from .fedml_imports import fedml_version_problem
 from .launch.world import World
 from .telemetry import Traffic
 from .watchdog import Watchdog
@@ -36,6 +37,14 @@ def import_fedml(role: str):
     from .fedml_imports import import_fedml_for
 
     return import_fedml_for(role)
+
+
+def contract_problems():
+    """What this module relies on inside FedML and the installed FedML no longer provides
+    (flamby_mpi/fedml_contract.py; [] when all holds)."""
+    from .fedml_contract import contract_problems as problems
+
+    return problems()
 
 
 def fedml_args(plan, world, device, start_round: int = 0) -> SimpleNamespace:
@@ -372,6 +381,13 @@ class FedMLTransport:
     """A run over MPI: this process plays one rank, FedML's cross-silo managers carry the messages."""
 
     def __init__(self, world: World):
+        # Before anything of the run is written: the bridge is tested with one FedML only. Each rank
+        # checks its own (hosts may differ) and ends the whole job, without a collective that a
+        # rank already gone would leave waiting.
+        problem = fedml_version_problem()
+        if problem:
+            failures.fail(problem, failures.EXIT_USER_ERROR, failures.where(world.rank, world.host),
+                          end=world.abort)
         self.world = world
         self.rank, self.host, self.world_size = world.rank, world.host, world.size
         self.local_ranks: List[int] = [world.rank]

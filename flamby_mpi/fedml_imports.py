@@ -2,36 +2,52 @@
 
 `import fedml` executes FedML's package-level imports: torchvision's models and through them
 torch._dynamo (FedML's attack and defence code), its MLOps device-performance and profiling
-modules, its job scheduler, wandb; about 4 s of CPU and 230 MB per rank, for modules this
-launcher never calls. What we run is FedML's cross-silo server or client manager, its MPI
+modules, its job scheduler, wandb: seconds of CPU and hundreds of MB per rank (README, Start-up),
+for modules this launcher never calls. What we run is FedML's cross-silo server or client manager, its MPI
 communication manager and the classes they import. So:
 
 - the FedML packages whose `__init__.py` pulls all that (`HOLLOW_PACKAGES`) are registered
   without executing their `__init__.py`; their submodules still load from FedML's own files, and
   the few names our modules take from a package itself are resolved to where FedML defines them
   (`PACKAGE_NAMES`);
-- FedML's MLOps facade (`fedml.mlops`, `fedml.core.mlops`) is a stand-in whose functions do
-  nothing: every one FedML calls returns at once when `using_mlops` is false, which is the
-  only value flamby-mpi accepts; `MLOpsStore` keeps the args as FedML's does;
+- FedML's MLOps facade (`fedml.mlops`, `fedml.core.mlops`) is a stand-in with the functions FedML's
+  cross-silo managers call (`MLOPS_CALLS`), each doing nothing: FedML's own return at once when
+  `using_mlops` is false, the only value flamby-mpi gives. Any other name raises AttributeError;
 - the algorithm modules of features flamby-mpi turns off (FedML's attacks, defences,
-  contribution assessment, and its model trainers, `DEFERRED_MODULES`) are imported only if
+  contribution assessment, its own differential privacy, `DEFERRED_MODULES`) are loaded only if
   FedML ever uses one of their names; with the args we give FedML it never does.
 
-The server imports only the server's managers, a client only the client's. The set is fixed by
-the pinned FedML version: with any other version FedML is imported the ordinary way. All of
-this is reversible by `FLAMBY_MPI_FULL_FEDML_IMPORT=1` (FedML imported in full, as before),
-for telling a FedML behaviour from an effect of this module.
+Why not importlib.util.LazyLoader (flamby_mpi/datasets/deferred_imports.py) for the last group:
+a LazyLoader module runs its code on the first attribute access, and FedML takes these names
+with `from ..attack.byzantine_attack import ByzantineAttack` while its own modules are imported,
+which is such an access: every deferred module would load at once, and with them torchvision,
+torch._dynamo and scipy, the very imports this module exists to avoid. So each name FedML takes is a
+`DeferredName` that loads the real module on first use and stands for the real object in calls,
+attribute reads, isinstance/issubclass and as a base class.
+
+The set is fixed by FedML 0.9.6, checked before anything is imported (`require_pinned_fedml`):
+another version is refused, since nothing here has been tested with it.
+flamby_mpi/fedml_contract.py lists what the bridge relies on in FedML; its test fails on a change.
 """
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
 import sys
 import types
 import warnings
 
 PINNED_FEDML_VERSION = "0.9.6"
+
+# What FedML's cross-silo managers, aggregator and trainer adapter (the modules a rank imports) call
+# on `fedml.mlops`; the contract test checks the list against FedML's sources both ways.
+MLOPS_CALLS = frozenset((
+    "event", "log", "log_aggregated_model_info", "log_aggregation_finished_status",
+    "log_aggregation_status", "log_client_model_info", "log_round_info", "log_server_payload",
+    "log_sys_perf", "log_training_finished_status", "log_training_model_input_info",
+    "log_training_model_net_info", "log_training_status", "register_run_status_callback",
+    "stop_sys_perf",
+))
 
 # Packages whose __init__.py imports far more than its submodules need.
 HOLLOW_PACKAGES = ("fedml", "fedml.core", "fedml.cross_silo", "fedml.data")
@@ -95,41 +111,51 @@ CLIENT_MODULES = (
 )
 
 
+def fedml_version_problem():
+    """Why this FedML cannot run here (a message for the user), or None. Reads the installed
+    package's metadata only: nothing of FedML is imported."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version("fedml")
+    except PackageNotFoundError:
+        found = None
+    if found == PINNED_FEDML_VERSION:
+        return None
+    return (f"flamby-mpi needs FedML {PINNED_FEDML_VERSION}, found "
+            f"{'none installed' if found is None else found}: pip install fedml=={PINNED_FEDML_VERSION}")
+
+
+def require_pinned_fedml():
+    from .errors import UserError
+
+    problem = fedml_version_problem()
+    if problem:
+        raise UserError(problem)
+
+
 def import_fedml_for(role: str):
     """Imports what FedML's cross-silo `role` ("server" or "client") runs; returns the fedml package."""
+    require_pinned_fedml()
     modules = SERVER_MODULES if role == "server" else CLIENT_MODULES
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # FedML's dependency warnings are not ours to fix
-        if _full_import_wanted():
-            import fedml  # noqa: F401
-        else:
-            _install_lean_fedml()
+        _install_lean_fedml()
         for name in modules:
             importlib.import_module(name)
     return sys.modules["fedml"]
 
 
-def _full_import_wanted() -> bool:
-    if "fedml" in sys.modules and not getattr(sys.modules["fedml"], "_flamby_mpi_hollow", False):
-        return True  # someone imported FedML in full already: nothing left to save
-    if os.environ.get("FLAMBY_MPI_FULL_FEDML_IMPORT"):
-        return True
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("fedml") != PINNED_FEDML_VERSION
-    except PackageNotFoundError:
-        return True  # the ordinary import gives the ordinary error
-
-
 def _install_lean_fedml():
     if "fedml" in sys.modules:
-        return  # installed by an earlier call in this process
+        # Installed by an earlier call in this process, or FedML imported in full by other code:
+        # stand-ins registered now would replace modules that already hold state.
+        return
     for name in HOLLOW_PACKAGES:
         _register(_hollow_package(name))
-    mlops = _mlops_stand_in()
-    for name in ("fedml.core.mlops", "fedml.mlops"):
-        _register(mlops if name == "fedml.core.mlops" else _alias(name, mlops))
+    mlops = _mlops_stand_in("fedml.core.mlops")
+    _register(mlops)
+    _register(_mlops_stand_in("fedml.mlops", like=mlops))
     for name in DEFERRED_MODULES:
         _register(_deferred_module(name))
 
@@ -148,8 +174,6 @@ def _hollow_package(name: str) -> types.ModuleType:
     module._flamby_mpi_hollow = True
     if name == "fedml":
         module.__version__ = PINNED_FEDML_VERSION
-        module._global_training_type = None  # read by FedML's MLOps helpers
-        module._global_comm_backend = None
     names = PACKAGE_NAMES.get(name, {})
 
     def __getattr__(attr):  # PEP 562: only for names the package has not got yet
@@ -159,45 +183,47 @@ def _hollow_package(name: str) -> types.ModuleType:
             return value
         raise AttributeError(f"module {name!r} has no attribute {attr!r}: flamby-mpi does not execute "
                              f"{name}/__init__.py (flamby_mpi/fedml_imports.py); add {attr!r} to "
-                             f"PACKAGE_NAMES there, or set FLAMBY_MPI_FULL_FEDML_IMPORT=1")
+                             f"PACKAGE_NAMES there")
 
     module.__getattr__ = __getattr__
     return module
 
 
-def _alias(name: str, module: types.ModuleType) -> types.ModuleType:
-    alias = types.ModuleType(name, module.__doc__)
-    alias.__dict__.update({k: v for k, v in vars(module).items() if k not in ("__name__", "__spec__")})
-    return alias
-
-
 class MLOpsStore:
-    """Where FedML's MLOps helpers read the run's args (FedML's own class has the same role)."""
+    """Where the bridge registers the run's args (FedML's own class has the same role); the
+    stand-in's functions read `using_mlops` from them."""
     mlops_args = None
-    mlops_bind_result = False
 
 
-def _mlops_stand_in() -> types.ModuleType:
-    """FedML's MLOps facade for runs with using_mlops false: every call does nothing, as FedML's
-    own functions do once they have checked `using_mlops`. Its submodules (MLOpsProfilerEvent,
-    MLOpsConfigs) still load from FedML's files."""
+def _mlops_stand_in(name: str, like=None) -> types.ModuleType:
+    """FedML's MLOps facade for runs with using_mlops false: the functions in MLOPS_CALLS do
+    nothing, as FedML's own do once they have checked `using_mlops`; any other name is an
+    AttributeError, so a call FedML makes that nobody checked fails where it is made. Its
+    submodules (MLOpsProfilerEvent, MLOpsConfigs) still load from FedML's files."""
     spec = importlib.util.find_spec("fedml.core.mlops")
-    module = importlib.util.module_from_spec(spec)
+    if like is None:
+        module = importlib.util.module_from_spec(spec)
+    else:  # `fedml.mlops`: FedML's alias of the same facade
+        module = types.ModuleType(name, like.__doc__)
+        module.__dict__.update({k: v for k, v in vars(like).items() if k not in ("__name__", "__spec__")})
     module._flamby_mpi_hollow = True
     module.MLOpsStore = MLOpsStore
 
     def __getattr__(attr):
-        if attr.startswith("__"):
-            raise AttributeError(attr)
+        if attr.startswith("__") or attr not in MLOPS_CALLS:
+            raise AttributeError(f"{name}.{attr}: not in the MLOps stand-in's allowed list "
+                                 f"(MLOPS_CALLS in flamby_mpi/fedml_imports.py); flamby-mpi runs FedML "
+                                 f"without its MLOps, add the name there only if FedML's function does "
+                                 f"nothing with using_mlops false")
 
         def disabled(*args, **kwargs):
             if getattr(MLOpsStore.mlops_args, "using_mlops", False):
                 raise RuntimeError(f"FedML's mlops.{attr} with using_mlops on: flamby-mpi runs "
-                                   f"without FedML's cloud (set FLAMBY_MPI_FULL_FEDML_IMPORT=1 to "
-                                   f"import FedML in full)")
+                                   f"without FedML's cloud")
             return None
 
-        disabled.__name__ = attr
+        disabled.__name__ = disabled.__qualname__ = attr
+        setattr(module, attr, disabled)
         return disabled
 
     module.__getattr__ = __getattr__
@@ -205,7 +231,7 @@ def _mlops_stand_in() -> types.ModuleType:
 
 
 def _deferred_module(name: str) -> types.ModuleType:
-    """A stand-in whose names load FedML's real module only when one is used (called or read)."""
+    """A stand-in whose names load FedML's real module only when one is used (see the top)."""
     spec = importlib.util.find_spec(name)
     module = importlib.util.module_from_spec(spec)
     module._flamby_mpi_hollow = True
@@ -218,24 +244,39 @@ def _deferred_module(name: str) -> types.ModuleType:
 
     def __getattr__(attr):
         if attr.startswith("__"):
+            # Probes such as inspect.getmodule's hasattr(module, "__file__") over all of
+            # sys.modules must not load the real module in the middle of another import.
             raise AttributeError(attr)
-        return _DeferredName(real, attr)
+        return DeferredName(real, attr)
 
     module.__getattr__ = __getattr__
     return module
 
 
-class _DeferredName:
-    """A name from a deferred module: the real object is loaded on first use."""
+class DeferredName:
+    """A name from a deferred module, standing for the real object, which is loaded on first use:
+    a call, an attribute read, isinstance/issubclass with it, or a class statement with it as a base."""
 
     def __init__(self, load_module, attr: str):
         self._load_module, self._attr = load_module, attr
 
-    def _real(self):
+    def real(self):
         return getattr(self._load_module(), self._attr)
 
     def __call__(self, *args, **kwargs):
-        return self._real()(*args, **kwargs)
+        return self.real()(*args, **kwargs)
 
     def __getattr__(self, attr):
-        return getattr(self._real(), attr)
+        return getattr(self.real(), attr)
+
+    def __instancecheck__(self, instance) -> bool:  # isinstance(x, name)
+        return isinstance(instance, self.real())
+
+    def __subclasscheck__(self, subclass) -> bool:  # issubclass(c, name)
+        return issubclass(subclass, self.real())
+
+    def __mro_entries__(self, bases):  # class C(name): ...
+        return (self.real(),)
+
+    def __repr__(self):
+        return f"<deferred {self._attr} of FedML, not loaded yet>"

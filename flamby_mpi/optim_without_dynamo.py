@@ -12,13 +12,33 @@ Two places of torch.optim import torch._dynamo although nothing is compiled:
 to leave the method alone, then caches the result on the method as `__dynamo_disable`.
 flamby-mpi never compiles, so outside compilation that wrapper just calls the method: we fill
 the cache with the method itself, and the call goes straight to it, the same arithmetic without
-the import. Torch versions that wrap differently are left as they are.
+the import. When anything does use torch._dynamo (`torch.compile`), the stand-in hands over to
+the real module and the cache entries filled here are emptied again, so torch marks those
+methods for its compiler exactly as without this module.
+
+Both depend on torch's internals (the wrapper's code name and cache attribute, the optimizers'
+import inside `step`) and on `code.co_qualname` (Python 3.11+), so `install()` acts only on the
+versions tests/test_unit_optim_without_dynamo.py runs on (`TESTED_TORCH`, `TESTED_PYTHON`);
+elsewhere it does nothing and the first optimizer step imports torch._dynamo as usual.
+pyproject.toml pins torch to the tested range.
 """
 from __future__ import annotations
 
 import sys
 
 _CACHE_ATTRIBUTE = "__dynamo_disable"  # where torch._compile._disable_dynamo caches per function
+
+TESTED_TORCH = ("2.14",)  # major.minor releases the tests ran on; pyproject.toml pins the same
+TESTED_PYTHON = (3, 11)  # co_qualname is 3.11's; CI runs 3.11 (requires-python says so)
+
+# Methods whose cache install() filled: emptied when the real torch._dynamo takes over.
+_filled = []
+
+
+def applies(torch_version: str, python=None) -> bool:
+    """Whether this torch and Python are the ones this module was tested on."""
+    python = tuple((python or sys.version_info)[:2])
+    return python >= TESTED_PYTHON and ".".join(torch_version.split(".")[:2]) in TESTED_TORCH
 
 
 def _is_disable_dynamo_wrapper(function) -> bool:
@@ -27,13 +47,17 @@ def _is_disable_dynamo_wrapper(function) -> bool:
             and code.co_filename.endswith("_compile.py") and hasattr(function, "__wrapped__"))
 
 
-def install():
-    """Makes torch.optim's optimizers work without importing torch._dynamo (see above)."""
+def install() -> bool:
+    """Makes torch.optim's optimizers work without importing torch._dynamo (see above). Returns
+    whether it did: not on an untested torch or Python, nor once torch._dynamo is imported."""
     import torch.optim
 
-    if "torch._dynamo" not in sys.modules:
-        _install_dynamo_stand_in(sys.modules)
-
+    loaded = sys.modules.get("torch._dynamo")
+    if loaded is not None:
+        return bool(getattr(loaded, "_flamby_mpi_hollow", False))  # installed by an earlier call
+    if not applies(torch.__version__):
+        return False
+    _install_dynamo_stand_in(sys.modules)
     classes = {torch.optim.Optimizer}
     classes.update(c for c in vars(torch.optim).values()
                    if isinstance(c, type) and issubclass(c, torch.optim.Optimizer))
@@ -43,6 +67,16 @@ def install():
                 method = attribute.__wrapped__
                 if getattr(method, _CACHE_ATTRIBUTE, None) is None:
                     setattr(method, _CACHE_ATTRIBUTE, method)
+                    _filled.append(method)
+    return True
+
+
+def _empty_filled_caches():
+    """torch's wrappers compute their real entry (torch._dynamo.disable) on their next call."""
+    while _filled:
+        method = _filled.pop()
+        if getattr(method, _CACHE_ATTRIBUTE, None) is method:
+            delattr(method, _CACHE_ATTRIBUTE)
 
 
 def graph_break(msg: str = "") -> None:
@@ -66,6 +100,7 @@ def _install_dynamo_stand_in(modules):
     def load_real():
         if modules.get(name) is stand_in:
             del modules[name]
+            _empty_filled_caches()
             torch._dynamo = importlib.import_module(name)
         return modules[name]
 

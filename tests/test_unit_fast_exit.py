@@ -1,8 +1,11 @@
 """flamby_mpi.fast_exit and flamby_mpi.datasets.deferred_imports: the process-level shortcuts of the
-launcher, checked in real child processes."""
+launcher, checked in real child processes; the one entry point all three ways of starting it share."""
 import subprocess
 import sys
 import textwrap
+
+from support.mpi import REPO
+from support.mpi import test_env as job_env
 
 ENDING = textwrap.dedent("""
     import atexit, logging, sys
@@ -85,3 +88,53 @@ def test_exit_now_runs_the_c_level_exit_handlers_libraries_registered(tmp_path):
                           text=True, timeout=60)
     assert done.returncode == 4, done.stderr
     assert (tmp_path / "c_atexit").read_text() == "ran with 4"
+
+
+# ---- One entry point: launch_client.py, `python -m flamby_mpi`, the `flamby-mpi` console script ----
+
+# Loaded by every interpreter started with this directory on PYTHONPATH: an object whose finalizer
+# runs only in the interpreter's teardown, which fast_exit skips.
+WITNESS = textwrap.dedent("""
+    import os
+    class _TeardownWitness:
+        def __del__(self, write=os.write):
+            write(2, b"interpreter teardown ran\\n")
+    witness = _TeardownWitness()
+""")
+
+
+def _console_script_command():
+    """What pip's generated `flamby-mpi` runs: the function pyproject.toml names, through sys.exit."""
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    module, function = pyproject["project"]["scripts"]["flamby-mpi"].split(":")
+    return [sys.executable, "-c", f"import sys; from {module} import {function}; sys.exit({function}())"]
+
+
+def test_the_three_entry_points_are_one_function():
+    assert _console_script_command()[-1].endswith("from flamby_mpi.__main__ import main; sys.exit(main())")
+    source = (REPO / "launch_client.py").read_text()
+    assert "from flamby_mpi.__main__ import main" in source and "    main()" in source
+
+
+def test_the_three_entry_points_end_a_bad_config_the_same_way(tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(WITNESS)
+    env = dict(job_env(tmp_path), PYTHONPATH=f"{tmp_path}:{REPO}")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train_args: {comm_round: -1}\n")
+    ends = {}
+    for name, command in (("launch_client.py", [sys.executable, str(REPO / "launch_client.py")]),
+                          ("python -m flamby_mpi", [sys.executable, "-m", "flamby_mpi"]),
+                          ("flamby-mpi", _console_script_command())):
+        done = subprocess.run([*command, "--cf", str(bad)], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=120)
+        ends[name] = (done.returncode, done.stderr)
+    # The witness proves the finalizers are seen at all when a process tears down as usual.
+    usual = subprocess.run([sys.executable, "-c", "pass"], env=env, capture_output=True, text=True, timeout=60)
+    assert "interpreter teardown ran" in usual.stderr
+    code, message = ends["launch_client.py"]
+    assert code == 2 and "comm_round" in message and "Traceback" not in message, message
+    assert "interpreter teardown ran" not in message  # ended by fast_exit
+    assert ends == {name: (code, message) for name in ends}, ends
