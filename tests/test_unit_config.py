@@ -708,7 +708,7 @@ def test_every_file_named_after_the_longest_run_id_can_be_made(tmp_path):
     (tmp_path / "runs" / longest).mkdir(parents=True)  # the output directory runs/<run_id>
     for path in _derived_names_of(tmp_path / "rendezvous", longest):
         safe_files.write_atomic(path.parent, path.name, b"{}")  # through .<name>.<16 hex>.tmp
-        rendezvous._private_copy_beside(path, "{}").unlink()  # through .<name>.<12 hex>
+        rendezvous._private_copy_beside(path, "{}")[0].unlink()  # through .<name>.<12 hex>
         assert path.exists()
     one_more = longest + "a"
     assert run_id_problem(one_more) is not None
