@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .safe_files import StorageError, is_storage_error
+from .safe_files import StorageError, UnsafePathError, is_storage_error
 
 ROUND_COLUMNS = ("round", "centre", "local_train_s", "wait_s", "bytes_sent", "bytes_received",
                  "train_loss", "sampled", "round_s")
@@ -119,10 +119,11 @@ class RoundLog:
 class TensorBoardSink:
     """TensorBoard event files in one run directory (`tensorboard --logdir runs/` compares runs),
     written by flamby_mpi/tensorboard_events.py: one event per round and per evaluation, without
-    importing TensorBoard. A file that cannot be written (a full disk) turns TensorBoard off for
-    the run, with one warning naming it: telemetry never fails a run (a full disk ends it at the
-    next checkpoint or result file instead, which --resume continues). A link or a FIFO where the
-    file goes is refused (safe_files.UnsafePathError, exit 2), never written through."""
+    importing TensorBoard. A file that cannot be written turns TensorBoard off for the run, with
+    one warning naming it: telemetry never fails a run. A full disk ends the run at its next
+    checkpoint or result file instead (which --resume continues); a link, a FIFO or a file where
+    the directory or the event file goes is refused (safe_files.UnsafePathError), never written
+    through."""
 
     def __init__(self, directory: Path, hyperparameters: Dict):
         from .tensorboard_events import EventFileWriter
@@ -134,13 +135,13 @@ class TensorBoardSink:
             self._path = self._writer.path
             table = "\n".join(f"| {k} | {v} |" for k, v in hyperparameters.items())
             self._writer.text(0, "run/plan", "| key | value |\n|---|---|\n" + table)
-        except (OSError, StorageError) as exc:
+        except (OSError, StorageError, UnsafePathError) as exc:
             self._off(exc)
 
     def _off(self, exc: Exception):
         if isinstance(exc, OSError) and is_storage_error(exc):
             exc = StorageError(self._path, exc)
-        reason = exc.args[0] if isinstance(exc, StorageError) else exc
+        reason = exc.args[0] if isinstance(exc, (StorageError, UnsafePathError)) else exc
         log.warning("TensorBoard is off for this run: %s", reason)
         if self._writer is not None:
             try:
