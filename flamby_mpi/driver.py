@@ -26,13 +26,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from . import checkpoint, failures, startup
+from . import checkpoint, failures, safe_files, startup
 from .config import run_id_problem
 from .errors import UserError
 from .logs import SHOWN_WHEN_QUIET
 from .plan import RunPlan
 from .preemption import StopRequest, exit_code, signal_name
-from .safe_files import EXIT_STORAGE
 
 
 def new_run_id() -> str:
@@ -55,7 +54,7 @@ def run(plan: RunPlan, transport) -> int:
     except UserError as error:
         # A full disk (safe_files.StorageError, exit 74) says how to go on from here; an error a
         # client sent in its reply (server.PeerError) names that client's rank, not this one.
-        if error.exit_code == EXIT_STORAGE and completed[0].run_id is not None:
+        if error.exit_code == safe_files.EXIT_STORAGE and completed[0].run_id is not None:
             error.hint = storage_hint(completed[0])
         return failures.fail(str(error), error.exit_code, getattr(error, "at", None) or at, end=transport.abort)
     except KeyboardInterrupt:
@@ -73,7 +72,6 @@ def _run(plan: RunPlan, transport, at: str, completed: List[RunPlan]) -> int:
     optim_without_dynamo.install()  # torch.optim without torch._dynamo's import (2 s, 80 MB a rank)
 
     from .logs import console_logger, setup_rank_logging
-    from .safe_files import write_atomic
 
     if plan.run_id is None:  # every rank has the same config, so every rank takes this branch
         plan = plan.with_run_id(transport.agree(_first_run_id(plan) if transport.rank == 0 else None))
@@ -87,7 +85,7 @@ def _run(plan: RunPlan, transport, at: str, completed: List[RunPlan]) -> int:
                      f" (in-process, {plan.num_clients} clients)" if plan.backend == "inprocess" else "",
                      ", ".join(f"{k}={v}" for k, v in plan.summary().items()))
         console.info("outputs in %s", plan.output_dir)
-        write_atomic(plan.output_dir, "config.yaml", plan.config_yaml().encode())  # the only writer
+        safe_files.write_atomic(plan.output_dir, "config.yaml", plan.config_yaml().encode())  # the only writer
         logging.getLogger("flamby_mpi").info("resolved config:\n%s", plan.config_yaml())
 
     transport.begin(plan, lambda reason: failures.fail(f"{reason}; ending the whole job",
@@ -175,12 +173,20 @@ def resume_command(plan: RunPlan) -> str:
 
 
 def storage_hint(plan: RunPlan) -> str:
-    """What to do after a full disk (or quota, read-only mount, rights) stopped the run."""
+    """What to do after a full disk (or quota, read-only mount, rights) stopped the run: resume
+    from the last complete checkpoint this rank sees, else run again."""
     first = "free space on that file system (or fix its quota, mount or permissions), then "
-    if plan.checkpoint_every > 0 or plan.resume:
+    try:
+        resumable = any(safe_files.file_exists(plan.output_dir, f"checkpoints/round_{r}/{checkpoint.MANIFEST}")
+                        for r in checkpoint.rounds_on_disk(plan.output_dir))
+    except Exception:  # noqa: B902 - the disk is in trouble: advise resuming, which says if it cannot
+        resumable = True
+    if resumable:
         return first + f"continue the run from its last checkpoint: {resume_command(plan)}"
-    return first + ("run it again: checkpoints are off (common_args.checkpoint_every: 0), so there is "
-                    "nothing to resume from")
+    if plan.checkpoint_every == 0:
+        return first + ("run it again: checkpoints are off (common_args.checkpoint_every: 0), so there is "
+                        "nothing to resume from")
+    return first + "run it again: no checkpoint of it was complete yet"
 
 
 def _stop_on_signals(plan: RunPlan, transport, server_run, at: str) -> StopRequest:
