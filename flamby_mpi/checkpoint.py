@@ -7,8 +7,10 @@ Layout, in `<output_dir>/checkpoints/round_<r>/` (r: training rounds complete):
 - `rank_<k>.json`: rank k's other state (counters, random-number states, history) as JSON;
 - `manifest.json`: written by rank 0 last, once every rank has confirmed its files (their
   sha256 travels in the round's replies): a round directory without it is not a checkpoint.
-Every file is written to a temporary name, flushed to disk and renamed, so a kill during a
-write leaves the previous checkpoint as it was. Each rank prunes its own files.
+Every file is written by flamby_mpi.safe_files.write_atomic: a fresh temporary name, flushed to
+disk and renamed, so a kill or a full disk during a write leaves the previous checkpoint as it was
+(and no partial file). Directories are entered and pruned without following links. Each rank
+prunes its own files.
 
 A checkpoint is trusted only as far as it is checked: the manifest is JSON of a known shape
 and format, every file's size and sha256 must match it before its content is used (the bytes
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import warnings
 from pathlib import Path
@@ -67,56 +68,22 @@ def rank_file_names(rank: int) -> Tuple[str, str]:
     return f"rank_{rank}.pt", f"rank_{rank}.json"
 
 
-class _HashingFile:
-    """A file being written that hashes what goes through it (torch.save streams into it, so a
-    model of several GB is never held twice in memory)."""
-
-    def __init__(self, handle):
-        self.handle, self.digest, self.size = handle, hashlib.sha256(), 0
-
-    def write(self, data) -> int:
-        self.digest.update(data)
-        self.size += len(memoryview(data))
-        return self.handle.write(data)
-
-    def flush(self):
-        self.handle.flush()
-
-
-def _durable(path: Path, write) -> Dict[str, object]:
-    """Writes path through write(file) so that a reader (or a kill) never sees half of it: a
-    temporary name, flushed to disk, then renamed. Returns the file's sha256 and size."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        hashing = _HashingFile(handle)
-        write(hashing)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    try:  # the rename itself survives a crash of the host only once the directory is synced
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-    return {"sha256": hashing.digest.hexdigest(), "bytes": hashing.size}
-
-
-def durable_write(path: Path, data: bytes) -> Dict[str, object]:
-    return _durable(path, lambda handle: handle.write(data))
+def _in_round(round_idx: int, name: str) -> str:
+    """A file of round_idx's cut, relative to the output directory (safe_files' paths)."""
+    return f"checkpoints/round_{round_idx}/{name}"
 
 
 def write_rank_state(output_dir: Path, round_idx: int, rank: int, tensors: dict, data: dict) -> FileEntries:
-    """Saves one rank's state for the cut after round_idx rounds; returns its files' entries."""
+    """Saves one rank's state for the cut after round_idx rounds; returns its files' entries.
+    Durable (fsynced before the rename) and hashed while torch.save streams into the file; a
+    round directory that is a link raises safe_files.UnsafePathError, a full disk StorageError."""
     import torch
 
-    directory = round_dir(output_dir, round_idx)
-    directory.mkdir(parents=True, exist_ok=True)
     pt_name, json_name = rank_file_names(rank)
-    return {pt_name: _durable(directory / pt_name, lambda handle: torch.save(tensors, handle)),
-            json_name: durable_write(directory / json_name, json.dumps(data, sort_keys=True).encode())}
+    return {pt_name: safe_files.write_atomic(output_dir, _in_round(round_idx, pt_name),
+                                             lambda handle: torch.save(tensors, handle), durable=True),
+            json_name: safe_files.write_atomic(output_dir, _in_round(round_idx, json_name),
+                                               json.dumps(data, sort_keys=True).encode(), durable=True)}
 
 
 def write_manifest(output_dir: Path, round_idx: int, run_id: str, version: str, config: dict,
@@ -125,27 +92,16 @@ def write_manifest(output_dir: Path, round_idx: int, run_id: str, version: str, 
     manifest = {"format": FORMAT, "flamby_mpi": version, "round": round_idx, "run_id": run_id,
                 "world_size": len(files), "config": config,
                 "files": {str(rank): entries for rank, entries in sorted(files.items())}}
-    durable_write(round_dir(output_dir, round_idx) / MANIFEST,
-                  (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
+    safe_files.write_atomic(output_dir, _in_round(round_idx, MANIFEST),
+                            (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode(), durable=True)
 
 
 def rounds_on_disk(output_dir: Path) -> List[int]:
-    """Round numbers of the round_<r> directories present, newest first."""
-    directory = checkpoints_dir(output_dir)
-    if not directory.is_dir():
-        return []
-    found = []
-    for entry in directory.iterdir():
-        match = _ROUND_DIR.match(entry.name)
-        if match and entry.is_dir():
-            found.append(int(match.group(1)))
+    """Round numbers of the round_<r> directories present, newest first. A round_<r> that is a
+    link is not a round of this run: skipped, never read, written or pruned through."""
+    found = [int(match.group(1)) for name, is_dir in safe_files.entries(output_dir, "checkpoints")
+             for match in [_ROUND_DIR.match(name)] if match and is_dir]
     return sorted(found, reverse=True)
-
-
-def _relative(round_idx: int, name: str) -> str:
-    """A checkpoint file's path below the output directory: the reads below enter each of its
-    components without following a link (safe_files), the output directory itself being the user's."""
-    return f"checkpoints/round_{round_idx}/{name}"
 
 
 def _open_checked(output_dir: Path, round_idx: int, name: str, cap: int, what: str, too_big: str = ""):
@@ -153,13 +109,11 @@ def _open_checked(output_dir: Path, round_idx: int, name: str, cap: int, what: s
     without following a link, the open itself never blocking (a FIFO); CheckpointError otherwise."""
     path = round_dir(output_dir, round_idx) / name
     try:
-        return safe_files.open_regular(_relative(round_idx, name), cap, root=output_dir)
+        return safe_files.open_regular(_in_round(round_idx, name), cap, root=output_dir)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing") from None
     except safe_files.UnsafePathError as error:  # a link, a FIFO, a device, a directory
-        # Its message without the part about writing: "<path> is a link", "<path> is not a regular file"
-        found = error.args[0].split(": flamby-mpi never follows")[0]
-        raise CheckpointError(f"{found} (a {what} is read only from a regular file, never through a link: "
+        raise CheckpointError(f"{error.found} (a {what} is read only from a regular file, never through a link: "
                               "this is not one flamby-mpi wrote)") from None
     except ValueError:  # st_size of the open file over the cap
         raise CheckpointError(too_big or f"{path}: larger than the {cap} bytes a {what} can be") from None
@@ -324,18 +278,13 @@ def read_rank_state(output_dir: Path, round_idx: int, rank: int, entries: FileEn
 
 def remove_rank_files(output_dir: Path, round_idx: int, rank: int, manifest_too: bool = False):
     """Deletes this rank's files of one round (rank 0: the manifest first, so that the round
-    stops counting as complete before any of its files goes), and the directory once empty."""
-    directory = round_dir(output_dir, round_idx)
+    stops counting as complete before any of its files goes), and the directory once empty.
+    Never through a link: a round_<r> that links elsewhere is left alone, and so is what it links to."""
     names = ([MANIFEST] if manifest_too else []) + list(rank_file_names(rank))
     for name in names:
-        try:
-            (directory / name).unlink()
-        except FileNotFoundError:
-            pass
-    try:
-        directory.rmdir()
-    except OSError:  # other ranks' files are still there, or it is gone already
-        pass
+        safe_files.remove(output_dir, _in_round(round_idx, name))
+    # Other ranks' files may still be there (then it stays), or it is gone already.
+    safe_files.remove_empty_dir(output_dir, f"checkpoints/round_{round_idx}")
 
 
 def remove_rank_checkpoints(output_dir: Path, rank: int, keep=()):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import time
 from collections import OrderedDict
 from typing import List, Optional
@@ -16,6 +17,8 @@ from typing import List, Optional
 import torch
 
 from . import checkpoint
+from .errors import UserError
+from .failures import where
 from .plan import RunPlan
 from .protocol import ClientReply, GlobalMessage
 from .strategies import make_strategy
@@ -99,7 +102,12 @@ class ClientRun:
                 reply = self._reply(message)
             cut = message.round_idx + 1
         if (message.stop or self.plan.checkpoint_due(cut)) and cut not in self.written_cuts:
-            reply.checkpoint = self.save_checkpoint(cut)
+            try:
+                reply.checkpoint = self.save_checkpoint(cut)
+            except UserError as error:  # told to the server, which ends the job with one message
+                reply.checkpoint_failed = {"message": error.args[0], "hint": error.hint,
+                                           "exit_code": error.exit_code,
+                                           "at": where(self.rank, socket.gethostname())}
         elif message.final:  # every cut is complete now: keep as many as the server does
             self._prune(keep=self.plan.keep_checkpoints)
         if self.stop_request is not None:

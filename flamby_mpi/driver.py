@@ -8,10 +8,11 @@
    ClientRun per client rank) and compare notes with every rank, so that a missing
    file on any centre ends every rank with one message before training starts;
 4. hand the roles to the transport for the exchanges (flamby_mpi.protocol);
-5. rank 0 writes the results and report.png.
+5. rank 0 prints the final metrics, then writes the results and report.png.
 The transport is FedMLTransport (FedML's cross-silo managers over MPI, one rank per
 process) or InProcessTransport (every rank in this process, no MPI). Any failure
-goes through flamby_mpi.failures: one message, and the whole job ends.
+goes through flamby_mpi.failures: one message, and the whole job ends; a full disk
+(safe_files.StorageError) ends it with exit 74 and the command that resumes the run.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from . import checkpoint, failures, startup
+from . import checkpoint, failures, safe_files, startup
 from .config import run_id_problem
 from .errors import UserError
 from .logs import SHOWN_WHEN_QUIET
@@ -45,12 +46,17 @@ def torch_threads(plan: RunPlan) -> int:
 def run(plan: RunPlan, transport) -> int:
     """Runs this process's part of the job. Returns its exit code; on MPI a failure aborts the job."""
     at = failures.where(transport.rank, transport.host)
+    completed = [plan]  # the plan once it has its run id: a full disk's message names the resume command
     try:
-        code = _run(plan, transport, at)
+        code = _run(plan, transport, at, completed)
         transport.finish()
         return code
     except UserError as error:
-        return failures.fail(str(error), failures.EXIT_USER_ERROR, at, end=transport.abort)
+        # A full disk (safe_files.StorageError, exit 74) says how to go on from here; an error a
+        # client sent in its reply (server.PeerError) names that client's rank, not this one.
+        if error.exit_code == safe_files.EXIT_STORAGE and completed[0].run_id is not None:
+            error.hint = storage_hint(completed[0])
+        return failures.fail(str(error), error.exit_code, getattr(error, "at", None) or at, end=transport.abort)
     except KeyboardInterrupt:
         return failures.fail("interrupted; ending the whole job", failures.EXIT_INTERRUPTED, at,
                              end=transport.abort)
@@ -58,7 +64,7 @@ def run(plan: RunPlan, transport) -> int:
         return failures.fail(failures.bug("failed"), failures.EXIT_FAILURE, at, end=transport.abort)
 
 
-def _run(plan: RunPlan, transport, at: str) -> int:
+def _run(plan: RunPlan, transport, at: str, completed: List[RunPlan]) -> int:
     import torch
 
     from . import optim_without_dynamo
@@ -66,10 +72,10 @@ def _run(plan: RunPlan, transport, at: str) -> int:
     optim_without_dynamo.install()  # torch.optim without torch._dynamo's import (2 s, 80 MB a rank)
 
     from .logs import console_logger, setup_rank_logging
-    from .results import atomic_write
 
     if plan.run_id is None:  # every rank has the same config, so every rank takes this branch
         plan = plan.with_run_id(transport.agree(_first_run_id(plan) if transport.rank == 0 else None))
+    completed[0] = plan
     setup_rank_logging(plan.output_dir, transport.rank, plan.log_level, quiet=plan.quiet)
     console = console_logger()
     torch.set_num_threads(torch_threads(plan))  # in-process too: the same arithmetic, the same results
@@ -79,7 +85,7 @@ def _run(plan: RunPlan, transport, at: str) -> int:
                      f" (in-process, {plan.num_clients} clients)" if plan.backend == "inprocess" else "",
                      ", ".join(f"{k}={v}" for k, v in plan.summary().items()))
         console.info("outputs in %s", plan.output_dir)
-        atomic_write(plan.output_dir / "config.yaml", plan.config_yaml().encode())  # the only writer
+        safe_files.write_atomic(plan.output_dir, "config.yaml", plan.config_yaml().encode())  # the only writer
         logging.getLogger("flamby_mpi").info("resolved config:\n%s", plan.config_yaml())
 
     transport.begin(plan, lambda reason: failures.fail(f"{reason}; ending the whole job",
@@ -164,6 +170,23 @@ def resume_command(plan: RunPlan) -> str:
     if job:  # the job scripts resume by themselves when the scheduler restarts the job
         return f"requeue job {job} (scripts/slurm_job.sh and pbs_job.sh resume by themselves), or run {command}"
     return command
+
+
+def storage_hint(plan: RunPlan) -> str:
+    """What to do after a full disk (or quota, read-only mount, rights) stopped the run: resume
+    from the last complete checkpoint this rank sees, else run again."""
+    first = "free space on that file system (or fix its quota, mount or permissions), then "
+    try:
+        resumable = any(safe_files.file_exists(plan.output_dir, f"checkpoints/round_{r}/{checkpoint.MANIFEST}")
+                        for r in checkpoint.rounds_on_disk(plan.output_dir))
+    except Exception:  # noqa: B902 - the disk is in trouble: advise resuming, which says if it cannot
+        resumable = True
+    if resumable:
+        return first + f"continue the run from its last checkpoint: {resume_command(plan)}"
+    if plan.checkpoint_every == 0:
+        return first + ("run it again: checkpoints are off (common_args.checkpoint_every: 0), so there is "
+                        "nothing to resume from")
+    return first + "run it again: no checkpoint of it was complete yet"
 
 
 def _stop_on_signals(plan: RunPlan, transport, server_run, at: str) -> StopRequest:
@@ -252,17 +275,18 @@ def _write_and_report(plan: RunPlan, server_run, world_size: int, console, ranks
               "end_unix": end}
     for sink in server_run.sinks:
         sink.close()
+    # The numbers first: a disk that fills while the files below are written loses none of them.
+    server_run.progress.end_line()
+    console.info("final metrics (%s, %s, %d rounds):\n%s", plan.dataset.name, plan.strategy,
+                 server_run.rounds_completed, format_table(server_run.final_metrics or {}), extra=SHOWN_WHEN_QUIET)
     seconds = server_run.checkpoint_seconds
     checkpoints = {"every": plan.checkpoint_every, "keep": plan.keep_checkpoints, "written": len(seconds),
                    "mean_s": round(sum(seconds) / len(seconds), 6) if seconds else None,
                    "max_s": round(max(seconds), 6) if seconds else None,
                    "dir": str(checkpoint.checkpoints_dir(plan.output_dir))}
-    results = write_results(plan, server_run, timing, world_size,
-                            extra={"backend": plan.backend, "checkpoints": checkpoints,
-                                   "resumed_from": server_run.resumed_from, "ranks": ranks})
+    write_results(plan, server_run, timing, world_size,
+                  extra={"backend": plan.backend, "checkpoints": checkpoints,
+                         "resumed_from": server_run.resumed_from, "ranks": ranks})
     write_report(plan.output_dir)  # report.png; never fails the run (a warning at worst)
-    server_run.progress.end_line()
-    console.info("final metrics (%s, %s, %d rounds):\n%s", plan.dataset.name, results["strategy"],
-                 server_run.rounds_completed, format_table(results["metrics"]), extra=SHOWN_WHEN_QUIET)
     console.info("done in %.1f s (startup %.1f s, training %.1f s); results in %s",
                  timing["total_s"], timing["startup_s"], timing["train_s"], plan.output_dir / "results.json")

@@ -41,7 +41,8 @@ def report(text: str):
     """Shown once on the console (stderr) and kept in the rank's log file once it is set up."""
     print(text, file=sys.stderr, flush=True)
     if logging.getLogger().handlers:  # the root logger writes the rank's log file (logs.py)
-        logging.getLogger("flamby-mpi.failure").error(text)  # outside flamby_mpi: not echoed to stderr
+        # Outside flamby_mpi: not echoed to stderr (logs.FAILURE_LOGGER: a full log stays silent on it).
+        logging.getLogger("flamby-mpi.failure").error(text)
 
 
 def fail(text: str, code: int, at: Optional[str] = None, end: Optional[Callable[[int], object]] = None):

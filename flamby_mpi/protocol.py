@@ -56,6 +56,10 @@ class ClientReply:
     # The signal this client's process received (SIGTERM/SIGINT), if any: the job stops at the
     # next round boundary.
     stop_requested: Optional[int] = None
+    # Its part of the checkpoint could not be written (a full disk, a link where a round directory
+    # should be): {"message", "hint", "exit_code", "at"}. The server ends the job with it, so that
+    # clients failing together on one shared disk make one message, not one each.
+    checkpoint_failed: Optional[Dict] = None
 
     @property
     def trained(self) -> bool:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from . import safe_files
 from .errors import UserError
 from .failures import fail
 
@@ -401,14 +402,9 @@ def _save(fig, out_path: Path):
                         f"end --out with one of {', '.join('.' + f for f in sorted(supported))}")
     if not out_path.parent.is_dir():
         raise UserError(f"cannot write {out_path}: no directory {out_path.parent}")
-    # Written to a temporary name and renamed, as every output: a reader never sees half a picture.
-    tmp = out_path.with_name(f".{out_path.name}.tmp{os.getpid()}")
-    try:
-        fig.savefig(tmp, format=fmt, dpi=110)
-        os.replace(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    # Written as every output (safe_files.write_atomic): a fresh temporary name, then a rename, so a
+    # reader never sees half a picture and a link planted at the name is replaced, not written through.
+    safe_files.write_atomic(out_path.parent, out_path.name, lambda handle: fig.savefig(handle, format=fmt, dpi=110))
 
 
 def write_report(output_dir) -> Optional[Path]:
@@ -420,8 +416,9 @@ def write_report(output_dir) -> Optional[Path]:
         with _private_matplotlib_cache():
             return draw([run], output_dir / REPORT_NAME)
     except Exception as error:  # noqa: BLE001 - the picture must never fail a finished run
-        logging.getLogger("flamby_mpi").warning("%s not written: %s", REPORT_NAME,
-                                                str(error).replace("\n", " "))
+        # A full disk: the run's results are written already, so StorageError's resume hint does not apply.
+        said = error.args[0] if isinstance(error, safe_files.StorageError) else str(error)
+        logging.getLogger("flamby_mpi").warning("%s not written: %s", REPORT_NAME, said.replace("\n", " "))
         return None
 
 

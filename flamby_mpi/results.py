@@ -4,8 +4,9 @@ In the output directory: results.json, results.csv (FLamby's benchmark layout),
 metrics.csv (one row per evaluated round and test set), rounds.csv (one row per
 training round and centre: times, bytes, loss; telemetry.py) and global_model.pt
 (`torch.save(state_dict)`); config.yaml (the resolved config) is written by the
-driver when the run starts. Files are written to a temporary name and renamed,
-so a reader never sees half a file.
+driver when the run starts. Files are written by flamby_mpi.safe_files.write_atomic (a
+fresh temporary name, then a rename), so a reader never sees half a file, nothing is written
+through a link, and a full disk raises safe_files.StorageError with no partial file left.
 """
 from __future__ import annotations
 
@@ -13,20 +14,14 @@ import csv
 import io
 import json
 import math
-import os
-from pathlib import Path
 from typing import Dict, Optional
 
 import torch
 
+from . import safe_files
+
 RESULTS_CSV_COLUMNS = ["Test", "Method", "Metric", "seed", "learning_rate", "optimizer_class", "num_updates",
                        "rounds"]
-
-
-def atomic_write(path: Path, data: bytes):
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _json_number(value):
@@ -41,7 +36,6 @@ def flamby_method_name(strategy: str, num_updates: int) -> str:
 def write_results(plan, server_run, timing: Dict[str, float], world_size: int,
                   extra: Optional[Dict] = None) -> Dict:
     output_dir = plan.output_dir
-    output_dir.mkdir(parents=True, exist_ok=True)
     metrics = {k: _json_number(v) for k, v in (server_run.final_metrics or {}).items()}
     strategy = plan.strategy
     results = {
@@ -70,9 +64,9 @@ def write_results(plan, server_run, timing: Dict[str, float], world_size: int,
     if extra:
         results.update(extra)
 
-    torch_buffer = io.BytesIO()
-    torch.save(server_run.model.state_dict(), torch_buffer)
-    atomic_write(output_dir / "global_model.pt", torch_buffer.getvalue())
+    # Streamed into the file: the model is not held a second time in memory.
+    safe_files.write_atomic(output_dir, "global_model.pt",
+                            lambda handle: torch.save(server_run.model.state_dict(), handle))
 
     rows = io.StringIO()
     writer = csv.writer(rows)
@@ -85,19 +79,19 @@ def write_results(plan, server_run, timing: Dict[str, float], world_size: int,
         writer.writerow(["Pooled Test" if name == "pooled" else name, method, metrics[name], plan.seed,
                          plan.learning_rate, f"<class '{plan.optimizer_name}'>",
                          plan.num_updates, plan.rounds])
-    atomic_write(output_dir / "results.csv", rows.getvalue().encode())
+    safe_files.write_atomic(output_dir, "results.csv", rows.getvalue().encode())
 
-    atomic_write(output_dir / "rounds.csv", server_run.round_log.csv_text().encode())
+    safe_files.write_atomic(output_dir, "rounds.csv", server_run.round_log.csv_text().encode())
 
     history = io.StringIO()
     writer = csv.writer(history)
     writer.writerow(["round", "test", "metric", "num_samples"])
     for row in server_run.history:
         writer.writerow([row["round"], row["test"], row["metric"], row["num_samples"]])
-    atomic_write(output_dir / "metrics.csv", history.getvalue().encode())
+    safe_files.write_atomic(output_dir, "metrics.csv", history.getvalue().encode())
 
     # results.json last: its presence means the run finished and everything else is there.
-    atomic_write(output_dir / "results.json", (json.dumps(results, indent=2) + "\n").encode())
+    safe_files.write_atomic(output_dir, "results.json", (json.dumps(results, indent=2) + "\n").encode())
     return results
 
 

@@ -26,7 +26,7 @@ import os
 import secrets
 import stat
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Callable, Dict, Iterator, List, Tuple, Union
+from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from .errors import UserError, plain
 
@@ -65,6 +65,7 @@ class UnsafePathError(UserError):
     """A link, or something other than a directory or regular file, where the run keeps its files."""
 
     def __init__(self, path: Union[str, Path], what: str):
+        self.found = f"{plain(path)} {what}"  # "<path> is a link": for a reader's own wording
         super().__init__(f"{plain(path)} {what}: flamby-mpi never follows a link or writes through one inside "
                          "a run's directory",
                          hint="remove it (or choose another output directory); nothing was written there")
@@ -126,18 +127,30 @@ def open_dir(root: Union[str, Path], relative: Union[str, Path, None] = None, cr
 
 class _HashingFile:
     """A file being written that hashes what goes through it (torch.save streams into it, so a
-    model of several GB is never held twice in memory)."""
+    model of several GB is never held twice in memory). It keeps the OSError a write raised: a
+    writer may wrap it in its own error (torch.save raises "RuntimeError: unexpected pos" for a
+    full disk), and the caller still has to tell a full disk from a bug. No fileno(): a writer
+    that finds one (PIL) would write past the hash."""
 
     def __init__(self, handle):
         self.handle, self.digest, self.size = handle, hashlib.sha256(), 0
+        self.error: Optional[OSError] = None
 
     def write(self, data) -> int:
         self.digest.update(data)
-        self.size += len(memoryview(data))
-        return self.handle.write(data)
+        self.size += memoryview(data).nbytes
+        try:
+            return self.handle.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
 
     def flush(self):
-        self.handle.flush()
+        try:
+            self.handle.flush()
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
 
 
 def _new_temporary(dir_fd: int, name: str, mode: int) -> Tuple[str, int]:
@@ -157,7 +170,7 @@ def write_atomic(root: Union[str, Path], relative: Union[str, Path], data: Union
     parts = _parts(relative)
     dir_fd = open_dir(root, PurePosixPath(*parts[:-1]) if len(parts) > 1 else None, create=True)
     target = Path(os.path.expanduser(str(root))).joinpath(*parts)
-    tmp = None
+    tmp, hashing = None, None
     try:
         tmp, fd = _new_temporary(dir_fd, parts[-1], mode)
         with os.fdopen(fd, "wb") as handle:
@@ -166,7 +179,7 @@ def write_atomic(root: Union[str, Path], relative: Union[str, Path], data: Union
                 data(hashing)
             else:
                 hashing.write(data)
-            handle.flush()
+            hashing.flush()
             if durable:
                 os.fsync(handle.fileno())
         os.replace(tmp, parts[-1], src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -177,9 +190,10 @@ def write_atomic(root: Union[str, Path], relative: Union[str, Path], data: Union
             except OSError:
                 pass
         return {"sha256": hashing.digest.hexdigest(), "bytes": hashing.size}
-    except OSError as exc:
-        if is_storage_error(exc):
-            raise StorageError(target, exc) from None
+    except Exception as exc:  # noqa: B902 - a writer may have wrapped the file's own OSError
+        seen = hashing.error if hashing is not None and hashing.error is not None else exc
+        if is_storage_error(seen):
+            raise StorageError(target, seen) from None
         raise
     finally:
         if tmp is not None:
@@ -195,12 +209,14 @@ def open_append(root: Union[str, Path], relative: Union[str, Path], mode: int = 
     parts = _parts(relative)
     dir_fd = open_dir(root, PurePosixPath(*parts[:-1]) if len(parts) > 1 else None, create=True)
     target = Path(os.path.expanduser(str(root))).joinpath(*parts)
-    try:
-        fd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+    try:  # O_NONBLOCK: a FIFO planted there fails at once (ENXIO) instead of waiting for a reader
+        fd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK
                      | getattr(os, "O_CLOEXEC", 0), mode, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise UnsafePathError(target, "is a link") from None
+        if exc.errno in (errno.ENXIO, errno.EISDIR):
+            raise UnsafePathError(target, "is not a regular file") from None
         if is_storage_error(exc):
             raise StorageError(target, exc, "opening") from None
         raise
@@ -209,6 +225,7 @@ def open_append(root: Union[str, Path], relative: Union[str, Path], mode: int = 
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise UnsafePathError(target, "is not a regular file")
+    os.set_blocking(fd, True)
     return os.fdopen(fd, "ab")
 
 

@@ -15,6 +15,7 @@ import torch
 
 from . import __version__, checkpoint
 from .aggregation import weighted_mean
+from .errors import UserError
 from .plan import RunPlan
 from .preemption import signal_name as _signal_name
 from .progress import Progress
@@ -22,6 +23,16 @@ from .protocol import ClientReply, GlobalMessage
 from .strategies import make_strategy
 from .telemetry import RoundLog, Traffic
 from .training import evaluate, make_loader
+
+
+class PeerError(UserError):
+    """A client's own error (a full disk where it writes its checkpoint), carried in its reply and
+    raised by the server: the job ends with that client's message, exit code and place."""
+
+    def __init__(self, failed: Dict):
+        super().__init__(str(failed["message"]), hint=str(failed.get("hint") or ""))
+        self.exit_code = int(failed["exit_code"])
+        self.at = str(failed["at"])
 
 
 class ServerRun:
@@ -85,6 +96,9 @@ class ServerRun:
                 raise RuntimeError(f"exchange {round_idx}: centre {reply.center} answered exchange "
                                    f"{reply.round_idx}")
             self.devices[reply.center] = reply.device
+        failed = next((r.checkpoint_failed for r in replies if r.checkpoint_failed), None)
+        if failed is not None:  # the first client's says it for all (one shared disk fills for all)
+            raise PeerError(failed)
         if self.stopped_by is not None:  # the stop exchange: the clients saved the cut, we end it
             self._complete_checkpoint(round_idx, replies)
             self.round_log.close()

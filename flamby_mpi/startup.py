@@ -96,7 +96,8 @@ def dump_modules_if_asked(rank: int):
     directory = os.environ.get(DEBUG_MODULES_ENV)
     if not directory:
         return
-    Path(directory).mkdir(parents=True, exist_ok=True)
+    from . import safe_files
+
     record = {"rank": rank, "modules": loaded_modules(), "private_mb": private_mb(),
               "peak_rss_mb": peak_rss_mb()}
-    (Path(directory) / f"rank{rank}.json").write_text(json.dumps(record))
+    safe_files.write_atomic(directory, f"rank{rank}.json", json.dumps(record).encode())

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from .safe_files import StorageError, UnsafePathError, is_storage_error
+
 ROUND_COLUMNS = ("round", "centre", "local_train_s", "wait_s", "bytes_sent", "bytes_received",
                  "train_loss", "sampled", "round_s")
 
@@ -118,21 +120,34 @@ class TensorBoardSink:
     """TensorBoard event files in one run directory (`tensorboard --logdir runs/` compares runs),
     written by flamby_mpi/tensorboard_events.py: one event per round and per evaluation, without
     importing TensorBoard. A file that cannot be written turns TensorBoard off for the run, with
-    a warning: telemetry never fails a run."""
+    one warning naming it: telemetry never fails a run. A full disk ends the run at its next
+    checkpoint or result file instead (which --resume continues); a link, a FIFO or a file where
+    the directory or the event file goes is refused (safe_files.UnsafePathError), never written
+    through."""
 
     def __init__(self, directory: Path, hyperparameters: Dict):
         from .tensorboard_events import EventFileWriter
 
         self._writer = None
+        self._path = Path(directory)
         try:
             self._writer = EventFileWriter(Path(directory))
+            self._path = self._writer.path
             table = "\n".join(f"| {k} | {v} |" for k, v in hyperparameters.items())
             self._writer.text(0, "run/plan", "| key | value |\n|---|---|\n" + table)
-        except OSError as exc:
+        except (OSError, StorageError, UnsafePathError) as exc:
             self._off(exc)
 
     def _off(self, exc: Exception):
-        log.warning("TensorBoard is off for this run: %s", exc)
+        if isinstance(exc, OSError) and is_storage_error(exc):
+            exc = StorageError(self._path, exc)
+        reason = exc.args[0] if isinstance(exc, (StorageError, UnsafePathError)) else exc
+        log.warning("TensorBoard is off for this run: %s", reason)
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except OSError:
+                pass
         self._writer = None
 
     def round(self, round_number: int, rows: List[Dict], round_s: Optional[float]):
@@ -156,4 +171,7 @@ class TensorBoardSink:
 
     def close(self):
         if self._writer is not None:
-            self._writer.close()
+            try:
+                self._writer.close()
+            except OSError as exc:  # the last record's flush on a full disk
+                self._off(exc)

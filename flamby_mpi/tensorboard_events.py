@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Dict, Optional
 
+from . import safe_files
+
 FILE_VERSION = "brain.Event:2"
 _DT_STRING = 7  # TensorProto.dtype of a text summary
 
@@ -124,14 +126,15 @@ def text_summary(tag: str, text: str) -> bytes:
 
 class EventFileWriter:
     """One event file in `directory`, named as TensorBoard's writers name theirs; every write is
-    flushed, so TensorBoard shows a run while it runs."""
+    flushed, so TensorBoard shows a run while it runs. Opened by safe_files.open_append: the
+    directory (below its parent, the run's directory) and the file are never links."""
 
     def __init__(self, directory: Path):
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         now = time.time()
-        self.path = directory / f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{os.getpid()}.0"
-        self._file = open(self.path, "ab")
+        name = f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{os.getpid()}.0"
+        self.path = directory / name
+        self._file = safe_files.open_append(directory.parent, f"{directory.name}/{name}")
         self._append(event(now, file_version=FILE_VERSION))
 
     def _append(self, data: bytes):

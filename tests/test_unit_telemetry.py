@@ -179,3 +179,28 @@ def test_an_unwritable_tensorboard_directory_turns_it_off_with_a_warning(tmp_pat
     sink.round(1, [], round_s=0.1)  # no error
     sink.close()
     assert "TensorBoard is off for this run" in caplog.text
+
+
+def test_a_tensorboard_directory_linking_outside_is_not_written_through(tmp_path, caplog):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "tensorboard").symlink_to(outside, target_is_directory=True)
+    sink = TensorBoardSink(tmp_path / "run" / "tensorboard", {"strategy": "FedAvg"})
+    sink.round(1, [], round_s=0.1)
+    sink.close()
+    assert list(outside.iterdir()) == []
+    assert "TensorBoard is off for this run" in caplog.text and "is a link" in caplog.text
+
+
+def test_tensorboard_on_a_full_disk_turns_off_with_one_warning_naming_it(tmp_path, caplog):
+    from support.tmpfs import tmpfs
+
+    with tmpfs(tmp_path / "small", 16) as small:
+        sink = TensorBoardSink(small / "tensorboard", {"strategy": "FedAvg"})
+        for step in range(2000):  # about 60 bytes an event: the 16 KiB fill up
+            sink.round(step, [], round_s=0.1)
+        sink.close()
+        warnings = [r.getMessage() for r in caplog.records if "TensorBoard is off" in r.getMessage()]
+        assert len(warnings) == 1 and "no space left on the device" in warnings[0]
+        assert str(small / "tensorboard" / "events.out.tfevents.") in warnings[0]

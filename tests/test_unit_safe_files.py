@@ -1,0 +1,386 @@
+"""flamby_mpi.safe_files attacked with real files: links at every component and at the target, links
+planted at temporary names, a directory swapped for a link in the middle of a write, FIFOs,
+/dev/zero, a file that keeps growing, and a real full disk (a tiny tmpfs, as root)."""
+import errno
+import hashlib
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from flamby_mpi import safe_files
+from flamby_mpi.errors import UserError
+from flamby_mpi.safe_files import StorageError, UnsafePathError
+from support.tmpfs import temporary_files, tmpfs
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def run_and_outside(tmp_path):
+    """A run's directory and, beside it, a directory of the user's that a link could point into."""
+    run, outside = tmp_path / "run", tmp_path / "outside"
+    run.mkdir()
+    outside.mkdir()
+    (outside / "victim").write_bytes(b"the user's own file\n")
+    return run, outside
+
+
+def _snapshot(directory: Path) -> dict:
+    """Every path below directory (links not followed) with its bytes or link target."""
+    found = {}
+    for path in sorted(directory.rglob("*")):
+        if path.is_symlink():
+            found[str(path)] = ("link", os.readlink(path))
+        elif path.is_file():
+            found[str(path)] = ("file", path.read_bytes())
+        else:
+            found[str(path)] = ("dir", None)
+    return found
+
+
+# ---- write_atomic -----------------------------------------------------------------------------
+
+def test_write_atomic_writes_whole_files_and_returns_their_hash(run_and_outside):
+    run, _ = run_and_outside
+    entry = safe_files.write_atomic(run, "a/b/c.bin", b"x" * 1000)
+    assert (run / "a" / "b" / "c.bin").read_bytes() == b"x" * 1000
+    assert entry == {"sha256": hashlib.sha256(b"x" * 1000).hexdigest(), "bytes": 1000}
+    streamed = safe_files.write_atomic(run, "a/streamed", lambda f: [f.write(b"ab") for _ in range(3)],
+                                       durable=True)
+    assert (run / "a" / "streamed").read_bytes() == b"ababab"
+    assert streamed == {"sha256": hashlib.sha256(b"ababab").hexdigest(), "bytes": 6}
+    safe_files.write_atomic(run, "a/b/c.bin", b"second")  # replaced whole
+    assert (run / "a" / "b" / "c.bin").read_bytes() == b"second"
+    assert temporary_files(run) == []
+
+
+def test_torch_save_streams_through_the_hash(run_and_outside):
+    torch = pytest.importorskip("torch")
+    run, _ = run_and_outside
+    tensors = {"w": torch.arange(100000, dtype=torch.float32)}
+    entry = safe_files.write_atomic(run, "m.pt", lambda f: torch.save(tensors, f), durable=True)
+    data = (run / "m.pt").read_bytes()
+    assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    assert torch.equal(torch.load(run / "m.pt", weights_only=True)["w"], tensors["w"])
+
+
+def test_a_link_at_the_target_name_is_replaced_never_written_through(run_and_outside):
+    run, outside = run_and_outside
+    (run / "results.json").symlink_to(outside / "victim")
+    safe_files.write_atomic(run, "results.json", b"{}")
+    assert not (run / "results.json").is_symlink() and (run / "results.json").read_bytes() == b"{}"
+    assert (outside / "victim").read_bytes() == b"the user's own file\n"
+
+
+@pytest.mark.parametrize("component", ["checkpoints", "checkpoints/round_1"])
+def test_a_link_at_any_directory_below_the_root_is_refused(run_and_outside, component):
+    run, outside = run_and_outside
+    before = _snapshot(outside)
+    parent = run / component
+    parent.parent.mkdir(parents=True, exist_ok=True)
+    parent.symlink_to(outside, target_is_directory=True)
+    with pytest.raises(UnsafePathError) as refused:
+        safe_files.write_atomic(run, "checkpoints/round_1/rank_1.pt", b"data")
+    assert str(parent) in str(refused.value) and refused.value.exit_code == 2
+    assert _snapshot(outside) == before  # nothing written, nothing made there
+
+
+def test_a_file_where_a_directory_should_be_is_refused(run_and_outside):
+    run, _ = run_and_outside
+    (run / "logs").write_bytes(b"not a directory")
+    with pytest.raises(UnsafePathError):
+        safe_files.write_atomic(run, "logs/x", b"data")
+    with pytest.raises(UnsafePathError):
+        safe_files.open_append(run, "logs/rank0.log")
+
+
+def test_paths_that_leave_the_root_are_not_accepted(run_and_outside):
+    run, _ = run_and_outside
+    for bad in ("../x", "a/../../x", "/etc/passwd", "", "."):
+        with pytest.raises(ValueError):
+            safe_files.write_atomic(run, bad, b"data")
+
+
+def test_links_planted_at_the_old_predictable_and_at_the_next_temporary_names_are_never_used(
+        run_and_outside, monkeypatch):
+    run, outside = run_and_outside
+    # The old writers used .<name>.tmp<pid>: every such name for this process is a link outside.
+    for name in ("config.yaml", "results.json"):
+        (run / f".{name}.tmp{os.getpid()}").symlink_to(outside / f"planted-{name}")
+    # The temporary name the new writer will draw first is planted too (as if guessed): it is
+    # skipped (O_EXCL|O_NOFOLLOW), the next name drawn is used.
+    draws = iter(["guessed", "fresh"])
+    monkeypatch.setattr(safe_files.secrets, "token_hex", lambda n: next(draws))
+    (run / ".config.yaml.guessed.tmp").symlink_to(outside / "victim")
+    safe_files.write_atomic(run, "config.yaml", b"seed: 1\n")
+    monkeypatch.undo()
+    safe_files.write_atomic(run, "results.json", b"{}")
+    assert (run / "config.yaml").read_bytes() == b"seed: 1\n"
+    assert (outside / "victim").read_bytes() == b"the user's own file\n"
+    assert sorted(p.name for p in outside.iterdir()) == ["victim"]
+    assert os.readlink(run / ".config.yaml.guessed.tmp") == str(outside / "victim")  # left as it was
+
+
+def test_temporary_names_are_not_predictable(run_and_outside):
+    run, _ = run_and_outside
+    seen = []
+    for _ in range(5):
+        safe_files.write_atomic(run, "x", lambda f: seen.append(
+            [p.name for p in run.iterdir() if p.name.endswith(".tmp")]))
+    names = [n for names in seen for n in names]
+    assert len(names) == 5 and len(set(names)) == 5 and not any(str(os.getpid()) in n for n in names)
+
+
+def test_a_directory_swapped_for_a_link_during_the_write_still_gets_nothing_outside(run_and_outside):
+    run, outside = run_and_outside
+    (run / "checkpoints" / "round_1").mkdir(parents=True)
+    before = _snapshot(outside)
+
+    def swap_then_write(handle):
+        # The round directory moves away and a link to the outside takes its name mid-write.
+        (run / "checkpoints" / "round_1").rename(run / "checkpoints" / "moved")
+        (run / "checkpoints" / "round_1").symlink_to(outside, target_is_directory=True)
+        handle.write(b"state")
+
+    safe_files.write_atomic(run, "checkpoints/round_1/rank_1.pt", swap_then_write)
+    assert _snapshot(outside) == before
+    assert (run / "checkpoints" / "moved" / "rank_1.pt").read_bytes() == b"state"  # the directory opened
+
+
+def test_a_failing_writer_leaves_no_temporary_file_and_keeps_the_old_file(run_and_outside):
+    run, _ = run_and_outside
+    safe_files.write_atomic(run, "global_model.pt", b"old")
+
+    def broken(handle):
+        handle.write(b"half")
+        raise RuntimeError("a bug in the writer")
+
+    with pytest.raises(RuntimeError, match="a bug in the writer"):  # a bug stays a bug
+        safe_files.write_atomic(run, "global_model.pt", broken)
+    assert (run / "global_model.pt").read_bytes() == b"old" and temporary_files(run) == []
+
+
+# ---- a real full disk --------------------------------------------------------------------------
+
+def test_a_full_disk_is_a_storage_error_naming_the_file_with_no_partial_file(tmp_path):
+    with tmpfs(tmp_path / "small", 64) as small:
+        safe_files.write_atomic(small, "results.json", b"old")
+        with pytest.raises(StorageError) as full:
+            safe_files.write_atomic(small, "results.json", b"x" * (200 * 1024))
+        error = full.value
+        assert error.exit_code == safe_files.EXIT_STORAGE == 74 and isinstance(error, UserError)
+        assert error.errno == errno.ENOSPC and error.path == small / "results.json"
+        assert f"writing {small / 'results.json'} failed: no space left on the device" in str(error)
+        assert "--resume" in str(error)
+        assert (small / "results.json").read_bytes() == b"old" and temporary_files(small) == []
+        # The space is free again: the same write works once the disk is bigger.
+        safe_files.write_atomic(small, "results.json", b"new")
+        assert (small / "results.json").read_bytes() == b"new"
+
+
+def test_a_full_disk_under_torch_save_is_a_storage_error_not_torchs_runtime_error(tmp_path):
+    torch = pytest.importorskip("torch")
+    with tmpfs(tmp_path / "small", 64) as small:
+        # torch.save itself turns the ENOSPC of a write into "RuntimeError: ... unexpected pos".
+        with pytest.raises(StorageError) as full:
+            safe_files.write_atomic(small, "checkpoints/round_1/rank_1.pt",
+                                    lambda f: torch.save({"w": torch.zeros(100000)}, f), durable=True)
+        assert full.value.errno == errno.ENOSPC and full.value.path.name == "rank_1.pt"
+        assert temporary_files(small) == []
+
+
+_LOG_UNTIL_FULL = """
+import logging, sys
+from flamby_mpi import failures, logs
+logs.setup_rank_logging(__import__("pathlib").Path(sys.argv[1]), 1, "info")
+for k in range(3000):
+    logging.getLogger("flamby_mpi.client").info("record %d %s", k, "x" * 100)
+failures.report(failures.message("the job's own end", "rank 1"))
+logging.getLogger("flamby_mpi.client").warning("still shown on the console")
+print("carried on", flush=True)
+"""
+
+
+def test_a_log_on_a_full_disk_says_so_once_and_the_process_carries_on(tmp_path):
+    from support.mpi import REPO
+
+    with tmpfs(tmp_path / "small", 16) as small:
+        done = subprocess.run([sys.executable, "-c", _LOG_UNTIL_FULL, str(small)], capture_output=True,
+                              text=True, timeout=60, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert done.returncode == 0 and "carried on" in done.stdout, done.stderr
+        assert "--- Logging error ---" not in done.stderr and "Traceback" not in done.stderr
+        said = [line for line in done.stderr.splitlines() if "no space left" in line]
+        assert len(said) == 1 and str(small / "logs" / "rank1.log") in said[0], done.stderr
+        assert "the job's own end" in done.stderr and "still shown on the console" in done.stderr
+        kept = (small / "logs" / "rank1.log").read_text()
+        assert "record 0 " in kept and "record 2999 " not in kept  # what fitted is kept; then it was full
+
+
+# ---- open_append -------------------------------------------------------------------------------
+
+def test_open_append_never_truncates(run_and_outside):
+    run, _ = run_and_outside
+    with safe_files.open_append(run, "logs/rank1.log") as log:
+        log.write(b"attempt 1 crashed here\n")
+    with safe_files.open_append(run, "logs/rank1.log") as log:
+        log.write(b"attempt 2\n")
+    assert (run / "logs" / "rank1.log").read_bytes() == b"attempt 1 crashed here\nattempt 2\n"
+
+
+@pytest.mark.parametrize("target", ["outside", "/dev/zero", "/dev/null", "dangling"])
+def test_open_append_refuses_a_link(run_and_outside, target):
+    run, outside = run_and_outside
+    (run / "logs").mkdir()
+    link_to = {"outside": outside / "victim", "dangling": outside / "absent"}.get(target, Path(target))
+    (run / "logs" / "rank0.log").symlink_to(link_to)
+    with pytest.raises(UnsafePathError, match="is a link"):
+        safe_files.open_append(run, "logs/rank0.log")
+    assert (outside / "victim").read_bytes() == b"the user's own file\n"
+    assert not (outside / "absent").exists()
+
+
+def test_open_append_refuses_a_fifo_at_once_and_a_directory(run_and_outside):
+    run, _ = run_and_outside
+    (run / "logs").mkdir()
+    os.mkfifo(run / "logs" / "rank0.log")
+    start = time.monotonic()
+    with pytest.raises(UnsafePathError, match="not a regular file"):
+        safe_files.open_append(run, "logs/rank0.log")
+    assert time.monotonic() - start < 5  # no reader needed, no wait for one
+    (run / "logs" / "rank1.log").mkdir()
+    with pytest.raises(UnsafePathError):
+        safe_files.open_append(run, "logs/rank1.log")
+
+
+def test_open_append_through_a_linked_directory_is_refused(run_and_outside):
+    run, outside = run_and_outside
+    (run / "tensorboard").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(UnsafePathError):
+        safe_files.open_append(run, "tensorboard/events.out.tfevents.1")
+    assert sorted(p.name for p in outside.iterdir()) == ["victim"]
+
+
+# ---- bounded reads -----------------------------------------------------------------------------
+
+def test_read_bounded_refuses_fifos_links_devices_and_big_files(run_and_outside):
+    run, outside = run_and_outside
+    os.mkfifo(run / "fifo")
+    (run / "zero").symlink_to("/dev/zero")
+    (run / "big").write_bytes(b"z" * 2000)
+    (run / "ok").write_bytes(b"{}")
+    start = time.monotonic()
+    with pytest.raises(UnsafePathError):
+        safe_files.read_bounded("fifo", 100, root=run)
+    with pytest.raises(UnsafePathError, match="is a link"):
+        safe_files.read_bounded("zero", 100, root=run)
+    with pytest.raises(UnsafePathError, match="not a regular file"):
+        safe_files.read_bounded("/dev/zero", 100)  # given directly: still no endless read
+    with pytest.raises(ValueError):
+        safe_files.read_bounded("big", 1000, root=run)
+    assert time.monotonic() - start < 5
+    assert safe_files.read_bounded("ok", 100, root=run) == b"{}"
+
+
+def test_read_bounded_stops_at_the_cap_on_a_file_that_keeps_growing(run_and_outside):
+    run, _ = run_and_outside
+    growing = run / "growing"
+    growing.write_bytes(b"")
+    writer = subprocess.Popen([sys.executable, "-c",
+                               "import sys\nwith open(sys.argv[1], 'ab', buffering=0) as f:\n"
+                               "    while True: f.write(b'g' * 65536)", str(growing)])
+    try:
+        while growing.stat().st_size == 0:
+            time.sleep(0.01)
+        for _ in range(5):  # open when under the cap or not: never more than cap + 1 bytes read
+            with pytest.raises(ValueError):
+                safe_files.read_bounded("growing", 1 << 20, root=run)
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+def test_load_json_bounds_nesting():
+    assert safe_files.load_json(b'{"a": [1, {"b": "[[[["}]}') == {"a": [1, {"b": "[[[["}]}
+    with pytest.raises(ValueError, match="nested"):
+        safe_files.load_json(b"[" * 100 + b"]" * 100)
+
+
+# ---- walking and pruning without following links -----------------------------------------------
+
+def test_entries_reports_links_as_not_directories(run_and_outside):
+    run, outside = run_and_outside
+    (run / "checkpoints" / "round_1").mkdir(parents=True)
+    (run / "checkpoints" / "round_2").symlink_to(outside, target_is_directory=True)
+    assert sorted(safe_files.entries(run, "checkpoints")) == [("round_1", True), ("round_2", False)]
+    assert list(safe_files.entries(run, "absent")) == []
+    (run / "linked").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(UnsafePathError):
+        list(safe_files.entries(run, "linked"))
+
+
+def test_remove_never_reaches_through_a_link(run_and_outside):
+    run, outside = run_and_outside
+    other_round = outside / "other-run" / "checkpoints" / "round_3"
+    other_round.mkdir(parents=True)
+    (other_round / "manifest.json").write_bytes(b'{"other": "run"}')
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "round_3").symlink_to(other_round, target_is_directory=True)
+    before = _snapshot(outside)
+    assert not safe_files.remove(run, "checkpoints/round_3/manifest.json", directory_too=True)
+    assert not safe_files.remove_empty_dir(run, "checkpoints/round_3")
+    safe_files.remove_tree(run, "checkpoints/round_3/x")
+    assert _snapshot(outside) == before and (run / "checkpoints" / "round_3").is_symlink()
+    # A link itself is removed as a link, its target left alone.
+    (run / "log-link").symlink_to(outside / "victim")
+    assert safe_files.remove(run, "log-link")
+    assert (outside / "victim").read_bytes() == b"the user's own file\n"
+
+
+def test_remove_tree_removes_links_inside_as_links(run_and_outside):
+    run, outside = run_and_outside
+    (run / "old" / "deep").mkdir(parents=True)
+    (run / "old" / "deep" / "f").write_bytes(b"f")
+    (run / "old" / "to-outside").symlink_to(outside, target_is_directory=True)
+    before = _snapshot(outside)
+    safe_files.remove_tree(run, "old")
+    assert not (run / "old").exists() and _snapshot(outside) == before
+
+
+def test_remove_empty_dir_keeps_a_directory_with_files(run_and_outside):
+    run, _ = run_and_outside
+    (run / "round_1").mkdir()
+    (run / "round_1" / "rank_2.pt").write_bytes(b"another rank's")
+    assert not safe_files.remove_empty_dir(run, "round_1") and (run / "round_1" / "rank_2.pt").exists()
+    assert safe_files.remove(run, "round_1/rank_2.pt", directory_too=True) and not (run / "round_1").exists()
+
+
+def test_file_exists_does_not_follow_links(run_and_outside):
+    run, outside = run_and_outside
+    (run / "results.json").symlink_to(outside / "victim")
+    (run / "real").write_bytes(b"")
+    assert not safe_files.file_exists(run, "results.json") and safe_files.file_exists(run, "real")
+
+
+def test_writes_from_threads_at_once_each_land_whole(run_and_outside):
+    run, _ = run_and_outside
+    errors = []
+
+    def write(k):
+        try:
+            for _ in range(20):
+                safe_files.write_atomic(run, "checkpoints/round_1/shared", bytes([k]) * 10000)
+        except Exception as exc:  # noqa: B902 - collected and shown by the assert below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    data = (run / "checkpoints" / "round_1" / "shared").read_bytes()
+    assert not errors and len(data) == 10000 and len(set(data)) == 1 and temporary_files(run) == []
