@@ -113,7 +113,11 @@ class DirectoryLock:
         """The directory's lock (the directory made if missing), or None when another job holds it.
         Raises UnsafePathError for a link or a non-file at the lock's name, StorageError when the
         directory cannot be made."""
-        dir_fd = safe_files.open_dir(output_dir, create=True)
+        try:
+            dir_fd = safe_files.open_dir(output_dir, create=True)
+        except FileExistsError:  # mkdir(exist_ok=True) over a file
+            raise UserError(f"the output directory {plain(output_dir)} is a file",
+                            hint="choose another common_args.output_dir (or --run_id)") from None
         try:
             # Opened, never created anew under a temporary name: the lock lives on this one inode.
             fd = os.open(LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK

@@ -156,6 +156,13 @@ def test_a_planted_lock_file_is_refused_without_touching_what_it_points_to(tmp_p
     assert victim.read_text() == "precious" and not (tmp_path / "made-through-the-link").exists()
 
 
+def test_an_output_directory_that_is_a_file_is_named(tmp_path):
+    (tmp_path / "out").write_text("a file")
+    with pytest.raises(run_directory.UserError, match="is a file"):
+        run_directory.DirectoryLock.take(tmp_path / "out")
+    assert (tmp_path / "out").read_text() == "a file"
+
+
 def test_a_refused_run_reports_every_other_ranks_problem_once(capsys):
     class Peers:
         rank, host = 0, "host-a"
