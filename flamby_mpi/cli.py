@@ -72,10 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
                              "Under mpirun it must equal the MPI rank")
     parser.add_argument("--role", choices=(SERVER, CLIENT), default=None,
                         help="server for rank 0, client for ranks 1..N (give with --rank)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue this run (the output directory that --run_id or "
-                             "common_args.output_dir names) from its latest complete checkpoint; "
-                             "the config must be the same (comm_round may grow)")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue this run (the output directory that --run_id or "
+                            "common_args.output_dir names) from its latest complete checkpoint; "
+                            "the config must be the same (comm_round may grow)")
+    again.add_argument("--overwrite", action="store_true",
+                       help="start afresh in an output directory that holds an earlier run (finished or "
+                            "interrupted): its files are deleted once this run holds the directory. "
+                            "Without --resume or --overwrite such a directory is refused (exit 2)")
     parser.add_argument("--quiet", action="store_true",
                         help="show only warnings, errors and the final table (no progress line)")
     parser.add_argument("--version", action="version", version=f"flamby-mpi {__version__}")
@@ -100,7 +105,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise UserError("--resume needs to know which run to continue",
                             hint="give the run's --run_id (its outputs are in runs/<run_id>), or set "
                                  "common_args.output_dir")
-        plan = make_plan(config, run_id=args.run_id, quiet=args.quiet, resume=args.resume)
+        plan = make_plan(config, run_id=args.run_id, quiet=args.quiet, resume=args.resume,
+                         overwrite=args.overwrite)
         transport = _transport(plan, args, argv, announced_rank)
     except UserError as error:
         # Under mpirun every rank finds the same problem: say it once, from rank 0,

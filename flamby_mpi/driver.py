@@ -2,6 +2,7 @@
 
 `run(plan, transport)` does the same steps for every backend:
 1. agree on the run id (rank 0's timestamp when none was given) and complete the plan;
+   take the output directory (flamby_mpi.run_directory: its lock, no other run's files in it);
 2. set up this rank's logging, torch threads and device; rank 0 shows the plan and
    writes config.yaml;
 3. preflight: build the roles this process plays (the ServerRun on rank 0, a
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shlex
 import sys
 import time
@@ -26,7 +28,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from . import checkpoint, failures, safe_files, startup
+from . import checkpoint, failures, run_directory, safe_files, startup
 from .config import run_id_problem
 from .errors import UserError
 from .logs import SHOWN_WHEN_QUIET
@@ -35,7 +37,8 @@ from .preemption import StopRequest, exit_code, signal_name
 
 
 def new_run_id() -> str:
-    return datetime.now().strftime("%Y%m%d-%H%M%S")
+    """A timestamp and a random suffix: two runs started in the same second get two directories."""
+    return f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
 def torch_threads(plan: RunPlan) -> int:
@@ -62,6 +65,10 @@ def run(plan: RunPlan, transport) -> int:
                              end=transport.abort)
     except BaseException:  # noqa: B902 - any failure must end every rank, not hang them
         return failures.fail(failures.bug("failed"), failures.EXIT_FAILURE, at, end=transport.abort)
+    finally:
+        # The process's end would release the directory's lock too; a run in process (tests, a
+        # notebook) may be followed by another in the same process.
+        run_directory.release_all()
 
 
 def _run(plan: RunPlan, transport, at: str, completed: List[RunPlan]) -> int:
@@ -76,6 +83,9 @@ def _run(plan: RunPlan, transport, at: str, completed: List[RunPlan]) -> int:
     if plan.run_id is None:  # every rank has the same config, so every rank takes this branch
         plan = plan.with_run_id(transport.agree(_first_run_id(plan) if transport.rank == 0 else None))
     completed[0] = plan
+    claim = run_directory.claim(plan, transport)  # before any rank writes in the output directory
+    if claim.code:
+        return claim.code
     setup_rank_logging(plan.output_dir, transport.rank, plan.log_level, quiet=plan.quiet)
     console = console_logger()
     torch.set_num_threads(torch_threads(plan))  # in-process too: the same arithmetic, the same results
@@ -87,6 +97,8 @@ def _run(plan: RunPlan, transport, at: str, completed: List[RunPlan]) -> int:
         console.info("outputs in %s", plan.output_dir)
         safe_files.write_atomic(plan.output_dir, "config.yaml", plan.config_yaml().encode())  # the only writer
         logging.getLogger("flamby_mpi").info("resolved config:\n%s", plan.config_yaml())
+    for note in claim.notes:
+        console.warning("%s", note)
 
     transport.begin(plan, lambda reason: failures.fail(f"{reason}; ending the whole job",
                                                        failures.EXIT_FAILURE, at, end=transport.abort))
@@ -140,14 +152,18 @@ def _first_run_id(plan: RunPlan) -> str:
 
 def _resume_or_start_afresh(plan: RunPlan, transport, server_run, client_runs, console) -> int:
     """--resume: restore the roles from the newest checkpoint intact on every rank (0), or say
-    why not, once, from rank 0 (exit code 2 on every rank). Else clear an earlier run's ones."""
+    why not, once, from rank 0 (exit code 2 on every rank). A fresh start has nothing to clear:
+    run_directory.claim refused an earlier run's files or, with --overwrite, deleted them."""
     from . import resume
 
     if not plan.resume:
-        resume.start_afresh(plan, transport, console)
         return 0
     try:
         resume.agree_and_restore(plan, transport, server_run, client_runs, console)
+        if server_run is not None:
+            # Before any training: from here on results.json can only be this run's own. Not earlier,
+            # so that a refused --resume leaves a finished run's results as they were.
+            run_directory.discard_final_outputs(plan.output_dir)
         return 0
     except UserError as error:
         if transport.rank == 0:
@@ -157,7 +173,7 @@ def _resume_or_start_afresh(plan: RunPlan, transport, server_run, client_runs, c
 
 def resume_command(plan: RunPlan) -> str:
     """What to run to continue this run: this command with --resume (and the run id it got)."""
-    args = [a for a in sys.argv[1:] if a != "--resume"]
+    args = [a for a in sys.argv[1:] if a not in ("--resume", "--overwrite")]
     if "--run_id" not in args and not any(a.startswith("--run_id=") for a in args):
         args += ["--run_id", plan.run_id]
     command = " ".join(shlex.quote(a) for a in ["python", "launch_client.py", *args, "--resume"])

@@ -85,6 +85,7 @@ class RunPlan:
     preemption_grace_s: float = 30.0
     quiet: bool = False  # --quiet: the console shows only warnings, errors and the final table
     resume: bool = False  # --resume: continue from the latest complete checkpoint in output_dir
+    overwrite: bool = False  # --overwrite: an earlier run's files in output_dir are deleted (run_directory.py)
     run_id: Optional[str] = None  # None until agreed (with_run_id)
     output_dir: Optional[Path] = None
     rendezvous_dir: Optional[Path] = None
@@ -350,7 +351,7 @@ def _strategy_problems(train, num_clients: int) -> List[str]:
 
 
 def make_plan(config: RunConfig, run_id: Optional[str] = None, quiet: bool = False,
-              resume: bool = False) -> RunPlan:
+              resume: bool = False, overwrite: bool = False) -> RunPlan:
     """The plan of this config; run_id (from --run_id) wins over common_args.run_id."""
     seed = config.common_args.random_seed
     dataset = resolve_dataset(config.data_args, seed)
@@ -413,7 +414,7 @@ def make_plan(config: RunConfig, run_id: Optional[str] = None, quiet: bool = Fal
         backend=config.comm_args.backend, round_timeout_s=config.comm_args.round_timeout_s,
         join_timeout_s=config.comm_args.join_timeout_s, secret_file=config.comm_args.secret_file,
         log_level=config.tracking_args.log_level, tensorboard=config.tracking_args.tensorboard,
-        quiet=quiet, resume=resume, cpu_threads=config.device_args.cpu_threads,
+        quiet=quiet, resume=resume, overwrite=overwrite, cpu_threads=config.device_args.cpu_threads,
         checkpoint_every=config.common_args.checkpoint_every,
         keep_checkpoints=config.common_args.keep_checkpoints,
         preemption_grace_s=config.common_args.preemption_grace_s,

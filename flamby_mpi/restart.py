@@ -6,19 +6,25 @@ prints one line, `<decision> <run directory>`, where the run directory is the on
 command line names (a user's `--set common_args.output_dir=...` wins over the script's
 DEFAULT_DIR) and the decision is:
 
-  finished  the run has results.json: nothing to redo;
-  resume    it has a complete checkpoint (a manifest): continue it with --resume;
-  afresh    neither: start the run again.
+  finished   the run has results.json: nothing to redo;
+  resume     it has a complete checkpoint (a manifest) and no results.json: continue it with --resume;
+  overwrite  it was interrupted before any complete checkpoint (config.yaml, logs... but no
+             manifest, no results.json): start it again with --overwrite, which deletes those files;
+  afresh     nothing of a run is there: start the run.
 
-scripts/slurm_job.sh and scripts/pbs_job.sh ask this and keep only their scheduler's wording, so
-the rule is written once. A config that does not load leaves the directory at DEFAULT_DIR: the
-launcher itself then reports the config's problem.
+No killed run leaves these ambiguous: results.json is written last, and a resumed or overwritten
+run removes it before training (flamby_mpi/run_directory.py); the manifest of a checkpoint is
+written once every rank's files are. scripts/slurm_job.sh and scripts/pbs_job.sh ask this and keep
+only their scheduler's wording, so the rule is written once. A config that does not load leaves
+the directory at DEFAULT_DIR: the launcher itself then reports the config's problem.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 from typing import List, Optional
+
+from .run_directory import inspect
 
 
 def run_directory(default_dir: str, config: str, args: List[str]) -> Path:
@@ -35,11 +41,12 @@ def run_directory(default_dir: str, config: str, args: List[str]) -> Path:
 
 
 def decide(run_dir: Path) -> str:
-    if (run_dir / "results.json").is_file():
+    state = inspect(run_dir)
+    if state.kind == "finished":
         return "finished"
-    if any(run_dir.glob("checkpoints/round_*/manifest.json")):
+    if state.newest_checkpoint is not None:
         return "resume"
-    return "afresh"
+    return "overwrite" if state.kind == "interrupted" else "afresh"
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -7,8 +7,8 @@
    filesystem, and only a rank's own host has its files.
 3. One allgather: the newest round every rank holds intact is resumed; newer, incomplete
    cuts are deleted by each rank.
-A run that starts afresh (no --resume) in a directory holding an earlier run's checkpoints
-deletes them (each rank its own files) so that a later --resume never mixes two runs.
+A run never starts afresh over an earlier run's checkpoints: flamby_mpi.run_directory refuses
+that directory, or deletes them with --overwrite, so a later --resume never mixes two runs.
 """
 from __future__ import annotations
 
@@ -189,11 +189,3 @@ def _restore_rank(plan, cut: int, rank: int, path: str, server_run, client_runs,
         raise checkpoint.CheckpointError(
             f"{path}: rank {rank}'s state does not fit this run ({type(exc).__name__}: {clip(str(exc))})") from None
 
-
-def start_afresh(plan, transport, console):
-    """No --resume: an earlier run's checkpoints in this output directory go (each rank its own)."""
-    if transport.rank == 0 and checkpoint.rounds_on_disk(plan.output_dir):
-        console.warning("starting afresh: the earlier checkpoints in %s are deleted (to continue that run "
-                        "instead, start it with --resume)", checkpoint.checkpoints_dir(plan.output_dir))
-    for rank in transport.local_ranks:
-        checkpoint.remove_rank_checkpoints(plan.output_dir, rank, keep=())

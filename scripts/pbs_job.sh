@@ -111,11 +111,17 @@ defaults=(--run_id "$run_id" --set "common_args.output_dir=$output_dir")
 # Rerun (qsub -r y, README "On a cluster: SLURM requeue and PBS"). NOT TESTED ON A REAL PBS.
 # PBS Pro / OpenPBS count a job's starts in its run_count attribute (qstat -f); when it is
 # above 1 the job was rerun (qrerun, a preemption with requeue, a node failure) and continues
-# its run from the newest complete checkpoint, or does nothing again if the run had finished.
+# its run from the newest complete checkpoint, starts it again over what it left if it stopped
+# before any checkpoint (--overwrite), or does nothing again if the run had finished.
 # Torque shows no run_count: there, give FLAMBY_MPI_RESUME=1 to resume.
 runs=$(qstat -f "$PBS_JOBID" 2> /dev/null | sed -n 's/^ *run_count = *\([0-9][0-9]*\).*/\1/p' | head -n 1 || true)
-resume=()
+again=()
 if [ "${runs:-1}" -gt 1 ] || [ "${FLAMBY_MPI_RESUME:-0}" = 1 ]; then
+    # A user's own --overwrite was for the first start: now the run in that directory is this
+    # job's own, to finish, resume or start again as decided here.
+    args=()
+    for arg in "$@"; do [ "$arg" = --overwrite ] || args+=("$arg"); done
+    set -- "${args[@]}"
     # The decision and the run directory (the job's command line's: a user's own --set
     # common_args.output_dir wins), from the rule both job scripts share (flamby_mpi/restart.py).
     decision=$(PYTHONPATH="$home${PYTHONPATH:+:$PYTHONPATH}" "$python" -m flamby_mpi.restart "$output_dir" \
@@ -128,9 +134,15 @@ if [ "${runs:-1}" -gt 1 ] || [ "${FLAMBY_MPI_RESUME:-0}" = 1 ]; then
             exit 0
             ;;
         resume)
-            resume=(--resume)
+            again=(--resume)
             echo "flamby-mpi: PBS job $PBS_JOBID started again (run ${runs:-?}): resuming from the newest" \
                  "complete checkpoint in $run_dir/checkpoints"
+            ;;
+        overwrite)
+            again=(--overwrite)
+            echo "flamby-mpi: PBS job $PBS_JOBID started again (run ${runs:-?}) before any complete" \
+                 "checkpoint in $run_dir: starting afresh over what the interrupted run left there" \
+                 "(--overwrite)"
             ;;
         *)
             echo "flamby-mpi: PBS job $PBS_JOBID started again (run ${runs:-?}) before any complete" \
@@ -140,7 +152,7 @@ if [ "${runs:-1}" -gt 1 ] || [ "${FLAMBY_MPI_RESUME:-0}" = 1 ]; then
 fi
 
 echo "flamby-mpi: PBS job $PBS_JOBID, $np ranks; outputs in $output_dir"
-echo "flamby-mpi: ${start[*]} $python $home/launch_client.py --cf $config ${defaults[*]} $* ${resume[*]}"
+echo "flamby-mpi: ${start[*]} $python $home/launch_client.py --cf $config ${defaults[*]} $* ${again[*]}"
 
 # qdel, qrerun and preemption send SIGTERM to the job's processes, then SIGKILL after the
 # queue's kill_delay (set preemption_grace_s below it). The launcher runs in the background
@@ -151,7 +163,7 @@ forward() {
     signals=$((signals + 1))
     kill -s "$1" "$launcher" 2> /dev/null || true
 }
-"${start[@]}" "$python" "$home/launch_client.py" --cf "$config" "${defaults[@]}" "$@" "${resume[@]}" &
+"${start[@]}" "$python" "$home/launch_client.py" --cf "$config" "${defaults[@]}" "$@" "${again[@]}" &
 launcher=$!
 trap 'forward TERM' TERM
 trap 'forward INT' INT

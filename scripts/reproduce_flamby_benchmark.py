@@ -87,8 +87,10 @@ def run_one(args, strategy: str, seed: int, settings: Dict[str, str], out: Path)
         overrides.append(f"data_args.data_path={args.data_path}")
     if args.backend == "inprocess":
         overrides.append("comm_args.backend=inprocess")
+    # This directory is the script's own, and a run there without results.json (an earlier attempt
+    # killed, or --rerun) is to be replaced: the launcher would refuse it otherwise.
     launcher = [sys.executable, str(REPO / "launch_client.py"), "--cf", str(args.config),
-                "--run_id", f"repro-{strategy}-seed{seed}"]
+                "--run_id", f"repro-{strategy}-seed{seed}", "--overwrite"]
     for o in overrides:
         launcher += ["--set", o]
     if args.backend == "mpi":

@@ -136,9 +136,15 @@ esac
 # Requeue (sbatch --requeue; README "On a cluster: SLURM requeue and PBS"): when SLURM
 # starts this job again (scontrol requeue, preemption, a node failure, or this script after
 # a time-limit signal), it continues the run in the same output directory from its newest
-# complete checkpoint, or, if the first start finished, does nothing again.
-resume=()
+# complete checkpoint, starts it again over what it left if it stopped before any checkpoint
+# (--overwrite), or, if the first start finished, does nothing again.
+again=()
 if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then
+    # A user's own --overwrite was for the first start: now the run in that directory is this
+    # job's own, to finish, resume or start again as decided here.
+    args=()
+    for arg in "$@"; do [ "$arg" = --overwrite ] || args+=("$arg"); done
+    set -- "${args[@]}"
     # The decision and the run directory (the job's command line's: a user's own --set
     # common_args.output_dir wins), from the rule both job scripts share (flamby_mpi/restart.py).
     decision=$(PYTHONPATH="$home${PYTHONPATH:+:$PYTHONPATH}" "$python" -m flamby_mpi.restart "$output_dir" \
@@ -151,9 +157,15 @@ if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then
             exit 0
             ;;
         resume)
-            resume=(--resume)
+            again=(--resume)
             echo "flamby-mpi: SLURM job $SLURM_JOB_ID restarted (restart $SLURM_RESTART_COUNT): resuming" \
                  "from the newest complete checkpoint in $run_dir/checkpoints"
+            ;;
+        overwrite)
+            again=(--overwrite)
+            echo "flamby-mpi: SLURM job $SLURM_JOB_ID restarted (restart $SLURM_RESTART_COUNT) before any" \
+                 "complete checkpoint in $run_dir: starting afresh over what the interrupted run left" \
+                 "there (--overwrite)"
             ;;
         *)
             echo "flamby-mpi: SLURM job $SLURM_JOB_ID restarted (restart $SLURM_RESTART_COUNT) before any" \
@@ -163,7 +175,7 @@ if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then
 fi
 
 echo "flamby-mpi: SLURM job $SLURM_JOB_ID, $tasks tasks on ${SLURM_JOB_NODELIST:-?}; outputs in $output_dir"
-echo "flamby-mpi: ${start[*]} $python $home/launch_client.py --cf $config ${defaults[*]} $* ${resume[*]}"
+echo "flamby-mpi: ${start[*]} $python $home/launch_client.py --cf $config ${defaults[*]} $* ${again[*]}"
 
 # The launcher runs in the background so that this shell can pass signals on: with
 # `sbatch --signal=B:TERM@<s>` SLURM signals only this shell. SIGTERM/SIGINT make every
@@ -177,7 +189,7 @@ forward() {
     signals=$((signals + 1))
     kill -s "$1" "$launcher" 2> /dev/null || true
 }
-"${start[@]}" "$python" "$home/launch_client.py" --cf "$config" "${defaults[@]}" "$@" "${resume[@]}" &
+"${start[@]}" "$python" "$home/launch_client.py" --cf "$config" "${defaults[@]}" "$@" "${again[@]}" &
 launcher=$!
 trap 'forward TERM' TERM
 trap 'forward INT' INT

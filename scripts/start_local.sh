@@ -16,7 +16,8 @@ usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 case "$1" in -h|--help) usage ;; esac
 config=$1; shift
 run_id=${1:-}
-if [ -n "$run_id" ] && [ "$run_id" != "--" ]; then shift; else run_id="local-$(date +%Y%m%d-%H%M%S)"; fi
+# The default id has a random suffix, as launch_client.py's: two runs started in the same second differ.
+if [ -n "$run_id" ] && [ "$run_id" != "--" ]; then shift; else run_id="local-$(date +%Y%m%d-%H%M%S)-$(printf %04x "$RANDOM")"; fi
 [ "${1:-}" = "--" ] && shift
 extra=("$@")
 

@@ -431,7 +431,11 @@ def test_slurm_job_signalled_alone_requeues_itself_if_requeueable(requeueable, t
 
 
 def _restarted(script, tmp_path, env, run_dir, state):
-    """A restarted job whose run directory holds `state` (nothing, a checkpoint, results)."""
+    """A restarted job whose run directory holds `state` (nothing, logs of a run killed before its
+    first checkpoint, a checkpoint, results)."""
+    if state == "interrupted":
+        (run_dir / "logs").mkdir(parents=True)
+        (run_dir / "logs" / "rank0.log").write_text("killed in round 1\n")
     if state in ("checkpoint", "finished"):
         (run_dir / "checkpoints" / "round_3").mkdir(parents=True)
         (run_dir / "checkpoints" / "round_3" / "manifest.json").write_text("{}")
@@ -452,7 +456,7 @@ def _restarted(script, tmp_path, env, run_dir, state):
     (SLURM_SCRIPT, {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "5", "SLURM_RESTART_COUNT": "2",
                     "FLAMBY_MPI_ARGS_EXTRA": "mine"}, "mine"),
 ])
-@pytest.mark.parametrize("state", ["empty", "checkpoint", "finished"])
+@pytest.mark.parametrize("state", ["empty", "interrupted", "checkpoint", "finished"])
 def test_a_restarted_job_resumes_starts_afresh_or_does_nothing(script, env, run_dir, state, tmp_path):
     env = dict(env)  # parametrize shares the dict between cases
     mine = env.pop("FLAMBY_MPI_ARGS_EXTRA", None)
@@ -470,9 +474,12 @@ def test_a_restarted_job_resumes_starts_afresh_or_does_nothing(script, env, run_
     elif state == "checkpoint":
         assert "resuming from the newest complete checkpoint" in done.stdout
         assert calls.rstrip().endswith("--resume"), calls
+    elif state == "interrupted":  # never refused as "holds an interrupted run", never skipped
+        assert "before any complete checkpoint" in done.stdout and "starting afresh over" in done.stdout
+        assert calls.rstrip().endswith("--overwrite") and "--resume" not in calls, calls
     else:
         assert "before any complete checkpoint" in done.stdout and "starting afresh" in done.stdout
-        assert "mpiexec" in calls and "--resume" not in calls
+        assert "mpiexec" in calls and "--resume" not in calls and "--overwrite" not in calls
 
 
 def test_a_first_start_never_resumes(tmp_path):
@@ -481,3 +488,20 @@ def test_a_first_start_never_resumes(tmp_path):
     done, calls = _restarted(SLURM_SCRIPT, tmp_path, {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "5"},
                              tmp_path / "runs" / "slurm-7", "empty")
     assert done.returncode == 0 and "mpiexec" in calls and "--resume" not in calls, done.stdout
+
+
+@pytest.mark.parametrize("script, env", [
+    (SLURM_SCRIPT, {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "5", "SLURM_RESTART_COUNT": "1"}),
+    (PBS_SCRIPT, {"PBS_JOBID": "7.pbs", "FLAMBY_MPI_NP": "5", "run_count": "2"}),
+])
+def test_a_users_overwrite_was_for_the_first_start_only(script, env, tmp_path):
+    """Submitted with --overwrite (over an older run), restarted after a checkpoint: it resumes its
+    own run (--resume and --overwrite together would be refused), never deletes it."""
+    env = dict(env)
+    wrapper = tmp_path / "job.sh"
+    wrapper.write_text(f"#!/bin/bash\nexec bash {script} \"$@\" --overwrite\n")
+    run_dir = tmp_path / ("runs/slurm-7" if script == SLURM_SCRIPT else "runs/pbs-7")
+    run_dir.mkdir(parents=True)
+    done, calls = _restarted(wrapper, tmp_path, env, run_dir, "checkpoint")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert calls.rstrip().endswith("--resume") and "--overwrite" not in calls, calls

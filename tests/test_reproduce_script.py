@@ -56,3 +56,9 @@ def test_reproduction_table_plot_and_verdict(tmp_path):
     # Same outputs reused, but a strict tolerance makes the verdict fail with exit code 1.
     strict = run_job(args[:-1] + ["0.0000001"], tmp_path, env_for(home), 120)
     assert strict.returncode == 1, strict.output
+
+    # --rerun runs again over the finished runs (the launcher would refuse them without --overwrite).
+    before = (out / "runs" / "FedAvg" / "seed1" / "results.json").stat().st_mtime_ns
+    again = run_job(args + ["--rerun", "--strategies", "FedAvg", "--seeds", "1"], tmp_path, env_for(home), 300)
+    assert again.returncode == 0, again.output
+    assert (out / "runs" / "FedAvg" / "seed1" / "results.json").stat().st_mtime_ns != before

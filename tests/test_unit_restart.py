@@ -14,15 +14,23 @@ def _decision(capsys, *argv):
     return decision, Path(directory)
 
 
-def test_finished_resume_or_afresh_in_the_directory_the_command_line_names(tmp_path, capsys):
+def test_finished_resume_overwrite_or_afresh_in_the_directory_the_command_line_names(tmp_path, capsys):
     default, mine = tmp_path / "runs" / "slurm-7", tmp_path / "mine dir"
     assert _decision(capsys, str(default), CONFIG) == ("afresh", default)
+    (default / "rendezvous").mkdir(parents=True)  # made by the join before the run, and the lock: no run yet
+    (default / ".flamby-mpi.lock").write_text("")
+    assert _decision(capsys, str(default), CONFIG) == ("afresh", default)
+    (default / "config.yaml").write_text("x")  # killed before its first checkpoint: start it again over it
+    assert _decision(capsys, str(default), CONFIG) == ("overwrite", default)
     (default / "checkpoints" / "round_2").mkdir(parents=True)
-    assert _decision(capsys, str(default), CONFIG) == ("afresh", default)  # no manifest: not complete
+    assert _decision(capsys, str(default), CONFIG) == ("overwrite", default)  # no manifest: not complete
     (default / "checkpoints" / "round_2" / "manifest.json").write_text("{}")
     assert _decision(capsys, str(default), CONFIG) == ("resume", default)
     (default / "results.json").write_text("{}")
     assert _decision(capsys, str(default), CONFIG) == ("finished", default)
+    # A resume (or --overwrite) removes results.json before training: killed then, it resumes again.
+    (default / "results.json").unlink()
+    assert _decision(capsys, str(default), CONFIG) == ("resume", default)
     # the user's --set (after the script's own) wins, spaces and all
     override = ["--set", f"common_args.output_dir={tmp_path / 'x'}", "--set", f"common_args.output_dir={mine}"]
     assert _decision(capsys, str(default), CONFIG, *override) == ("afresh", mine)

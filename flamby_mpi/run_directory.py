@@ -1,0 +1,359 @@
+"""A run owns its output directory: one job at a time in it, and never over another run's files.
+
+Rank 0 takes an exclusive lock on `<output_dir>/.flamby-mpi.lock` right after the run id is
+agreed and before any rank writes there, and holds it until its process ends (flock: the kernel
+releases it when the process exits, however it exits). The lock file records the holder (host,
+pid, start time, run id, and a random token of the job that rank 0 shares with every rank):
+- a second job on the directory is refused (exit 2) naming the job that holds it;
+- a rank on another host than rank 0 checks its own host's copy of the directory: on a shared
+  file system it finds the lock held with its own job's token and goes on; on a disk of its
+  own it takes that copy's lock (a second rank beside it finds its token there);
+- starting afresh (no --resume) where an earlier run left files (results.json: finished; else
+  config.yaml, logs, checkpoints...: interrupted) is refused, naming what is there and the two
+  ways on: --resume, or --overwrite, which deletes those files once the new run holds the lock;
+- a resumed run removes the earlier run's final outputs (results.json first) before training,
+  so that results.json always belongs to the run that wrote it last: a run killed before its
+  end never leaves one behind.
+Only the names a run writes count and are deleted: other entries (the rendezvous directory,
+start_local.sh's terminals/, files of the user's) are neither a run nor ever removed here.
+
+The state (`inspect`) is also what `python -m flamby_mpi.restart` decides from; this module
+imports neither torch nor MPI.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import re
+import secrets
+import stat
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from . import safe_files
+from .errors import UserError, plain
+from .safe_files import StorageError, UnsafePathError
+
+LOCK_NAME = ".flamby-mpi.lock"
+RESULTS = "results.json"
+# What a run writes at its end, results.json first: once it is gone, no file here claims the run finished.
+FINAL_OUTPUTS = (RESULTS, "global_model.pt", "results.csv", "metrics.csv", "rounds.csv", "report.png")
+RUN_FILES = frozenset(FINAL_OUTPUTS + ("config.yaml",))
+RUN_DIRS = frozenset({"logs", "checkpoints", "tensorboard"})
+# A temporary file of a run's own, left by a kill during a write (safe_files' names, and older ones).
+_TEMPORARY = re.compile(r"^\.(?P<name>.+?)\.(?:[0-9a-f]{16}\.tmp|tmp[0-9]*)$")
+_ROUND_DIR = re.compile(r"^round_([0-9]{1,9})$")
+_RECORD_CAP = 64 * 1024  # a holder record is a few hundred bytes
+_RESULTS_CAP = 64 * 1024 * 1024
+# A rank that finds its host's copy locked waits this long for the holder's record to name its job
+# (another rank of this job, beside it, may have taken the lock an instant before writing it).
+RECORD_WAIT_S = 10.0
+_UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
+
+
+def _when(unix: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(unix))
+
+
+def new_token() -> str:
+    return secrets.token_hex(16)
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a directory's lock: what the lock file records."""
+    host: str
+    pid: int
+    started: float  # unix time
+    token: str  # the job's, the same on every rank of it
+    run_id: str
+
+    def describe(self) -> str:
+        return f"run {plain(self.run_id)} on host {plain(self.host)}, pid {self.pid}, started {_when(self.started)}"
+
+    def to_bytes(self) -> bytes:
+        return (json.dumps(asdict(self)) + "\n").encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Optional["Holder"]:
+        try:
+            record = safe_files.load_json(data, max_depth=2)
+            holder = cls(host=record["host"], pid=record["pid"], started=record["started"],
+                         token=record["token"], run_id=record["run_id"])
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+            return None
+        kinds = [(holder.host, str), (holder.pid, int), (holder.started, (int, float)), (holder.token, str),
+                 (holder.run_id, str)]
+        return holder if all(isinstance(v, k) and not isinstance(v, bool) for v, k in kinds) else None
+
+
+class DirectoryBusy(UserError):
+    """Another job holds the directory's lock."""
+
+    def __init__(self, output_dir: Path, holder: Optional[Holder], on: str = ""):
+        who = holder.describe() if holder is not None else "a job whose record in the lock file cannot be read"
+        super().__init__(f"{plain(output_dir)}{on} is in use by another job ({who}); two jobs in one output "
+                         "directory would overwrite each other's checkpoints and results",
+                         hint="wait for that job to end, or give this run another --run_id (or "
+                              "common_args.output_dir)")
+
+
+class DirectoryLock:
+    """The lock of one output directory, held by this process while it is open."""
+
+    def __init__(self, output_dir: Path, fd: Optional[int], supported: bool = True):
+        self.output_dir, self.fd, self.supported = output_dir, fd, supported
+
+    @classmethod
+    def take(cls, output_dir: Path) -> Optional["DirectoryLock"]:
+        """The directory's lock (the directory made if missing), or None when another job holds it.
+        Raises UnsafePathError for a link or a non-file at the lock's name, StorageError when the
+        directory cannot be made."""
+        try:
+            dir_fd = safe_files.open_dir(output_dir, create=True)
+        except FileExistsError:  # mkdir(exist_ok=True) over a file
+            raise UserError(f"the output directory {plain(output_dir)} is a file",
+                            hint="choose another common_args.output_dir (or --run_id)") from None
+        try:
+            # Opened, never created anew under a temporary name: the lock lives on this one inode.
+            fd = os.open(LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+                         | getattr(os, "O_CLOEXEC", 0), 0o644, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafePathError(output_dir / LOCK_NAME, "is a link") from None
+            if exc.errno == errno.EISDIR:
+                raise UnsafePathError(output_dir / LOCK_NAME, "is not a regular file") from None
+            if safe_files.is_storage_error(exc):
+                raise StorageError(output_dir / LOCK_NAME, exc, "opening") from None
+            raise
+        finally:
+            os.close(dir_fd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise UnsafePathError(output_dir / LOCK_NAME, "is not a regular file")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except OSError as exc:
+            if exc.errno in _UNSUPPORTED:  # e.g. Lustre mounted without flock: go on, unguarded, and say so
+                return cls(output_dir, fd, supported=False)
+            os.close(fd)
+            raise
+        return cls(output_dir, fd)
+
+    def record(self, holder: Holder):
+        """Writes the holder into the lock file, in place: the lock is on this inode, a rename would
+        leave it behind."""
+        data = holder.to_bytes()
+        try:
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, data, 0)
+        except OSError as exc:
+            if safe_files.is_storage_error(exc):
+                raise StorageError(self.output_dir / LOCK_NAME, exc) from None
+            raise
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)  # closing the last descriptor of the open file releases the flock
+            self.fd = None
+
+
+def read_holder(output_dir: Path, token: Optional[str] = None, wait_s: float = 0.0) -> Optional[Holder]:
+    """The holder the lock file records (None: none readable). With wait_s, reads again until the
+    record names `token` (or, without a token, until there is a record) or wait_s has passed."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            holder = Holder.from_bytes(safe_files.read_bounded(LOCK_NAME, _RECORD_CAP, root=output_dir))
+        except (OSError, ValueError, UserError):
+            holder = None
+        settled = holder is not None and (token is None or holder.token == token)
+        if settled or time.monotonic() >= deadline:
+            return holder
+        time.sleep(0.05)
+
+
+@dataclass
+class DirectoryState:
+    """What an output directory holds: kind is "empty", "finished" or "interrupted"."""
+    kind: str
+    what: str = ""  # e.g. "a finished run (results.json of 2026-12-05 14:02:11, 15 rounds)"
+    entries: List[str] = field(default_factory=list)  # the run's names present, results.json first
+    newest_checkpoint: Optional[int] = None  # the newest round with a manifest
+
+
+def _newest_checkpoint(output_dir: Path) -> Optional[int]:
+    rounds = []
+    try:
+        found = list(safe_files.entries(output_dir, "checkpoints"))
+    except (NotADirectoryError, UnsafePathError):  # a link or a file there: no checkpoint of ours
+        found = []
+    for name, is_dir in found:
+        match = _ROUND_DIR.match(name)
+        if match and is_dir and safe_files.file_exists(output_dir, f"checkpoints/{name}/manifest.json"):
+            rounds.append(int(match.group(1)))
+    return max(rounds) if rounds else None
+
+
+def _is_run_entry(name: str, is_dir: bool) -> bool:
+    if name in RUN_DIRS:
+        return True
+    if name in RUN_FILES:
+        return not is_dir
+    match = _TEMPORARY.match(name)
+    return bool(match) and match.group("name") in RUN_FILES and not is_dir
+
+
+def _finished_summary(output_dir: Path) -> str:
+    parts = []
+    try:
+        parts.append(f"results.json of {_when(os.stat(output_dir / RESULTS, follow_symlinks=False).st_mtime)}")
+        results = safe_files.load_json(safe_files.read_bounded(RESULTS, _RESULTS_CAP, root=output_dir))
+        rounds = results.get("rounds_completed") if isinstance(results, dict) else None
+        if isinstance(rounds, int) and not isinstance(rounds, bool):
+            parts.append(f"{rounds} rounds")
+    except (OSError, ValueError, UnicodeDecodeError, UserError):
+        pass
+    return ", ".join(parts) or "results.json"
+
+
+def inspect(output_dir: Path) -> DirectoryState:
+    """The state of output_dir from the names a run writes there (nothing else counts)."""
+    try:
+        found = [(name, is_dir) for name, is_dir in safe_files.entries(output_dir) if _is_run_entry(name, is_dir)]
+    except (NotADirectoryError, UnsafePathError):
+        found = []
+    if not found:
+        return DirectoryState("empty")
+    names = sorted((name for name, _ in found), key=lambda n: (n != RESULTS, n))
+    newest = _newest_checkpoint(output_dir)
+    if names[0] == RESULTS and safe_files.file_exists(output_dir, RESULTS):
+        return DirectoryState("finished", f"a finished run ({_finished_summary(output_dir)})", names, newest)
+    if newest is not None:
+        what = f"an interrupted run (checkpoint of round {newest})"
+    else:
+        what = f"an interrupted run without a complete checkpoint ({', '.join(names[:6])})"
+    return DirectoryState("interrupted", what, names, newest)
+
+
+def clear_run(output_dir: Path, state: DirectoryState):
+    """Deletes the earlier run's files (results.json first), never following a link; the lock
+    file and everything that is not a run's stay."""
+    for name in state.entries:
+        safe_files.remove_tree(output_dir, name)
+
+
+def discard_final_outputs(output_dir: Path) -> List[str]:
+    """A resumed run: the earlier end's outputs go before training, results.json first."""
+    return [name for name in FINAL_OUTPUTS if safe_files.remove(output_dir, name)]
+
+
+def refusal(output_dir: Path, state: DirectoryState, on: str = "") -> UserError:
+    if state.kind == "finished":
+        ways = ("to run it again, add --overwrite (its files are deleted); to continue it with more rounds, "
+                "--resume with a larger train_args.comm_round")
+    else:
+        ways = ("to continue it, add --resume" + ("" if state.newest_checkpoint is not None else
+                                                   " (it has no complete checkpoint, so it cannot be continued)")
+                + "; to start afresh, add --overwrite (its files are deleted)")
+    return UserError(f"{plain(output_dir)}{on} holds {state.what}",
+                     hint=f"{ways}; or give this run another --run_id (or common_args.output_dir)")
+
+
+# The locks this process holds: open until the process ends (or release_all, for runs in process).
+_HELD: List[DirectoryLock] = []
+
+
+def release_all():
+    while _HELD:
+        _HELD.pop().release()
+
+
+@dataclass
+class Claim:
+    """This process's outcome of `claim`: an exit code (0: go on) and what to say once logging is up."""
+    code: int = 0
+    notes: List[str] = field(default_factory=list)
+
+
+def _take_and_check(output_dir: Path, holder: Holder, resume: bool, overwrite: bool,
+                    on: str = "") -> Tuple[Optional[DirectoryLock], List[str]]:
+    """Takes output_dir's lock for holder's job and checks what is there. Returns (the lock, or None
+    when this job already holds it elsewhere: a shared file system; notes). Raises UserError."""
+    lock = DirectoryLock.take(output_dir)
+    if lock is None:
+        # Rank 0's token is new: any record will do. Another host's rank waits for its own job's.
+        current = read_holder(output_dir, holder.token, RECORD_WAIT_S) if on else read_holder(output_dir, None, 1.0)
+        if current is not None and current.token == holder.token:
+            return None, []  # our own job: rank 0 on a shared file system, or a rank beside us
+        raise DirectoryBusy(output_dir, current, on)
+    try:
+        current = read_holder(output_dir) if on else None
+        if current is not None and current.token == holder.token:
+            _HELD.append(lock)  # a shared file system whose locks do not reach across hosts
+            return None, []
+        state = inspect(output_dir)
+        if state.kind != "empty" and not (resume or overwrite):
+            raise refusal(output_dir, state, on)
+        lock.record(holder)
+        notes = [] if lock.supported else [
+            f"{output_dir}: the file system does not support locks (flock), so a second job in this "
+            "output directory cannot be refused: make sure there is none"]
+        if state.kind != "empty" and overwrite:
+            clear_run(output_dir, state)
+            notes.append(f"--overwrite: the earlier run in {output_dir}{on} was deleted: {state.what}")
+    except BaseException:
+        lock.release()
+        raise
+    _HELD.append(lock)
+    return lock, notes
+
+
+def claim(plan, transport) -> Claim:
+    """Every rank, once the run id is agreed and before anything is written in the output directory:
+    rank 0 takes it (lock, state, --overwrite) and tells every rank its verdict and the job's token;
+    a rank on another host then checks its own host's copy; one allgather ends every rank with exit 2
+    if any of them is refused, rank 0 saying why once."""
+    if transport.rank == 0:
+        holder = Holder(transport.host, os.getpid(), time.time(), new_token(), plan.run_id)
+        try:
+            _, notes = _take_and_check(plan.output_dir, holder, plan.resume, plan.overwrite)
+            verdict: Dict = {"host": transport.host, "token": holder.token, "notes": notes}
+        except UserError as error:
+            verdict = {"error": str(error), "exit_code": error.exit_code}
+    else:
+        verdict = None
+    verdict = transport.agree(verdict)
+    from . import failures
+
+    if "error" in verdict:
+        if transport.rank == 0:
+            failures.report(failures.message(verdict["error"], "rank 0"))
+        return Claim(verdict["exit_code"])
+    claim_here = Claim(notes=list(verdict["notes"]) if transport.rank == 0 else [])
+    problem = None
+    if transport.host != verdict["host"]:
+        holder = Holder(transport.host, os.getpid(), time.time(), verdict["token"], plan.run_id)
+        try:
+            _, notes = _take_and_check(plan.output_dir, holder, plan.resume, plan.overwrite,
+                                       on=f" (host {plain(transport.host)}'s copy)")
+            claim_here.notes += notes
+        except UserError as error:
+            problem = (transport.rank, str(error), error.exit_code)
+    problems = [p for p in transport.allgather(problem) if p is not None]
+    if not problems:
+        return claim_here
+    if transport.rank == 0:
+        by_message: Dict[str, List[int]] = {}
+        for rank, text, _ in problems:
+            by_message.setdefault(text, []).append(rank)
+        for text, ranks in by_message.items():
+            failures.report(failures.message(text, "rank " + ", ".join(map(str, ranks))))
+    return Claim(max(code for _, _, code in problems))
