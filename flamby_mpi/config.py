@@ -158,10 +158,12 @@ def _pooled_test_mode(value):
 
 @dataclass
 class CommonArgs:
-    training_type: str = field(default="cross_silo", metadata=_meta(choices=("cross_silo",)))
+    training_type: str = field(default="cross_silo", metadata=_meta(
+        choices=("cross_silo",), help="the only training type (FLamby's example has simulation)"))
     random_seed: int = field(default=0, metadata=_meta(
         minimum=0, maximum=MAX_SEED, why="a signed 64-bit integer, as torch and numpy take seeds",
-        help="seeds model init and data order"))
+        help="seeds the initial global model (rank 0) and each client's data order and local "
+             "randomness (from seed and rank)"))
     run_id: Optional[str] = field(default=None, metadata=_meta(
         help="--run_id overrides; default: a timestamp", check=run_id_problem))
     output_dir: Optional[str] = field(default=None, metadata=_meta(
@@ -190,9 +192,10 @@ class DataArgs:
     data_path: Optional[str] = field(default=None, metadata=_meta(help="passed to FLamby's dataset class",
                                                                   check=path_problem))
     debug: bool = field(default=False, metadata=_meta(help="FLamby's debug subset, where supported"))
-    synthetic_num_centers: int = field(default=4, metadata=_meta(minimum=1, maximum=MAX_SYNTHETIC_CENTERS))
+    synthetic_num_centers: int = field(default=4, metadata=_meta(
+        minimum=1, maximum=MAX_SYNTHETIC_CENTERS, help="centres of the synthetic dataset"))
     synthetic_samples_per_center: int = field(default=200, metadata=_meta(
-        minimum=8, maximum=MAX_SYNTHETIC_SAMPLES))
+        minimum=8, maximum=MAX_SYNTHETIC_SAMPLES, help="base size of a synthetic centre (sizes vary by centre)"))
     num_workers: int = field(default=0, metadata=_meta(minimum=0, maximum=MAX_THREADS_OR_WORKERS,
                                                       help="DataLoader worker processes"))
 
@@ -205,9 +208,10 @@ class ModelArgs:
 
 @dataclass
 class TrainArgs:
-    federated_optimizer: str = field(default="FedAvg", metadata=_meta(choices=STRATEGY_NAMES))
-    client_num_in_total: Optional[int] = field(default=None, metadata=_meta(minimum=1, maximum=MAX_COUNT,
-                                                                            why=_COUNT_WHY))
+    federated_optimizer: str = field(default="FedAvg", metadata=_meta(
+        choices=STRATEGY_NAMES, help="the strategy, by FLamby's name"))
+    client_num_in_total: Optional[int] = field(default=None, metadata=_meta(
+        minimum=1, maximum=MAX_COUNT, why=_COUNT_WHY, help="if given, must equal the dataset's number of centres"))
     client_num_per_round: Optional[int] = field(default=None, metadata=_meta(
         minimum=1, maximum=MAX_COUNT, why=_COUNT_WHY, help="centres sampled per round (seeded); default: all"))
     comm_round: Optional[int] = field(default=None, metadata=_meta(
@@ -266,20 +270,23 @@ class TrainArgs:
 
 @dataclass
 class ValidationArgs:
-    frequency_of_the_test: int = field(default=5, metadata=_meta(minimum=1, maximum=MAX_COUNT, why=_COUNT_WHY))
+    frequency_of_the_test: int = field(default=5, metadata=_meta(
+        minimum=1, maximum=MAX_COUNT, why=_COUNT_WHY,
+        help="clients evaluate the global model every this many rounds, and after the last one"))
     pooled_test: str = field(default="predictions", metadata=_meta(
         choices=POOLED_TEST_MODES, normalize=_pooled_test_mode,
         help="how the Pooled Test metric is computed: predictions (clients send test predictions and "
              "labels to the server), flamby (the server evaluates on FLamby's pooled test set, reading "
              "the data), off; true/false mean predictions/off"))
-    test_batch_size: Optional[int] = field(default=None, metadata=_meta(minimum=1, maximum=MAX_COUNT,
-                                                                        why=_COUNT_WHY))
+    test_batch_size: Optional[int] = field(default=None, metadata=_meta(
+        minimum=1, maximum=MAX_COUNT, why=_COUNT_WHY, help="evaluation batch size; default: the training batch size"))
 
 
 @dataclass
 class DeviceArgs:
-    worker_num: Optional[int] = field(default=None, metadata=_meta(minimum=1, maximum=MAX_COUNT, why=_COUNT_WHY,
-                                                                   help="number of clients"))
+    worker_num: Optional[int] = field(default=None, metadata=_meta(
+        minimum=1, maximum=MAX_COUNT, why=_COUNT_WHY,
+        help="number of clients; if given, must equal the dataset's number of centres"))
     using_gpu: bool = field(default=False, metadata=_meta(
         help="clients train on GPUs: round-robin over the GPUs visible on their host by local rank, "
              "or as gpu_mapping_file says; the server stays on CPU; CPU with one warning when no GPU "
@@ -318,7 +325,7 @@ class CommArgs:
 class TrackingArgs:
     log_level: str = field(default="warning", metadata=_meta(
         choices=LOG_LEVELS, help="level of FedML's own log records"))
-    enable_wandb: bool = field(default=False, metadata=_meta(choices=(False,)))
+    enable_wandb: bool = field(default=False, metadata=_meta(choices=(False,), help="wandb is never started"))
     tensorboard: bool = field(default=True, metadata=_meta(
         help="rank 0 writes per-round scalars (loss, times, bytes, metrics) to <output_dir>/tensorboard"))
 
@@ -540,7 +547,7 @@ def _config_text(data: bytes, path: str) -> str:
                         "file must be UTF-8 YAML", hint="save it as UTF-8, or pass the right file with --cf") from None
 
 
-# Config files larger than this are refused before they are read (README, Configuration): a
+# Config files larger than this are refused before they are read (docs/configuration.md): a
 # config is a few hundred bytes, and parsing YAML is slow and memory-hungry for huge files.
 MAX_CONFIG_BYTES = 10_000_000
 _CF_HINT = "pass an existing file with --cf, e.g. --cf config/fedml_config.yaml"
@@ -688,7 +695,7 @@ def ignored_keys_warning(config: RunConfig) -> Optional[str]:
 
 
 def describe_options() -> str:
-    """One line per option, for --help and the README."""
+    """One line per option, for --help (docs/configuration.md is scripts/config_docs.py's)."""
     lines = []
     for section, cls in _SECTION_TYPES.items():
         hints = typing.get_type_hints(cls)

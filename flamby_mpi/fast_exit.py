@@ -1,10 +1,10 @@
 """Ending a rank's process without Python's interpreter teardown.
 
-A process that has imported torch (and FLamby's datasets, pandas, sklearn) spends about half a
-second after its last line on freeing every module and object one by one, and C++ static
-destructors: measured 2.25 s for `python -c "import torch"` against 1.81 s when it ends with
-os._exit. Five ranks on two cores pay that together, after the results are written, while the
-user waits for mpirun to return. Nothing is lost by skipping it: the registered exit handlers
+A process that has imported torch (and FLamby's datasets, pandas, sklearn) spends a noticeable
+time after its last line on freeing every module and object one by one, and C++ static
+destructors (figures in docs/benchmarks/). Five ranks on two cores pay that together, after the
+results are written, while the user waits for mpirun to return. Nothing is lost by skipping it:
+the registered exit handlers
 still run (logging's flush, multiprocessing's cleanup of DataLoader workers, anything a library
 registered), MPI is finalized as mpi4py would have done, the standard streams are flushed, and
 the process ends with the C library's exit(), as after a teardown (its C-level handlers run).

@@ -128,14 +128,13 @@ class Meter:
         return traffic
 
 
-# The receive thread's wait for the next message header: MPICH's blocking probe spins (measured: a
-# whole core per waiting rank; with MPIR_CVAR_CH4_PROGRESS_THROTTLE and MPIR_CVAR_ENABLE_HEAVY_YIELD
-# still a quarter of one), which takes the CPU from ranks that train when ranks outnumber cores. So
-# it probes with pauses growing from _FIRST_PAUSE_S to _PAUSE_S, and to _LONG_IDLE_PAUSE_S once idle
-# for _LONG_IDLE_S (then a peer is training: a few ms of latency are small beside its round). With
-# many ranks the idle ones' wake-ups add up: 64 waiting clients at 1 ms pauses are 64,000 wake-ups
-# a second on 2 cores; moving to 5 ms pauses after 50 ms instead of 200 ms took a 64-centre tiny
-# round from 294 to 191 ms (scripts/benchmark.py scaling, same sitting: 32 centres 108 -> 85 ms).
+# The receive thread's wait for the next message header: MPICH's blocking probe spins (even with
+# MPIR_CVAR_CH4_PROGRESS_THROTTLE and MPIR_CVAR_ENABLE_HEAVY_YIELD), which takes the CPU from ranks
+# that train when ranks outnumber cores. So it probes with pauses growing from _FIRST_PAUSE_S to
+# _PAUSE_S, and to _LONG_IDLE_PAUSE_S once idle for _LONG_IDLE_S (then a peer is training: a few
+# ms of latency are small beside its round). With many ranks the idle ones' wake-ups add up, so
+# the long pause starts early (scripts/benchmark.py's scaling section measures it; figures in
+# docs/benchmarks/).
 # Only the header is waited for this way; a message's buffers follow it at once and are received
 # with blocking MPI calls.
 _FIRST_PAUSE_S, _PAUSE_S = 0.00005, 0.001

@@ -4,7 +4,7 @@ targets of issue 10 beside them. These machines are shared and noisy: only ratio
 the same sitting, alternated, mean anything; absolute times move from day to day.
 
   python scripts/benchmark.py [--out DIR] [--sections heart,startup,...] [--pairs N] [--rounds N]
-                              [--max-centres N] [--markdown] [--repo CHECKOUT]
+                              [--max-centres N] [--markdown [PATH]] [--repo CHECKOUT]
 
 Sections (each a function registered in SECTIONS; each prints what it runs and how long it took):
   heart       Fed-Heart-Disease end to end, wall from launch to exit: `mpirun -np 5` and the
@@ -33,8 +33,9 @@ Sections (each a function registered in SECTIONS; each prints what it runs and h
               centres, runs alternated. Target: at most 1.03x.
 
 Writes DIR/benchmark.csv (every measurement, ratio and note) and DIR/benchmark.png (the ratios
-against their targets, and the scaling curve). --markdown prints the tables ready to paste into
-the README's Performance section.
+against their targets, and the scaling curve). --markdown prints the tables as markdown;
+--markdown PATH writes them to a new file instead, a dated record of the sitting (a directory:
+PATH/<date>.md, e.g. --markdown docs/benchmarks/), linked from docs/performance.md.
 """
 from __future__ import annotations
 
@@ -674,6 +675,14 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {memory / 2 ** 20:.0f} GiB"
 
 
+def markdown_path(option: Optional[str], date: str) -> Optional[Path]:
+    """Where --markdown writes its record: None to print it, a directory's <date>.md, or the file named."""
+    if option is None or option == "-":
+        return None
+    path = Path(option)
+    return path / f"{date}.md" if path.is_dir() or option.endswith("/") else path
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="benchmark", help="directory for benchmark.csv and benchmark.png")
@@ -685,7 +694,9 @@ def main(argv=None) -> int:
     parser.add_argument("--centres", type=int, default=32, help="centres of the telemetry section")
     parser.add_argument("--heart-data", type=Path, default=Path(os.environ.get(
         "HEART_DATA", SHARED / "data" / "fed_heart_disease")), help="Fed-Heart-Disease's files")
-    parser.add_argument("--markdown", action="store_true", help="also print the tables as markdown")
+    parser.add_argument("--markdown", nargs="?", const="-", default=None, metavar="PATH",
+                        help="also print the tables as markdown; with PATH, write them to that new file "
+                             "instead (a directory: PATH/<date>.md), e.g. docs/benchmarks/")
     parser.add_argument("--repo", type=Path, default=REPO,
                         help="the checkout whose launch_client.py is measured (default: this one)")
     args = parser.parse_args(argv)
@@ -699,9 +710,12 @@ def main(argv=None) -> int:
     LAUNCHER = args.repo.resolve() / "launch_client.py"
     CONFIG = args.repo.resolve() / "config" / "fedml_config.yaml"
     HEART_CONFIG = args.repo.resolve() / "config" / "fed_heart_disease.yaml"
+    started = time.strftime("%Y-%m-%d")
+    record = markdown_path(args.markdown, started)
+    if record is not None and record.exists():  # refused before an hour of measuring, not after
+        parser.error(f"{record} exists: a dated record is never overwritten; give another PATH")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    started = time.strftime("%Y-%m-%d")
     rows: List[Dict] = []
     # SIGTERM (a scheduler, `timeout`) unwinds like Ctrl-C: the running job is killed, the files kept.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -715,10 +729,16 @@ def main(argv=None) -> int:
             write_csv(rows, out / "benchmark.csv")  # after every section: a long run stopped keeps what it measured
     draw(rows, out / "benchmark.png")
     print("\n" + report(rows))
-    if args.markdown:
+    if args.markdown is not None:
         command = " ".join(["python scripts/benchmark.py", *(argv if argv is not None else sys.argv[1:])])
-        print(f"\n--- markdown ---\nMeasured {started} on {machine()}, with `{command}`:\n\n"
-              + report(rows, markdown=True))
+        tables = f"Measured {started} on {machine()}, with `{command}`:\n\n" + report(rows, markdown=True)
+        if record is None:
+            print("\n--- markdown ---\n" + tables)
+        else:
+            record.parent.mkdir(parents=True, exist_ok=True)
+            with open(record, "x") as file:
+                file.write(f"# Benchmark, {started}\n\n{tables}\n")
+            print(f"wrote {record}")
     print(f"\nwrote {out / 'benchmark.csv'} and {out / 'benchmark.png'}")
     return 0
 

@@ -154,6 +154,29 @@ def test_main_runs_the_chosen_sections_and_a_failed_one_does_not_stop_the_others
     assert (out / "benchmark.png").exists()
 
 
+
+def test_markdown_path_writes_a_dated_record_and_never_overwrites_one(tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def fine(bench):
+        calls.append(bench.pairs)
+        return [report.ratio_row("fine", "x", 1.0, 1.0, 1.5)]
+
+    monkeypatch.setattr(benchmark, "SECTIONS", {"fine": fine})
+    records = tmp_path / "docs" / "benchmarks"
+    records.mkdir(parents=True)
+    argv = ["--out", str(tmp_path / "out"), "--sections", "fine", "--markdown", f"{records}/"]
+    assert benchmark.main(argv) == 0
+    written = list(records.iterdir())
+    assert [p.name for p in written] == [time.strftime("%Y-%m-%d") + ".md"]
+    text = written[0].read_text()
+    assert text.startswith("# Benchmark, ") and "| fine: x | 1.00 s | 1.00 s | 1.00x | <= 1.5x | ok |" in text
+    assert "--- markdown ---" not in capsys.readouterr().out  # written, not printed
+    with pytest.raises(SystemExit) as refused:  # the same day again: refused before anything runs
+        benchmark.main(argv)
+    assert refused.value.code == 2 and calls == [2] and written[0].read_text() == text
+    assert "never overwritten" in capsys.readouterr().err
+
 def _alive(pid):
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"

@@ -1,6 +1,6 @@
 """Unit tests of flamby_mpi.report: reading run directories, the picture, the comparison table
 and the `python -m flamby_mpi.report` command. Run directories are small fakes written here,
-following the output contract (README "Outputs"), rounds.csv included."""
+following the output contract (docs/running.md, "Outputs"), rounds.csv included."""
 import csv
 import json
 import logging
@@ -190,7 +190,7 @@ def test_import_does_not_import_matplotlib():
 
 
 def test_write_report_writes_nothing_outside_the_output_directory(tmp_path):
-    """README "No side effects": matplotlib's font cache must not land in HOME."""
+    """docs/running.md "No side effects": matplotlib's font cache must not land in HOME."""
     run = make_run(tmp_path, "a")
     home = tmp_path / "home"
     home.mkdir()

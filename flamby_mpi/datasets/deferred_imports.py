@@ -2,8 +2,7 @@
 
 `flamby.utils`, which every FLamby dataset imports, starts with `import matplotlib.pyplot as plt`
 and `import seaborn as sns` for its plotting helpers; training and evaluation never call them.
-Every rank paid for both: 0.45 s of CPU each (measured: FLamby's heart import 1.6-2.0 s against
-1.2-1.5 s with them deferred), five ranks on two cores about a second of the job's start.
+Every rank paid for both at start-up, all ranks at once (figures in docs/benchmarks/).
 While a FLamby dataset is imported, these modules are created with the standard library's
 importlib.util.LazyLoader: the module object exists at once and its code runs on the first
 attribute access, so code that does use them works unchanged. Modules already imported are
