@@ -142,7 +142,7 @@ def _run(plan: RunPlan, transport, at: str, completed: List[RunPlan]) -> int:
 def _first_run_id(plan: RunPlan) -> str:
     """Rank 0's run id when none was given: with --resume into common_args.output_dir, the id
     the checkpoint recorded; else a new timestamp."""
-    output_dir = plan.config_dict()["common_args"]["output_dir"]
+    output_dir = plan.configured_output_dir
     if plan.resume and output_dir:
         recorded = checkpoint.latest_recorded_run_id(Path(output_dir))
         if recorded is not None and run_id_problem(recorded) is None:

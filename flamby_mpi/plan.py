@@ -19,7 +19,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -43,6 +43,22 @@ _OPTIMIZERS = {
     "adagrad": torch.optim.Adagrad, "rmsprop": torch.optim.RMSprop,
 }
 assert set(_OPTIMIZERS) == set(OPTIMIZER_CHOICES)
+
+# Config keys (section.key) whose change leaves the computed result as it is: how long to wait,
+# what to log, where the ranks meet, how often to checkpoint. train_args.comm_round may grow
+# (more rounds continue the same run): see RunPlan.rounds_change.
+RESULT_NEUTRAL_KEYS = frozenset({
+    "common_args.run_id", "common_args.output_dir", "common_args.checkpoint_every",
+    "common_args.keep_checkpoints", "common_args.preemption_grace_s",
+    "comm_args.round_timeout_s", "comm_args.join_timeout_s", "comm_args.rendezvous_dir",
+    "comm_args.secret_file", "tracking_args.log_level", "tracking_args.tensorboard",
+})
+ROUNDS_KEY = "train_args.comm_round"
+
+
+def _flat(config: dict) -> Dict[str, object]:
+    return {f"{section}.{key}": value for section, keys in config.items() if isinstance(keys, dict)
+            for key, value in keys.items()}
 
 
 @dataclass(frozen=True)
@@ -89,7 +105,8 @@ class RunPlan:
     run_id: Optional[str] = None  # None until agreed (with_run_id)
     output_dir: Optional[Path] = None
     rendezvous_dir: Optional[Path] = None
-    _config: RunConfig = field(default=None, repr=False, compare=False)  # only for config_yaml()
+    # Read only here: what the rest needs of the config is a field or a method of the plan.
+    _config: RunConfig = field(default=None, repr=False, compare=False)
 
     @property
     def world_size(self) -> int:
@@ -115,9 +132,32 @@ class RunPlan:
         return (self.checkpoint_every > 0 and 0 < rounds_completed <= self.rounds
                 and rounds_completed % self.checkpoint_every == 0)
 
-    def config_dict(self) -> dict:
-        """The resolved config as a plain dict (what a checkpoint's manifest records)."""
+    @property
+    def configured_output_dir(self) -> Optional[Path]:
+        """common_args.output_dir as the config gives it, `~` expanded (None: runs/<run id>), known
+        before the run id is (output_dir is only set by with_run_id)."""
+        named = self._config.common_args.output_dir
+        return expand_dir(named) if named else None
+
+    def config_record(self) -> dict:
+        """The resolved config as a plain dict: what a checkpoint's manifest records (the form
+        every checkpoint so far holds, read back by result_changing_differences)."""
         return self._config.to_dict()
+
+    def result_changing_differences(self, recorded: dict) -> List[Tuple[str, object, object]]:
+        """Where this config differs from `recorded` (a checkpoint manifest's config) in what
+        decides the result: (section.key, recorded value, this value), sorted by key, "<absent>"
+        for a side without the key. comm_round is not among them: see rounds_change."""
+        old, new = _flat(recorded), _flat(self.config_record())
+        return [(k, old.get(k, "<absent>"), new.get(k, "<absent>")) for k in sorted(set(old) | set(new))
+                if k not in RESULT_NEUTRAL_KEYS and k != ROUNDS_KEY
+                and old.get(k, "<absent>") != new.get(k, "<absent>")]
+
+    def rounds_change(self, recorded: dict) -> Optional[Tuple[object, object]]:
+        """(recorded comm_round, this config's) when they differ, else None; None stands for a
+        comm_round left to the dataset's default."""
+        old, new = _flat(recorded).get(ROUNDS_KEY), _flat(self.config_record()).get(ROUNDS_KEY)
+        return None if old == new else (old, new)
 
     @property
     def optimizer_name(self) -> str:

@@ -29,7 +29,7 @@ from .run_directory import inspect
 
 def run_directory(default_dir: str, config: str, args: List[str]) -> Path:
     from .cli import build_parser
-    from .config import load_config
+    from .config import expand_dir, load_config
     from .errors import UserError
 
     try:
@@ -37,7 +37,7 @@ def run_directory(default_dir: str, config: str, args: List[str]) -> Path:
         named = load_config(parsed.cf, parsed.set).common_args.output_dir
     except (UserError, SystemExit, OSError):
         named = None
-    return Path(named or default_dir)
+    return expand_dir(named) if named else Path(default_dir)  # `~` as the launcher reads it
 
 
 def decide(run_dir: Path) -> str:

@@ -18,41 +18,23 @@ from . import __version__, checkpoint
 from .errors import UserError, clip
 from .logs import SHOWN_WHEN_QUIET
 
-# Keys whose change leaves the computed result as it is: how long to wait, what to log, where
-# the ranks meet, how often to checkpoint. train_args.comm_round may grow (more rounds).
-CHANGES_ALLOWED = frozenset({
-    "common_args.run_id", "common_args.output_dir", "common_args.checkpoint_every",
-    "common_args.keep_checkpoints", "common_args.preemption_grace_s",
-    "comm_args.round_timeout_s", "comm_args.join_timeout_s", "comm_args.rendezvous_dir",
-    "comm_args.secret_file", "tracking_args.log_level", "tracking_args.tensorboard",
-})
-_ROUNDS = "train_args.comm_round"
-
-
-def _flat(config: dict) -> Dict[str, object]:
-    return {f"{section}.{key}": value for section, keys in config.items() if isinstance(keys, dict)
-            for key, value in keys.items()}
-
-
 def config_problem(plan, recorded: dict, cut: int) -> Optional[str]:
     """Why this plan cannot continue the run a checkpoint recorded (None: it can)."""
-    old, new = _flat(recorded), _flat(plan.config_dict())
-    differing = sorted(k for k in set(old) | set(new) if k not in CHANGES_ALLOWED and k != _ROUNDS
-                       and old.get(k, "<absent>") != new.get(k, "<absent>"))
+    differing = plan.result_changing_differences(recorded)
     if differing:
-        shown = "; ".join(f"{k}: {old.get(k, '<absent>')!r} in the checkpoint, {new.get(k, '<absent>')!r} now"
-                          for k in differing)
+        shown = "; ".join(f"{k}: {old!r} in the checkpoint, {new!r} now" for k, old, new in differing)
         return (f"the config differs from the checkpointed run's in what decides the result ({shown}). "
                 "Resume with the same config (only comm_round may grow, and timeouts, log level, "
                 "tensorboard and checkpoint settings may change), or start a new run with another --run_id")
-    if old.get(_ROUNDS) != new.get(_ROUNDS):
+    rounds_change = plan.rounds_change(recorded)
+    if rounds_change is not None:
         if plan.rounds < cut:
             return (f"train_args.comm_round is {plan.rounds}, but the checkpoint has {cut} rounds done: "
                     f"give at least {cut}")
         if plan.privacy is not None:
             return ("train_args.comm_round cannot change on resume with differential privacy: opacus "
                     "sets the noise from the number of rounds; resume with comm_round "
-                    f"{old.get(_ROUNDS)!r}")
+                    f"{rounds_change[0]!r}")
     return None
 
 

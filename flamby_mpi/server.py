@@ -179,7 +179,7 @@ class ServerRun:
                 raise RuntimeError(f"checkpoint after round {cut}: centre {reply.center} did not save its part")
             files[reply.center + 1] = reply.checkpoint["files"]
         checkpoint.write_manifest(self.plan.output_dir, cut, self.plan.run_id, __version__,
-                                  self.plan.config_dict(), files)
+                                  self.plan.config_record(), files)
         write_s = time.perf_counter() - tick
         self.checkpoint_seconds.append(write_s + max(float(r.checkpoint.get("write_s", 0.0)) for r in replies))
         self.written_cuts.append(cut)

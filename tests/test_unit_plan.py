@@ -1,5 +1,6 @@
 """Unit tests of flamby_mpi.plan (config + dataset -> run values), synthetic dataset only."""
 import os
+import ast
 from pathlib import Path
 
 import pytest
@@ -222,7 +223,7 @@ def test_output_and_rendezvous_dirs_expand_the_home_directory(tmp_path, monkeypa
     monkeypatch.setenv("HOME", str(tmp_path))
     plan = make_plan(build_config({"common_args": {"output_dir": "~/out"}}), run_id="r1")
     assert plan.output_dir == tmp_path / "out" and plan.rendezvous_dir == tmp_path / "out" / "rendezvous"
-    assert plan.config_dict()["common_args"]["output_dir"] == "~/out"  # the config as written (fingerprint)
+    assert plan.config_record()["common_args"]["output_dir"] == "~/out"  # the config as written (fingerprint)
     plan = make_plan(build_config({"comm_args": {"rendezvous_dir": "~/rdv"}}), run_id="r1")
     assert plan.rendezvous_dir == tmp_path / "rdv" and plan.output_dir == Path("runs", "r1")
     assert not (tmp_path / "out").exists() and not Path("~").exists()  # the plan makes nothing
@@ -285,3 +286,73 @@ def test_a_plan_checks_the_run_id_against_its_directories_own_name_limit(tmp_pat
     with pytest.raises(ConfigError, match="it is 105 bytes .* 143-byte limit on a name: at most 104 bytes"):
         make_plan(config, run_id="r" * 105)
     assert (str(tmp_path), "PC_NAME_MAX") in asked  # the nearest directory that exists
+# --- the plan is the one reader of the config --------------------------------------------------
+
+PACKAGE = Path(__file__).resolve().parents[1] / "flamby_mpi"
+# What only the plan may read of the config: its private copy and the old whole-dict accessor.
+CONFIG_INSIDES = frozenset({"_config", "config_dict"})
+# The whole resolved config as a dict is for the checkpoint manifest alone (written by the server).
+CONFIG_RECORD_READERS = {"config_record": {"flamby_mpi.server"}}
+
+
+def _module_name(path: Path, package: Path) -> str:
+    parts = path.relative_to(package.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def config_readers_outside_the_plan(package: Path = PACKAGE):
+    """(module, line, name) for every read of the config past the plan: an attribute or a
+    getattr-style string naming CONFIG_INSIDES outside plan.py, or config_record elsewhere than
+    its one reader."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        module = _module_name(path, package)
+        if module == "flamby_mpi.plan":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.Attribute):
+                name = node.attr
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                name = node.value
+            else:
+                continue
+            if name in CONFIG_INSIDES or module not in CONFIG_RECORD_READERS.get(name, {module}):
+                found.append((module, node.lineno, name))
+    return found
+
+
+def test_nothing_past_the_plan_reads_the_config():
+    assert config_readers_outside_the_plan() == []
+
+
+def test_the_guard_sees_a_config_read_past_the_plan(tmp_path):
+    package = tmp_path / "flamby_mpi"
+    (reader,) = CONFIG_RECORD_READERS["config_record"]
+    files = {"flamby_mpi.plan": "def f(plan):\n    return plan._config, plan.config_record()\n",
+             reader: "def f(plan):\n    return plan.config_record()\n",
+             "flamby_mpi.driver": "def f(plan):\n    return plan._config.common_args.output_dir\n",
+             "flamby_mpi.cli": "def f(plan):\n    return getattr(plan, 'config_dict')()\n",
+             "flamby_mpi.world_size": "def f(plan):\n    return plan.config_record()['train_args']\n"}
+    for module, text in files.items():
+        path = tmp_path.joinpath(*module.split(".")).with_suffix(".py")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert config_readers_outside_the_plan(package) == [
+        ("flamby_mpi.cli", 2, "config_dict"), ("flamby_mpi.driver", 2, "_config"),
+        ("flamby_mpi.world_size", 2, "config_record")]
+
+
+def test_a_checkpoint_keeps_recording_the_config_dict_and_resume_reads_it():
+    plan = _plan(train_args={"comm_round": 3})
+    recorded = plan.config_record()
+    assert recorded == plan._config.to_dict()  # the manifest's format, as every checkpoint holds it
+    assert plan.result_changing_differences(recorded) == [] and plan.rounds_change(recorded) is None
+    neutral = _plan(train_args={"comm_round": 3}, comm_args={"round_timeout_s": 5})
+    assert neutral.result_changing_differences(recorded) == []
+    changed = _plan(train_args={"comm_round": 5, "learning_rate": 0.5})
+    assert changed.result_changing_differences(recorded) == [("train_args.learning_rate", None, 0.5)]
+    assert changed.rounds_change(recorded) == (3, 5)
+    del recorded["train_args"]["client_optimizer"]
+    assert ("train_args.client_optimizer", "<absent>", None) in plan.result_changing_differences(recorded)
+    assert plan.configured_output_dir is None
+    assert _plan(common_args={"output_dir": "runs/x"}).configured_output_dir == "runs/x"
