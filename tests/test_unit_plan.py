@@ -355,4 +355,5 @@ def test_a_checkpoint_keeps_recording_the_config_dict_and_resume_reads_it():
     del recorded["train_args"]["client_optimizer"]
     assert ("train_args.client_optimizer", "<absent>", None) in plan.result_changing_differences(recorded)
     assert plan.configured_output_dir is None
-    assert _plan(common_args={"output_dir": "runs/x"}).configured_output_dir == "runs/x"
+    assert _plan(common_args={"output_dir": "runs/x"}).configured_output_dir == Path("runs/x")
+    assert _plan(common_args={"output_dir": "~/x"}).configured_output_dir == Path.home() / "x"  # as output_dir
