@@ -35,8 +35,7 @@ from .config import (
 )
 from .datasets import DatasetSpec, resolve_dataset
 from .errors import ConfigError, plain, shown
-from .registry import HYPERPARAMETER_USERS, STRATEGY_HYPERPARAMETERS
-from .world_size import client_count_problems
+from .registry import HYPERPARAMETER_USERS, STRATEGY_HYPERPARAMETERS, client_count_problems
 
 _OPTIMIZERS = {
     "sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,

@@ -12,6 +12,17 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Dict, List, Mapping, Optional, Tuple
 
+# ---- ranks -------------------------------------------------------------------------------
+
+# Rank 0 is the server, every other rank a client (one per centre): launch.world forms the world
+# by this rule and failures names a rank's role with it.
+SERVER, CLIENT = "server", "client"
+
+
+def role_of(rank: int) -> str:
+    return SERVER if rank == 0 else CLIENT
+
+
 # ---- strategies ---------------------------------------------------------------------------
 
 _FEDOPT = {"server_learning_rate": 1e-2, "beta1": 0.9, "beta2": 0.999, "tau": 1e-3}
@@ -102,3 +113,15 @@ def canonical_flamby_name(name: str) -> Optional[str]:
 def is_synthetic(name: str) -> bool:
     """Whether data_args.dataset names the built-in synthetic dataset."""
     return name.strip().lower() == "synthetic"
+
+
+def client_count_problems(config, dataset_name: str, centres: int) -> List[str]:
+    """The config's client counts (a RunConfig) that contradict the dataset's centres: checked by
+    the plan on every rank, and by world_size (scripts/submit.py) before queueing, without torch."""
+    problems = []
+    for where, value in (("train_args.client_num_in_total", config.train_args.client_num_in_total),
+                         ("device_args.worker_num", config.device_args.worker_num)):
+        if value is not None and value != centres:
+            problems.append(f"{where}: {dataset_name} has {centres} centres, so this must be {centres} "
+                            f"(or be left out), got {value}")
+    return problems

@@ -11,7 +11,7 @@ from typing import List, Sequence
 
 from .config import RunConfig, load_config, parse_override
 from .errors import ConfigError
-from .registry import FLAMBY_DATASET_FACTS, canonical_flamby_name, is_synthetic
+from .registry import FLAMBY_DATASET_FACTS, canonical_flamby_name, client_count_problems, is_synthetic
 
 
 def set_overrides(launch_args: Sequence[str]) -> List[str]:
@@ -23,18 +23,6 @@ def set_overrides(launch_args: Sequence[str]) -> List[str]:
         elif arg.startswith("--set="):
             found.append(arg[len("--set="):])
     return found
-
-
-def client_count_problems(config: RunConfig, dataset_name: str, centres: int) -> List[str]:
-    """The config's client counts that contradict the dataset's centres (checked by the plan on
-    every rank, and by scripts/submit.py before queueing, without torch)."""
-    problems = []
-    for where, value in (("train_args.client_num_in_total", config.train_args.client_num_in_total),
-                         ("device_args.worker_num", config.device_args.worker_num)):
-        if value is not None and value != centres:
-            problems.append(f"{where}: {dataset_name} has {centres} centres, so this must be {centres} "
-                            f"(or be left out), got {value}")
-    return problems
 
 
 def world_size_for(config: RunConfig, *, check_plan: bool = False) -> int:

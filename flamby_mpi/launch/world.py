@@ -21,13 +21,10 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
 
 from ..errors import RankMismatchError, UserError, WorldSizeError
+# rank -> role, written once in the registry; CLIENT and SERVER are re-exported by flamby_mpi.launch
+from ..registry import CLIENT, SERVER, role_of  # noqa: F401
 
-SERVER, CLIENT = "server", "client"
 ABORT_GRACE_S = 0.5
-
-
-def role_of(rank: int) -> str:
-    return SERVER if rank == 0 else CLIENT
 
 
 @dataclass
