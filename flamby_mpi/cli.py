@@ -24,8 +24,8 @@ from .config import (
     load_config,
     run_id_problem,
 )
-from .errors import RankMismatchError, UserError
-from .failures import fail
+from .exit.errors import RankMismatchError, UserError
+from .exit.failures import fail
 from .launch import (
     CLIENT,
     SERVER,
@@ -134,7 +134,7 @@ def _transport(plan, args, argv: List[str], announced_rank: Optional[int]):
         if args.rank is not None or announced_rank not in (None, 0):
             raise UserError("comm_args.backend=inprocess runs every rank in this one process",
                             hint="start it once, without mpirun and without --rank/--role")
-        from .inprocess import InProcessTransport
+        from .transport.inprocess import InProcessTransport
 
         return InProcessTransport(plan)
     if should_reexec(args.rank):
@@ -149,7 +149,7 @@ def _transport(plan, args, argv: List[str], announced_rank: Optional[int]):
     if world.size == 1 and plan.world_size > 1:  # one process per terminal
         _require_run_id(plan)
         world = join_world(plan, args.rank)
-    from .fedml_bridge import FedMLTransport
+    from .transport.fedml_bridge import FedMLTransport
 
     return FedMLTransport(world)
 

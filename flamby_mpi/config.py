@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
-from .errors import ConfigError, UserError, plain, shown
+from .exit.errors import ConfigError, UserError, plain, shown
 from .registry import STRATEGY_NAMES, hyperparameter_help
 
 # Keys of FedML's and FLamby's example configs whose meaning this launcher cannot honour,

@@ -2,17 +2,17 @@
 
 `run(plan, transport)` does the same steps for every backend:
 1. agree on the run id (rank 0's timestamp when none was given) and complete the plan;
-   take the output directory (flamby_mpi.run_directory: its lock, no other run's files in it);
+   take the output directory (flamby_mpi.storage.run_directory: its lock, no other run's files in it);
 2. set up this rank's logging, torch threads and device; rank 0 shows the plan and
    writes config.yaml;
 3. preflight: build the roles this process plays (the ServerRun on rank 0, a
    ClientRun per client rank) and compare notes with every rank, so that a missing
    file on any centre ends every rank with one message before training starts;
-4. hand the roles to the transport for the exchanges (flamby_mpi.protocol);
+4. hand the roles to the transport for the exchanges (flamby_mpi.federation.protocol);
 5. rank 0 prints the final metrics, then writes the results and report.png.
 The transport is FedMLTransport (FedML's cross-silo managers over MPI, one rank per
 process) or InProcessTransport (every rank in this process, no MPI). Any failure
-goes through flamby_mpi.failures: one message, and the whole job ends; a full disk
+goes through flamby_mpi.exit.failures: one message, and the whole job ends; a full disk
 (safe_files.StorageError) ends it with exit 74 and the command that resumes the run.
 """
 from __future__ import annotations
@@ -28,12 +28,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from . import checkpoint, failures, run_directory, safe_files, startup
+from .checkpoints import checkpoint
+from .exit import failures
+from .storage import run_directory, safe_files
+from .runtime import startup
 from .config import run_id_problem
-from .errors import UserError
-from .logs import SHOWN_WHEN_QUIET
+from .exit.errors import UserError
+from .outputs.logs import SHOWN_WHEN_QUIET
 from .plan import RunPlan
-from .preemption import StopRequest, exit_code, signal_name
+from .exit.preemption import StopRequest, exit_code, signal_name
 
 
 def new_run_id() -> str:
@@ -74,11 +77,11 @@ def run(plan: RunPlan, transport) -> int:
 def _run(plan: RunPlan, transport, at: str, completed: List[RunPlan]) -> int:
     import torch
 
-    from . import optim_without_dynamo
+    from .runtime import optim_without_dynamo
 
     optim_without_dynamo.install()  # torch.optim without torch._dynamo's import (2 s, 80 MB a rank)
 
-    from .logs import console_logger, setup_rank_logging
+    from .outputs.logs import console_logger, setup_rank_logging
 
     if plan.run_id is None:  # every rank has the same config, so every rank takes this branch
         plan = plan.with_run_id(transport.agree(_first_run_id(plan) if transport.rank == 0 else None))
@@ -154,7 +157,7 @@ def _resume_or_start_afresh(plan: RunPlan, transport, server_run, client_runs, c
     """--resume: restore the roles from the newest checkpoint intact on every rank (0), or say
     why not, once, from rank 0 (exit code 2 on every rank). A fresh start has nothing to clear:
     run_directory.claim refused an earlier run's files or, with --overwrite, deleted them."""
-    from . import resume
+    from .checkpoints import resume
 
     if not plan.resume:
         return 0
@@ -228,9 +231,9 @@ def _preflight(plan: RunPlan, transport, device, console) -> Tuple[Optional[obje
     """Builds the ServerRun/ClientRuns this process plays, then all ranks compare notes (one
     allgather). Returns (server run or None, client runs, 0) when every rank is ready, else
     (None, [], exit code) on every rank."""
-    from .client import ClientRun
-    from .progress import Progress
-    from .server import ServerRun
+    from .federation.client import ClientRun
+    from .outputs.progress import Progress
+    from .federation.server import ServerRun
 
     server_run, client_runs, problem = None, [], None
     for rank in transport.local_ranks:
@@ -272,14 +275,14 @@ def _preflight(plan: RunPlan, transport, device, console) -> Tuple[Optional[obje
 def _telemetry_sinks(plan: RunPlan) -> list:
     if not plan.tensorboard:
         return []
-    from .telemetry import TensorBoardSink
+    from .outputs.telemetry import TensorBoardSink
 
     return [TensorBoardSink(plan.output_dir / "tensorboard", plan.summary())]
 
 
 def _write_and_report(plan: RunPlan, server_run, world_size: int, console, ranks):
-    from .report import write_report
-    from .results import format_table, write_results
+    from .outputs.report import write_report
+    from .outputs.results import format_table, write_results
 
     end = time.time()
     first = server_run.first_round_at or end

@@ -34,7 +34,7 @@ from .config import (
     run_id_problem,
 )
 from .datasets import DatasetSpec, resolve_dataset
-from .errors import ConfigError, plain, shown
+from .exit.errors import ConfigError, plain, shown
 from .registry import HYPERPARAMETER_USERS, STRATEGY_HYPERPARAMETERS, client_count_problems
 
 _OPTIMIZERS = {
@@ -340,7 +340,7 @@ def _optimizer_problems(optimizer_class: type, learning_rate: float, weight_deca
     parameter, in milliseconds; an optimizer from another package is not run here)."""
     if not optimizer_class.__module__.startswith("torch.optim"):
         return []
-    from . import optim_without_dynamo
+    from .runtime import optim_without_dynamo
 
     optim_without_dynamo.install()  # as the driver does: a step would import torch._dynamo (2 s)
     if not _overflows(optimizer_class, learning_rate, weight_decay):

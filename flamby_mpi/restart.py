@@ -13,7 +13,7 @@ DEFAULT_DIR) and the decision is:
   afresh     nothing of a run is there: start the run.
 
 No killed run leaves these ambiguous: results.json is written last, and a resumed or overwritten
-run removes it before training (flamby_mpi/run_directory.py); the manifest of a checkpoint is
+run removes it before training (flamby_mpi/storage/run_directory.py); the manifest of a checkpoint is
 written once every rank's files are. scripts/slurm_job.sh and scripts/pbs_job.sh ask this and keep
 only their scheduler's wording, so the rule is written once. A config that does not load leaves
 the directory at DEFAULT_DIR: the launcher itself then reports the config's problem.
@@ -24,13 +24,13 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from .run_directory import inspect
+from .storage.run_directory import inspect
 
 
 def run_directory(default_dir: str, config: str, args: List[str]) -> Path:
     from .cli import build_parser
     from .config import expand_dir, load_config
-    from .errors import UserError
+    from .exit.errors import UserError
 
     try:
         parsed, _ = build_parser().parse_known_args(["--cf", config, *args])

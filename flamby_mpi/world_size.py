@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import List, Sequence
 
 from .config import RunConfig, load_config, parse_override
-from .errors import ConfigError
+from .exit.errors import ConfigError
 from .registry import FLAMBY_DATASET_FACTS, canonical_flamby_name, client_count_problems, is_synthetic
 
 

@@ -190,7 +190,7 @@ def main(argv=None) -> int:
     if not results_dir.is_dir():
         parser.error(f"published results not found: {results_dir}")
     if args.np is None:
-        from flamby_mpi.errors import UserError
+        from flamby_mpi.exit.errors import UserError
         from flamby_mpi.world_size import world_size_of
 
         overrides = [f"data_args.data_path={args.data_path}"] if args.data_path else []

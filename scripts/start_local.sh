@@ -29,7 +29,7 @@ python=${FLAMBY_MPI_PYTHON:-python}
 # whole run plan is checked, as each rank will, so a config problem is reported once, here).
 clients=$("$python" - "$config" "${extra[@]}" <<'PY'
 import sys
-from flamby_mpi.errors import UserError
+from flamby_mpi.exit.errors import UserError
 from flamby_mpi.world_size import set_overrides, world_size_of
 try:
     print(world_size_of(sys.argv[1], set_overrides(sys.argv[2:]), check_plan=True) - 1)

@@ -39,7 +39,7 @@ sys.path.insert(0, str(SCRIPTS.parent))
 from flamby_mpi.cli import build_parser as launch_parser  # noqa: E402
 from flamby_mpi.config import (  # noqa: E402
     ignored_keys_warning, load_config, parse_override, run_id_problem)
-from flamby_mpi.errors import UserError  # noqa: E402
+from flamby_mpi.exit.errors import UserError  # noqa: E402
 from flamby_mpi.world_size import world_size_for  # noqa: E402
 
 # submit.py's own options, recognised anywhere on the line: name -> takes a value.

@@ -139,7 +139,7 @@ def heavy_imports():
     """Imported once before the timed cases: some cases are refused by the run plan, which imports
     torch; the first would otherwise pay for that import."""
     import flamby_mpi.driver  # noqa: F401
-    import flamby_mpi.inprocess  # noqa: F401
+    import flamby_mpi.transport.inprocess  # noqa: F401
     import flamby_mpi.plan  # noqa: F401
 
 
@@ -167,7 +167,7 @@ def stubbed_mpi(monkeypatch):
     monkeypatch.setattr(cli, "check_world", check_then_stop)
     monkeypatch.setattr(cli, "reexec_under_mpiexec", _reached)
     monkeypatch.setattr(cli, "join_world", _reached)
-    monkeypatch.setattr("flamby_mpi.inprocess.InProcessTransport", _reached)
+    monkeypatch.setattr("flamby_mpi.transport.inprocess.InProcessTransport", _reached)
     monkeypatch.setattr("flamby_mpi.driver.run", _reached)
 
 

@@ -1,4 +1,4 @@
-"""A run owns its output directory (flamby_mpi/run_directory.py), with real mpiexec jobs:
+"""A run owns its output directory (flamby_mpi/storage/run_directory.py), with real mpiexec jobs:
 - the exact command of a finished run, run again, exits 2 and changes no byte of the run;
 - a second job on a running job's directory exits 2 naming it (host, pid, start time), and the
   first ends with its own 300 rounds;

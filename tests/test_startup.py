@@ -75,8 +75,8 @@ def test_fedml_import_path_costs_under_a_second_of_cpu(role, tmp_path):
     found = _python(f"""
         import json, sys, time
         import torch, mpi4py.MPI
-        from flamby_mpi.fedml_bridge import import_fedml
-        from flamby_mpi.startup import loaded_modules
+        from flamby_mpi.transport.fedml_bridge import import_fedml
+        from flamby_mpi.runtime.startup import loaded_modules
         cpu = time.process_time()
         import_fedml({role!r})
         cpu = time.process_time() - cpu
@@ -91,8 +91,8 @@ def test_fedml_import_path_costs_under_a_second_of_cpu(role, tmp_path):
 def test_optimizers_step_without_importing_torch_dynamo_and_compile_still_works(tmp_path):
     found = _python("""
         import json, sys, torch
-        from flamby_mpi import optim_without_dynamo
-        from flamby_mpi.startup import loaded_modules
+        from flamby_mpi.runtime import optim_without_dynamo
+        from flamby_mpi.runtime.startup import loaded_modules
         optim_without_dynamo.install()
         model = torch.nn.Linear(3, 2)
         for cls in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.Adagrad,
@@ -113,7 +113,7 @@ def test_optimizers_step_without_importing_torch_dynamo_and_compile_still_works(
 def test_steps_with_and_without_the_dynamo_stand_in_are_bitwise_equal(tmp_path):
     code = """
         import hashlib, json, torch
-        from flamby_mpi import optim_without_dynamo
+        from flamby_mpi.runtime import optim_without_dynamo
         if {install}:
             optim_without_dynamo.install()
         torch.manual_seed(0)
@@ -133,7 +133,7 @@ def test_times_count_from_the_os_start_of_the_process(tmp_path):
         import json, time
         time.sleep(1.0)
         import flamby_mpi
-        from flamby_mpi import startup
+        from flamby_mpi.runtime import startup
         print(json.dumps({"before_import_s": flamby_mpi.PROCESS_START - startup.process_start(),
                           "age_s": time.time() - startup.process_start()}))
     """, tmp_path)
@@ -146,7 +146,7 @@ def test_times_count_from_the_os_start_of_the_process(tmp_path):
 def test_64_synthetic_centres_complete_within_the_memory_of_one_machine(workdir, tmp_path):
     torch_alone = _python("""
         import json, torch
-        from flamby_mpi.startup import private_mb
+        from flamby_mpi.runtime.startup import private_mb
         print(json.dumps(private_mb()))
     """, tmp_path)
     results, ranks = _run_with_module_dump(workdir, clients=64, deadline_s=1500,

@@ -1,11 +1,11 @@
-"""Unit tests of flamby_mpi.aggregation (FedAvg arithmetic)."""
+"""Unit tests of flamby_mpi.strategies.aggregation (FedAvg arithmetic)."""
 import math
 from collections import OrderedDict
 
 import pytest
 import torch
 
-from flamby_mpi.aggregation import fedavg, weighted_mean, weighted_update
+from flamby_mpi.strategies.aggregation import fedavg, weighted_mean, weighted_update
 
 
 def _state(w, b, steps):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flamby_mpi import checkpoint
+from flamby_mpi.checkpoints import checkpoint
 from support.mpi import REPO, TESTS_DIR
 
 pytestmark = pytest.mark.timeout(300)
@@ -75,7 +75,7 @@ def _plant(path: Path, kind: str, outside: Path):
 _CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
-from flamby_mpi import checkpoint
+from flamby_mpi.checkpoints import checkpoint
 jobs = json.loads(sys.argv[1])
 if any(job["call"] != "read_manifest" for job in jobs):
     import torch  # before the limit: its libraries are mapped once, then the read is what could grow

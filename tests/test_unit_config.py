@@ -19,7 +19,7 @@ from flamby_mpi.config import (
     parse_override,
     read_yaml,
 )
-from flamby_mpi.errors import ConfigError, UserError
+from flamby_mpi.exit.errors import ConfigError, UserError
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "config"
@@ -637,7 +637,7 @@ def test_seed_bound_is_what_torch_and_numpy_take():
     import torch
 
     from flamby_mpi.config import MAX_SEED
-    from flamby_mpi.training import derived_seed
+    from flamby_mpi.federation.training import derived_seed
 
     assert MAX_SEED == 2**63 - 1
     with torch.random.fork_rng():  # the global generator is left as it was for other tests
@@ -699,7 +699,7 @@ def test_every_file_named_after_the_longest_run_id_can_be_made(tmp_path):
     system; one byte more and the longest of them is "File name too long" (it was, for 130 'é')."""
     import errno
 
-    from flamby_mpi import safe_files
+    from flamby_mpi.storage import safe_files
     from flamby_mpi.config import max_run_id_bytes, run_id_problem
     from flamby_mpi.launch import rendezvous
 

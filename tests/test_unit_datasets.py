@@ -20,7 +20,7 @@ from flamby_mpi.datasets.flamby_datasets import (
 )
 from flamby_mpi.datasets.spec import REQUIRED_ATTRIBUTES
 from flamby_mpi.datasets.synthetic import center_sizes, metric
-from flamby_mpi.errors import UserError
+from flamby_mpi.exit.errors import UserError
 from support.paths import SHARED_DATA
 
 HEART_DATA = SHARED_DATA / "fed_heart_disease"

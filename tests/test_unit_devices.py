@@ -1,13 +1,13 @@
-"""Unit tests of GPU placement (flamby_mpi.devices) with a fake GPU count: no GPU, no MPI."""
+"""Unit tests of GPU placement (flamby_mpi.runtime.devices) with a fake GPU count: no GPU, no MPI."""
 import logging
 
 import pytest
 import torch
 
-from flamby_mpi import devices
+from flamby_mpi.runtime import devices
 from flamby_mpi.config import build_config
-from flamby_mpi.devices import gpu_from_mapping, place, read_gpu_mapping, warns_about_missing_gpu
-from flamby_mpi.errors import UserError
+from flamby_mpi.runtime.devices import gpu_from_mapping, place, read_gpu_mapping, warns_about_missing_gpu
+from flamby_mpi.exit.errors import UserError
 from flamby_mpi.launch import World
 from flamby_mpi.launch.world import local_rank_from_hosts
 

@@ -1,4 +1,4 @@
-"""flamby_mpi.fast_exit and flamby_mpi.datasets.deferred_imports: the process-level shortcuts of the
+"""flamby_mpi.exit.fast_exit and flamby_mpi.datasets.deferred_imports: the process-level shortcuts of the
 launcher, checked in real child processes; the one entry point all three ways of starting it share."""
 import subprocess
 import sys
@@ -9,7 +9,7 @@ from support.mpi import test_env as job_env
 
 ENDING = textwrap.dedent("""
     import atexit, logging, sys
-    from flamby_mpi.fast_exit import exit_now
+    from flamby_mpi.exit.fast_exit import exit_now
     logging.basicConfig(filename=sys.argv[1] + "/log.txt", level=logging.INFO)
     atexit.register(lambda: open(sys.argv[1] + "/atexit.txt", "w").write("ran"))
     logging.getLogger("x").info("the last log line")
@@ -39,7 +39,7 @@ def test_exit_now_takes_what_sys_exit_takes(tmp_path):
 
 def test_exit_now_finalizes_mpi(tmp_path):
     script = ("import atexit, sys; from mpi4py import MPI\n"
-              "from flamby_mpi.fast_exit import exit_now\n"
+              "from flamby_mpi.exit.fast_exit import exit_now\n"
               "atexit.register(lambda: print('finalized before the handlers:', MPI.Is_finalized()))\n"
               "MPI.COMM_WORLD.Barrier(); exit_now(0)")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
@@ -80,7 +80,7 @@ def test_deferred_modules_run_on_first_use_only(tmp_path):
 def test_exit_now_runs_the_c_level_exit_handlers_libraries_registered(tmp_path):
     # MPI and other C libraries register cleanups with atexit(3) or on_exit(3): they run at a
     # normal exit, and must still run here (os._exit would skip them)
-    script = ("import ctypes, sys; from flamby_mpi.fast_exit import exit_now\n"
+    script = ("import ctypes, sys; from flamby_mpi.exit.fast_exit import exit_now\n"
               "handler = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_void_p)(\n"
               "    lambda status, _: open(sys.argv[1], 'w').write(f'ran with {status}'))\n"
               "ctypes.CDLL(None).on_exit(handler, None); exit_now(4)")

@@ -1,4 +1,4 @@
-"""The FedML boundary: what fedml_bridge.py relies on inside FedML 0.9.6 (flamby_mpi/fedml_contract.py),
+"""The FedML boundary: what fedml_bridge.py relies on inside FedML 0.9.6 (flamby_mpi/transport/fedml_contract.py),
 the MLOps stand-in's allowed list, the deferred FedML names, and the refusal of another FedML version.
 
 The contract is checked on the installed FedML, then on a FedML changed with monkeypatch the way an
@@ -11,8 +11,8 @@ import threading
 
 import pytest
 
-from flamby_mpi.fedml_bridge import contract_problems
-from flamby_mpi.fedml_imports import import_fedml_for
+from flamby_mpi.transport.fedml_bridge import contract_problems
+from flamby_mpi.transport.fedml_imports import import_fedml_for
 from support.mpi import REPO, run_mpi
 from support.mpi import test_env as job_env
 
@@ -87,7 +87,7 @@ def test_renamed_methods_changed_signatures_and_lost_constants_are_each_named(fe
 
 
 def test_the_mlops_allow_list_is_checked_against_fedmls_sources(fedml, monkeypatch):
-    from flamby_mpi import fedml_imports
+    from flamby_mpi.transport import fedml_imports
 
     monkeypatch.setattr(fedml_imports, "MLOPS_CALLS",
                         (fedml_imports.MLOPS_CALLS - {"log_round_info"}) | {"log_everything"})
@@ -124,7 +124,7 @@ def test_a_deferred_fedml_name_stands_for_the_real_class_once_used(tmp_path):
     # A fresh process: using the name loads FedML's defence code (torchvision and all).
     out = _python("""
         import sys
-        from flamby_mpi.fedml_imports import DeferredName, import_fedml_for
+        from flamby_mpi.transport.fedml_imports import DeferredName, import_fedml_for
         import_fedml_for("server")
         from fedml.core.security.defense.krum_defense import KrumDefense
         name = "fedml.core.security.defense.krum_defense"
@@ -151,7 +151,7 @@ def test_after_fedmls_own_full_import_a_rank_imports_use_that_fedml(tmp_path):
     out = _python("""
         import fedml
         from fedml import mlops
-        from flamby_mpi.fedml_imports import import_fedml_for
+        from flamby_mpi.transport.fedml_imports import import_fedml_for
         assert import_fedml_for("client") is fedml and import_fedml_for("server") is fedml
         import fedml.core.mlops
         assert not vars(mlops).get("_flamby_mpi_hollow") and not vars(fedml.core.mlops).get("_flamby_mpi_hollow")
@@ -172,7 +172,7 @@ def test_the_version_check_reads_metadata_without_importing_fedml(tmp_path):
     fake = _fake_fedml_metadata(tmp_path / "site", "0.9.7")
     code = """
         import sys
-        from flamby_mpi.fedml_imports import fedml_version_problem
+        from flamby_mpi.transport.fedml_imports import fedml_version_problem
         print(fedml_version_problem()); print("fedml" in sys.modules)
     """
     assert _python(code, tmp_path).splitlines() == ["None", "False"]

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from flamby_mpi.config import build_config
-from flamby_mpi.errors import ConfigError, UserError
+from flamby_mpi.exit.errors import ConfigError, UserError
 from flamby_mpi.launch import handshake, rendezvous, run_secret
 
 SECRET = "a" * 32

@@ -1,4 +1,4 @@
-"""flamby_mpi/optim_without_dynamo.py: optimizers step without importing torch._dynamo, and a real
+"""flamby_mpi/runtime/optim_without_dynamo.py: optimizers step without importing torch._dynamo, and a real
 torch.compile of a model and of a training step with an optimizer step inside still works, with
 the same bits as without the shortcut; it acts only on the torch and Python it was tested on, which
 pyproject.toml pins. Each case runs in a fresh process: install() changes torch for the process."""
@@ -11,13 +11,13 @@ import tomllib
 
 import pytest
 
-from flamby_mpi import optim_without_dynamo
+from flamby_mpi.runtime import optim_without_dynamo
 from support.mpi import REPO
 from support.mpi import test_env as job_env
 
 TRAIN = """
     import hashlib, json, sys, torch
-    from flamby_mpi import optim_without_dynamo
+    from flamby_mpi.runtime import optim_without_dynamo
     installed = optim_without_dynamo.install() if {install} else False
     dynamo_before = "torch._dynamo" in sys.modules and not getattr(sys.modules["torch._dynamo"],
                                                                    "_flamby_mpi_hollow", False)
@@ -80,7 +80,7 @@ def test_the_shortcut_acts_only_on_the_tested_torch_and_python():
 def test_on_an_untested_torch_install_does_nothing_and_steps_import_torch_dynamo(tmp_path):
     found = _python("""
         import json, sys, torch
-        from flamby_mpi import optim_without_dynamo
+        from flamby_mpi.runtime import optim_without_dynamo
         optim_without_dynamo.TESTED_TORCH = ()
         installed = optim_without_dynamo.install()
         model = torch.nn.Linear(3, 2)

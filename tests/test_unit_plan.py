@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from flamby_mpi.config import RunConfig, build_config
-from flamby_mpi.errors import ConfigError
+from flamby_mpi.exit.errors import ConfigError
 from flamby_mpi.plan import make_plan, resolve_optimizer
 
 
@@ -173,7 +173,7 @@ def test_weight_decay_unset_passes_nothing_to_the_optimizer():
 
 
 def test_weight_decay_reaches_the_plan_and_the_clients_optimizer():
-    from flamby_mpi.client import ClientRun
+    from flamby_mpi.federation.client import ClientRun
 
     plan = _plan(train_args={"weight_decay": 0.001, "comm_round": 1})
     assert plan.weight_decay == 0.001 and plan.optimizer_kwargs() == {"weight_decay": 0.001}
@@ -292,7 +292,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "flamby_mpi"
 # What only the plan may read of the config: its private copy and the old whole-dict accessor.
 CONFIG_INSIDES = frozenset({"_config", "config_dict"})
 # The whole resolved config as a dict is for the checkpoint manifest alone (written by the server).
-CONFIG_RECORD_READERS = {"config_record": {"flamby_mpi.server"}}
+CONFIG_RECORD_READERS = {"config_record": {"flamby_mpi.federation.server"}}
 
 
 def _module_name(path: Path, package: Path) -> str:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from flamby_mpi.preemption import REPEAT_WINDOW_S, StopRequest
+from flamby_mpi.exit.preemption import REPEAT_WINDOW_S, StopRequest
 
 
 @pytest.fixture

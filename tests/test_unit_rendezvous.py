@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from flamby_mpi.errors import UserError
+from flamby_mpi.exit.errors import UserError
 from flamby_mpi.launch import rendezvous
 from flamby_mpi.launch.rendezvous import STALE_AFTER_S, Freshness, RendezvousFiles
 

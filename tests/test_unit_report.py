@@ -1,4 +1,4 @@
-"""Unit tests of flamby_mpi.report: reading run directories, the picture, the comparison table
+"""Unit tests of flamby_mpi.outputs.report: reading run directories, the picture, the comparison table
 and the `python -m flamby_mpi.report` command. Run directories are small fakes written here,
 following the output contract (docs/running.md, "Outputs"), rounds.csv included."""
 import csv
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from flamby_mpi import report
-from flamby_mpi.errors import UserError
+from flamby_mpi.outputs import report
+from flamby_mpi.exit.errors import UserError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,7 +182,7 @@ def test_module_bad_run_directory_is_one_message_exit_2(tmp_path, which):
 
 
 def test_import_does_not_import_matplotlib():
-    code = ("import sys, flamby_mpi.report; "
+    code = ("import sys, flamby_mpi.outputs.report; "
             "heavy = [m for m in ('matplotlib', 'torch', 'fedml', 'mpi4py', 'numpy') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)),
@@ -197,7 +197,7 @@ def test_write_report_writes_nothing_outside_the_output_directory(tmp_path):
     environ = {k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "XDG_CACHE_HOME",
                                                                 "XDG_CONFIG_HOME")}
     environ.update(HOME=str(home), PYTHONPATH=str(ROOT))
-    code = f"import flamby_mpi.report as r; assert r.write_report({str(run)!r})"
+    code = f"import flamby_mpi.outputs.report as r; assert r.write_report({str(run)!r})"
     subprocess.run([sys.executable, "-c", code], check=True, env=environ, timeout=120)
     assert_png(run / "report.png")
     assert list(home.iterdir()) == []

@@ -1,5 +1,5 @@
-"""Unit tests of the console table and FLamby's method naming in flamby_mpi.results."""
-from flamby_mpi.results import RESULTS_CSV_COLUMNS, flamby_method_name, format_table
+"""Unit tests of the console table and FLamby's method naming in flamby_mpi.outputs.results."""
+from flamby_mpi.outputs.results import RESULTS_CSV_COLUMNS, flamby_method_name, format_table
 
 
 def test_flamby_method_name():

@@ -1,4 +1,4 @@
-"""flamby_mpi.run_directory: the lock, the state of a directory, --overwrite and --resume's clearing,
+"""flamby_mpi.storage.run_directory: the lock, the state of a directory, --overwrite and --resume's clearing,
 and the rule for a rank on another host than rank 0, with real files and real processes (each
 pretend host a process of its own: tests/support/ownership_rank.py). The mpiexec runs are in
 tests/test_run_ownership.py."""
@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from flamby_mpi import cli, driver, run_directory
+from flamby_mpi import cli, driver
+from flamby_mpi.storage import run_directory
 from flamby_mpi.config import run_id_problem
-from flamby_mpi.safe_files import UnsafePathError
+from flamby_mpi.storage.safe_files import UnsafePathError
 from support.mpi import DEFAULT_CONFIG, kill_group
 from support.mpi import test_env as job_env
 

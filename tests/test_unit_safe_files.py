@@ -1,4 +1,4 @@
-"""flamby_mpi.safe_files attacked with real files: links at every component and at the target, links
+"""flamby_mpi.storage.safe_files attacked with real files: links at every component and at the target, links
 planted at temporary names, a directory swapped for a link in the middle of a write, FIFOs,
 /dev/zero, a file that keeps growing, and a real full disk (a tiny tmpfs, as root)."""
 import errno
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from flamby_mpi import safe_files
-from flamby_mpi.errors import UserError
-from flamby_mpi.safe_files import StorageError, UnsafePathError
+from flamby_mpi.storage import safe_files
+from flamby_mpi.exit.errors import UserError
+from flamby_mpi.storage.safe_files import StorageError, UnsafePathError
 from support.tmpfs import temporary_files, tmpfs
 
 pytestmark = pytest.mark.timeout(60)
@@ -196,7 +196,8 @@ def test_a_full_disk_under_torch_save_is_a_storage_error_not_torchs_runtime_erro
 
 _LOG_UNTIL_FULL = """
 import logging, sys
-from flamby_mpi import failures, logs
+from flamby_mpi.exit import failures
+from flamby_mpi.outputs import logs
 logs.setup_rank_logging(__import__("pathlib").Path(sys.argv[1]), 1, "info")
 for k in range(3000):
     logging.getLogger("flamby_mpi.client").info("record %d %s", k, "x" * 100)

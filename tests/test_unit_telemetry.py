@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from flamby_mpi.progress import Progress
-from flamby_mpi.protocol import ClientReply
-from flamby_mpi.telemetry import ROUND_COLUMNS, RoundLog, TensorBoardSink, Traffic
+from flamby_mpi.outputs.progress import Progress
+from flamby_mpi.federation.protocol import ClientReply
+from flamby_mpi.outputs.telemetry import ROUND_COLUMNS, RoundLog, TensorBoardSink, Traffic
 
 
 def _reply(centre, round_idx, trained=True, wait=None):
@@ -118,7 +118,7 @@ def _in_repo(monkeypatch):
     monkeypatch.chdir(REPO)
 
 
-# ---- TensorBoard event files written without TensorBoard (flamby_mpi/tensorboard_events.py) ----
+# ---- TensorBoard event files written without TensorBoard (flamby_mpi/outputs/tensorboard_events.py) ----
 
 def test_event_bytes_are_protobufs_own_serialization():
     from tensorboard.compat.proto.event_pb2 import Event
@@ -126,7 +126,7 @@ def test_event_bytes_are_protobufs_own_serialization():
     from tensorboard.compat.proto.tensor_pb2 import TensorProto
     from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
 
-    from flamby_mpi import tensorboard_events as te
+    from flamby_mpi.outputs import tensorboard_events as te
 
     scalars = {"centre_0/train_loss": 0.693, "centre_10/bytes_sent": 123456789.0, "round/time_s": 0.0,
                "metric/ünïcode": -1.5e-7}
@@ -147,7 +147,7 @@ def test_event_bytes_are_protobufs_own_serialization():
 
 
 def test_crc32c_of_the_standard_check_value():
-    from flamby_mpi.tensorboard_events import crc32c
+    from flamby_mpi.outputs.tensorboard_events import crc32c
 
     assert crc32c(b"123456789") == 0xE3069283  # CRC-32C's published check value
     assert crc32c(b"") == 0

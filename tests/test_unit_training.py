@@ -1,10 +1,10 @@
-"""Unit tests of flamby_mpi.training: FLamby's local-training semantics without MPI."""
+"""Unit tests of flamby_mpi.federation.training: FLamby's local-training semantics without MPI."""
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from flamby_mpi.training import (
+from flamby_mpi.federation.training import (
     DataLoaderWithMemory,
     LocalLearner,
     derived_seed,

@@ -1,8 +1,8 @@
-"""Unit tests of flamby_mpi.watchdog with short timeouts."""
+"""Unit tests of flamby_mpi.transport.watchdog with short timeouts."""
 import threading
 import time
 
-from flamby_mpi.watchdog import Watchdog
+from flamby_mpi.transport.watchdog import Watchdog
 
 
 class _Recorder:

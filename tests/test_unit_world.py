@@ -1,7 +1,7 @@
 """Unit tests of flamby_mpi.launch.world: size and rank/role checks with a fake world (no MPI)."""
 import pytest
 
-from flamby_mpi.errors import UserError, WorldSizeError
+from flamby_mpi.exit.errors import UserError, WorldSizeError
 from flamby_mpi.launch import CLIENT, SERVER, World, check_world, role_of
 from flamby_mpi.launch.world import form_world, local_rank_from_hosts, singleton_world
 
@@ -49,7 +49,7 @@ def test_single_process_rank_out_of_range_for_the_dataset():
 
 
 def test_rank_disagreeing_with_mpi_is_a_rank_mismatch_error():
-    from flamby_mpi.errors import RankMismatchError
+    from flamby_mpi.exit.errors import RankMismatchError
 
     with pytest.raises(RankMismatchError):
         check_world(_world(1, 5), 5, "synthetic", 2, "client")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from flamby_mpi.config import load_config
-from flamby_mpi.errors import ConfigError, UserError
+from flamby_mpi.exit.errors import ConfigError, UserError
 from flamby_mpi.plan import make_plan
 from flamby_mpi.registry import FLAMBY_DATASET_FACTS, canonical_flamby_name
 from flamby_mpi.world_size import set_overrides, world_size_of

@@ -1,4 +1,4 @@
-"""flamby_mpi.wire: tensors as their own memory, bitwise intact; sizes checked before allocating;
+"""flamby_mpi.transport.wire: tensors as their own memory, bitwise intact; sizes checked before allocating;
 over real MPI (mpiexec -n 2) with messages cut in pieces; and a model over 2 GiB (opt-in)."""
 import json
 import os
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from flamby_mpi import wire
+from flamby_mpi.transport import wire
 from support import mpi as mpi_support
 from support.mpi import DEFAULT_CONFIG, TESTS_DIR, mpiexec, run_job, run_mpi
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import importlib
 
-from ..errors import UserError, clip, shown
+from ..exit.errors import UserError, clip, shown
 from ..registry import is_synthetic
 from .flamby_datasets import (
     FLAMBY_DATASETS,

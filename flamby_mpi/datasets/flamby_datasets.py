@@ -6,7 +6,7 @@ import contextlib
 import importlib
 import os
 
-from ..errors import UserError
+from ..exit.errors import UserError
 from .deferred_imports import deferring
 from ..registry import FLAMBY_DATASET_FACTS, FLAMBY_DATASETS, canonical_flamby_name  # noqa: F401 (re-exported)
 

@@ -47,7 +47,7 @@ class DatasetSpec:
         accepted = _accepted_kwargs(self.fed_class)
         if self.data_path is not None:
             if accepted is not None and "data_path" not in accepted:
-                from ..errors import UserError
+                from ..exit.errors import UserError
                 raise UserError(f"dataset {self.name} does not accept data_args.data_path",
                                 hint="remove data_args.data_path from the config")
             kwargs["data_path"] = self.data_path

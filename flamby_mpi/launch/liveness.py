@@ -178,7 +178,7 @@ def watch(world, files: RendezvousFiles, secret: str, port: str,
           report: Callable[[str], None], exit_process: Callable[[int], None] = os._exit) -> Liveness:
     """Starts the heartbeat of this rank of a separately joined world; a lost peer ends this process
     (and, from rank 0, the job) with `report(text)` naming the lost rank. Stops at world.finish()."""
-    from ..failures import EXIT_FAILURE
+    from ..exit.failures import EXIT_FAILURE
 
     liveness = Liveness(files, secret, port, world.rank, world.size)
 

@@ -21,7 +21,7 @@ import stat
 from pathlib import Path
 from typing import Optional
 
-from ..errors import UserError
+from ..exit.errors import UserError
 
 ENV_VAR = "FLAMBY_MPI_SECRET"
 MIN_CHARS = 16

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from ..errors import UserError
-from ..failures import EXIT_FAILURE, EXIT_USER_ERROR, fail, where
+from ..exit.errors import UserError
+from ..exit.failures import EXIT_FAILURE, EXIT_USER_ERROR, fail, where
 from . import liveness, rendezvous, run_secret
 from .environment import started_by_mpi_launcher
 from .world import World, form_world

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
 
-from ..errors import RankMismatchError, UserError, WorldSizeError
+from ..exit.errors import RankMismatchError, UserError, WorldSizeError
 # rank -> role, written once in the registry; CLIENT and SERVER are re-exported by flamby_mpi.launch
 from ..registry import CLIENT, SERVER, role_of  # noqa: F401
 

@@ -1,4 +1,5 @@
-"""Federated strategies by FLamby's names; each module holds a server half and a client half.
+"""Federated strategies by FLamby's names; each module holds a server half and a client half,
+except aggregation.py: FedAvg's arithmetic that they (and the server's weighted means) share.
 
 Every module of this package is imported here, and each Strategy subclass with a `name`
 registers itself (strategies/base.py): adding a strategy is one module plus its entry in

@@ -13,7 +13,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..aggregation import fedavg, weighted_update
+from .aggregation import fedavg, weighted_update
 from ..registry import STRATEGY_HYPERPARAMETERS
 
 State = "OrderedDict[str, torch.Tensor]"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from mpi4py import MPI
 
-from flamby_mpi.errors import UserError
+from flamby_mpi.exit.errors import UserError
 from flamby_mpi.launch import handshake, rendezvous
 
 

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from flamby_mpi import run_directory
+from flamby_mpi.storage import run_directory
 
 
 class PretendTransport:

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from flamby_mpi.errors import UserError
+from flamby_mpi.exit.errors import UserError
 from flamby_mpi.launch import rendezvous
 
 

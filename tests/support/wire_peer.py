@@ -1,4 +1,4 @@
-"""Both ends of flamby_mpi.wire over real MPI (`mpiexec -n 2`): rank 0 sends, rank 1 receives and
+"""Both ends of flamby_mpi.transport.wire over real MPI (`mpiexec -n 2`): rank 0 sends, rank 1 receives and
 checks. Messages are cut into 1000-byte pieces here so the path of messages over 2 GiB (several
 MPI messages per buffer) runs in a test of seconds. Then rank 0 attacks with forged headers."""
 import struct
@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from flamby_mpi import wire
+from flamby_mpi.transport import wire
 
 wire.CHUNK_BYTES = 1000
 comm = MPI.COMM_WORLD

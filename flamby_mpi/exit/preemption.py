@@ -3,7 +3,7 @@
 A scheduler preempting or requeueing a job (SLURM's --signal and scancel, PBS), or Ctrl-C on
 mpirun, signals the ranks (MPICH's and Open MPI's mpiexec pass SIGTERM and SIGINT on to
 every rank). The handler only notes the signal; the round protocol does the rest
-(flamby_mpi.protocol): a client tells the server in its next reply, the server sends every
+(flamby_mpi.federation.protocol): a client tells the server in its next reply, the server sends every
 client a stop message at the next round boundary, every rank saves the cut and the job
 exits with 128 + the signal number. If that takes longer than the grace time, the process
 ends at once and the last complete checkpoint is what a resume starts from. A second signal

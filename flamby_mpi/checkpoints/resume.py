@@ -7,16 +7,17 @@
    filesystem, and only a rank's own host has its files.
 3. One allgather: the newest round every rank holds intact is resumed; newer, incomplete
    cuts are deleted by each rank.
-A run never starts afresh over an earlier run's checkpoints: flamby_mpi.run_directory refuses
+A run never starts afresh over an earlier run's checkpoints: flamby_mpi.storage.run_directory refuses
 that directory, or deletes them with --overwrite, so a later --resume never mixes two runs.
 """
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple
 
-from . import __version__, checkpoint
-from .errors import UserError, clip
-from .logs import SHOWN_WHEN_QUIET
+from .. import __version__
+from . import checkpoint
+from ..exit.errors import UserError, clip
+from ..outputs.logs import SHOWN_WHEN_QUIET
 
 def config_problem(plan, recorded: dict, cut: int) -> Optional[str]:
     """Why this plan cannot continue the run a checkpoint recorded (None: it can)."""

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from . import PROCESS_START
+from .. import PROCESS_START
 
 DEBUG_MODULES_ENV = "FLAMBY_MPI_DEBUG_MODULES"
 MARKS = ("imports", "data", "first_message")
@@ -86,7 +86,7 @@ def gathered(per_process: List[List[Dict]]) -> List[Dict]:
 
 
 def loaded_modules() -> List[str]:
-    """Modules whose code ran: not the stand-ins of flamby_mpi/fedml_imports.py and
+    """Modules whose code ran: not the stand-ins of flamby_mpi/transport/fedml_imports.py and
     optim_without_dynamo.py, which only hold the place of modules never loaded."""
     return sorted(name for name, module in list(sys.modules.items())
                   if module is not None and not getattr(module, "__dict__", {}).get("_flamby_mpi_hollow"))
@@ -96,7 +96,7 @@ def dump_modules_if_asked(rank: int):
     directory = os.environ.get(DEBUG_MODULES_ENV)
     if not directory:
         return
-    from . import safe_files
+    from ..storage import safe_files
 
     record = {"rank": rank, "modules": loaded_modules(), "private_mb": private_mb(),
               "peak_rss_mb": peak_rss_mb()}

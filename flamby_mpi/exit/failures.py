@@ -17,7 +17,7 @@ import sys
 import traceback
 from typing import Callable, Optional
 
-from .registry import role_of
+from ..registry import role_of
 
 EXIT_FAILURE = 1
 EXIT_USER_ERROR = 2

@@ -1,4 +1,4 @@
-"""What flamby_mpi/fedml_bridge.py and fedml_imports.py rely on inside FedML 0.9.6, written down.
+"""What flamby_mpi/transport/fedml_bridge.py and fedml_imports.py rely on inside FedML 0.9.6, written down.
 
 The bridge subclasses FedML's managers and reads or sets their private attributes (the receive
 threads, the stop flag, the receive queue, the finished-client map, the client's round count) and

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .safe_files import StorageError, UnsafePathError, is_storage_error
+from ..storage.safe_files import StorageError, UnsafePathError, is_storage_error
 
 ROUND_COLUMNS = ("round", "centre", "local_train_s", "wait_s", "bytes_sent", "bytes_received",
                  "train_loss", "sampled", "round_s")
@@ -118,7 +118,7 @@ class RoundLog:
 
 class TensorBoardSink:
     """TensorBoard event files in one run directory (`tensorboard --logdir runs/` compares runs),
-    written by flamby_mpi/tensorboard_events.py: one event per round and per evaluation, without
+    written by flamby_mpi/outputs/tensorboard_events.py: one event per round and per evaluation, without
     importing TensorBoard. A file that cannot be written turns TensorBoard off for the run, with
     one warning naming it: telemetry never fails a run. A full disk ends the run at its next
     checkpoint or result file instead (which --resume continues); a link, a FIFO or a file where

@@ -5,7 +5,7 @@ records at `tracking_args.log_level` and above. Rank 0 also shows progress on
 stdout; clients print only warnings and errors, prefixed with their rank.
 `print` is left alone (FedML's init would hijack it; we never call that).
 
-A log is opened for appending (flamby_mpi.safe_files.open_append: never through a
+A log is opened for appending (flamby_mpi.storage.safe_files.open_append: never through a
 link, never truncated), so a --resume adds to the log of the attempt that crashed.
 A log that can no longer be written (a full disk) is said once on stderr and left
 off; the run goes on, and its console output with it.
@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import safe_files
+from ..storage import safe_files
 
 _FORMAT = "%(asctime)s %(levelname)s [%(name)s] %(message)s"
 # failures.report's records: already on stderr, so a log that fails on one of them stays silent.

@@ -2,7 +2,7 @@
 
 The same ServerRun and ClientRun objects and the same round protocol as the MPI
 path (a GlobalMessage out, one ClientReply per client back, every client
-answering every exchange), with messages copied as MPI would copy them (flamby_mpi.wire's format), so the
+answering every exchange), with messages copied as MPI would copy them (flamby_mpi.transport.wire's format), so the
 final model is bitwise identical to the MPI run's: a debugging mode and a
 reference.
 """
@@ -11,13 +11,14 @@ from __future__ import annotations
 import socket
 from typing import Callable, List, Tuple
 
-from . import startup, wire
-from .telemetry import Traffic
+from ..runtime import startup
+from . import wire
+from ..outputs.telemetry import Traffic
 
 
 def _as_if_sent(obj) -> Tuple[object, int]:
     """The object as its receiver gets it, and the bytes it took: through the MPI transport's
-    wire format (flamby_mpi.wire) without MPI, so the two paths stay identical (no aliasing)."""
+    wire format (flamby_mpi.transport.wire) without MPI, so the two paths stay identical (no aliasing)."""
     return wire.as_if_sent(obj)
 
 

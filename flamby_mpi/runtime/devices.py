@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .errors import UserError
+from ..exit.errors import UserError
 
 CPU = "cpu"
 ANY_HOST = "*"

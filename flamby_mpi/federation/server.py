@@ -1,7 +1,7 @@
 """The server rank (0): the global model, the strategy's aggregation, the history and final metrics.
 
 Each exchange it sends a `GlobalMessage` and aggregates the clients' `ClientReply`s
-(flamby_mpi.protocol); the transport (FedML over MPI, or the in-process loop)
+(flamby_mpi.federation.protocol); the transport (FedML over MPI, or the in-process loop)
 carries them.
 """
 from __future__ import annotations
@@ -13,15 +13,16 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from . import __version__, checkpoint
-from .aggregation import weighted_mean
-from .errors import UserError
-from .plan import RunPlan
-from .preemption import signal_name as _signal_name
-from .progress import Progress
+from .. import __version__
+from ..checkpoints import checkpoint
+from ..strategies.aggregation import weighted_mean
+from ..exit.errors import UserError
+from ..plan import RunPlan
+from ..exit.preemption import signal_name as _signal_name
+from ..outputs.progress import Progress
 from .protocol import ClientReply, GlobalMessage
-from .strategies import make_strategy
-from .telemetry import RoundLog, Traffic
+from ..strategies import make_strategy
+from ..outputs.telemetry import RoundLog, Traffic
 from .training import evaluate, make_loader
 
 

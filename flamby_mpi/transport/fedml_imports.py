@@ -27,7 +27,7 @@ attribute reads, isinstance/issubclass and as a base class.
 
 The set is fixed by FedML 0.9.6, checked before anything is imported (`require_pinned_fedml`):
 another version is refused, since nothing here has been tested with it.
-flamby_mpi/fedml_contract.py lists what the bridge relies on in FedML; its test fails on a change.
+flamby_mpi/transport/fedml_contract.py lists what the bridge relies on in FedML; its test fails on a change.
 """
 from __future__ import annotations
 
@@ -127,7 +127,7 @@ def fedml_version_problem():
 
 
 def require_pinned_fedml():
-    from .errors import UserError
+    from ..exit.errors import UserError
 
     problem = fedml_version_problem()
     if problem:
@@ -182,7 +182,7 @@ def _hollow_package(name: str) -> types.ModuleType:
             setattr(module, attr, value)
             return value
         raise AttributeError(f"module {name!r} has no attribute {attr!r}: flamby-mpi does not execute "
-                             f"{name}/__init__.py (flamby_mpi/fedml_imports.py); add {attr!r} to "
+                             f"{name}/__init__.py (flamby_mpi/transport/fedml_imports.py); add {attr!r} to "
                              f"PACKAGE_NAMES there")
 
     module.__getattr__ = __getattr__
@@ -212,7 +212,7 @@ def _mlops_stand_in(name: str, like=None) -> types.ModuleType:
     def __getattr__(attr):
         if attr.startswith("__") or attr not in MLOPS_CALLS:
             raise AttributeError(f"{name}.{attr}: not in the MLOps stand-in's allowed list "
-                                 f"(MLOPS_CALLS in flamby_mpi/fedml_imports.py); flamby-mpi runs FedML "
+                                 f"(MLOPS_CALLS in flamby_mpi/transport/fedml_imports.py); flamby-mpi runs FedML "
                                  f"without its MLOps, add the name there only if FedML's function does "
                                  f"nothing with using_mlops false")
 

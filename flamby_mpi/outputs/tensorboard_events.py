@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Dict, Optional
 
-from . import safe_files
+from ..storage import safe_files
 
 FILE_VERSION = "brain.Event:2"
 _DT_STRING = 7  # TensorProto.dtype of a text summary

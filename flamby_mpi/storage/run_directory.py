@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from . import safe_files
-from .errors import UserError, plain
+from ..exit.errors import UserError, plain
 from .safe_files import StorageError, UnsafePathError
 
 LOCK_NAME = ".flamby-mpi.lock"
@@ -331,7 +331,7 @@ def claim(plan, transport) -> Claim:
     else:
         verdict = None
     verdict = transport.agree(verdict)
-    from . import failures
+    from ..exit import failures
 
     if "error" in verdict:
         if transport.rank == 0:

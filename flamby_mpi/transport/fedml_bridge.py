@@ -12,7 +12,7 @@ FedML's MPI communication manager. Three behaviours are replaced in small
 subclasses: the 5-second sleep before the server finishes, `MPI.Finalize()`
 inside `finish()` (we still need MPI afterwards to write results and to abort
 the job on errors), and the communication manager's transport: FedML's Message
-objects travel in flamby_mpi.wire's format (tensors as their own memory instead
+objects travel in flamby_mpi.transport.wire's format (tensors as their own memory instead
 of pickled, messages over 2 GiB in pieces), received without FedML's sleep
 loops, and counted in bytes for the per-round telemetry.
 """
@@ -26,14 +26,15 @@ import traceback
 from types import SimpleNamespace
 from typing import Callable, Dict, List, Optional
 
-from . import failures, startup
+from ..exit import failures
+from ..runtime import startup
 from .fedml_imports import fedml_version_problem
-from .launch.world import World
-from .telemetry import Traffic
+from ..launch.world import World
+from ..outputs.telemetry import Traffic
 from .watchdog import Watchdog
 
 def import_fedml(role: str):
-    """Imports the part of FedML that `role` runs (flamby_mpi/fedml_imports.py says what and why)."""
+    """Imports the part of FedML that `role` runs (flamby_mpi/transport/fedml_imports.py says what and why)."""
     from .fedml_imports import import_fedml_for
 
     return import_fedml_for(role)
@@ -41,7 +42,7 @@ def import_fedml(role: str):
 
 def contract_problems():
     """What this module relies on inside FedML and the installed FedML no longer provides
-    (flamby_mpi/fedml_contract.py; [] when all holds)."""
+    (flamby_mpi/transport/fedml_contract.py; [] when all holds)."""
     from .fedml_contract import contract_problems as problems
 
     return problems()
@@ -143,7 +144,7 @@ _STOP_CHECK_S = 0.2
 
 
 def _metered_comm_manager(comm, rank: int, size: int):
-    """FedML's MPI communication manager, moving FedML's Message objects with flamby_mpi.wire
+    """FedML's MPI communication manager, moving FedML's Message objects with flamby_mpi.transport.wire
     (tensors as their own memory, not pickled) and counting the bytes of every message."""
     from mpi4py import MPI
     from fedml.core.distributed.communication.message import Message
@@ -405,7 +406,7 @@ class FedMLTransport:
         return self.world.comm.allgather(value)
 
     def device(self, plan, warn):
-        from .devices import pick_device
+        from ..runtime.devices import pick_device
 
         return pick_device(plan.devices, self.world, warn)
 

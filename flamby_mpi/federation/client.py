@@ -1,7 +1,7 @@
 """The client rank: FLamby centre k-1 trained with FLamby's semantics.
 
 Each exchange it receives a `GlobalMessage` and answers with a `ClientReply`
-(flamby_mpi.protocol): the evaluation of the global model it received, when due
+(flamby_mpi.federation.protocol): the evaluation of the global model it received, when due
 (so test data never moves), then its local update unless this is the final,
 evaluation-only exchange or the strategy leaves this centre out of the round.
 """
@@ -16,12 +16,12 @@ from typing import List, Optional
 
 import torch
 
-from . import checkpoint
-from .errors import UserError
-from .failures import where
-from .plan import RunPlan
+from ..checkpoints import checkpoint
+from ..exit.errors import UserError
+from ..exit.failures import where
+from ..plan import RunPlan
 from .protocol import ClientReply, GlobalMessage
-from .strategies import make_strategy
+from ..strategies import make_strategy
 from .training import LocalLearner, PrivacySettings, derived_seed, evaluate, make_loader
 
 log = logging.getLogger("flamby_mpi.client")

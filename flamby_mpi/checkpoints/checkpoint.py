@@ -7,7 +7,7 @@ Layout, in `<output_dir>/checkpoints/round_<r>/` (r: training rounds complete):
 - `rank_<k>.json`: rank k's other state (counters, random-number states, history) as JSON;
 - `manifest.json`: written by rank 0 last, once every rank has confirmed its files (their
   sha256 travels in the round's replies): a round directory without it is not a checkpoint.
-Every file is written by flamby_mpi.safe_files.write_atomic: a fresh temporary name, flushed to
+Every file is written by flamby_mpi.storage.safe_files.write_atomic: a fresh temporary name, flushed to
 disk and renamed, so a kill or a full disk during a write leaves the previous checkpoint as it was
 (and no partial file). Directories are entered and pruned without following links. Each rank
 prunes its own files.
@@ -18,7 +18,7 @@ hashed are the bytes loaded: one open file), and nothing is unpickled. Every rea
 (safe_files.open_regular): a regular file reached without following a link, at most a cap read
 from the open file, so a FIFO, a link to /dev/zero or a huge file is refused, not waited on.
 Ranks may sit on hosts without a shared filesystem: each reads its own files, and rank 0 alone
-reads the manifests (the resume negotiation is in flamby_mpi/resume.py).
+reads the manifests (the resume negotiation is in flamby_mpi/checkpoints/resume.py).
 """
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from . import safe_files
-from .errors import clip, shown
+from ..storage import safe_files
+from ..exit.errors import clip, shown
 
 FORMAT = 1
 MANIFEST = "manifest.json"

@@ -28,7 +28,7 @@ import stat
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
-from .errors import UserError, plain
+from ..exit.errors import UserError, plain
 
 # Errors of the file system's room or rights: the user can fix them (free space, a quota, a mount).
 STORAGE_ERRNOS = {

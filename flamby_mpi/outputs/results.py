@@ -4,7 +4,7 @@ In the output directory: results.json, results.csv (FLamby's benchmark layout),
 metrics.csv (one row per evaluated round and test set), rounds.csv (one row per
 training round and centre: times, bytes, loss; telemetry.py) and global_model.pt
 (`torch.save(state_dict)`); config.yaml (the resolved config) is written by the
-driver when the run starts. Files are written by flamby_mpi.safe_files.write_atomic (a
+driver when the run starts. Files are written by flamby_mpi.storage.safe_files.write_atomic (a
 fresh temporary name, then a rename), so a reader never sees half a file, nothing is written
 through a link, and a full disk raises safe_files.StorageError with no partial file left.
 """
@@ -18,7 +18,7 @@ from typing import Dict, Optional
 
 import torch
 
-from . import safe_files
+from ..storage import safe_files
 
 RESULTS_CSV_COLUMNS = ["Test", "Method", "Metric", "seed", "learning_rate", "optimizer_class", "num_updates",
                        "rounds"]

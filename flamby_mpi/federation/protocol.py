@@ -8,7 +8,7 @@ client trains). Every client answers every exchange, also when it does not
 train (client sampling, Cyclic): FedML's cross-silo server waits for all of
 them. The transports (FedML over MPI, the in-process loop) carry these objects
 unchanged. Checkpoints ride on the same exchanges: a client saves its part before its
-reply says so, and the server completes the cut (flamby_mpi.checkpoint); a stop (SIGTERM,
+reply says so, and the server completes the cut (flamby_mpi.checkpoints.checkpoint); a stop (SIGTERM,
 SIGINT) is asked for in a reply and ordered in the next GlobalMessage.
 """
 from __future__ import annotations
