@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cf", required=True, metavar="CONFIG",
                         help="YAML config in FedML's section layout (see config/)")
     parser.add_argument("--run_id", default=None,
-                        help="name of this run (default: common_args.run_id, else a timestamp); "
+                        help="name of this run (default: common_args.run_id, else a timestamp and a random "
+                             "suffix, e.g. 20261206-001500-3fa2); "
                              "outputs go to runs/<run_id> unless common_args.output_dir is set")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config key (value parsed as YAML); repeatable")

@@ -165,7 +165,8 @@ class CommonArgs:
         help="seeds the initial global model (rank 0) and each client's data order and local "
              "randomness (from seed and rank)"))
     run_id: Optional[str] = field(default=None, metadata=_meta(
-        help="--run_id overrides; default: a timestamp", check=run_id_problem))
+        help="--run_id overrides; default: a timestamp and a random suffix (20261206-001500-3fa2)",
+        check=run_id_problem))
     output_dir: Optional[str] = field(default=None, metadata=_meta(
         help="default: runs/<run_id>; ~ is your home directory; refused if it is a file or you cannot create it",
         check=path_problem))
@@ -399,7 +400,7 @@ def _number(x) -> str:
 
 def range_text(metadata) -> str:
     """The allowed range of a field, e.g. `[0, 1)` or `(0, 3.4028234663852886e+38]`: a square
-    bracket includes its bound, a round one excludes it. README's config table shows it too."""
+    bracket includes its bound, a round one excludes it. docs/configuration.md's tables show it too."""
     low, high = metadata.get("minimum"), metadata.get("maximum")
     return ("(" if metadata.get("above") else "[") + ("-inf" if low is None else _number(low)) + ", " \
         + ("inf" if high is None else _number(high)) + (")" if metadata.get("below") or high is None else "]")

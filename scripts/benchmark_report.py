@@ -132,7 +132,7 @@ def format_markdown(header: List[str], body: List[List[str]]) -> str:
 
 
 def report(rows: List[Dict], markdown: bool = False) -> str:
-    """Every table that has rows, as text for the terminal or as markdown for the README."""
+    """Every table that has rows, as text for the terminal or as markdown for docs/benchmarks/ pages."""
     fmt = format_markdown if markdown else format_text
     parts = []
     for title, header, body in (("Ratios (measured side by side in this run)", RATIO_HEADER, ratio_table(rows)),

@@ -46,6 +46,15 @@ YAML tags (`!!python/...`) and NaN or infinite numbers are refused. Checks that 
 (its number of centres, its default batch size) happen when the run is planned, still before any
 training.
 
+The `allowed` column is each number's range, written as `--help` and every message that refuses
+one write it (`[` includes the bound, `(` excludes it), and set by what uses it: seeds are signed
+64-bit integers (what torch and numpy take), counts (rounds, steps, batch sizes) stop at a billion,
+float hyperparameters must be finite in float32, the models' dtype. The plan also refuses a
+learning rate that the chosen torch optimizer itself scales past float32 (Adam divides it by
+`1 - beta1` in its first step; the message gives the largest that works), and a Scaffold whose
+divisor `server_learning_rate * learning_rate * num_updates` is 0 in float32. What `lr * grad`
+becomes during training is the training's business.
+
 Shipped configs: `config/fedml_config.yaml` is the default (synthetic, FedAvg);
 `config/<flamby_name>.yaml` exists for every FLamby dataset, with FLamby's benchmark FedAvg
 hyperparameters (learning rate and optimizer from FLamby's `flamby/config_<dataset>.json`, 100

@@ -48,7 +48,7 @@
 set -euo pipefail
 
 # Site-specific environment goes here, for example:
-#   module load mpich/4.2              # or openmpi/5.0; mpi4py must be built against it (README)
+#   module load mpich/4.2              # or openmpi/5.0; mpi4py must be built against it (docs/clusters.md)
 #   source /path/to/flamby-mpi/.venv/bin/activate
 
 if [ $# -eq 0 ] && [ -n "${FLAMBY_MPI_ARGS:-}" ]; then
@@ -108,7 +108,7 @@ start=("$mpiexec" ${FLAMBY_MPI_MPIEXEC_ARGS:-} -n "$np")
 # Ours first: the user's own --set, later on the line, win.
 defaults=(--run_id "$run_id" --set "common_args.output_dir=$output_dir")
 
-# Rerun (qsub -r y, README "On a cluster: SLURM requeue and PBS"). NOT TESTED ON A REAL PBS.
+# Rerun (qsub -r y, docs/checkpoints.md, "On a cluster: SLURM requeue and PBS"). NOT TESTED ON A REAL PBS.
 # PBS Pro / OpenPBS count a job's starts in its run_count attribute (qstat -f); when it is
 # above 1 the job was rerun (qrerun, a preemption with requeue, a node failure) and continues
 # its run from the newest complete checkpoint, starts it again over what it left if it stopped

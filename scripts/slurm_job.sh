@@ -7,7 +7,7 @@
 #   python scripts/submit.py CONFIG [--set ...]     # computes --ntasks from the config's dataset
 # Options given to sbatch override the #SBATCH lines below.
 #
-# Preemption and requeue (README "On a cluster: SLURM requeue and PBS"):
+# Preemption and requeue (docs/checkpoints.md, "On a cluster: SLURM requeue and PBS"):
 #   sbatch --requeue --signal=B:TERM@<s> --time=<limit> ... scripts/slurm_job.sh CONFIG
 #   python scripts/submit.py --requeue CONFIG        # asks for both, s from preemption_grace_s
 # SIGTERM/SIGINT (scancel, scontrol requeue, preemption, the --signal warning) stop every rank
@@ -65,7 +65,7 @@
 set -euo pipefail
 
 # Site-specific environment goes here, for example:
-#   module load mpich/4.2              # or openmpi/5.0; mpi4py must be built against it (README)
+#   module load mpich/4.2              # or openmpi/5.0; mpi4py must be built against it (docs/clusters.md)
 #   source /path/to/flamby-mpi/.venv/bin/activate
 
 if [ $# -lt 1 ] || [ "${1#-}" != "$1" ]; then
@@ -133,7 +133,7 @@ case "$launcher" in
         ;;
 esac
 
-# Requeue (sbatch --requeue; README "On a cluster: SLURM requeue and PBS"): when SLURM
+# Requeue (sbatch --requeue; docs/checkpoints.md, "On a cluster: SLURM requeue and PBS"): when SLURM
 # starts this job again (scontrol requeue, preemption, a node failure, or this script after
 # a time-limit signal), it continues the run in the same output directory from its newest
 # complete checkpoint, starts it again over what it left if it stopped before any checkpoint

@@ -98,7 +98,7 @@ def test_hostile_hellos_are_refused_and_the_real_run_finishes_bitwise(workdir, a
         attacks = [("pickle", evidence), ("random", ""), ("oversized", ""), ("replay", recorded),
                    ("wrong-secret", "")]
         # One at a time: MPICH crashes when two processes connect to the port at once, which is a
-        # denial of service this project does not claim to prevent (README, trust model).
+        # denial of service this project does not claim to prevent (docs/separate-terminals.md, trust model).
         for mode, arg in attacks:
             attackers.start(mode, mode, rdv, marker, arg)
             assert attackers.wait(mode, 60) == 0, attackers.log(mode)

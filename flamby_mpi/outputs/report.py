@@ -425,7 +425,7 @@ def write_report(output_dir) -> Optional[Path]:
 @contextmanager
 def _private_matplotlib_cache():
     """matplotlib writes a font cache into ~/.cache/matplotlib when it first loads its fonts; a run
-    writes nothing outside its output directory (README "No side effects"), so the driver's report
+    writes nothing outside its output directory (docs/running.md, "No side effects"), so the driver's report
     loads them with a temporary MPLCONFIGDIR, removed afterwards. Left alone when matplotlib is
     already imported or the user set MPLCONFIGDIR."""
     if "matplotlib" in sys.modules or "MPLCONFIGDIR" in os.environ:

@@ -1,4 +1,4 @@
-"""The output contract, read by tools outside the project (README.md, section "Outputs").
+"""The output contract, read by tools outside the project (docs/running.md, section "Outputs").
 
 In the output directory: results.json, results.csv (FLamby's benchmark layout),
 metrics.csv (one row per evaluated round and test set), rounds.csv (one row per

@@ -13,7 +13,7 @@ wire a message is then:
 
 and the receiver receives straight into buffers it keeps from round to round (BufferPool);
 the tensors it unpickles are views of those buffers. Sizes come from a peer of the joined world,
-which is trusted (README, trust model), but they are still checked before anything is allocated:
+which is trusted (docs/separate-terminals.md, trust model), but they are still checked before anything is allocated:
 a header that does not parse, or announces more buffers or bytes than this host could hold, ends
 the job with a message instead of an allocation that takes the machine down.
 
