@@ -176,24 +176,29 @@ def _resume_or_start_afresh(plan: RunPlan, transport, server_run, client_runs, c
 
 def resume_command(plan: RunPlan) -> str:
     """What to run to continue this run: this command with --resume (and the run id it got)."""
+    return _command_again(plan, "--resume")
+
+
+def _command_again(plan: RunPlan, flag: str) -> str:
+    """This run's command again with flag (--resume or --overwrite) and the run id it got."""
     args = [a for a in sys.argv[1:] if a not in ("--resume", "--overwrite")]
     if "--run_id" not in args and not any(a.startswith("--run_id=") for a in args):
         args += ["--run_id", plan.run_id]
-    command = " ".join(shlex.quote(a) for a in ["python", "launch_client.py", *args, "--resume"])
+    command = " ".join(shlex.quote(a) for a in ["python", "launch_client.py", *args, flag])
     if plan.backend == "inprocess":
         return command
     if "--rank" in args:
-        return f"every rank's own command with --resume, e.g. {command}"
+        return f"every rank's own command with {flag}, e.g. {command}"
     command = f"mpirun -np {plan.world_size} {command}"
     job = os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID")
-    if job:  # the job scripts resume by themselves when the scheduler restarts the job
-        return f"requeue job {job} (scripts/slurm_job.sh and pbs_job.sh resume by themselves), or run {command}"
+    if job:  # the job scripts resume (or start over) by themselves when the scheduler restarts the job
+        return f"requeue job {job} (scripts/slurm_job.sh and pbs_job.sh go on by themselves), or run {command}"
     return command
 
 
 def storage_hint(plan: RunPlan) -> str:
     """What to do after a full disk (or quota, read-only mount, rights) stopped the run: resume
-    from the last complete checkpoint this rank sees, else run again."""
+    from the last complete checkpoint this rank sees, else start over with --overwrite."""
     first = "free space on that file system (or fix its quota, mount or permissions), then "
     try:
         resumable = any(safe_files.file_exists(plan.output_dir, f"checkpoints/round_{r}/{checkpoint.MANIFEST}")
@@ -202,10 +207,10 @@ def storage_hint(plan: RunPlan) -> str:
         resumable = True
     if resumable:
         return first + f"continue the run from its last checkpoint: {resume_command(plan)}"
-    if plan.checkpoint_every == 0:
-        return first + ("run it again: checkpoints are off (common_args.checkpoint_every: 0), so there is "
-                        "nothing to resume from")
-    return first + "run it again: no checkpoint of it was complete yet"
+    # The directory now holds an interrupted run: a plain re-run is refused, --overwrite starts over.
+    why = ("checkpoints are off (common_args.checkpoint_every: 0), so there is nothing to resume from"
+           if plan.checkpoint_every == 0 else "no checkpoint of it was complete yet")
+    return first + f"start it over ({why}): {_command_again(plan, '--overwrite')}"
 
 
 def _stop_on_signals(plan: RunPlan, transport, server_run, at: str) -> StopRequest:
