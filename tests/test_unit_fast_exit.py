@@ -138,3 +138,16 @@ def test_the_three_entry_points_end_a_bad_config_the_same_way(tmp_path):
     assert code == 2 and "comm_round" in message and "Traceback" not in message, message
     assert "interpreter teardown ran" not in message  # ended by fast_exit
     assert ends == {name: (code, message) for name in ends}, ends
+
+
+def test_requires_python_admits_only_what_ci_runs():
+    """pyproject's requires-python claims only the versions CI tests (.ci/run makes its venv with the
+    machine's python3, 3.11): this interpreter is admitted, and neither a 3.10 nor a 3.12 is."""
+    import platform
+    import tomllib
+
+    from packaging.specifiers import SpecifierSet
+
+    claimed = SpecifierSet(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"])
+    assert platform.python_version() in claimed
+    assert "3.10.13" not in claimed and "3.12.0" not in claimed
