@@ -6,9 +6,10 @@
   bigger, the printed --resume command ends with the uninterrupted run's global_model.pt, bitwise;
 - a disk that fills while the final results are written (checkpoints off): the final table was
   printed first, with the uninterrupted run's numbers; the same clean stop;
-- links planted in the run's directory: a round linking to another run's round, a round linking
-  outside, a log linking outside, links at every temporary name the old writers used: nothing
-  outside the run changes, whatever the run then does.
+- links planted in a run's directory after its first round (a fresh start there is refused
+  anyway): a round linking to another run's round, a round linking outside, a log linking
+  outside, links at every temporary name the old writers used: nothing outside the run changes,
+  whatever --resume or --overwrite then does.
 The model carries 200 kB of unused weights (tests/support/heavy_model_dataset.py, the synthetic
 dataset's data and model otherwise) so that one checkpoint cut is about 650 kB: the tmpfs is sized
 from the cut a reference run measured, so that it fills in the third round of six.
@@ -150,16 +151,25 @@ def test_a_disk_that_fills_while_the_results_are_written_loses_no_number(workdir
 
 # ---- planted links -----------------------------------------------------------------------------
 
+def _first_round(workdir, out):
+    """A run of one round, finished: its directory holds round_1's cut. Links are planted after it,
+    as a neighbour would in a directory the run owns: a fresh start there is refused anyway
+    (tests/test_run_ownership.py), so they meet the writers on --resume."""
+    job = _mpirun(workdir, out, ["--set", "train_args.comm_round=1"])
+    assert job.returncode == 0, job.output
+    assert (out / "checkpoints" / "round_1" / "manifest.json").is_file()
+
+
 def test_a_round_linking_to_another_runs_round_is_never_written_read_or_pruned(workdir, reference):
     cwd, home, marker = workdir
     before = _snapshot(reference)
     out = cwd / "run"
-    (out / "checkpoints").mkdir(parents=True)
-    # round_2 is written by this run; round_9 never is (6 rounds), but a fresh start prunes every round
-    # listed, and --resume lists them.
+    _first_round(workdir, out)
+    # round_2 is written by the resumed run; round_9 never is (6 rounds), but resume lists the rounds
+    # on disk and prunes those past keep_checkpoints.
     (out / "checkpoints" / "round_2").symlink_to(reference / "checkpoints" / f"round_{ROUNDS}")
     (out / "checkpoints" / "round_9").symlink_to(reference / "checkpoints" / f"round_{ROUNDS - 1}")
-    job = _mpirun(workdir, out)
+    job = _mpirun(workdir, out, ["--resume"])
     assert job.returncode == 2, job.output
     _clean(job)
     errors = _errors(job)
@@ -184,13 +194,13 @@ def test_a_round_linking_outside_gets_nothing_written_or_deleted_there(workdir):
     (outside / "rank_0.pt").write_bytes(b"not ours")
     before = _snapshot(outside)
     out = cwd / "run"
-    (out / "checkpoints").mkdir(parents=True)
-    (out / "checkpoints" / "round_1").symlink_to(outside, target_is_directory=True)
-    job = _mpirun(workdir, out)
+    _first_round(workdir, out)
+    (out / "checkpoints" / "round_2").symlink_to(outside, target_is_directory=True)
+    job = _mpirun(workdir, out, ["--resume"])
     assert job.returncode == 2, job.output
     _clean(job)
     errors = _errors(job)
-    assert len(errors) == 1 and f"{out / 'checkpoints' / 'round_1'} is a link" in errors[0], job.stderr
+    assert len(errors) == 1 and f"{out / 'checkpoints' / 'round_2'} is a link" in errors[0], job.stderr
     assert "nothing was written there" in job.stderr
     assert _snapshot(outside) == before
 
@@ -201,14 +211,21 @@ def test_a_log_linking_outside_is_refused_not_followed(workdir, rank):
     victim = cwd / "victim.txt"
     victim.write_text("a file of the user's, not a log\n")
     out = cwd / "run"
-    (out / "logs").mkdir(parents=True)
-    (out / "logs" / f"rank{rank}.log").symlink_to(victim)
-    job = _mpirun(workdir, out)
+    _first_round(workdir, out)
+    log = out / "logs" / f"rank{rank}.log"
+    log.unlink()
+    log.symlink_to(victim)
+    job = _mpirun(workdir, out, ["--resume"])
     assert job.returncode == 2, job.output
     _clean(job)
     errors = _errors(job)
-    assert len(errors) == 1 and f"{out / 'logs' / f'rank{rank}.log'} is a link" in errors[0], job.stderr
+    assert len(errors) == 1 and f"{log} is a link" in errors[0], job.stderr
     assert victim.read_text() == "a file of the user's, not a log\n"
+    # --overwrite deletes the old run's files, the link as a link: the victim stays as it was.
+    job = _mpirun(workdir, out, ["--overwrite"])
+    assert job.returncode == 0, job.output
+    assert victim.read_text() == "a file of the user's, not a log\n"
+    assert log.is_file() and not log.is_symlink()
 
 
 def _next_pids(count: int) -> range:
@@ -226,8 +243,8 @@ def test_links_at_every_temporary_name_the_old_writers_used_change_nothing_outsi
     (outside / "victim").write_text("the user's own file\n")
     before = _snapshot(outside)
     out = cwd / "run"
+    _first_round(workdir, out)
     round_1 = out / "checkpoints" / "round_1"
-    round_1.mkdir(parents=True)
     top = ["config.yaml", "results.json", "results.csv", "metrics.csv", "rounds.csv", "global_model.pt",
            "report.png"]
     in_round = ["manifest.json"] + [f"rank_{k}.{e}" for k in range(3) for e in ("pt", "json")]
@@ -238,7 +255,7 @@ def test_links_at_every_temporary_name_the_old_writers_used_change_nothing_outsi
             for name in names:
                 target = outside / "victim" if pid % 2 else outside / f"{name}-{pid}"
                 (directory / f".{name}.tmp{pid}").symlink_to(target)
-    job = _mpirun(workdir, out)
+    job = _mpirun(workdir, out, ["--resume"])
     assert job.returncode == 0, job.output
     _clean(job)
     assert _snapshot(outside) == before
