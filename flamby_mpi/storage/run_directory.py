@@ -260,9 +260,9 @@ def refusal(output_dir: Path, state: DirectoryState, on: str = "") -> UserError:
         ways = ("to run it again, add --overwrite (its files are deleted); to continue it with more rounds, "
                 "--resume with a larger train_args.comm_round")
     else:
-        ways = ("to continue it, add --resume" + ("" if state.newest_checkpoint is not None else
-                                                   " (it has no complete checkpoint, so it cannot be continued)")
-                + "; to start afresh, add --overwrite (its files are deleted)")
+        start_afresh = "to start afresh, add --overwrite (its files are deleted)"
+        ways = (f"to continue it, add --resume; {start_afresh}" if state.newest_checkpoint is not None
+                else f"it stopped before its first complete checkpoint, so it cannot be continued: {start_afresh}")
     return UserError(f"{plain(output_dir)}{on} holds {state.what}",
                      hint=f"{ways}; or give this run another --run_id (or common_args.output_dir)")
 
