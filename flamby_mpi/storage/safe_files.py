@@ -82,6 +82,11 @@ def _parts(relative: Union[str, PurePosixPath, Path]) -> List[str]:
     return parts
 
 
+def _parent(parts: List[str]) -> Optional[PurePosixPath]:
+    """The directory of a path below a root, relative to it (None: the root itself)."""
+    return PurePosixPath(*parts[:-1]) if len(parts) > 1 else None
+
+
 def open_dir(root: Union[str, Path], relative: Union[str, Path, None] = None, create: bool = False,
              mode: int = 0o777) -> int:
     """A descriptor of root/relative, each component below root entered without following a link
@@ -168,7 +173,7 @@ def write_atomic(root: Union[str, Path], relative: Union[str, Path], data: Union
     temporary file and a rename; a reader, a kill or a full disk never leaves half of it under
     its name. Returns {"sha256", "bytes"} of what was written."""
     parts = _parts(relative)
-    dir_fd = open_dir(root, PurePosixPath(*parts[:-1]) if len(parts) > 1 else None, create=True)
+    dir_fd = open_dir(root, _parent(parts), create=True)
     target = Path(os.path.expanduser(str(root))).joinpath(*parts)
     tmp, hashing = None, None
     try:
@@ -207,7 +212,7 @@ def write_atomic(root: Union[str, Path], relative: Union[str, Path], data: Union
 def open_append(root: Union[str, Path], relative: Union[str, Path], mode: int = 0o644) -> BinaryIO:
     """root/relative opened for appending (created if absent), never through a link, never truncated."""
     parts = _parts(relative)
-    dir_fd = open_dir(root, PurePosixPath(*parts[:-1]) if len(parts) > 1 else None, create=True)
+    dir_fd = open_dir(root, _parent(parts), create=True)
     target = Path(os.path.expanduser(str(root))).joinpath(*parts)
     try:  # O_NONBLOCK: a FIFO planted there fails at once (ENXIO) instead of waiting for a reader
         fd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK
@@ -236,7 +241,7 @@ def open_regular(path: Union[str, Path], cap: int, root: Union[str, Path, None] 
     below root is followed either."""
     if root is not None:
         parts = _parts(path)
-        dir_fd = open_dir(root, PurePosixPath(*parts[:-1]) if len(parts) > 1 else None)
+        dir_fd = open_dir(root, _parent(parts))
         shown_path, name = Path(root).joinpath(*parts), parts[-1]
     else:
         dir_fd, shown_path, name = None, Path(path), str(path)
@@ -314,7 +319,7 @@ def remove(root: Union[str, Path], relative: Union[str, Path], directory_too: bo
     then removes its directory if empty. Returns whether something was removed."""
     parts = _parts(relative)
     try:
-        dir_fd = open_dir(root, PurePosixPath(*parts[:-1]) if len(parts) > 1 else None)
+        dir_fd = open_dir(root, _parent(parts))
     except (FileNotFoundError, UnsafePathError):
         return False
     try:
@@ -327,7 +332,7 @@ def remove(root: Union[str, Path], relative: Union[str, Path], directory_too: bo
     finally:
         os.close(dir_fd)
     if directory_too and len(parts) > 1:
-        remove_empty_dir(root, PurePosixPath(*parts[:-1]))
+        remove_empty_dir(root, _parent(parts))
     return removed
 
 
@@ -335,7 +340,7 @@ def remove_empty_dir(root: Union[str, Path], relative: Union[str, Path]) -> bool
     """rmdir of root/relative when it is a real, empty directory; a link there is left alone."""
     parts = _parts(relative)
     try:
-        dir_fd = open_dir(root, PurePosixPath(*parts[:-1]) if len(parts) > 1 else None)
+        dir_fd = open_dir(root, _parent(parts))
     except (FileNotFoundError, UnsafePathError):
         return False
     try:
@@ -355,7 +360,7 @@ def remove_tree(root: Union[str, Path], relative: Union[str, Path]) -> None:
     is removed as a link). Missing: nothing to do."""
     parts = _parts(relative)
     try:
-        parent = open_dir(root, PurePosixPath(*parts[:-1]) if len(parts) > 1 else None)
+        parent = open_dir(root, _parent(parts))
     except (FileNotFoundError, UnsafePathError):
         return
     try:
@@ -387,7 +392,7 @@ def file_exists(root: Union[str, Path], relative: Union[str, Path]) -> bool:
     """Whether root/relative is a regular file reached without following a link below root."""
     parts = _parts(relative)
     try:
-        dir_fd = open_dir(root, PurePosixPath(*parts[:-1]) if len(parts) > 1 else None)
+        dir_fd = open_dir(root, _parent(parts))
     except (OSError, UnsafePathError):
         return False
     try:
