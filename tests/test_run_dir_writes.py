@@ -16,13 +16,13 @@ from the cut a reference run measured, so that it fills in the third round of si
 """
 import hashlib
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
 
 import pytest
 
+from support.files import snapshot
 from support.mpi import DEFAULT_CONFIG, LAUNCHER, mpiexec, run_job, run_mpi
 from support.mpi import test_env as job_env
 from support.tmpfs import resize, temporary_files, tmpfs
@@ -40,19 +40,6 @@ PAGE = 4096
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _snapshot(directory: Path) -> dict:
-    """Every path below directory, links not followed: bytes of files, targets of links."""
-    found = {}
-    for path in sorted(Path(directory).rglob("*")):
-        if path.is_symlink():
-            found[str(path)] = ("link", os.readlink(path))
-        elif path.is_file():
-            found[str(path)] = ("file", path.read_bytes())
-        else:
-            found[str(path)] = ("dir", None)
-    return found
 
 
 def _errors(job) -> list:
@@ -162,7 +149,7 @@ def _first_round(workdir, out):
 
 def test_a_round_linking_to_another_runs_round_is_never_written_read_or_pruned(workdir, reference):
     cwd, home, marker = workdir
-    before = _snapshot(reference)
+    before = snapshot(reference)
     out = cwd / "run"
     _first_round(workdir, out)
     # round_2 is written by the resumed run; round_9 never is (6 rounds), but resume lists the rounds
@@ -174,7 +161,7 @@ def test_a_round_linking_to_another_runs_round_is_never_written_read_or_pruned(w
     _clean(job)
     errors = _errors(job)
     assert len(errors) == 1 and f"{out / 'checkpoints' / 'round_2'} is a link" in errors[0], job.stderr
-    assert _snapshot(reference) == before
+    assert snapshot(reference) == before
     # The link removed, --resume continues from round 1; round_9 is not a round of this run: not
     # resumed from, not pruned through while the run keeps two cuts.
     (out / "checkpoints" / "round_2").unlink()
@@ -182,7 +169,7 @@ def test_a_round_linking_to_another_runs_round_is_never_written_read_or_pruned(w
     assert resumed.returncode == 0, resumed.output
     assert "resumed from round 1" in resumed.output
     assert _sha(out / "global_model.pt") == _sha(reference / "global_model.pt")
-    assert _snapshot(reference) == before
+    assert snapshot(reference) == before
     assert (out / "checkpoints" / "round_9").is_symlink()
 
 
@@ -192,7 +179,7 @@ def test_a_round_linking_outside_gets_nothing_written_or_deleted_there(workdir):
     outside.mkdir()
     (outside / "manifest.json").write_text('{"someone": "else"}\n')
     (outside / "rank_0.pt").write_bytes(b"not ours")
-    before = _snapshot(outside)
+    before = snapshot(outside)
     out = cwd / "run"
     _first_round(workdir, out)
     (out / "checkpoints" / "round_2").symlink_to(outside, target_is_directory=True)
@@ -202,7 +189,7 @@ def test_a_round_linking_outside_gets_nothing_written_or_deleted_there(workdir):
     errors = _errors(job)
     assert len(errors) == 1 and f"{out / 'checkpoints' / 'round_2'} is a link" in errors[0], job.stderr
     assert "nothing was written there" in job.stderr
-    assert _snapshot(outside) == before
+    assert snapshot(outside) == before
 
 
 @pytest.mark.parametrize("rank", [0, 2])
@@ -241,7 +228,7 @@ def test_links_at_every_temporary_name_the_old_writers_used_change_nothing_outsi
     outside = cwd / "outside"
     outside.mkdir()
     (outside / "victim").write_text("the user's own file\n")
-    before = _snapshot(outside)
+    before = snapshot(outside)
     out = cwd / "run"
     _first_round(workdir, out)
     round_1 = out / "checkpoints" / "round_1"
@@ -258,6 +245,6 @@ def test_links_at_every_temporary_name_the_old_writers_used_change_nothing_outsi
     job = _mpirun(workdir, out, ["--resume"])
     assert job.returncode == 0, job.output
     _clean(job)
-    assert _snapshot(outside) == before
+    assert snapshot(outside) == before
     assert _sha(out / "global_model.pt") == _sha(reference / "global_model.pt")
     assert json.loads((out / "results.json").read_text())["rounds_completed"] == ROUNDS

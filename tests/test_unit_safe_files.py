@@ -15,6 +15,7 @@ import pytest
 from flamby_mpi.storage import safe_files
 from flamby_mpi.exit.errors import UserError
 from flamby_mpi.storage.safe_files import StorageError, UnsafePathError
+from support.files import snapshot
 from support.tmpfs import temporary_files, tmpfs
 
 pytestmark = pytest.mark.timeout(60)
@@ -28,19 +29,6 @@ def run_and_outside(tmp_path):
     outside.mkdir()
     (outside / "victim").write_bytes(b"the user's own file\n")
     return run, outside
-
-
-def _snapshot(directory: Path) -> dict:
-    """Every path below directory (links not followed) with its bytes or link target."""
-    found = {}
-    for path in sorted(directory.rglob("*")):
-        if path.is_symlink():
-            found[str(path)] = ("link", os.readlink(path))
-        elif path.is_file():
-            found[str(path)] = ("file", path.read_bytes())
-        else:
-            found[str(path)] = ("dir", None)
-    return found
 
 
 # ---- write_atomic -----------------------------------------------------------------------------
@@ -80,14 +68,14 @@ def test_a_link_at_the_target_name_is_replaced_never_written_through(run_and_out
 @pytest.mark.parametrize("component", ["checkpoints", "checkpoints/round_1"])
 def test_a_link_at_any_directory_below_the_root_is_refused(run_and_outside, component):
     run, outside = run_and_outside
-    before = _snapshot(outside)
+    before = snapshot(outside)
     parent = run / component
     parent.parent.mkdir(parents=True, exist_ok=True)
     parent.symlink_to(outside, target_is_directory=True)
     with pytest.raises(UnsafePathError) as refused:
         safe_files.write_atomic(run, "checkpoints/round_1/rank_1.pt", b"data")
     assert str(parent) in str(refused.value) and refused.value.exit_code == 2
-    assert _snapshot(outside) == before  # nothing written, nothing made there
+    assert snapshot(outside) == before  # nothing written, nothing made there
 
 
 def test_a_file_where_a_directory_should_be_is_refused(run_and_outside):
@@ -139,7 +127,7 @@ def test_temporary_names_are_not_predictable(run_and_outside):
 def test_a_directory_swapped_for_a_link_during_the_write_still_gets_nothing_outside(run_and_outside):
     run, outside = run_and_outside
     (run / "checkpoints" / "round_1").mkdir(parents=True)
-    before = _snapshot(outside)
+    before = snapshot(outside)
 
     def swap_then_write(handle):
         # The round directory moves away and a link to the outside takes its name mid-write.
@@ -148,7 +136,7 @@ def test_a_directory_swapped_for_a_link_during_the_write_still_gets_nothing_outs
         handle.write(b"state")
 
     safe_files.write_atomic(run, "checkpoints/round_1/rank_1.pt", swap_then_write)
-    assert _snapshot(outside) == before
+    assert snapshot(outside) == before
     assert (run / "checkpoints" / "moved" / "rank_1.pt").read_bytes() == b"state"  # the directory opened
 
 
@@ -331,11 +319,11 @@ def test_remove_never_reaches_through_a_link(run_and_outside):
     (other_round / "manifest.json").write_bytes(b'{"other": "run"}')
     (run / "checkpoints").mkdir()
     (run / "checkpoints" / "round_3").symlink_to(other_round, target_is_directory=True)
-    before = _snapshot(outside)
+    before = snapshot(outside)
     assert not safe_files.remove(run, "checkpoints/round_3/manifest.json", directory_too=True)
     assert not safe_files.remove_empty_dir(run, "checkpoints/round_3")
     safe_files.remove_tree(run, "checkpoints/round_3/x")
-    assert _snapshot(outside) == before and (run / "checkpoints" / "round_3").is_symlink()
+    assert snapshot(outside) == before and (run / "checkpoints" / "round_3").is_symlink()
     # A link itself is removed as a link, its target left alone.
     (run / "log-link").symlink_to(outside / "victim")
     assert safe_files.remove(run, "log-link")
@@ -347,9 +335,9 @@ def test_remove_tree_removes_links_inside_as_links(run_and_outside):
     (run / "old" / "deep").mkdir(parents=True)
     (run / "old" / "deep" / "f").write_bytes(b"f")
     (run / "old" / "to-outside").symlink_to(outside, target_is_directory=True)
-    before = _snapshot(outside)
+    before = snapshot(outside)
     safe_files.remove_tree(run, "old")
-    assert not (run / "old").exists() and _snapshot(outside) == before
+    assert not (run / "old").exists() and snapshot(outside) == before
 
 
 def test_remove_empty_dir_keeps_a_directory_with_files(run_and_outside):
