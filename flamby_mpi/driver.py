@@ -29,14 +29,14 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from .checkpoints import checkpoint
-from .exit import failures
-from .storage import run_directory, safe_files
-from .runtime import startup
 from .config import run_id_problem
+from .exit import failures
 from .exit.errors import UserError
+from .exit.preemption import StopRequest, exit_code, signal_name
 from .outputs.logs import SHOWN_WHEN_QUIET
 from .plan import RunPlan
-from .exit.preemption import StopRequest, exit_code, signal_name
+from .runtime import startup
+from .storage import run_directory, safe_files
 
 
 def new_run_id() -> str:
@@ -237,8 +237,8 @@ def _preflight(plan: RunPlan, transport, device, console) -> Tuple[Optional[obje
     allgather). Returns (server run or None, client runs, 0) when every rank is ready, else
     (None, [], exit code) on every rank."""
     from .federation.client import ClientRun
-    from .outputs.progress import Progress
     from .federation.server import ServerRun
+    from .outputs.progress import Progress
 
     server_run, client_runs, problem = None, [], None
     for rank in transport.local_ranks:

@@ -59,8 +59,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_report import (draw, median_of, note_row, ratio_row, report,  # noqa: E402
-                              write_csv)
+from benchmark_report import draw, median_of, note_row, ratio_row, report, write_csv  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCHER = REPO / "launch_client.py"  # --repo measures another checkout (e.g. before a change)

@@ -21,7 +21,18 @@ import pytest
 import yaml
 
 from flamby_mpi import cli
-from support.bad_input import BASE_FILE, CF, OUT, OUT_PARENT, SEED, TEN_MB, base_raw, dump, flow, generate
+from support.bad_input import (
+    BASE_FILE,
+    CF,
+    OUT,
+    OUT_PARENT,
+    SEED,
+    TEN_MB,
+    base_raw,
+    dump,
+    flow,
+    generate,
+)
 from support.mpi import LAUNCHER, run_job, run_mpi
 from support.mpi import test_env as job_env  # aliased: pytest would collect test_env
 
@@ -139,8 +150,8 @@ def heavy_imports():
     """Imported once before the timed cases: some cases are refused by the run plan, which imports
     torch; the first would otherwise pay for that import."""
     import flamby_mpi.driver  # noqa: F401
-    import flamby_mpi.transport.inprocess  # noqa: F401
     import flamby_mpi.plan  # noqa: F401
+    import flamby_mpi.transport.inprocess  # noqa: F401
 
 
 @pytest.fixture

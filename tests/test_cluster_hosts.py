@@ -18,7 +18,15 @@ from collections import Counter
 
 import pytest
 
-from support.mpi import DEFAULT_CONFIG, LAUNCHER, REPO, mpiexec, processes_matching, run_job, run_mpi
+from support.mpi import (
+    DEFAULT_CONFIG,
+    LAUNCHER,
+    REPO,
+    mpiexec,
+    processes_matching,
+    run_job,
+    run_mpi,
+)
 from support.mpi import test_env as job_env  # aliased: pytest would collect test_env
 from support.netns import NamespaceHosts
 from support.openmpi import openmpi_env, openmpi_prefix

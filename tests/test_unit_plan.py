@@ -1,6 +1,6 @@
 """Unit tests of flamby_mpi.plan (config + dataset -> run values), synthetic dataset only."""
-import os
 import ast
+import os
 from pathlib import Path
 
 import pytest

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from flamby_mpi.storage import safe_files
 from flamby_mpi.exit.errors import UserError
+from flamby_mpi.storage import safe_files
 from flamby_mpi.storage.safe_files import StorageError, UnsafePathError
 from support.tmpfs import temporary_files, tmpfs
 

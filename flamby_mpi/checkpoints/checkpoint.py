@@ -29,8 +29,8 @@ import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from ..storage import safe_files
 from ..exit.errors import clip, shown
+from ..storage import safe_files
 
 FORMAT = 1
 MANIFEST = "manifest.json"

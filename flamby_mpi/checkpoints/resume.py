@@ -15,9 +15,10 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Tuple
 
 from .. import __version__
-from . import checkpoint
 from ..exit.errors import UserError, clip
 from ..outputs.logs import SHOWN_WHEN_QUIET
+from . import checkpoint
+
 
 def config_problem(plan, recorded: dict, cut: int) -> Optional[str]:
     """Why this plan cannot continue the run a checkpoint recorded (None: it can)."""

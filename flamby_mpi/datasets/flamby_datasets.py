@@ -7,8 +7,8 @@ import importlib
 import os
 
 from ..exit.errors import UserError
-from .deferred_imports import deferring
 from ..registry import FLAMBY_DATASET_FACTS, FLAMBY_DATASETS, canonical_flamby_name  # noqa: F401 (re-exported)
+from .deferred_imports import deferring
 
 # FLamby's names and pip extras live in flamby_mpi.registry (torch-free, also read by scripts/submit.py).
 FLAMBY_EXTRAS = {name: facts.extra for name, facts in FLAMBY_DATASET_FACTS.items()}

@@ -40,9 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
-from ..storage import safe_files
 from ..config import run_id_problem
 from ..exit.errors import UserError, clip, plain
+from ..storage import safe_files
 from . import handshake, run_secret
 
 log = logging.getLogger("flamby_mpi.rendezvous")

@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from ..storage import safe_files
 from ..exit.errors import UserError
 from ..exit.failures import fail
+from ..storage import safe_files
 
 REPORT_NAME = "report.png"
 DEFAULT_COMPARISON = "comparison.png"
