@@ -11,6 +11,7 @@ the same way, on every rank before MPI starts: one of each kind also runs under 
 `mpiexec -n 5`. Their accepted neighbours (ids `ok-...`) must pass every check in process, and run
 to exit 0 under `mpiexec -n 5` (merged into a few jobs of one round each).
 """
+import importlib
 import json
 import os
 import sys
@@ -149,9 +150,8 @@ def check_message(case, code, out: str, err: str, values: dict = None):
 def heavy_imports():
     """Imported once before the timed cases: some cases are refused by the run plan, which imports
     torch; the first would otherwise pay for that import."""
-    import flamby_mpi.driver  # noqa: F401
-    import flamby_mpi.plan  # noqa: F401
-    import flamby_mpi.transport.inprocess  # noqa: F401
+    for name in ("flamby_mpi.driver", "flamby_mpi.plan", "flamby_mpi.transport.inprocess"):
+        importlib.import_module(name)
 
 
 @pytest.fixture

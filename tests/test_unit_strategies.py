@@ -85,7 +85,7 @@ def _cyclic_run(rounds, **train):
     learners = [_StateLearner(c) for c in range(4)]
     global_state, sent = _state(0.0), []
     for r in range(rounds):
-        for client, learner in zip(clients, learners):
+        for client, learner in zip(clients, learners, strict=True):
             client.receive(learner, global_state)
         (center,) = server.participants(r)
         clients[center].local_train(learners[center], r, None)

@@ -32,9 +32,9 @@ def import_flamby_dataset(name: str):
         missing = exc.name or ""
         if missing == "flamby" or missing.startswith("flamby."):
             raise UserError(f"dataset {name} needs FLamby, which is not installed",
-                            hint=FLAMBY_INSTALL.format(extra=FLAMBY_EXTRAS[name]))
+                            hint=FLAMBY_INSTALL.format(extra=FLAMBY_EXTRAS[name])) from None
         raise UserError(f"FLamby's {name} needs the package {missing!r}, which is not installed",
-                        hint=f"in your FLamby checkout: pip install -e '.[{FLAMBY_EXTRAS[name]}]'")
+                        hint=f"in your FLamby checkout: pip install -e '.[{FLAMBY_EXTRAS[name]}]'") from None
 
 
 def licence_file(name: str) -> str:

@@ -193,7 +193,7 @@ def as_if_sent(obj) -> Tuple[object, int]:
     header, buffers = encode(obj)
     sizes, skeleton = parse_header(header)
     received = allocate(sizes)
-    for target, source in zip(received, buffers):
+    for target, source in zip(received, buffers, strict=True):
         memoryview(target)[:] = source
     return decode(skeleton, received), wire_bytes(header, buffers)
 
@@ -230,7 +230,7 @@ def receive(comm, source: int, header_bytes: int, pool: "BufferPool | None" = No
     statuses = [MPI.Status() for _ in pieces]
     requests = [comm.Irecv([piece, MPI.BYTE], source=source, tag=DATA_TAG) for piece in pieces]
     MPI.Request.Waitall(requests, statuses)
-    for piece, status in zip(pieces, statuses):
+    for piece, status in zip(pieces, statuses, strict=True):
         if status.Get_count(MPI.BYTE) != len(piece):
             raise WireError(f"rank {source} sent {status.Get_count(MPI.BYTE)} bytes where its header "
                             f"announced {len(piece)}")
