@@ -79,7 +79,7 @@ def _run(plan: RunPlan, transport, at: str, completed: List[RunPlan]) -> int:
 
     from .runtime import optim_without_dynamo
 
-    optim_without_dynamo.install()  # torch.optim without torch._dynamo's import (2 s, 80 MB a rank)
+    optim_without_dynamo.install()  # torch.optim without torch._dynamo's import, which no rank uses
 
     from .outputs.logs import console_logger, setup_rank_logging
 

@@ -341,7 +341,7 @@ def _optimizer_problems(optimizer_class: type, learning_rate: float, weight_deca
         return []
     from .runtime import optim_without_dynamo
 
-    optim_without_dynamo.install()  # as the driver does: a step would import torch._dynamo (2 s)
+    optim_without_dynamo.install()  # as the driver does: a step would import torch._dynamo
     if not _overflows(optimizer_class, learning_rate, weight_decay):
         return []
     largest = _largest_without_overflow(lambda lr: not _overflows(optimizer_class, lr, weight_decay),

@@ -203,8 +203,8 @@ def _metered_comm_manager(comm, rank: int, size: int):
             return queue.Queue(0), receive_queue
 
         def handle_receive_message(self):
-            # FedML's loop polls its queue every 0.1 ms on every rank (tens of thousands of wake-ups
-            # a second with many ranks on few cores); this one sleeps until a message is queued.
+            # FedML's loop polls its queue in a sleep loop on every rank, which with many ranks on
+            # few cores takes the CPU the training needs; this one sleeps until a message is queued.
             self._notify_connection_ready()
             while not self._stop_running:
                 try:

@@ -127,9 +127,9 @@ def allocate(sizes: Sequence[int]) -> list:
 
 
 class BufferPool:
-    """Receive buffers kept from one message to the next. A fresh 100 MB buffer pays its page
-    faults while MPI fills it (measured: a 100 MB round trip 3x slower than into reused buffers),
-    and a model's buffers have the same sizes every round. A buffer is reused only once nothing
+    """Receive buffers kept from one message to the next. A fresh buffer pays its page faults
+    while MPI fills it (the benchmark's exchange section, docs/benchmarks/, shows the cost), and a
+    model's buffers have the same sizes every round. A buffer is reused only once nothing
     refers to it any more (every tensor unpickled from it is gone: they hold its numpy view, which
     keep a reference to it: torch.frombuffer, numpy's out-of-band arrays), so a message the
     application keeps is never overwritten. Free buffers of sizes the
