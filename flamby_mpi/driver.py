@@ -29,14 +29,14 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from .checkpoints import checkpoint
-from .exit import failures
-from .storage import run_directory, safe_files
-from .runtime import startup
 from .config import run_id_problem
+from .exit import failures
 from .exit.errors import UserError
+from .exit.preemption import StopRequest, exit_code, signal_name
 from .outputs.logs import SHOWN_WHEN_QUIET
 from .plan import RunPlan
-from .exit.preemption import StopRequest, exit_code, signal_name
+from .runtime import startup
+from .storage import run_directory, safe_files
 
 
 def new_run_id() -> str:
@@ -66,7 +66,7 @@ def run(plan: RunPlan, transport) -> int:
     except KeyboardInterrupt:
         return failures.fail("interrupted; ending the whole job", failures.EXIT_INTERRUPTED, at,
                              end=transport.abort)
-    except BaseException:  # noqa: B902 - any failure must end every rank, not hang them
+    except BaseException:  # noqa: BLE001 - any failure must end every rank, not hang them
         return failures.fail(failures.bug("failed"), failures.EXIT_FAILURE, at, end=transport.abort)
     finally:
         # The process's end would release the directory's lock too; a run in process (tests, a
@@ -79,7 +79,7 @@ def _run(plan: RunPlan, transport, at: str, completed: List[RunPlan]) -> int:
 
     from .runtime import optim_without_dynamo
 
-    optim_without_dynamo.install()  # torch.optim without torch._dynamo's import (2 s, 80 MB a rank)
+    optim_without_dynamo.install()  # torch.optim without torch._dynamo's import, which no rank uses
 
     from .outputs.logs import console_logger, setup_rank_logging
 
@@ -203,7 +203,7 @@ def storage_hint(plan: RunPlan) -> str:
     try:
         resumable = any(safe_files.file_exists(plan.output_dir, f"checkpoints/round_{r}/{checkpoint.MANIFEST}")
                         for r in checkpoint.rounds_on_disk(plan.output_dir))
-    except Exception:  # noqa: B902 - the disk is in trouble: advise resuming, which says if it cannot
+    except Exception:  # noqa: BLE001 - a hint must not keep the failure from every rank; resume says if it cannot
         resumable = True
     if resumable:
         return first + f"continue the run from its last checkpoint: {resume_command(plan)}"
@@ -237,8 +237,8 @@ def _preflight(plan: RunPlan, transport, device, console) -> Tuple[Optional[obje
     allgather). Returns (server run or None, client runs, 0) when every rank is ready, else
     (None, [], exit code) on every rank."""
     from .federation.client import ClientRun
-    from .outputs.progress import Progress
     from .federation.server import ServerRun
+    from .outputs.progress import Progress
 
     server_run, client_runs, problem = None, [], None
     for rank in transport.local_ranks:
@@ -252,7 +252,7 @@ def _preflight(plan: RunPlan, transport, device, console) -> Tuple[Optional[obje
         except UserError as error:
             problem = (rank, True, str(error))
             break
-        except Exception:  # noqa: B902 - reported below with its traceback, once
+        except Exception:  # noqa: BLE001 - every rank must hear of it (allgather below), with its traceback once
             problem = (rank, False, traceback.format_exc())
             break
     startup.mark("data")  # this rank's own loading, before it waits for the others

@@ -40,8 +40,7 @@ from .registry import HYPERPARAMETER_USERS, STRATEGY_HYPERPARAMETERS, client_cou
 _OPTIMIZERS = {
     "sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
     "adagrad": torch.optim.Adagrad, "rmsprop": torch.optim.RMSprop,
-}
-assert set(_OPTIMIZERS) == set(OPTIMIZER_CHOICES)
+}  # the same names as config.OPTIMIZER_CHOICES (tests/test_unit_plan.py checks it)
 
 # Config keys (section.key) whose change leaves the computed result as it is: how long to wait,
 # what to log, where the ranks meet, how often to checkpoint. train_args.comm_round may grow
@@ -342,7 +341,7 @@ def _optimizer_problems(optimizer_class: type, learning_rate: float, weight_deca
         return []
     from .runtime import optim_without_dynamo
 
-    optim_without_dynamo.install()  # as the driver does: a step would import torch._dynamo (2 s)
+    optim_without_dynamo.install()  # as the driver does: a step would import torch._dynamo
     if not _overflows(optimizer_class, learning_rate, weight_decay):
         return []
     largest = _largest_without_overflow(lambda lr: not _overflows(optimizer_class, lr, weight_decay),

@@ -11,7 +11,12 @@ from typing import List, Sequence
 
 from .config import RunConfig, load_config, parse_override
 from .exit.errors import ConfigError
-from .registry import FLAMBY_DATASET_FACTS, canonical_flamby_name, client_count_problems, is_synthetic
+from .registry import (
+    FLAMBY_DATASET_FACTS,
+    canonical_flamby_name,
+    client_count_problems,
+    is_synthetic,
+)
 
 
 def set_overrides(launch_args: Sequence[str]) -> List[str]:

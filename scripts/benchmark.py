@@ -59,8 +59,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_report import (draw, median_of, note_row, ratio_row, report,  # noqa: E402
-                              write_csv)
+from benchmark_report import draw, median_of, note_row, ratio_row, report, write_csv
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCHER = REPO / "launch_client.py"  # --repo measures another checkout (e.g. before a change)
@@ -387,7 +386,7 @@ def startup(bench: Bench) -> List[Dict]:
         centres = ranks - 1
         rounds = 2  # the first round is what counts; two keep the run short
 
-        def ours(pair, ranks=ranks, centres=centres):
+        def ours(pair, ranks=ranks, centres=centres, rounds=rounds):
             job = run_project(ranks, tiny_round_args(centres, rounds), bench.work / f"startup-{ranks}-{pair}",
                               300 + 20 * ranks)
             first = first_round_after_launch(job)

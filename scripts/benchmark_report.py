@@ -120,7 +120,7 @@ def breakdown_table(rows: List[Dict]) -> List[List[str]]:
 
 
 def format_text(header: List[str], body: List[List[str]]) -> str:
-    widths = [max(len(str(c)) for c in column) for column in zip(header, *body)]
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *body, strict=True)]
     line = "  ".join(f"{{:{w}s}}" for w in widths)
     lines = [line.format(*header), line.format(*("-" * w for w in widths)), *(line.format(*row) for row in body)]
     return "\n".join(text.rstrip() for text in lines)
@@ -185,7 +185,8 @@ def draw(rows: List[Dict], path: Path) -> None:
         starts = [(r["centres"], r["first_round_s"]) for r in curve if r.get("first_round_s") is not None]
         if starts:
             ax2 = ax.twinx()
-            lines += ax2.plot(*zip(*starts), "s--", color="tab:orange", label="time to first round (s, right)")
+            lines += ax2.plot(*zip(*starts, strict=True), "s--", color="tab:orange",
+                              label="time to first round (s, right)")
             ax2.set_ylabel("time to first round (s)")
         ax.legend(lines, [line.get_label() for line in lines], loc="upper left")
         ax.set_xscale("log", base=2)

@@ -37,8 +37,7 @@ sys.path.insert(0, str(SCRIPTS.parent))
 
 # All torch-, FedML- and MPI-free (tests/test_cluster_scripts.py checks it).
 from flamby_mpi.cli import build_parser as launch_parser  # noqa: E402
-from flamby_mpi.config import (  # noqa: E402
-    ignored_keys_warning, load_config, parse_override, run_id_problem)
+from flamby_mpi.config import ignored_keys_warning, load_config, parse_override, run_id_problem  # noqa: E402
 from flamby_mpi.exit.errors import UserError  # noqa: E402
 from flamby_mpi.world_size import world_size_for  # noqa: E402
 

@@ -11,6 +11,7 @@ the same way, on every rank before MPI starts: one of each kind also runs under 
 `mpiexec -n 5`. Their accepted neighbours (ids `ok-...`) must pass every check in process, and run
 to exit 0 under `mpiexec -n 5` (merged into a few jobs of one round each).
 """
+import importlib
 import json
 import os
 import sys
@@ -21,7 +22,18 @@ import pytest
 import yaml
 
 from flamby_mpi import cli
-from support.bad_input import BASE_FILE, CF, OUT, OUT_PARENT, SEED, TEN_MB, base_raw, dump, flow, generate
+from support.bad_input import (
+    BASE_FILE,
+    CF,
+    OUT,
+    OUT_PARENT,
+    SEED,
+    TEN_MB,
+    base_raw,
+    dump,
+    flow,
+    generate,
+)
 from support.mpi import LAUNCHER, run_job, run_mpi
 from support.mpi import test_env as job_env  # aliased: pytest would collect test_env
 
@@ -138,9 +150,8 @@ def check_message(case, code, out: str, err: str, values: dict = None):
 def heavy_imports():
     """Imported once before the timed cases: some cases are refused by the run plan, which imports
     torch; the first would otherwise pay for that import."""
-    import flamby_mpi.driver  # noqa: F401
-    import flamby_mpi.transport.inprocess  # noqa: F401
-    import flamby_mpi.plan  # noqa: F401
+    for name in ("flamby_mpi.driver", "flamby_mpi.plan", "flamby_mpi.transport.inprocess"):
+        importlib.import_module(name)
 
 
 @pytest.fixture

@@ -18,7 +18,15 @@ from collections import Counter
 
 import pytest
 
-from support.mpi import DEFAULT_CONFIG, LAUNCHER, REPO, mpiexec, processes_matching, run_job, run_mpi
+from support.mpi import (
+    DEFAULT_CONFIG,
+    LAUNCHER,
+    REPO,
+    mpiexec,
+    processes_matching,
+    run_job,
+    run_mpi,
+)
 from support.mpi import test_env as job_env  # aliased: pytest would collect test_env
 from support.netns import NamespaceHosts
 from support.openmpi import openmpi_env, openmpi_prefix
@@ -135,7 +143,7 @@ def test_mpich_host_file_over_three_namespace_hosts_matches_a_single_host_run(ho
     cwd, home, marker = workdir
     host_file = hosts.host_file([2, 2, 1])
     # mpi_host_file.example's format: host:slots.
-    assert host_file.read_text() == "".join(f"{h}:{n}\n" for h, n in zip(hosts.hosts, [2, 2, 1]))
+    assert host_file.read_text() == "".join(f"{h}:{n}\n" for h, n in zip(hosts.hosts, [2, 2, 1], strict=True))
     example = [line for line in (REPO / "mpi_host_file.example").read_text().splitlines()
                if line and not line.startswith("#")]
     assert all(re.fullmatch(r"[\w.-]+:\d+", line) for line in example), example

@@ -60,7 +60,7 @@ class Attackers:
         try:
             return self.procs[name].wait(timeout=seconds)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"attacker {name} outlived {seconds} s:\n{self.log(name)}")
+            raise AssertionError(f"attacker {name} outlived {seconds} s:\n{self.log(name)}") from None
 
     def kill_all(self):
         for proc in self.procs.values():

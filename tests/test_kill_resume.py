@@ -17,7 +17,15 @@ import time
 
 import pytest
 
-from support.mpi import DEFAULT_CONFIG, LAUNCHER, kill_group, mpiexec, rank_pid, run_job, wait_until_gone
+from support.mpi import (
+    DEFAULT_CONFIG,
+    LAUNCHER,
+    kill_group,
+    mpiexec,
+    rank_pid,
+    run_job,
+    wait_until_gone,
+)
 from support.mpi import test_env as job_env
 from support.separate import SeparateRanks
 

@@ -20,7 +20,15 @@ from pathlib import Path
 import pytest
 
 from flamby_mpi import restart
-from support.mpi import DEFAULT_CONFIG, LAUNCHER, kill_group, mpiexec, rank_pid, run_job, wait_until_gone
+from support.mpi import (
+    DEFAULT_CONFIG,
+    LAUNCHER,
+    kill_group,
+    mpiexec,
+    rank_pid,
+    run_job,
+    wait_until_gone,
+)
 from support.mpi import test_env as job_env
 
 pytestmark = [pytest.mark.mpi, pytest.mark.timeout(600)]

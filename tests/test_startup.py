@@ -1,9 +1,8 @@
 """Start-up cost: what every rank of a real run imports, what FedML's import costs, per-rank times.
 
 The module checks read each rank's own sys.modules at the end of a real mpiexec run
-(FLAMBY_MPI_DEBUG_MODULES), not a mock. The 64-centre job is opt-in (FLAMBY_MPI_HEAVY=1)."""
+(FLAMBY_MPI_DEBUG_MODULES), not a mock. The 64-centre job is marked heavy (`python -m pytest -m heavy`)."""
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -142,7 +141,7 @@ def test_times_count_from_the_os_start_of_the_process(tmp_path):
 
 
 @pytest.mark.mpi
-@pytest.mark.skipif(not os.environ.get("FLAMBY_MPI_HEAVY"), reason="64 ranks: opt-in with FLAMBY_MPI_HEAVY=1")
+@pytest.mark.heavy  # 65 ranks: python -m pytest -m heavy
 def test_64_synthetic_centres_complete_within_the_memory_of_one_machine(workdir, tmp_path):
     torch_alone = _python("""
         import json, torch

@@ -15,9 +15,9 @@ from types import SimpleNamespace
 import pytest
 
 from support.mpi import DEFAULT_CONFIG, LAUNCHER, mpiexec, run_job
+from support.mpi import test_env as env_for
 from support.strategy_cases import CASES as STRATEGY_CASES
 from support.strategy_cases import HAVE_OPACUS
-from support.mpi import test_env as env_for
 
 FAST = ["--set", "train_args.comm_round=3", "--set", "train_args.num_updates=5",
         "--set", "validation_args.frequency_of_the_test=2"]

@@ -139,7 +139,7 @@ def test_fedavg_not_in_place_leaves_its_inputs_alone():
     a, b = _state([[3.0, -0.0]], [0.5], 7), _state([[5.0, 6.0]], [1.5], 9)
     before = [OrderedDict((k, v.clone()) for k, v in s.items()) for s in (global_state, a, b)]
     fedavg(global_state, [(1, a), (3, b)])
-    for given, copy in zip((global_state, a, b), before):
+    for given, copy in zip((global_state, a, b), before, strict=True):
         assert all(torch.equal(given[k], copy[k]) for k in copy)
 
 

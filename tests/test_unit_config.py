@@ -699,9 +699,9 @@ def test_every_file_named_after_the_longest_run_id_can_be_made(tmp_path):
     system; one byte more and the longest of them is "File name too long" (it was, for 130 'é')."""
     import errno
 
-    from flamby_mpi.storage import safe_files
     from flamby_mpi.config import max_run_id_bytes, run_id_problem
     from flamby_mpi.launch import rendezvous
+    from flamby_mpi.storage import safe_files
 
     longest = "\u00e9" * 108
     assert len(os.fsencode(longest)) == max_run_id_bytes() and run_id_problem(longest) is None

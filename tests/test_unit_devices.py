@@ -4,12 +4,17 @@ import logging
 import pytest
 import torch
 
-from flamby_mpi.runtime import devices
 from flamby_mpi.config import build_config
-from flamby_mpi.runtime.devices import gpu_from_mapping, place, read_gpu_mapping, warns_about_missing_gpu
 from flamby_mpi.exit.errors import UserError
 from flamby_mpi.launch import World
 from flamby_mpi.launch.world import local_rank_from_hosts
+from flamby_mpi.runtime import devices
+from flamby_mpi.runtime.devices import (
+    gpu_from_mapping,
+    place,
+    read_gpu_mapping,
+    warns_about_missing_gpu,
+)
 
 
 def _place(local_rank, gpus, is_server=False, using_gpu=True, host="node1", mapping=None):

@@ -1,7 +1,7 @@
 """The driver's preflight and the failure template, without MPI (a stand-in transport)."""
 from flamby_mpi import driver
-from flamby_mpi.exit import failures
 from flamby_mpi.config import build_config
+from flamby_mpi.exit import failures
 from flamby_mpi.plan import make_plan
 
 

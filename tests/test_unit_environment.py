@@ -5,9 +5,19 @@ import pytest
 
 import flamby_mpi.launch
 from flamby_mpi.launch.environment import (
-    MPICH, OPEN_MPI, HydraEnvironment, OpenMPIEnvironment, PBSEnvironment, PMIxEnvironment,
-    SlurmEnvironment, detect_launcher, foreign_launcher_warning, rank_from_environment,
-    started_by_mpi_launcher, warn_if_foreign_launcher)
+    MPICH,
+    OPEN_MPI,
+    HydraEnvironment,
+    OpenMPIEnvironment,
+    PBSEnvironment,
+    PMIxEnvironment,
+    SlurmEnvironment,
+    detect_launcher,
+    foreign_launcher_warning,
+    rank_from_environment,
+    started_by_mpi_launcher,
+    warn_if_foreign_launcher,
+)
 from flamby_mpi.launch.separate import REEXEC_MARKER, should_reexec
 
 # What each launcher really set, as seen on this machine (MPICH 5.0 Hydra, Open MPI 5.0,

@@ -109,7 +109,7 @@ def test_the_mlops_stand_in_does_what_fedml_calls_and_refuses_anything_else(fedm
                                                  r"stand-in's allowed list"):
             stand_in.log_aggregaton_status("RUNNING")  # misspelled
         with pytest.raises(AttributeError, match="not in the MLOps stand-in's allowed list"):
-            stand_in.init  # FedML's real function, but one a rank never calls
+            _ = stand_in.init  # FedML's real function, but one a rank never calls
         assert not hasattr(stand_in, "__wrapped__")
 
 

@@ -58,8 +58,10 @@ def _python(code: str, home) -> dict:
 
 @pytest.mark.parametrize("backend", [
     "eager",
-    pytest.param("inductor", marks=pytest.mark.skipif(
-        not (shutil.which("cc") or shutil.which("gcc")), reason="inductor compiles C++: no compiler here")),
+    # torch.compile's default backend, the one users get: it generates and compiles code, so it is
+    # slow, and it stays in CI (eager alone would not run the optimizer step through codegen).
+    pytest.param("inductor", marks=[pytest.mark.slow, pytest.mark.skipif(
+        not (shutil.which("cc") or shutil.which("gcc")), reason="inductor compiles C++: no compiler here")]),
 ])
 def test_a_compiled_model_and_optimizer_step_give_the_same_bits_with_the_shortcut(backend, tmp_path):
     with_shortcut = _python(TRAIN.format(install=True, backend=backend), tmp_path)

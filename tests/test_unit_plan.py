@@ -1,12 +1,12 @@
 """Unit tests of flamby_mpi.plan (config + dataset -> run values), synthetic dataset only."""
-import os
 import ast
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from flamby_mpi.config import RunConfig, build_config
+from flamby_mpi.config import OPTIMIZER_CHOICES, RunConfig, build_config
 from flamby_mpi.exit.errors import ConfigError
 from flamby_mpi.plan import make_plan, resolve_optimizer
 
@@ -121,6 +121,17 @@ def test_unknown_strategy_lists_the_valid_ones():
 ])
 def test_resolve_optimizer(name, cls):
     assert resolve_optimizer(name) is cls
+
+
+def test_the_plan_resolves_exactly_the_optimizer_names_the_config_offers():
+    """config.OPTIMIZER_CHOICES (what --help and errors list) and the plan's table of classes are
+    two tables of the code: a name in one only would be offered and refused, or taken unlisted."""
+    from flamby_mpi import plan as plan_module
+
+    assert set(plan_module._OPTIMIZERS) == set(OPTIMIZER_CHOICES)
+    for name in OPTIMIZER_CHOICES:
+        cls = resolve_optimizer(name)
+        assert issubclass(cls, torch.optim.Optimizer) and cls.__name__.lower() == name
 
 
 @pytest.mark.parametrize("name", ["sgdd", "torch.optim.Nope", "torch.nn.Linear", "no_such_module.Opt",

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from flamby_mpi.outputs import report
 from flamby_mpi.exit.errors import UserError
+from flamby_mpi.outputs import report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from flamby_mpi import cli, driver
-from flamby_mpi.storage import run_directory
 from flamby_mpi.config import run_id_problem
+from flamby_mpi.storage import run_directory
 from flamby_mpi.storage.safe_files import UnsafePathError
 from support.mpi import DEFAULT_CONFIG, kill_group
 from support.mpi import test_env as job_env

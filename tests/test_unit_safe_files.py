@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from flamby_mpi.storage import safe_files
 from flamby_mpi.exit.errors import UserError
+from flamby_mpi.storage import safe_files
 from flamby_mpi.storage.safe_files import StorageError, UnsafePathError
 from support.files import snapshot
 from support.tmpfs import temporary_files, tmpfs
@@ -363,7 +363,7 @@ def test_writes_from_threads_at_once_each_land_whole(run_and_outside):
         try:
             for _ in range(20):
                 safe_files.write_atomic(run, "checkpoints/round_1/shared", bytes([k]) * 10000)
-        except Exception as exc:  # noqa: B902 - collected and shown by the assert below
+        except Exception as exc:  # noqa: BLE001 - a thread's error is lost unless collected for the assert
             errors.append(exc)
 
     threads = [threading.Thread(target=write, args=(k,)) for k in range(4)]

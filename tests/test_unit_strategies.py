@@ -1,5 +1,8 @@
 """Each strategy's arithmetic against small hand-computed cases (no MPI)."""
+import subprocess
+import sys
 from collections import OrderedDict
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,6 +10,8 @@ import torch
 from flamby_mpi.config import build_config
 from flamby_mpi.plan import make_plan
 from flamby_mpi.strategies import STRATEGIES, make_strategy
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _strategy(name, **train):
@@ -85,7 +90,7 @@ def _cyclic_run(rounds, **train):
     learners = [_StateLearner(c) for c in range(4)]
     global_state, sent = _state(0.0), []
     for r in range(rounds):
-        for client, learner in zip(clients, learners):
+        for client, learner in zip(clients, learners, strict=True):
             client.receive(learner, global_state)
         (center,) = server.participants(r)
         clients[center].local_train(learners[center], r, None)
@@ -170,6 +175,17 @@ def test_fedprox_adds_the_proximal_term_against_the_round_start():
 
     s.local_train(Learner(1.0), 0, None)
     assert seen == [pytest.approx(2.0 / 2 * 9.0)]  # mu/2 * (w - w0)^2
+
+
+def test_a_registry_name_without_a_module_stops_the_import_even_under_python_O():
+    code = ("from flamby_mpi import registry\n"
+            "registry.STRATEGY_NAMES += ('FedNothing',)\n"
+            "import flamby_mpi.strategies\n")
+    done = subprocess.run([sys.executable, "-O", "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1
+    assert "ImportError: flamby_mpi/registry.py names strategies no module of flamby_mpi/strategies/ " \
+           "implements: FedNothing" in done.stderr
 
 
 def test_every_strategy_has_a_module_and_flamby_names():

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from flamby_mpi.outputs.progress import Progress
 from flamby_mpi.federation.protocol import ClientReply
+from flamby_mpi.outputs.progress import Progress
 from flamby_mpi.outputs.telemetry import ROUND_COLUMNS, RoundLog, TensorBoardSink, Traffic
 
 

@@ -126,7 +126,7 @@ def test_form_world_gathers_the_hosts_once(monkeypatch):
     import flamby_mpi.launch.world as world_module
 
     for rank, local in ((3, 0), (4, 1), (2, 2)):
-        monkeypatch.setattr(world_module.socket, "gethostname", lambda: TWO_HOSTS[rank])
+        monkeypatch.setattr(world_module.socket, "gethostname", lambda rank=rank: TWO_HOSTS[rank])
         cleanup = object()
         world = form_world(FakeComm(rank, TWO_HOSTS), cleanups=[cleanup], joined_separately=True)
         assert (world.rank, world.size, world.host, world.local_rank) == (rank, 5, TWO_HOSTS[rank], local)

@@ -1,7 +1,6 @@
 """flamby_mpi.transport.wire: tensors as their own memory, bitwise intact; sizes checked before allocating;
-over real MPI (mpiexec -n 2) with messages cut in pieces; and a model over 2 GiB (opt-in)."""
+over real MPI (mpiexec -n 2) with messages cut in pieces; and a model over 2 GiB (marked heavy)."""
 import json
-import os
 import pickle
 import struct
 import sys
@@ -108,8 +107,7 @@ def test_over_real_mpi_in_pieces_and_forged_headers_refused(workdir):
 
 
 @pytest.mark.mpi
-@pytest.mark.skipif(os.environ.get("FLAMBY_MPI_HEAVY") != "1",
-                    reason="a model over 2 GiB needs ~15 GB of memory; set FLAMBY_MPI_HEAVY=1")
+@pytest.mark.heavy  # a model over 2 GiB in three ranks' memory: python -m pytest -m heavy
 def test_a_model_over_2_gib_trains_with_two_clients(workdir):
     cwd, home, marker = workdir
     out = cwd / "out"

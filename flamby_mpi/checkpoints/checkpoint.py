@@ -29,8 +29,8 @@ import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from ..storage import safe_files
 from ..exit.errors import clip, shown
+from ..storage import safe_files
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -194,7 +194,7 @@ class RankFiles:
             with warnings.catch_warnings():  # torch's warnings about a file that is not ours are noise
                 warnings.simplefilter("ignore")
                 tensors = torch.load(self._tensors_file, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: B902 - any unreadable file is a bad checkpoint
+        except Exception as exc:  # noqa: BLE001 - a file not ours may fail torch.load any way: a bad checkpoint
             # Torch's own message is not shown: it advises retrying with weights_only=False, which
             # would run whatever a file that is not ours holds.
             raise CheckpointError(f"{self.tensors_path}: not readable as tensors: not a tensor checkpoint "

@@ -15,9 +15,10 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Tuple
 
 from .. import __version__
-from . import checkpoint
 from ..exit.errors import UserError, clip
 from ..outputs.logs import SHOWN_WHEN_QUIET
+from . import checkpoint
+
 
 def config_problem(plan, recorded: dict, cut: int) -> Optional[str]:
     """Why this plan cannot continue the run a checkpoint recorded (None: it can)."""
@@ -168,7 +169,7 @@ def _restore_rank(plan, cut: int, rank: int, path: str, server_run, client_runs,
             next(c for c in client_runs if c.rank == rank).restore(tensors, data)
     except checkpoint.CheckpointError:
         raise
-    except Exception as exc:  # noqa: B902 - files that match their manifest but not this run's state
+    except Exception as exc:  # noqa: BLE001 - files that match their manifest but not this run's state
         raise checkpoint.CheckpointError(
             f"{path}: rank {rank}'s state does not fit this run ({type(exc).__name__}: {clip(str(exc))})") from None
 

@@ -7,8 +7,8 @@ import importlib
 import os
 
 from ..exit.errors import UserError
-from .deferred_imports import deferring
 from ..registry import FLAMBY_DATASET_FACTS, FLAMBY_DATASETS, canonical_flamby_name  # noqa: F401 (re-exported)
+from .deferred_imports import deferring
 
 # FLamby's names and pip extras live in flamby_mpi.registry (torch-free, also read by scripts/submit.py).
 FLAMBY_EXTRAS = {name: facts.extra for name, facts in FLAMBY_DATASET_FACTS.items()}
@@ -32,9 +32,9 @@ def import_flamby_dataset(name: str):
         missing = exc.name or ""
         if missing == "flamby" or missing.startswith("flamby."):
             raise UserError(f"dataset {name} needs FLamby, which is not installed",
-                            hint=FLAMBY_INSTALL.format(extra=FLAMBY_EXTRAS[name]))
+                            hint=FLAMBY_INSTALL.format(extra=FLAMBY_EXTRAS[name])) from None
         raise UserError(f"FLamby's {name} needs the package {missing!r}, which is not installed",
-                        hint=f"in your FLamby checkout: pip install -e '.[{FLAMBY_EXTRAS[name]}]'")
+                        hint=f"in your FLamby checkout: pip install -e '.[{FLAMBY_EXTRAS[name]}]'") from None
 
 
 def licence_file(name: str) -> str:

@@ -20,8 +20,8 @@ from ..checkpoints import checkpoint
 from ..exit.errors import UserError
 from ..exit.failures import where
 from ..plan import RunPlan
-from .protocol import ClientReply, GlobalMessage
 from ..strategies import make_strategy
+from .protocol import ClientReply, GlobalMessage
 from .training import LocalLearner, PrivacySettings, derived_seed, evaluate, make_loader
 
 log = logging.getLogger("flamby_mpi.client")

@@ -15,14 +15,14 @@ import torch
 
 from .. import __version__
 from ..checkpoints import checkpoint
-from ..strategies.aggregation import weighted_mean
 from ..exit.errors import UserError
-from ..plan import RunPlan
 from ..exit.preemption import signal_name as _signal_name
 from ..outputs.progress import Progress
-from .protocol import ClientReply, GlobalMessage
-from ..strategies import make_strategy
 from ..outputs.telemetry import RoundLog, Traffic
+from ..plan import RunPlan
+from ..strategies import make_strategy
+from ..strategies.aggregation import weighted_mean
+from .protocol import ClientReply, GlobalMessage
 from .training import evaluate, make_loader
 
 

@@ -226,7 +226,7 @@ def loaded_mpi_implementation() -> Optional[str]:
         if not _mpiabi._registry.get("mpi4py.MPI"):
             return None
         abi = _mpiabi._get_mpiabi()
-    except Exception:  # noqa: B902 - only a warning depends on it
+    except Exception:  # noqa: BLE001 - mpi4py's private registry; only a warning depends on it
         return None
     return {"mpich": MPICH, "impi": MPICH, "openmpi": OPEN_MPI}.get(abi)
 

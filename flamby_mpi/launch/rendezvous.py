@@ -40,9 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
-from ..storage import safe_files
 from ..config import run_id_problem
 from ..exit.errors import UserError, clip, plain
+from ..storage import safe_files
 from . import handshake, run_secret
 
 log = logging.getLogger("flamby_mpi.rendezvous")
@@ -233,7 +233,7 @@ def prepare_directory(directory: Path):
         mode = directory.stat().st_mode
     except OSError as exc:
         raise UserError(f"cannot use the rendezvous directory {plain(directory)}: {exc.strerror}",
-                        hint="point comm_args.rendezvous_dir to a directory you can write")
+                        hint="point comm_args.rendezvous_dir to a directory you can write") from None
     if mode & 0o022:
         log.warning("the rendezvous directory %s is writable by other users (mode %04o): they cannot join "
                     "this run or read its secret, but they can disturb the join; prefer a private directory "
@@ -800,7 +800,7 @@ def client_join(MPI, port: str, secret: str, rank: int, fingerprint: str, turn,
                             "run's server, or this rank's secret differs from the server's",
                             hint="give every rank the same secret (same rendezvous directory and user, "
                                  f"comm_args.secret_file or {run_secret.ENV_VAR}); if the rendezvous "
-                                 "directory is shared with others, use a private one")
+                                 "directory is shared with others, use a private one") from None
         if not verdict.ok:
             inter.Disconnect()
             raise UserError(f"the server refused rank {rank}: {verdict.reason}",

@@ -49,12 +49,14 @@ def read_trusted(path: Path) -> str:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
-        raise UserError(f"the run's secret file {path} does not exist",
-                        hint="start the server first (it creates the file), or create it yourself: "
-                             f"(umask 077; python -c 'import secrets; print(secrets.token_hex(32))' > {path})")
+        raise UserError(
+            f"the run's secret file {path} does not exist",
+            hint="start the server first (it creates the file), or create it yourself: "
+                 f"(umask 077; python -c 'import secrets; print(secrets.token_hex(32))' > {path})") from None
     except OSError as exc:  # ELOOP: a symbolic link, which someone else may have put there
         raise UserError(f"cannot open the run's secret file {path} as a regular file: {exc.strerror}",
-                        hint="the secret file must be a plain file of your own, not a link; " + _OUT_OF_BAND)
+                        hint="the secret file must be a plain file of your own, not a link; "
+                             + _OUT_OF_BAND) from None
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):
@@ -106,7 +108,7 @@ def for_server(per_run_file: Path, secret_file: Optional[str], announce) -> str:
         return read_trusted(configured)
     except OSError as exc:
         raise UserError(f"cannot create the secret file {configured} (comm_args.secret_file): {exc.strerror}",
-                        hint="point comm_args.secret_file to a file in an existing directory of your own")
+                        hint="point comm_args.secret_file to a file in an existing directory of your own") from None
     announce(f"created a new secret for this run in {configured} (comm_args.secret_file): every rank reads it")
     return value
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
 
 from ..exit.errors import RankMismatchError, UserError, WorldSizeError
+
 # rank -> role, written once in the registry; CLIENT and SERVER are re-exported by flamby_mpi.launch
 from ..registry import CLIENT, SERVER, role_of  # noqa: F401
 

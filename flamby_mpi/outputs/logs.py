@@ -46,7 +46,7 @@ class AppendedLogFile(logging.Handler):
             return
         try:
             data = memoryview((self.format(record) + "\n").encode("utf-8", "backslashreplace"))
-        except Exception:  # noqa: B902 - a record that cannot be formatted: logging's own report
+        except Exception:  # noqa: BLE001 - a record that cannot be formatted: logging's own report
             self.handleError(record)
             return
         try:

@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from ..storage import safe_files
 from ..exit.errors import UserError
 from ..exit.failures import fail
+from ..storage import safe_files
 
 REPORT_NAME = "report.png"
 DEFAULT_COMPARISON = "comparison.png"
@@ -179,11 +179,11 @@ def format_comparison(runs: Sequence[Run]) -> str:
     headers = [run.label for run in runs]
     first = max([len("test set"), *map(len, names)])
     widths = [max(len(h), 6) for h in headers]
-    lines = ["  ".join([f"{'test set':<{first}}", *(f"{h:<{w}}" for h, w in zip(headers, widths))]),
+    lines = ["  ".join([f"{'test set':<{first}}", *(f"{h:<{w}}" for h, w in zip(headers, widths, strict=True))]),
              "  ".join(["-" * first, *("-" * w for w in widths)])]
     for name in names:
         cells = [_shown(run.final_metrics.get(name)) if name in run.final_metrics else "-" for run in runs]
-        lines.append("  ".join([f"{name:<{first}}", *(f"{c:<{w}}" for c, w in zip(cells, widths))]))
+        lines.append("  ".join([f"{name:<{first}}", *(f"{c:<{w}}" for c, w in zip(cells, widths, strict=True))]))
     return "\n".join(line.rstrip() for line in lines)
 
 
@@ -229,7 +229,7 @@ def _loss_series(run: Run) -> Dict[int, List]:
 
 def _line(ax, points, **style):
     if points:
-        xs, ys = zip(*points)
+        xs, ys = zip(*points, strict=True)
         ax.plot(xs, ys, **style)
 
 
@@ -378,7 +378,7 @@ def draw(runs: Sequence[Run], out_path) -> Path:
             datasets = sorted({str(run.results.get("dataset", "?")) for run in runs})
             fig.suptitle(f"{len(runs)} runs on {', '.join(datasets)}", y=1 - 0.08 / height, va="top")
             fig.legend(handles=[Line2D([], [], color=c, lw=2.2, label=run.label)
-                                for c, run in zip(run_colours, runs)],
+                                for c, run in zip(run_colours, runs, strict=True)],
                        loc="upper center", bbox_to_anchor=(0.5, 1 - 0.3 / height), fontsize="small",
                        ncol=ncol, frameon=False)
         else:

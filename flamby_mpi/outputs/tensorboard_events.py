@@ -1,9 +1,9 @@
 """TensorBoard event files written directly, without importing TensorBoard.
 
-What rank 0 writes is a handful of scalars per round and one text: torch's SummaryWriter costs
-over a second of CPU to import (TensorBoard, protobuf) and, with the pure-Python protobuf that
-FedML's pin brings, about 0.3 ms per scalar: 21 scalars a round were 40% of a 4-centre tiny
-round. The format is small and stable, so it is written here:
+What rank 0 writes is a handful of scalars per round and one text. torch's SummaryWriter is a
+costly import (TensorBoard, protobuf), and with the pure-Python protobuf that FedML's pin brings
+each scalar it writes was a large share of a small round (docs/benchmarks/2026-11-29.md). The
+format is small and stable, so it is written here:
 
 - an event file is a sequence of records: the data's length (uint64, little-endian), the masked
   CRC-32C of those 8 bytes (uint32), the data, the masked CRC-32C of the data;

@@ -38,7 +38,7 @@ def read_gpu_mapping(path: str, key: str) -> Dict[str, List[int]]:
     try:
         content = yaml.safe_load(file.read_text())
     except yaml.YAMLError as exc:
-        raise UserError(f"{where} is not valid YAML: {exc}")
+        raise UserError(f"{where} is not valid YAML: {exc}") from None
     if not isinstance(content, dict) or key not in content:
         keys = ", ".join(map(str, content)) if isinstance(content, dict) else "none"
         raise UserError(f"{where} has no mapping {key!r} (mappings in the file: {keys})",

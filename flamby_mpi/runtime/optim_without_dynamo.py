@@ -1,4 +1,5 @@
-"""torch.optim without importing torch._dynamo (1.9 s of CPU and about 80 MB per process).
+"""torch.optim without importing torch._dynamo, a large import (CPU and memory on every rank,
+docs/performance.md, Start-up) that a run which compiles nothing never uses.
 
 Two places of torch.optim import torch._dynamo although nothing is compiled:
 

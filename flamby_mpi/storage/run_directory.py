@@ -34,8 +34,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from . import safe_files
 from ..exit.errors import UserError, plain
+from . import safe_files
 from .safe_files import StorageError, UnsafePathError
 
 LOCK_NAME = ".flamby-mpi.lock"

@@ -195,7 +195,7 @@ def write_atomic(root: Union[str, Path], relative: Union[str, Path], data: Union
             except OSError:
                 pass
         return {"sha256": hashing.digest.hexdigest(), "bytes": hashing.size}
-    except Exception as exc:  # noqa: B902 - a writer may have wrapped the file's own OSError
+    except Exception as exc:  # re-raised: a writer may have wrapped the file's own OSError
         seen = hashing.error if hashing is not None and hashing.error is not None else exc
         if is_storage_error(seen):
             raise StorageError(target, seen) from None

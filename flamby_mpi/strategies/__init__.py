@@ -14,8 +14,13 @@ from .base import IMPLEMENTATIONS, Strategy
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
+# A check, not an assert: it must hold under `python -O` too, where a missing module would
+# otherwise surface as a KeyError in the line below.
 _unimplemented = [name for name in STRATEGY_NAMES if name not in IMPLEMENTATIONS]
-assert not _unimplemented, f"flamby_mpi/registry.py names strategies no module implements: {_unimplemented}"
+if _unimplemented:
+    raise ImportError(f"flamby_mpi/registry.py names strategies no module of flamby_mpi/strategies/ "
+                      f"implements: {', '.join(_unimplemented)} (add a module with a Strategy subclass of that "
+                      "name, or remove the name from the registry)")
 STRATEGIES = {name: IMPLEMENTATIONS[name] for name in STRATEGY_NAMES}
 
 __all__ = ["STRATEGIES", "HYPERPARAMETER_USERS", "Strategy", "make_strategy"]

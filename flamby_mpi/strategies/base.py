@@ -13,8 +13,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .aggregation import fedavg, weighted_update
 from ..registry import STRATEGY_HYPERPARAMETERS
+from .aggregation import fedavg, weighted_update
 
 State = "OrderedDict[str, torch.Tensor]"
 # One client's result of a round: (train samples, local state, strategy extras).

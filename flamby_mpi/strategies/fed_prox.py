@@ -12,7 +12,7 @@ class FedProx(Strategy):
         def proximal(model):
             if mu <= 0.0:
                 return None
-            squared = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
+            squared = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
             return mu / 2.0 * squared
 
         return learner.train_steps(self.plan.num_updates, extra_loss=proximal), None

@@ -27,11 +27,12 @@ from types import SimpleNamespace
 from typing import Callable, Dict, List, Optional
 
 from ..exit import failures
-from ..runtime import startup
-from .fedml_imports import fedml_version_problem
 from ..launch.world import World
 from ..outputs.telemetry import Traffic
+from ..runtime import startup
+from .fedml_imports import fedml_version_problem
 from .watchdog import Watchdog
+
 
 def import_fedml(role: str):
     """Imports the part of FedML that `role` runs (flamby_mpi/transport/fedml_imports.py says what and why)."""
@@ -50,7 +51,10 @@ def contract_problems():
 
 def fedml_args(plan, world, device, start_round: int = 0) -> SimpleNamespace:
     """The attributes FedML's cross-silo server and client read, for this rank."""
-    from fedml.constants import FEDML_CROSS_SILO_SCENARIO_HORIZONTAL, FEDML_TRAINING_PLATFORM_CROSS_SILO
+    from fedml.constants import (
+        FEDML_CROSS_SILO_SCENARIO_HORIZONTAL,
+        FEDML_TRAINING_PLATFORM_CROSS_SILO,
+    )
     from fedml.core.mlops import MLOpsStore
 
     n = plan.num_clients
@@ -146,10 +150,10 @@ _STOP_CHECK_S = 0.2
 def _metered_comm_manager(comm, rank: int, size: int):
     """FedML's MPI communication manager, moving FedML's Message objects with flamby_mpi.transport.wire
     (tensors as their own memory, not pickled) and counting the bytes of every message."""
-    from mpi4py import MPI
     from fedml.core.distributed.communication.message import Message
     from fedml.core.distributed.communication.mpi.com_manager import MpiCommunicationManager
     from fedml.core.distributed.communication.mpi.mpi_receive_thread import MPIReceiveThread
+    from mpi4py import MPI
 
     from . import wire
 
@@ -199,8 +203,8 @@ def _metered_comm_manager(comm, rank: int, size: int):
             return queue.Queue(0), receive_queue
 
         def handle_receive_message(self):
-            # FedML's loop polls its queue every 0.1 ms on every rank (tens of thousands of wake-ups
-            # a second with many ranks on few cores); this one sleeps until a message is queued.
+            # FedML's loop polls its queue in a sleep loop on every rank, which with many ranks on
+            # few cores takes the CPU the training needs; this one sleeps until a message is queued.
             self._notify_connection_ready()
             while not self._stop_running:
                 try:

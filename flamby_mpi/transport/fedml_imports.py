@@ -2,7 +2,7 @@
 
 `import fedml` executes FedML's package-level imports: torchvision's models and through them
 torch._dynamo (FedML's attack and defence code), its MLOps device-performance and profiling
-modules, its job scheduler, wandb: seconds of CPU and hundreds of MB per rank (docs/performance.md, Start-up),
+modules, its job scheduler, wandb: CPU and memory on every rank (docs/performance.md, Start-up)
 for modules this launcher never calls. What we run is FedML's cross-silo server or client manager, its MPI
 communication manager and the classes they import. So:
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import socket
 from typing import Callable, List, Tuple
 
+from ..outputs.telemetry import Traffic
 from ..runtime import startup
 from . import wire
-from ..outputs.telemetry import Traffic
 
 
 def _as_if_sent(obj) -> Tuple[object, int]:

@@ -127,9 +127,9 @@ def allocate(sizes: Sequence[int]) -> list:
 
 
 class BufferPool:
-    """Receive buffers kept from one message to the next. A fresh 100 MB buffer pays its page
-    faults while MPI fills it (measured: a 100 MB round trip 3x slower than into reused buffers),
-    and a model's buffers have the same sizes every round. A buffer is reused only once nothing
+    """Receive buffers kept from one message to the next. A fresh buffer pays its page faults
+    while MPI fills it (the benchmark's exchange section, docs/benchmarks/, shows the cost), and a
+    model's buffers have the same sizes every round. A buffer is reused only once nothing
     refers to it any more (every tensor unpickled from it is gone: they hold its numpy view, which
     keep a reference to it: torch.frombuffer, numpy's out-of-band arrays), so a message the
     application keeps is never overwritten. Free buffers of sizes the
@@ -193,7 +193,7 @@ def as_if_sent(obj) -> Tuple[object, int]:
     header, buffers = encode(obj)
     sizes, skeleton = parse_header(header)
     received = allocate(sizes)
-    for target, source in zip(received, buffers):
+    for target, source in zip(received, buffers, strict=True):
         memoryview(target)[:] = source
     return decode(skeleton, received), wire_bytes(header, buffers)
 
@@ -230,7 +230,7 @@ def receive(comm, source: int, header_bytes: int, pool: "BufferPool | None" = No
     statuses = [MPI.Status() for _ in pieces]
     requests = [comm.Irecv([piece, MPI.BYTE], source=source, tag=DATA_TAG) for piece in pieces]
     MPI.Request.Waitall(requests, statuses)
-    for piece, status in zip(pieces, statuses):
+    for piece, status in zip(pieces, statuses, strict=True):
         if status.Get_count(MPI.BYTE) != len(piece):
             raise WireError(f"rank {source} sent {status.Get_count(MPI.BYTE)} bytes where its header "
                             f"announced {len(piece)}")

@@ -504,13 +504,13 @@ def _pack_jobs(c: _Cases, accepted: List[Tuple[int, Optional[str], set]]):
     strategy (any, if it needs none) that sets none of its keys."""
     jobs: List[Tuple[Optional[str], set]] = []  # (strategy, keys set)
     for index, strategy, keys in sorted(accepted, key=lambda a: a[1] is None):  # strategies first
-        for n, (job_strategy, job_keys) in enumerate(jobs):
-            if strategy in (None, job_strategy) and not keys & job_keys:
-                job_keys.update(keys)
-                break
-        else:
+        n = next((n for n, (job_strategy, job_keys) in enumerate(jobs)
+                  if strategy in (None, job_strategy) and not keys & job_keys), None)
+        if n is None:
             n = len(jobs)
             jobs.append((strategy, set(keys)))
+        else:
+            jobs[n][1].update(keys)
         c.cases[index] = dataclasses.replace(c.cases[index], job=f"{jobs[n][0] or 'FedAvg'}-{n + 1}")
 
 
@@ -550,7 +550,7 @@ def _boundaries(c: _Cases):
         if ok:
             accept(context.get("federated_optimizer"), [key, *(k for k in context if k != "federated_optimizer")])
 
-    for key, (section, f, tp) in fields.items():
+    for key, (_section, f, tp) in fields.items():
         low, high = f.metadata.get("minimum"), f.metadata.get("maximum")
         if low is None and high is None:
             continue

@@ -18,8 +18,8 @@ from flamby_mpi.datasets.synthetic import (  # noqa: F401  (the module interface
     BaselineLoss,
     Optimizer,
     SyntheticModule,
-    metric as _metric,
 )
+from flamby_mpi.datasets.synthetic import metric as _metric
 
 NUM_CLIENTS = 4
 _module = SyntheticModule(seed=0, num_centers=NUM_CLIENTS)

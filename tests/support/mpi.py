@@ -60,7 +60,7 @@ def run_job(cmd: List[str], cwd: Path, env: Dict[str, str], deadline_s: float,
         kill_group(proc)
         out, err = proc.communicate()
         raise AssertionError(f"job exceeded its {deadline_s:.0f} s deadline: {' '.join(cmd)}\n"
-                             f"stdout:\n{out}\nstderr:\n{err}")
+                             f"stdout:\n{out}\nstderr:\n{err}") from None
     finally:
         kill_group(proc)  # nothing the job started may outlive the test
     return Finished(proc.returncode, out, err, seconds, leftovers)

@@ -108,7 +108,7 @@ exec ip netns exec "$ns" unshare --uts sh -c "hostname $host && $*"
     def host_file(self, slots: List[int]) -> Path:
         """A host file in mpi_host_file.example's format (MPICH's `host:slots`)."""
         path = self.dir / "mpi_host_file"
-        path.write_text("".join(f"{h}:{n}\n" for h, n in zip(self.hosts, slots)))
+        path.write_text("".join(f"{h}:{n}\n" for h, n in zip(self.hosts, slots, strict=True)))
         return path
 
     def mpiexec_flags(self, host_file: Path) -> List[str]:
@@ -119,7 +119,7 @@ exec ip netns exec "$ns" unshare --uts sh -c "hostname $host && $*"
     def open_mpi_host_file(self, slots: List[int]) -> Path:
         """The same hosts in Open MPI's format (`host slots=N`)."""
         path = self.dir / "openmpi_host_file"
-        path.write_text("".join(f"{h} slots={n}\n" for h, n in zip(self.hosts, slots)))
+        path.write_text("".join(f"{h} slots={n}\n" for h, n in zip(self.hosts, slots, strict=True)))
         return path
 
     def mpirun_flags(self, host_file: Path) -> List[str]:

@@ -18,7 +18,13 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from .facility import end_processes, missing, processes_holding, processes_with_variable, require_root
+from .facility import (
+    end_processes,
+    missing,
+    processes_holding,
+    processes_with_variable,
+    require_root,
+)
 
 BINARIES = ("munged", "slurmctld", "slurmd", "slurmstepd", "sbatch", "srun", "scontrol", "scancel", "sinfo")
 APT_HINT = "apt-get install slurmctld slurmd slurm-client munge (.ci/run does)"

@@ -1,0 +1,49 @@
+"""Which tests a run selects (tests/conftest.py): a plain `python -m pytest`, what CI runs, leaves
+out exactly the heavy tests and nothing else; `-m heavy`, their node ids or FLAMBY_MPI_HEAVY=1 bring
+them in; a `-m` of one's own does not. Real pytest processes collecting the real suite."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+WIRE, STARTUP = "tests/test_wire.py", "tests/test_startup.py"
+HEAVY = {f"{WIRE}::test_a_model_over_2_gib_trains_with_two_clients",
+         f"{STARTUP}::test_64_synthetic_centres_complete_within_the_memory_of_one_machine"}
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _collected(*args, heavy_env=False):
+    env = {k: v for k, v in os.environ.items() if k != "FLAMBY_MPI_HEAVY"}
+    if heavy_env:
+        env["FLAMBY_MPI_HEAVY"] = "1"
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr  # 5 would be "no tests ran"
+    return {line for line in done.stdout.splitlines() if "::" in line}
+
+
+def _functions(node_ids):
+    """Node ids without their parameters: some parameter ids are random bytes, new in every process."""
+    return {node_id.partition("[")[0] for node_id in node_ids}
+
+
+def test_a_plain_run_leaves_out_exactly_the_heavy_tests():
+    plain, everything = _collected(), _collected(heavy_env=True)
+    assert _functions(everything) - _functions(plain) == HEAVY
+    assert len(everything) - len(plain) == len(HEAVY)
+    assert len(plain) > 1000  # the suite itself, not a selection of it
+
+
+def test_heavy_tests_run_when_asked_for_by_marker_or_node_id():
+    assert _collected(WIRE, STARTUP, "-m", "heavy") == HEAVY
+    named = sorted(HEAVY)[0]
+    assert _collected(named) == {named}
+
+
+def test_a_marker_expression_of_ones_own_does_not_bring_in_heavy_tests():
+    not_slow = _collected(WIRE, STARTUP, "-m", "not slow")
+    assert not_slow and not not_slow & HEAVY
