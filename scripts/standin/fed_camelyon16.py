@@ -13,10 +13,14 @@ Bags hold a few dozen to a few hundred tiles (real slides reach FLamby's 10000-t
 collate_fn pads every bag to that cap, so the batch tensors have the real size whatever the bag
 size). Features are non-negative like post-ReLU ResNet features; tumour slides carry a share of
 tiles with raised features, so the task is learnable. Same seed, same bytes.
+
+A directory whose path contains "test" is refused: FLamby would read every slide there as a test
+slide (it looks for "test" in the whole path, not the file name), real data included.
 """
 from __future__ import annotations
 
 import csv
+import sys
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -66,7 +70,20 @@ def bag(rng: np.random.Generator, label: int) -> np.ndarray:
     return features.astype(np.float32)
 
 
+def refuse_a_path_flamby_reads_as_test(directory: Path):
+    """FLamby's class calls a slide a test slide when its full path contains "test" anywhere
+    (`"test" not in str(slide).lower()`), so under such a directory every centre would have no
+    training slide. Refused before anything is written."""
+    if "test" in str(directory).lower():
+        print(f"standin_data.py: {directory} contains 'test'; FLamby's Camelyon16 class would take every "
+              "slide under it for a test slide (it looks for 'test' in the whole path), leaving no training "
+              "data. Choose a directory whose path has no 'test' in it (the same holds for the real data).",
+              file=sys.stderr)
+        raise SystemExit(2)
+
+
 def write(directory: Path, seed: int) -> List[str]:
+    refuse_a_path_flamby_reads_as_test(directory)
     for slide, _centre, _split, label in choose_slides():
         number = int(slide.split("_")[1])
         kind = ("normal", "tumor", "test").index(slide.split("_")[0])
