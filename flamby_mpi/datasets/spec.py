@@ -31,6 +31,9 @@ class DatasetSpec:
     baseline: Callable[[], torch.nn.Module]
     baseline_loss: Callable[[], torch.nn.Module]
     metric: Callable[[Any, Any], float]
+    # FLamby's collate_fn where the dataset has one (Camelyon16 pads its variable-size bags of tile
+    # features; LIDC-IDRI), used by every loader as FLamby's benchmark does; None: torch's default.
+    collate_fn: Optional[Callable] = None
     # Called around dataset construction to turn known failures into UserErrors.
     make_guard: Optional[Callable[[], Any]] = None
     data_path: Optional[str] = None
@@ -83,6 +86,7 @@ def spec_from_module(module: ModuleType, name: str, data_path=None, debug=False,
         baseline=module.Baseline,
         baseline_loss=module.BaselineLoss,
         metric=module.metric,
+        collate_fn=getattr(module, "collate_fn", None),
         make_guard=make_guard,
         data_path=data_path,
         debug=debug,

@@ -50,9 +50,9 @@ class ClientRun:
         if len(train_set) == 0:
             raise RuntimeError(f"centre {self.center} of {dataset.name} has no training samples")
         train_loader = make_loader(train_set, plan.batch_size, shuffle=True, num_workers=plan.num_workers,
-                                   generator=torch.Generator().manual_seed(seed))
+                                   generator=torch.Generator().manual_seed(seed), collate_fn=dataset.collate_fn)
         self.test_loader = make_loader(test_set, plan.test_batch_size, shuffle=False,
-                                       num_workers=plan.num_workers)
+                                       num_workers=plan.num_workers, collate_fn=dataset.collate_fn)
         privacy = None
         if plan.privacy is not None:
             privacy = PrivacySettings(plan.privacy.target_epsilon, plan.privacy.target_delta,

@@ -238,5 +238,6 @@ class ServerRun:
         # normalise that set with pooled-train statistics, so it differs from concatenated centres.
         plan = self.plan
         pooled = self._pooled_test_set or plan.dataset.pooled_dataset(train=False)
-        loader = make_loader(pooled, plan.test_batch_size, shuffle=False, num_workers=plan.num_workers)
+        loader = make_loader(pooled, plan.test_batch_size, shuffle=False, num_workers=plan.num_workers,
+                             collate_fn=plan.dataset.collate_fn)
         return evaluate(self.model, loader, plan.dataset.metric, torch.device("cpu")).metric

@@ -239,6 +239,7 @@ def evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader,
 
 
 def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int,
-                generator: Optional[torch.Generator] = None) -> torch.utils.data.DataLoader:
+                generator: Optional[torch.Generator] = None,
+                collate_fn: Optional[Callable] = None) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                                       num_workers=num_workers, generator=generator)
+                                       num_workers=num_workers, generator=generator, collate_fn=collate_fn)
