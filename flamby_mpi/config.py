@@ -193,6 +193,11 @@ class DataArgs:
     data_path: Optional[str] = field(default=None, metadata=_meta(help="passed to FLamby's dataset class",
                                                                   check=path_problem))
     debug: bool = field(default=False, metadata=_meta(help="FLamby's debug subset, where supported"))
+    pretrained_weights_dir: Optional[str] = field(default=None, metadata=_meta(
+        help="a TORCH_HOME holding the pretrained weights a FLamby model loads when built (Fed-ISIC2019's "
+             "EfficientNet: <dir>/hub/checkpoints/efficientnet-b0-355c32eb.pth), for compute nodes without "
+             "internet; default: torch's cache (TORCH_HOME, else ~/.cache/torch); a missing file is "
+             "refused before training with the command that fetches it", check=path_problem))
     synthetic_num_centers: int = field(default=4, metadata=_meta(
         minimum=1, maximum=MAX_SYNTHETIC_CENTERS, help="centres of the synthetic dataset"))
     synthetic_samples_per_center: int = field(default=200, metadata=_meta(

@@ -19,6 +19,7 @@ from .flamby_datasets import (
     flamby_construction_guard,
     import_flamby_dataset,
 )
+from .pretrained_weights import guarded_baseline
 from .spec import REQUIRED_ATTRIBUTES, DatasetSpec, spec_from_module
 from .synthetic import SyntheticModule
 
@@ -45,8 +46,11 @@ def resolve_dataset(data_args, seed: int) -> DatasetSpec:
         module = import_flamby_dataset(flamby_name)
         _check_interface(module, flamby_name)
         check_licence_accepted(flamby_name)
-        return spec_from_module(module, flamby_name, data_args.data_path, data_args.debug,
+        spec = spec_from_module(module, flamby_name, data_args.data_path, data_args.debug,
                                 make_guard=functools.partial(flamby_construction_guard, flamby_name))
+        # A model that downloads weights when built: its file is looked for first (offline nodes).
+        spec.baseline = guarded_baseline(flamby_name, spec.baseline, data_args.pretrained_weights_dir)
+        return spec
 
     try:
         module = importlib.import_module(name)

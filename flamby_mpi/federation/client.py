@@ -21,6 +21,7 @@ from ..exit.errors import UserError
 from ..exit.failures import where
 from ..plan import RunPlan
 from ..strategies import make_strategy
+from .host_rng import HostRng
 from .protocol import ClientReply, GlobalMessage
 from .training import LocalLearner, PrivacySettings, derived_seed, evaluate, make_loader
 
@@ -44,9 +45,11 @@ class ClientRun:
         # swapped in around all of this client's work, so that clients sharing one process
         # (the in-process backend) compute exactly what separate processes compute.
         torch.manual_seed(seed)
+        self._host_rng = HostRng(seed)  # Python's and numpy's, which FLamby's augmentations use
         dataset = plan.dataset
-        train_set = dataset.center_dataset(self.center, train=True)
-        test_set = dataset.center_dataset(self.center, train=False)
+        with self._host_rng.swapped_in():
+            train_set = dataset.center_dataset(self.center, train=True)
+            test_set = dataset.center_dataset(self.center, train=False)
         if len(train_set) == 0:
             raise RuntimeError(f"centre {self.center} of {dataset.name} has no training samples")
         train_loader = make_loader(train_set, plan.batch_size, shuffle=True, num_workers=plan.num_workers,
@@ -73,7 +76,8 @@ class ClientRun:
         outer = torch.get_rng_state()
         torch.set_rng_state(self._rng_state)
         try:
-            yield
+            with self._host_rng.swapped_in():
+                yield
         finally:
             self._rng_state = torch.get_rng_state()
             torch.set_rng_state(outer)
