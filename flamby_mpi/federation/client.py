@@ -125,7 +125,8 @@ class ClientRun:
         learner_tensors, learner_data = self.learner.state()
         strategy_tensors, strategy_data = self.strategy.state()
         tensors = {"learner": learner_tensors, "strategy": strategy_tensors, "rng": self._rng_state}
-        return tensors, {"rank": self.rank, "learner": learner_data, "strategy": strategy_data}
+        return tensors, {"rank": self.rank, "learner": learner_data, "strategy": strategy_data,
+                         "host_rng": self._host_rng.state()}
 
     def restore(self, tensors: dict, data: dict):
         if data.get("rank") != self.rank:
@@ -133,6 +134,8 @@ class ClientRun:
         self.learner.restore(tensors["learner"], data["learner"])
         self.strategy.restore(tensors["strategy"], data["strategy"])
         self._rng_state = tensors["rng"]
+        if "host_rng" in data:  # absent in checkpoints of flamby-mpi before it carried them
+            self._host_rng.restore(data["host_rng"])
 
     def save_checkpoint(self, cut: int) -> dict:
         """Writes this rank's part of the cut after `cut` rounds, then prunes its own older files:
