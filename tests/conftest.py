@@ -11,3 +11,13 @@ def workdir(tmp_path):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     return cwd, home, f"t{uuid.uuid4().hex[:10]}"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Heavy tests are opt-in: they run only when -m names them (`-m heavy`)."""
+    if "heavy" in (config.option.markexpr or ""):
+        return
+    skip = pytest.mark.skip(reason="heavy: run with -m heavy")
+    for item in items:
+        if "heavy" in item.keywords:
+            item.add_marker(skip)

@@ -17,7 +17,9 @@ from .flamby_datasets import (
     canonical_flamby_name,
     check_licence_accepted,
     flamby_construction_guard,
+    NEEDS_CUDA,
     import_flamby_dataset,
+    loader_metric,
 )
 from .spec import REQUIRED_ATTRIBUTES, DatasetSpec, spec_from_module
 from .synthetic import SyntheticModule
@@ -46,7 +48,9 @@ def resolve_dataset(data_args, seed: int) -> DatasetSpec:
         _check_interface(module, flamby_name)
         check_licence_accepted(flamby_name)
         return spec_from_module(module, flamby_name, data_args.data_path, data_args.debug,
-                                make_guard=functools.partial(flamby_construction_guard, flamby_name))
+                                make_guard=functools.partial(flamby_construction_guard, flamby_name),
+                                loader_metric=loader_metric(flamby_name, module),
+                                needs_cuda=NEEDS_CUDA.get(flamby_name))
 
     try:
         module = importlib.import_module(name)

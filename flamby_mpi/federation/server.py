@@ -23,7 +23,8 @@ from ..outputs.progress import Progress
 from .protocol import ClientReply, GlobalMessage
 from ..strategies import make_strategy
 from ..outputs.telemetry import RoundLog, Traffic
-from .training import evaluate, make_loader
+from .global_rngs import GlobalRngs
+from .training import derived_seed, evaluate, make_loader
 
 
 class PeerError(UserError):
@@ -238,5 +239,9 @@ class ServerRun:
         # normalise that set with pooled-train statistics, so it differs from concatenated centres.
         plan = self.plan
         pooled = self._pooled_test_set or plan.dataset.pooled_dataset(train=False)
-        loader = make_loader(pooled, plan.test_batch_size, shuffle=False, num_workers=plan.num_workers)
-        return evaluate(self.model, loader, plan.dataset.metric, torch.device("cpu")).metric
+        loader = make_loader(pooled, plan.test_batch_size, shuffle=False, num_workers=plan.num_workers,
+                             collate_fn=plan.dataset.collate_fn)
+        # Seeded streams: the same pooled metric from the same seed, whatever the launch mode.
+        with GlobalRngs.seeded(derived_seed(plan.seed, 0)).swapped_in():
+            return evaluate(self.model, loader, plan.dataset.metric, torch.device("cpu"),
+                            plan.dataset.loader_metric).metric
