@@ -1,3 +1,4 @@
+import os
 import uuid
 
 import pytest
@@ -14,10 +15,10 @@ def workdir(tmp_path):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Heavy tests are opt-in: they run only when -m names them (`-m heavy`)."""
-    if "heavy" in (config.option.markexpr or ""):
+    """Heavy tests are opt-in: they run only when -m names them (`-m heavy`) or FLAMBY_MPI_HEAVY=1."""
+    if "heavy" in (config.option.markexpr or "") or os.environ.get("FLAMBY_MPI_HEAVY") == "1":
         return
-    skip = pytest.mark.skip(reason="heavy: run with -m heavy")
+    skip = pytest.mark.skip(reason="heavy: run with -m heavy (or FLAMBY_MPI_HEAVY=1)")
     for item in items:
         if "heavy" in item.keywords:
             item.add_marker(skip)

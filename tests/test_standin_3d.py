@@ -138,16 +138,26 @@ def test_kits19_one_round_under_mpi_equals_the_in_process_twin(workdir, kits19):
     assert mpi_metrics == json.loads((cwd / "inprocess" / "results.json").read_text())["metrics"]
 
 
-def test_lidc_idri_on_cpu_is_refused_before_training(workdir, lidc):
-    """FLamby's LIDC-IDRI loss calls .cuda(): on a CPU the run stops at once, exit 2, saying so."""
+@pytest.mark.parametrize("using_gpu", ["false", "true"])
+def test_lidc_idri_on_cpu_is_refused_before_training(workdir, lidc, using_gpu):
+    """FLamby's LIDC-IDRI loss calls .cuda(): on a CPU the run stops before training, exit 2, saying
+    so: from the config (using_gpu false), or from the rank that found no GPU (using_gpu true)."""
+    import torch
+
+    if using_gpu == "true" and torch.cuda.is_available():
+        pytest.skip("a GPU is visible here")
     cwd, home, _ = workdir
     job = run_job([sys.executable, str(LAUNCHER), "--cf", str(REPO / "config" / "fed_lidc_idri.yaml"),
-                   "--set", f"data_args.data_path={cwd}", "--set", "device_args.using_gpu=false",
+                   "--set", f"data_args.data_path={cwd}", "--set", f"device_args.using_gpu={using_gpu}",
                    "--set", "comm_args.backend=inprocess", "--set", f"common_args.output_dir={cwd / 'out'}"],
                   cwd, env_for(home), 120)
     assert job.returncode == 2, job.output
-    assert "using_gpu" in job.stderr and ".cuda()" in job.stderr and "Traceback" not in job.output
-    assert not (cwd / "out").exists()
+    assert ".cuda()" in job.stderr and "Traceback" not in job.output
+    if using_gpu == "false":
+        assert "device_args.using_gpu" in job.stderr
+        assert not (cwd / "out").exists()
+    else:
+        assert "rank 1 has no GPU" in job.stderr
 
 
 @pytest.mark.heavy

@@ -39,6 +39,9 @@ class ClientRun:
         self._message: GlobalMessage = None
         self._replied_at: Optional[float] = None
         self._waited: Optional[float] = None
+        if plan.dataset.needs_cuda and device.type != "cuda":  # using_gpu, but no GPU on this host
+            raise UserError(f"rank {rank} has no GPU: {plan.dataset.needs_cuda}",
+                            hint="run on nodes with a GPU visible to every client rank (nvidia-smi)")
         seed = derived_seed(plan.seed, rank)
         # This centre's own global-RNG streams (dropout, FLamby's augmentations and crops): seeded
         # here, and swapped in around all of this client's work (global_rngs.py), so that clients
