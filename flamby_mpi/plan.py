@@ -399,6 +399,8 @@ def make_plan(config: RunConfig, run_id: Optional[str] = None, quiet: bool = Fal
 
     problems += client_count_problems(config, dataset.name, n)
     problems += _strategy_problems(train, n)
+    if dataset.needs_cuda and not config.device_args.using_gpu:
+        problems.append(f"device_args.using_gpu: {dataset.needs_cuda}; set it to true and run on GPU nodes")
 
     optimizer_class = dataset.optimizer_class
     if train.client_optimizer is not None:

@@ -57,3 +57,4 @@ def workdir(tmp_path):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     return cwd, home, f"t{uuid.uuid4().hex[:10]}"
+

@@ -438,3 +438,29 @@ def test_names_that_are_no_module_list_the_choices(name):
     for choice in ("synthetic", *FLAMBY_DATASETS):
         assert choice in text
     assert "my_silos" in text  # and how to name a module of one's own
+
+
+class _RawTakingPath:  # module level, as FLamby's classes are: pickles name them
+    def __init__(self, train=True, data_path=None):
+        self.train, self.data_path = train, data_path
+
+
+class _FedWithoutPath(_RawTakingPath):
+    def __init__(self, center=0, train=True, pooled=False):
+        super().__init__(train=train)
+        self.center = center
+
+
+def test_data_path_reaches_the_base_class_that_takes_it_and_survives_pickling():
+    """FLamby's FedKits19 takes no data_path, its base does: the path goes to the base, unchanged."""
+    import pickle
+
+    from flamby_mpi.datasets.data_path_to_base import base_taking_data_path, with_data_path
+
+    Fed, Raw = _FedWithoutPath, _RawTakingPath
+    assert base_taking_data_path(Fed) is Raw and base_taking_data_path(Raw) is None
+    dataset = with_data_path(Fed, "/data/kits")(center=3, train=False)
+    assert (dataset.center, dataset.train, dataset.data_path) == (3, False, "/data/kits")
+    assert isinstance(dataset, Fed)
+    copy = pickle.loads(pickle.dumps(dataset))
+    assert (copy.center, copy.train, copy.data_path) == (3, False, "/data/kits")

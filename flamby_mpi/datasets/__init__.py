@@ -14,10 +14,12 @@ from ..exit.errors import UserError, clip, shown
 from ..registry import is_synthetic
 from .flamby_datasets import (
     FLAMBY_DATASETS,
+    NEEDS_CUDA,
     canonical_flamby_name,
     check_licence_accepted,
     flamby_construction_guard,
     import_flamby_dataset,
+    loader_metric,
 )
 from .pretrained_weights import guarded_baseline
 from .spec import REQUIRED_ATTRIBUTES, DatasetSpec, spec_from_module
@@ -47,7 +49,9 @@ def resolve_dataset(data_args, seed: int) -> DatasetSpec:
         _check_interface(module, flamby_name)
         check_licence_accepted(flamby_name)
         spec = spec_from_module(module, flamby_name, data_args.data_path, data_args.debug,
-                                make_guard=functools.partial(flamby_construction_guard, flamby_name))
+                                make_guard=functools.partial(flamby_construction_guard, flamby_name),
+                                loader_metric=loader_metric(flamby_name, module),
+                                needs_cuda=NEEDS_CUDA.get(flamby_name))
         # A model that downloads weights when built: its file is looked for first (offline nodes).
         spec.baseline = guarded_baseline(flamby_name, spec.baseline, data_args.pretrained_weights_dir)
         return spec

@@ -17,6 +17,30 @@ LICENCE_PROMPT_AT_LOAD = {
     "fed_tcga_brca": "https://gdc.cancer.gov/access-data/data-access-processes-and-tools",
 }
 
+
+# Datasets whose FLamby code moves tensors to CUDA unconditionally, so that they cannot train on a CPU.
+NEEDS_CUDA = {
+    "fed_lidc_idri": "FLamby's Fed-LIDC-IDRI loss (BaselineLoss, flamby/datasets/fed_lidc_idri/loss.py) "
+                     "moves the labels to the GPU with .cuda(), so this dataset trains only on a GPU",
+}
+
+
+def loader_metric(name: str, module):
+    """FLamby's benchmark's own evaluation of one test loader where it is not metric(y_true, y_pred)
+    over all predictions (flamby.benchmarks.benchmark_utils.set_dataset_specific_config), else None.
+    Fed-KITS19: the dice of the arg-max prediction, batch by batch, averaged; Fed-LIDC-IDRI: the
+    dice of each image from its patches taken in chunks, averaged."""
+    if name == "fed_kits19":
+        def kits19(model, loader, use_gpu: bool) -> float:
+            return module.evaluate_dice_on_tests(model, [loader], module.metric, use_gpu)["client_test_0"]
+        return kits19
+    if name == "fed_lidc_idri":
+        def lidc_idri(model, loader, use_gpu: bool) -> float:
+            return module.evaluate_dice_on_tests_by_chunks(model, [loader], use_gpu)["client_test_0"]
+        return lidc_idri
+    return None
+
+
 FLAMBY_INSTALL = (
     "install FLamby from its git repository, with the extra for your dataset:\n"
     "  git clone https://github.com/owkin/FLamby.git && pip install -e './FLamby[{extra}]'"

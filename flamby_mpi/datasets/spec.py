@@ -12,6 +12,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from .data_path_to_base import base_taking_data_path, with_data_path
+
 # What a FLamby dataset module exposes (flamby/datasets/fed_*/__init__.py).
 REQUIRED_ATTRIBUTES = (
     "NUM_CLIENTS", "BATCH_SIZE", "LR", "Optimizer", "get_nb_max_rounds",
@@ -36,8 +38,14 @@ class DatasetSpec:
     collate_fn: Optional[Callable] = None
     # Called around dataset construction to turn known failures into UserErrors.
     make_guard: Optional[Callable[[], Any]] = None
+    # FLamby's benchmark evaluates some datasets with their own function over a loader instead of
+    # metric(y_true, y_pred) over all predictions (flamby.benchmarks.benchmark_utils.
+    # set_dataset_specific_config): (model, loader, use_gpu) -> the loader's metric. None: metric.
+    loader_metric: Optional[Callable[[torch.nn.Module, Any, bool], float]] = None
     data_path: Optional[str] = None
     debug: bool = False
+    # Why this dataset trains only on a GPU (FLamby code that calls .cuda()), or None.
+    needs_cuda: Optional[str] = None
 
     def center_dataset(self, center: int, train: bool) -> torch.utils.data.Dataset:
         return self._build(center=center, train=train, pooled=False)
@@ -48,18 +56,23 @@ class DatasetSpec:
 
     def _build(self, **kwargs) -> torch.utils.data.Dataset:
         accepted = _accepted_kwargs(self.fed_class)
+        fed_class = self.fed_class
         if self.data_path is not None:
             if accepted is not None and "data_path" not in accepted:
-                from ..exit.errors import UserError
-                raise UserError(f"dataset {self.name} does not accept data_args.data_path",
-                                hint="remove data_args.data_path from the config")
-            kwargs["data_path"] = self.data_path
+                # FLamby's FedKits19: its base class takes the path (data_path_to_base.py).
+                if base_taking_data_path(fed_class) is None:
+                    from ..exit.errors import UserError
+                    raise UserError(f"dataset {self.name} does not accept data_args.data_path",
+                                    hint="remove data_args.data_path from the config")
+                fed_class = with_data_path(fed_class, self.data_path)
+            else:
+                kwargs["data_path"] = self.data_path
         if self.debug and (accepted is None or "debug" in accepted):
             kwargs["debug"] = True
         if self.make_guard is None:
-            return self.fed_class(**kwargs)
+            return fed_class(**kwargs)
         with self.make_guard():
-            return self.fed_class(**kwargs)
+            return fed_class(**kwargs)
 
 
 def _accepted_kwargs(fn) -> Optional[set]:
@@ -74,7 +87,7 @@ def _accepted_kwargs(fn) -> Optional[set]:
 
 
 def spec_from_module(module: ModuleType, name: str, data_path=None, debug=False,
-                     make_guard=None) -> DatasetSpec:
+                     make_guard=None, loader_metric=None, needs_cuda=None) -> DatasetSpec:
     return DatasetSpec(
         name=name,
         num_clients=int(module.NUM_CLIENTS),
@@ -88,6 +101,8 @@ def spec_from_module(module: ModuleType, name: str, data_path=None, debug=False,
         metric=module.metric,
         collate_fn=getattr(module, "collate_fn", None),
         make_guard=make_guard,
+        loader_metric=loader_metric,
+        needs_cuda=needs_cuda,
         data_path=data_path,
         debug=debug,
     )

@@ -7,7 +7,6 @@ evaluation-only exchange or the strategy leaves this centre out of the round.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
 import time
@@ -21,7 +20,7 @@ from ..exit.errors import UserError
 from ..exit.failures import where
 from ..plan import RunPlan
 from ..strategies import make_strategy
-from .host_rng import HostRng
+from .global_rngs import GlobalRngs, seed_all
 from .protocol import ClientReply, GlobalMessage
 from .training import LocalLearner, PrivacySettings, derived_seed, evaluate, make_loader
 
@@ -40,16 +39,17 @@ class ClientRun:
         self._message: GlobalMessage = None
         self._replied_at: Optional[float] = None
         self._waited: Optional[float] = None
+        if plan.dataset.needs_cuda and device.type != "cuda":  # using_gpu, but no GPU on this host
+            raise UserError(f"rank {rank} has no GPU: {plan.dataset.needs_cuda}",
+                            hint="run on nodes with a GPU visible to every client rank (nvidia-smi)")
         seed = derived_seed(plan.seed, rank)
-        # This centre's own global-RNG stream (dropout, FedML-free code): seeded here, and
-        # swapped in around all of this client's work, so that clients sharing one process
-        # (the in-process backend) compute exactly what separate processes compute.
-        torch.manual_seed(seed)
-        self._host_rng = HostRng(seed)  # Python's and numpy's, which FLamby's augmentations use
+        # This centre's own global-RNG streams (dropout, FLamby's augmentations and crops): seeded
+        # here, and swapped in around all of this client's work (global_rngs.py), so that clients
+        # sharing one process (the in-process backend) compute exactly what separate processes compute.
+        seed_all(seed)
         dataset = plan.dataset
-        with self._host_rng.swapped_in():
-            train_set = dataset.center_dataset(self.center, train=True)
-            test_set = dataset.center_dataset(self.center, train=False)
+        train_set = dataset.center_dataset(self.center, train=True)
+        test_set = dataset.center_dataset(self.center, train=False)
         if len(train_set) == 0:
             raise RuntimeError(f"centre {self.center} of {dataset.name} has no training samples")
         train_loader = make_loader(train_set, plan.batch_size, shuffle=True, num_workers=plan.num_workers,
@@ -63,24 +63,13 @@ class ClientRun:
         self.learner = LocalLearner(dataset.baseline(), plan.optimizer_class, plan.learning_rate,
                                     dataset.baseline_loss(), train_loader, device, privacy,
                                     optimizer_kwargs=plan.optimizer_kwargs())
-        self._rng_state = torch.get_rng_state()
+        self._rngs = GlobalRngs()
         self.stop_request = None  # this process's preemption.StopRequest, set by the driver
         self.start_round = 0  # the first exchange this process runs: the resumed cut, else 0
         self.stopped_by: Optional[int] = None  # the signal of a stop message, once one came
         self.written_cuts: List[int] = []  # checkpoints holding this rank's files, oldest first
         log.info("rank %d: centre %d of %s, %d train / %d test samples, device %s",
                  rank, self.center, dataset.name, len(train_set), len(test_set), device)
-
-    @contextlib.contextmanager
-    def _own_rng(self):
-        outer = torch.get_rng_state()
-        torch.set_rng_state(self._rng_state)
-        try:
-            with self._host_rng.swapped_in():
-                yield
-        finally:
-            self._rng_state = torch.get_rng_state()
-            torch.set_rng_state(outer)
 
     def receive(self, message: GlobalMessage):
         """The server's message: the global model, plus strategy extras (Scaffold's c)."""
@@ -102,7 +91,7 @@ class ClientRun:
                                 train_samples=self.learner.num_train_samples, wait_s=self._waited)
             cut = message.round_idx
         else:
-            with self._own_rng():
+            with self._rngs.swapped_in():
                 reply = self._reply(message)
             cut = message.round_idx + 1
         if (message.stop or self.plan.checkpoint_due(cut)) and cut not in self.written_cuts:
@@ -124,18 +113,16 @@ class ClientRun:
         """(tensors, JSON data): everything this client carries from one round to the next."""
         learner_tensors, learner_data = self.learner.state()
         strategy_tensors, strategy_data = self.strategy.state()
-        tensors = {"learner": learner_tensors, "strategy": strategy_tensors, "rng": self._rng_state}
-        return tensors, {"rank": self.rank, "learner": learner_data, "strategy": strategy_data,
-                         "host_rng": self._host_rng.state()}
+        rng_tensors, rng_data = self._rngs.state()
+        tensors = {"learner": learner_tensors, "strategy": strategy_tensors, "rngs": rng_tensors}
+        return tensors, {"rank": self.rank, "learner": learner_data, "strategy": strategy_data, "rngs": rng_data}
 
     def restore(self, tensors: dict, data: dict):
         if data.get("rank") != self.rank:
             raise checkpoint.CheckpointError(f"the state read for rank {self.rank} is rank {data.get('rank')}'s")
         self.learner.restore(tensors["learner"], data["learner"])
         self.strategy.restore(tensors["strategy"], data["strategy"])
-        self._rng_state = tensors["rng"]
-        if "host_rng" in data:  # absent in checkpoints of flamby-mpi before it carried them
-            self._host_rng.restore(data["host_rng"])
+        self._rngs.restore(tensors["rngs"], data["rngs"])
 
     def save_checkpoint(self, cut: int) -> dict:
         """Writes this rank's part of the cut after `cut` rounds, then prunes its own older files:
@@ -161,7 +148,8 @@ class ClientRun:
                             train_samples=self.learner.num_train_samples, wait_s=self._waited)
         if plan.evaluates(round_idx):
             model = self.strategy.model_for_evaluation(self.learner, message.final)
-            evaluation = evaluate(model, self.test_loader, plan.dataset.metric, self.device)
+            evaluation = evaluate(model, self.test_loader, plan.dataset.metric, self.device,
+                                  plan.dataset.loader_metric)
             pooled_by_predictions = message.final and plan.pooled_test == "predictions"
             reply.evaluation = evaluation if pooled_by_predictions else evaluation.without_predictions()
         if message.final or self.center not in self.strategy.participants(round_idx):

@@ -22,8 +22,9 @@ from ..outputs.telemetry import RoundLog, Traffic
 from ..plan import RunPlan
 from ..strategies import make_strategy
 from ..strategies.aggregation import weighted_mean
+from .global_rngs import GlobalRngs
 from .protocol import ClientReply, GlobalMessage
-from .training import evaluate, make_loader
+from .training import derived_seed, evaluate, make_loader
 
 
 class PeerError(UserError):
@@ -240,4 +241,7 @@ class ServerRun:
         pooled = self._pooled_test_set or plan.dataset.pooled_dataset(train=False)
         loader = make_loader(pooled, plan.test_batch_size, shuffle=False, num_workers=plan.num_workers,
                              collate_fn=plan.dataset.collate_fn)
-        return evaluate(self.model, loader, plan.dataset.metric, torch.device("cpu")).metric
+        # Seeded streams: the same pooled metric from the same seed, whatever the launch mode.
+        with GlobalRngs.seeded(derived_seed(plan.seed, 0)).swapped_in():
+            return evaluate(self.model, loader, plan.dataset.metric, torch.device("cpu"),
+                            plan.dataset.loader_metric).metric

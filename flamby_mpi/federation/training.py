@@ -219,19 +219,28 @@ class Evaluation:
 
 
 def evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader,
-             metric: Callable, device: torch.device) -> Evaluation:
-    """FLamby's evaluate_model_on_tests for one test loader, keeping predictions."""
+             metric: Callable, device: torch.device, loader_metric: Optional[Callable] = None) -> Evaluation:
+    """FLamby's evaluate_model_on_tests for one test loader, keeping predictions; or, for the
+    datasets FLamby's benchmark evaluates with their own function (DatasetSpec.loader_metric),
+    that function's metric, without predictions."""
     was_training = model.training
     model.eval()
-    # Iterating a loader can touch torch's global RNG; keep training reproducible.
-    rng_state = torch.get_rng_state()
+    # Iterating a loader can touch torch's and numpy's global RNGs (Fed-KITS19's test crops draw
+    # from numpy's): keep training reproducible.
+    rng_state, numpy_state = torch.get_rng_state(), np.random.get_state()
     y_true, y_pred = [], []
-    with torch.no_grad():
-        for x, y in loader:
-            y_pred.append(model(x.to(device)).detach().cpu().numpy())
-            y_true.append(y.detach().cpu().numpy())
-    torch.set_rng_state(rng_state)
-    model.train(was_training)
+    try:
+        if loader_metric is not None:
+            value = float(loader_metric(model, loader, device.type == "cuda"))
+            return Evaluation(value, len(loader.dataset))
+        with torch.no_grad():
+            for x, y in loader:
+                y_pred.append(model(x.to(device)).detach().cpu().numpy())
+                y_true.append(y.detach().cpu().numpy())
+    finally:
+        torch.set_rng_state(rng_state)
+        np.random.set_state(numpy_state)
+        model.train(was_training)
     if not y_true:
         return Evaluation(float("nan"), 0, np.empty(0), np.empty(0))
     y_true_all, y_pred_all = np.concatenate(y_true), np.concatenate(y_pred)

@@ -1,0 +1,180 @@
+"""The 3-D datasets on stand-in data: Fed-KITS19 (nnU-Net) and Fed-LIDC-IDRI (V-Net).
+
+scripts/standin_data.py writes each in FLamby's own layout; FLamby's own classes read it (through
+flamby_mpi's DatasetSpec, as a run does). The MPI runs are heavy (7 ranks of about 1.2 GB for
+KITS19; LIDC-IDRI needs a GPU and several GB per rank): `pytest -m heavy`.
+"""
+import json
+import math
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from support.mpi import LAUNCHER, REPO, run_job, run_mpi
+from support.mpi import test_env as env_for
+
+STANDIN = REPO / "scripts" / "standin_data.py"
+
+
+def _write(dataset, directory, seed=0):
+    """Runs scripts/standin_data.py; returns the launcher arguments of its last line."""
+    done = subprocess.run([sys.executable, str(STANDIN), dataset, str(directory), "--seed", str(seed)],
+                          capture_output=True, text=True, timeout=300, env=env_for(directory.parent))
+    assert done.returncode == 0, done.stdout + done.stderr
+    args = done.stdout.strip().splitlines()[-1].split()
+    assert args == ["--set", f"data_args.data_path={directory}"]
+    return args
+
+
+def _files(directory):
+    return {p.relative_to(directory): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def _spec(dataset, directory):
+    from flamby_mpi.datasets import resolve_dataset
+
+    data_args = SimpleNamespace(dataset=dataset, data_path=str(directory), debug=False)
+    return resolve_dataset(data_args, seed=0)
+
+
+@pytest.fixture
+def kits19():
+    pytest.importorskip("flamby.datasets.fed_kits19", reason="FLamby's kits19 extra is not installed")
+
+
+@pytest.fixture
+def lidc():
+    pytest.importorskip("flamby.datasets.fed_lidc_idri", reason="FLamby's lidc extra is not installed")
+
+
+def test_kits19_standin_is_deterministic_and_read_by_flamby_for_every_centre(tmp_path, kits19):
+    first, again, other = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    _write("fed_kits19", first)
+    _write("fed_kits19", again)
+    _write("fed_kits19", other, seed=1)
+    assert _files(first) == _files(again)
+    assert _files(first) != _files(other)
+
+    spec = _spec("fed_kits19", first)  # FedKits19 itself takes no data_path: data_path_to_base.py
+    assert spec.num_clients == 6
+    sizes = {}
+    for centre in range(6):
+        for train in (True, False):
+            dataset = spec.center_dataset(centre, train=train)
+            x, y = dataset[0]
+            assert x.shape == y.shape == (1, 32, 32, 32)  # the stand-in plans' patch
+            assert set(y.unique().tolist()) <= {0.0, 1.0, 2.0}
+            sizes[centre, train] = len(dataset)
+    # FLamby's own split of its 96 cases (metadata/thresholded_sites.csv).
+    assert sum(n for (_, train), n in sizes.items() if train) == 74
+    assert sum(n for (_, train), n in sizes.items() if not train) == 22
+    assert len(spec.pooled_dataset(train=False)) == 22
+
+
+@pytest.mark.heavy
+def test_lidc_idri_standin_is_read_by_flamby_for_every_centre(tmp_path, lidc):
+    """Heavy: FLamby pads every volume to 384^3 and cuts 27 test patches of 128^3 (about 5 GB)."""
+    directory = tmp_path / "lidc"
+    _write("fed_lidc_idri", directory)
+    spec = _spec("fed_lidc_idri", directory)
+    assert spec.num_clients == 4
+    for centre in range(4):
+        for train, patches in ((True, 2), (False, 27)):
+            dataset = spec.center_dataset(centre, train=train)
+            assert len(dataset) == (2 if train else 1)
+            x, y = dataset[0]
+            assert x.shape == y.shape == (patches, 128, 128, 128)
+            assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0  # FLamby's ClipNorm
+            if train:
+                assert int(y.sum()) > 0  # FLamby's sampler centres patches on the nodules
+
+
+def _one_round(dataset, data_args, out, extra=()):
+    return ["--cf", str(REPO / "config" / f"{dataset}.yaml"), *data_args,
+            "--set", "train_args.comm_round=1", "--set", "train_args.num_updates=1",
+            "--set", f"common_args.output_dir={out}", *extra]
+
+
+def _check_and_report(out, centres, job, label):
+    import torch
+
+    results = json.loads((out / "results.json").read_text())
+    metrics = results["metrics"]
+    for k in range(centres):
+        assert math.isfinite(metrics[f"client_test_{k}"]), metrics
+    assert math.isfinite(metrics["pooled"]), metrics
+    ranks = results.get("ranks") or []
+    print(f"\n{label}: exit {job.returncode}, wall {job.seconds:.1f} s, metrics "
+          + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+          + "\n  peak RSS per rank (MB): "
+          + ", ".join(f"{r['rank']}:{r['peak_rss_mb']:.0f}" for r in ranks if "peak_rss_mb" in r))
+    return torch.load(out / "global_model.pt", weights_only=True)
+
+
+def _same_model(a, b):
+    import torch
+
+    assert list(a) == list(b)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.heavy
+@pytest.mark.mpi
+def test_kits19_one_round_under_mpi_equals_the_in_process_twin(workdir, kits19):
+    cwd, home, marker = workdir
+    data_args = _write("fed_kits19", cwd / "kits19")
+    job = run_mpi(7, _one_round("fed_kits19", data_args, cwd / "mpi") + ["--run_id", marker],
+                  cwd, home, deadline_s=600, marker=marker)
+    assert job.returncode == 0, job.output
+    mpi_model = _check_and_report(cwd / "mpi", 6, job, "fed_kits19 mpiexec -n 7")
+    twin = run_job([sys.executable, str(LAUNCHER), *_one_round("fed_kits19", data_args, cwd / "inprocess",
+                                                               ["--set", "comm_args.backend=inprocess"])],
+                   cwd, env_for(home), 600)
+    assert twin.returncode == 0, twin.output
+    _same_model(mpi_model, _check_and_report(cwd / "inprocess", 6, twin, "fed_kits19 in-process"))
+    mpi_metrics = json.loads((cwd / "mpi" / "results.json").read_text())["metrics"]
+    assert mpi_metrics == json.loads((cwd / "inprocess" / "results.json").read_text())["metrics"]
+
+
+@pytest.mark.parametrize("using_gpu", ["false", "true"])
+def test_lidc_idri_on_cpu_is_refused_before_training(workdir, lidc, using_gpu):
+    """FLamby's LIDC-IDRI loss calls .cuda(): on a CPU the run stops before training, exit 2, saying
+    so: from the config (using_gpu false), or from the rank that found no GPU (using_gpu true)."""
+    import torch
+
+    if using_gpu == "true" and torch.cuda.is_available():
+        pytest.skip("a GPU is visible here")
+    cwd, home, _ = workdir
+    job = run_job([sys.executable, str(LAUNCHER), "--cf", str(REPO / "config" / "fed_lidc_idri.yaml"),
+                   "--set", f"data_args.data_path={cwd}", "--set", f"device_args.using_gpu={using_gpu}",
+                   "--set", "comm_args.backend=inprocess", "--set", f"common_args.output_dir={cwd / 'out'}"],
+                  cwd, env_for(home), 120)
+    assert job.returncode == 2, job.output
+    assert ".cuda()" in job.stderr and "Traceback" not in job.output
+    if using_gpu == "false":
+        assert "device_args.using_gpu" in job.stderr
+        assert not (cwd / "out").exists()
+    else:
+        assert "rank 1 has no GPU" in job.stderr
+
+
+@pytest.mark.heavy
+@pytest.mark.mpi
+def test_lidc_idri_one_round_under_mpi_equals_the_in_process_twin(workdir, lidc):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("FLamby's Fed-LIDC-IDRI loss calls .cuda(): needs a GPU")
+    cwd, home, marker = workdir
+    data_args = _write("fed_lidc_idri", cwd / "lidc")
+    job = run_mpi(5, _one_round("fed_lidc_idri", data_args, cwd / "mpi") + ["--run_id", marker],
+                  cwd, home, deadline_s=600, marker=marker)
+    assert job.returncode == 0, job.output
+    mpi_model = _check_and_report(cwd / "mpi", 4, job, "fed_lidc_idri mpiexec -n 5")
+    twin = run_job([sys.executable, str(LAUNCHER), *_one_round("fed_lidc_idri", data_args, cwd / "inprocess",
+                                                               ["--set", "comm_args.backend=inprocess"])],
+                   cwd, env_for(home), 600)
+    assert twin.returncode == 0, twin.output
+    _same_model(mpi_model, _check_and_report(cwd / "inprocess", 4, twin, "fed_lidc_idri in-process"))
