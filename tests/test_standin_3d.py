@@ -35,7 +35,7 @@ def _files(directory):
 def _spec(dataset, directory):
     from flamby_mpi.datasets import resolve_dataset
 
-    data_args = SimpleNamespace(dataset=dataset, data_path=str(directory), debug=False)
+    data_args = SimpleNamespace(dataset=dataset, data_path=str(directory), debug=False, pretrained_weights_dir=None)
     return resolve_dataset(data_args, seed=0)
 
 
