@@ -1,4 +1,5 @@
-"""The client rank: FLamby centre k-1 trained with FLamby's semantics.
+"""A client rank k: the k-th centre the plan lists (`plan.centre_of(k)`, FLamby's centre k-1 by
+default) trained with FLamby's semantics.
 
 Each exchange it receives a `GlobalMessage` and answers with a `ClientReply`
 (flamby_mpi.federation.protocol): the evaluation of the global model it received, when due
@@ -33,13 +34,18 @@ class ClientRun:
     def __init__(self, plan: RunPlan, rank: int, device: torch.device):
         self.plan = plan
         self.rank = rank
-        self.center = rank - 1
+        self.center = plan.centre_of(rank)  # FLamby's index: what its data and its results are named by
+        # The strategies' name for this client (which clients train in a round, in what order they
+        # are aggregated): its place among the listed centres.
+        self.client_index = rank - 1
         self.device = device
         self.strategy = make_strategy(plan)
         self._message: GlobalMessage = None
         self._replied_at: Optional[float] = None
         self._waited: Optional[float] = None
-        seed = derived_seed(plan.seed, rank)
+        # Seeded by the centre (as rank centre + 1 is when every centre runs), so that a centre draws
+        # the same data order and local randomness whichever centres are listed with it.
+        seed = derived_seed(plan.seed, self.center + 1)
         # This centre's own global-RNG stream (dropout, FedML-free code): seeded here, and
         # swapped in around all of this client's work, so that clients sharing one process
         # (the in-process backend) compute exactly what separate processes compute.
@@ -157,7 +163,7 @@ class ClientRun:
             evaluation = evaluate(model, self.test_loader, plan.dataset.metric, self.device)
             pooled_by_predictions = message.final and plan.pooled_test == "predictions"
             reply.evaluation = evaluation if pooled_by_predictions else evaluation.without_predictions()
-        if message.final or self.center not in self.strategy.participants(round_idx):
+        if message.final or self.client_index not in self.strategy.participants(round_idx):
             return reply
         tick = time.perf_counter()
         reply.train_loss, reply.extras = self.strategy.local_train(self.learner, round_idx, message.extras)
