@@ -169,3 +169,16 @@ def test_a_flamby_run_counts_flamby_s_own_num_clients():
     plan = make_plan(build_config({"data_args": {"dataset": "fed_heart_disease", "centers": [2, 0]}}))
     assert plan.dataset.num_clients == fed_heart_disease.NUM_CLIENTS
     assert plan.centres == (2, 0)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("flamby") is None, reason="FLamby is not installed")
+def test_the_plan_counts_the_imported_module_s_num_clients_not_the_registry_s(monkeypatch):
+    """The registry's copy serves only login nodes without FLamby: a FLamby with another NUM_CLIENTS
+    is believed (a wrong -np is then refused by the world-size check with the right number)."""
+    from flamby.datasets import fed_heart_disease
+
+    monkeypatch.setattr(fed_heart_disease, "NUM_CLIENTS", 3)
+    plan = make_plan(build_config({"data_args": {"dataset": "fed_heart_disease"}}))
+    assert plan.centres == (0, 1, 2) and plan.world_size == 4
+    with pytest.raises(ConfigError, match="fed_heart_disease has centres 0..2"):
+        make_plan(build_config({"data_args": {"dataset": "fed_heart_disease", "centers": [3]}}))
