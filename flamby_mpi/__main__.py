@@ -1,12 +1,21 @@
 """The one entry point: `python -m flamby_mpi`, `python launch_client.py` and the `flamby-mpi`
-console script (pyproject.toml) all run `main()`, so all three end the same way."""
+console script (pyproject.toml) all run `main()`, so all three end the same way; `python -m
+flamby_mpi check --cf CONFIG` is the readiness check (flamby_mpi/check.py)."""
 
 
 def main() -> None:
     """The command line (flamby_mpi.cli.main), then the process ends with its exit code as
-    sys.exit would, minus the interpreter's teardown (flamby_mpi/exit/fast_exit.py). Never returns."""
-    from flamby_mpi.cli import main as command_line
+    sys.exit would, minus the interpreter's teardown (flamby_mpi/exit/fast_exit.py). Never returns.
+    `check` first runs the readiness check instead (flamby_mpi/check.py)."""
+    import sys
+
     from flamby_mpi.exit.fast_exit import exit_now
+
+    if sys.argv[1:2] == ["check"]:
+        from flamby_mpi.check import main as check
+
+        exit_now(check(sys.argv[2:]))
+    from flamby_mpi.cli import main as command_line
 
     exit_now(command_line())
 

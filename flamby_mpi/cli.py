@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="launch_client.py",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run a FLamby cross-silo benchmark as a distributed job: rank 0 is a FedML "
-                    "cross-silo server, rank k (1..N) trains FLamby centre k-1; they exchange "
+                    "cross-silo server, rank k (1..N) trains FLamby centre k-1 (or the k-th centre "
+                    "listed in data_args.centers); they exchange "
                     "models over FedML's MPI communication manager.",
         epilog="examples:\n"
                "  mpirun -np 5 python launch_client.py --cf config/fedml_config.yaml\n"
@@ -52,7 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
                "  python launch_client.py --cf config/fedml_config.yaml --run_id r1 --rank 1 --role client"
                "  # ... to 4\n"
                "  mpirun -np 5 python launch_client.py --cf config/fed_heart_disease.yaml \\\n"
-               "      --set data_args.data_path=/data/heart --set common_args.random_seed=42\n\n"
+               "      --set data_args.data_path=/data/heart --set common_args.random_seed=42\n"
+               "  mpirun -np 3 python launch_client.py --cf config/fed_heart_disease.yaml \\\n"
+               "      --set data_args.data_path=/data/heart --set 'data_args.centers=[0,2]'  # centres 0 and 2\n"
+               "  python -m flamby_mpi check --cf config/fed_heart_disease.yaml --set data_args.data_path=/data/heart"
+               "  # ready to queue?\n\n"
                "config keys (section.key), settable in the YAML file or with --set:\n"
                + describe_options() + "\n\n"
                "keys of FedML's and FLamby's example configs that have no effect here are ignored "
@@ -141,12 +146,12 @@ def _transport(plan, args, argv: List[str], announced_rank: Optional[int]):
     if should_reexec(args.rank):
         # Started by hand in its own terminal: check what can be checked, then rerun
         # this same command under `mpiexec -n 1` so that MPI can connect the ranks.
-        check_world(singleton_world(), plan.world_size, plan.dataset.name, args.rank, args.role)
+        check_world(singleton_world(), plan.world_size, plan.clients_label, args.rank, args.role)
         _require_run_id(plan)
         reexec_under_mpiexec(argv)
     warn_if_foreign_launcher()  # before MPI_Init, which a foreign launcher breaks
     world = mpi_world()
-    check_world(world, plan.world_size, plan.dataset.name, args.rank, args.role)
+    check_world(world, plan.world_size, plan.clients_label, args.rank, args.role)
     if world.size == 1 and plan.world_size > 1:  # one process per terminal
         _require_run_id(plan)
         world = join_world(plan, args.rank)

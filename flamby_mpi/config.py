@@ -163,7 +163,7 @@ class CommonArgs:
     random_seed: int = field(default=0, metadata=_meta(
         minimum=0, maximum=MAX_SEED, why="a signed 64-bit integer, as torch and numpy take seeds",
         help="seeds the initial global model (rank 0) and each client's data order and local "
-             "randomness (from seed and rank)"))
+             "randomness (from seed and FLamby centre index)"))
     run_id: Optional[str] = field(default=None, metadata=_meta(
         help="--run_id overrides; default: a timestamp and a random suffix (20261206-001500-3fa2)",
         check=run_id_problem))
@@ -204,6 +204,11 @@ class DataArgs:
         minimum=8, maximum=MAX_SYNTHETIC_SAMPLES, help="base size of a synthetic centre (sizes vary by centre)"))
     num_workers: int = field(default=0, metadata=_meta(minimum=0, maximum=MAX_THREADS_OR_WORKERS,
                                                       help="DataLoader worker processes"))
+    centers: Optional[List[int]] = field(default=None, metadata=_meta(
+        minimum=0, maximum=MAX_COUNT - 1, why="FLamby's centre indices, each below the dataset's NUM_CLIENTS",
+        help="FLamby centre indices to train, e.g. [0, 2]; rank k trains the k-th listed centre, so mpirun -np "
+             "is their number + 1, and results name FLamby's indices (client_test_2); the pooled test "
+             "covers only these centres; default: all centres"))
 
 
 @dataclass
@@ -366,6 +371,8 @@ def _describe(tp) -> str:
     if typing.get_origin(tp) is typing.Union:
         inner = [a for a in args if a is not type(None)]
         return f"{_describe(inner[0])} or null"
+    if typing.get_origin(tp) is list:
+        return f"a list of {_describe(args[0]).removeprefix('an ').removeprefix('a ')}s"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[tp]
 
 
@@ -393,6 +400,11 @@ def _coerce(value: Any, tp) -> Tuple[bool, Any]:
             return False, value
     if tp is str:
         return isinstance(value, str), value
+    if typing.get_origin(tp) is list:  # every item of the item type, or the list is refused whole
+        if not isinstance(value, list):
+            return False, value
+        items = [_coerce(item, typing.get_args(tp)[0]) for item in value]
+        return all(ok for ok, _ in items), [item for _, item in items]
     raise TypeError(f"unsupported config field type {tp}")  # a bug in this module
 
 
@@ -441,7 +453,13 @@ def _check_field(where: str, f: dataclasses.Field, tp, value: Any, problems: Lis
         listed = ", ".join(yaml.safe_dump(c).strip().removesuffix("...").strip() for c in choices)
         problems.append(f"{where}: {shown(value)} is not supported; valid choices: {listed}")
         return None, False
-    if value is not None and not in_bounds(f.metadata, value):
+    if isinstance(value, list):  # a list's bounds hold for each of its items
+        outside = [item for item in value if not in_bounds(f.metadata, item)]
+        if outside:
+            problems.append(f"{where}: each item must be in {bounds_text(f.metadata)}, got "
+                            f"{', '.join(shown(item) for item in outside)}")
+            return None, False
+    elif value is not None and not in_bounds(f.metadata, value):
         problems.append(f"{where}: must be in {bounds_text(f.metadata)}, got {shown(value)}")
         return None, False
     check = f.metadata.get("check")

@@ -35,7 +35,13 @@ from .config import (
 )
 from .datasets import DatasetSpec, resolve_dataset
 from .exit.errors import ConfigError, plain, shown
-from .registry import HYPERPARAMETER_USERS, STRATEGY_HYPERPARAMETERS, client_count_problems
+from .registry import (
+    HYPERPARAMETER_USERS,
+    STRATEGY_HYPERPARAMETERS,
+    centre_problems,
+    client_count_problems,
+    listed_centres,
+)
 
 _OPTIMIZERS = {
     "sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
@@ -70,7 +76,10 @@ class Privacy:
 @dataclass
 class RunPlan:
     dataset: DatasetSpec
-    num_clients: int
+    # FLamby's indices of the centres this run trains, in rank order: rank k trains centres[k - 1]
+    # (data_args.centers, default all of the dataset's). Client rank k is the strategies' client k - 1.
+    centres: Tuple[int, ...]
+    num_clients: int  # len(centres): the client ranks
     rounds: int  # training rounds; one evaluation-only exchange follows them (final_round)
     num_updates: int
     batch_size: int
@@ -109,6 +118,37 @@ class RunPlan:
     @property
     def world_size(self) -> int:
         return self.num_clients + 1
+
+    def centre_of(self, rank: int) -> int:
+        """The FLamby centre index client rank `rank` (1..num_clients) trains: the one place that maps
+        a rank to its centre (data, seeds, results and telemetry names all ask here)."""
+        if not 1 <= rank <= self.num_clients:
+            raise ValueError(f"rank {rank} is no client rank of this run (1..{self.num_clients})")
+        return self.centres[rank - 1]
+
+    def rank_of(self, centre: int) -> int:
+        """The client rank that trains FLamby centre `centre` (the inverse of centre_of)."""
+        return self.centres.index(centre) + 1
+
+    @property
+    def clients_label(self) -> str:
+        """The dataset as world-size messages name it, with the listed centres when some are picked."""
+        if self.all_centres:
+            return self.dataset.name
+        return f"{self.dataset.name} (data_args.centers {list(self.centres)})"
+
+    @property
+    def all_centres(self) -> bool:
+        """Whether every centre of the dataset is trained, in FLamby's order (data_args.centers left
+        out, or listing them all in order): then the pooled test is FLamby's own pooled set."""
+        return self.centres == tuple(range(self.dataset.num_clients))
+
+    def pooled_test_dataset(self):
+        """The test set of pooled_test: flamby: FLamby's pooled test set when every centre is
+        trained, else the listed centres' test sets together (a centre left out is left out here too)."""
+        if self.all_centres:
+            return self.dataset.pooled_dataset(train=False)
+        return self.dataset.listed_centres_dataset(self.centres, train=False)
 
     @property
     def final_round(self) -> int:
@@ -184,7 +224,10 @@ class RunPlan:
             "dataset": self.dataset.name, "strategy": self.strategy,
             # e.g. Cyclic's pass_model_on, which changes what the run measures
             **self.hyperparameters,
-            "num_clients": self.num_clients, "rounds": self.rounds, "num_updates": self.num_updates,
+            "num_clients": self.num_clients,
+            # only when data_args.centers picks some: a run of all centres shows what it did before
+            **({} if self.all_centres else {"centres": ",".join(map(str, self.centres))}),
+            "rounds": self.rounds, "num_updates": self.num_updates,
             "batch_size": self.batch_size, "learning_rate": self.learning_rate,
             "optimizer": self.optimizer_name,
             # only when set: a run without it shows (and computes) exactly what it did before
@@ -395,9 +438,13 @@ def make_plan(config: RunConfig, run_id: Optional[str] = None, quiet: bool = Fal
     dataset = resolve_dataset(config.data_args, seed)
     train = config.train_args
     problems: List[str] = []
-    n = dataset.num_clients
+    # NUM_CLIENTS of the dataset module itself (FLamby's, where FLamby is installed); the registry's
+    # copy only serves world_size on login nodes without FLamby.
+    problems += centre_problems(config.data_args.centers, dataset.name, dataset.num_clients)
+    centres = listed_centres(None if problems else config.data_args.centers, dataset.num_clients)
+    n = len(centres)
 
-    problems += client_count_problems(config, dataset.name, n)
+    problems += client_count_problems(config, dataset.name, dataset.num_clients)
     problems += _strategy_problems(train, n)
     if dataset.needs_cuda and not config.device_args.using_gpu:
         problems.append(f"device_args.using_gpu: {dataset.needs_cuda}; set it to true and run on GPU nodes")
@@ -442,7 +489,7 @@ def make_plan(config: RunConfig, run_id: Optional[str] = None, quiet: bool = Fal
     if train.dp_target_epsilon is not None:  # the three go together (_strategy_problems)
         privacy = Privacy(train.dp_target_epsilon, train.dp_target_delta, train.dp_max_grad_norm)
     plan = RunPlan(
-        dataset=dataset, num_clients=n, rounds=rounds, num_updates=train.num_updates,
+        dataset=dataset, centres=centres, num_clients=n, rounds=rounds, num_updates=train.num_updates,
         batch_size=batch_size, test_batch_size=config.validation_args.test_batch_size or batch_size,
         learning_rate=learning_rate,
         optimizer_class=optimizer_class, weight_decay=train.weight_decay, seed=seed,

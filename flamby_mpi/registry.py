@@ -8,6 +8,7 @@ centres, all without importing torch, FedML, mpi4py or FLamby.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Dict, List, Mapping, Optional, Tuple
@@ -86,7 +87,10 @@ def hyperparameter_help(key: str, description: str = "") -> str:
 @dataclass(frozen=True)
 class FlambyDataset:
     name: str
-    centres: int  # FLamby's NUM_CLIENTS (flamby/datasets/<name>/common.py)
+    # FLamby's NUM_CLIENTS (flamby/datasets/<name>/common.py), written here for login nodes without
+    # FLamby (world_size, scripts/submit.py); a run takes NUM_CLIENTS from the FLamby module it imports,
+    # and tests/test_unit_registry.py checks the two agree for every dataset.
+    centres: int
     extra: str  # FLamby's pip extra for it (FLamby's setup.py extras_require)
 
 
@@ -97,7 +101,7 @@ FLAMBY_DATASET_FACTS: Mapping[str, FlambyDataset] = MappingProxyType({d.name: d 
     FlambyDataset("fed_isic2019", 6, "isic2019"),
     FlambyDataset("fed_camelyon16", 2, "cam16"),
     FlambyDataset("fed_kits19", 6, "kits19"),
-    FlambyDataset("fed_lidc_idri", 5, "lidc"),
+    FlambyDataset("fed_lidc_idri", 4, "lidc"),
 )})
 FLAMBY_DATASETS: Tuple[str, ...] = tuple(FLAMBY_DATASET_FACTS)
 
@@ -115,13 +119,43 @@ def is_synthetic(name: str) -> bool:
     return name.strip().lower() == "synthetic"
 
 
+def centre_problems(listed, dataset_name: str, centres: int) -> List[str]:
+    """What is wrong with data_args.centers (FLamby centre indices, or None for all) for a dataset
+    of `centres` centres: checked by the plan on every rank and by world_size before queueing."""
+    if listed is None:
+        return []
+    if not listed:
+        return ["data_args.centers: the list is empty; list at least one FLamby centre index (FedML "
+                f"needs a client), e.g. [0], or leave it out for all {centres}"]
+    problems = []
+    outside = [c for c in listed if not 0 <= c < centres]
+    if outside:
+        problems.append(f"data_args.centers: {dataset_name} has centres 0..{centres - 1} (FLamby's indices), "
+                        f"got {', '.join(map(str, outside))}")
+    repeated = sorted(c for c, n in Counter(listed).items() if n > 1)
+    if repeated:
+        problems.append(f"data_args.centers: centre {', '.join(map(str, repeated))} listed more than once; "
+                        "each centre is one client rank")
+    return problems
+
+
+def listed_centres(listed, centres: int) -> Tuple[int, ...]:
+    """The FLamby centre indices a run trains, in rank order (rank k trains the k-th): data_args.centers
+    as given (valid: centre_problems), or all of them."""
+    return tuple(range(centres)) if listed is None else tuple(listed)
+
+
 def client_count_problems(config, dataset_name: str, centres: int) -> List[str]:
-    """The config's client counts (a RunConfig) that contradict the dataset's centres: checked by
-    the plan on every rank, and by world_size (scripts/submit.py) before queueing, without torch."""
+    """The config's client counts (a RunConfig) that contradict the number of client ranks (the
+    centres listed in data_args.centers, else all of the dataset's): checked by the plan on every
+    rank, and by world_size (scripts/submit.py) before queueing, without torch."""
+    listed = config.data_args.centers
+    clients = centres if listed is None else len(listed)
+    why = f"{dataset_name} has {centres} centres" if listed is None else \
+        f"data_args.centers lists {clients} of {dataset_name}'s centres"
     problems = []
     for where, value in (("train_args.client_num_in_total", config.train_args.client_num_in_total),
                          ("device_args.worker_num", config.device_args.worker_num)):
-        if value is not None and value != centres:
-            problems.append(f"{where}: {dataset_name} has {centres} centres, so this must be {centres} "
-                            f"(or be left out), got {value}")
+        if value is not None and value != clients:
+            problems.append(f"{where}: {why}, so this must be {clients} (or be left out), got {value}")
     return problems

@@ -1,4 +1,5 @@
-"""How many MPI processes a run needs (its dataset's centres + 1 server), from a config and --set flags.
+"""How many MPI processes a run needs (its centres + 1 server), from a config and --set flags: the
+centres listed in data_args.centers, else all of the dataset's.
 
 The scripts that start or submit jobs all ask here: scripts/submit.py (on a
 cluster login node with only pyyaml), scripts/start_local.sh and
@@ -14,8 +15,10 @@ from .exit.errors import ConfigError
 from .registry import (
     FLAMBY_DATASET_FACTS,
     canonical_flamby_name,
+    centre_problems,
     client_count_problems,
     is_synthetic,
+    listed_centres,
 )
 
 
@@ -42,10 +45,11 @@ def world_size_for(config: RunConfig, *, check_plan: bool = False) -> int:
         else:
             name = None
         if name is not None:
-            problems = client_count_problems(config, name, centres)
+            problems = centre_problems(config.data_args.centers, name, centres) \
+                + client_count_problems(config, name, centres)
             if problems:
                 raise ConfigError(problems)
-            return centres + 1
+            return len(listed_centres(config.data_args.centers, centres)) + 1
     from .plan import make_plan  # imports torch and the dataset module
 
     return make_plan(config).world_size
@@ -54,11 +58,13 @@ def world_size_for(config: RunConfig, *, check_plan: bool = False) -> int:
 def world_size_of(config_path: str, overrides: Sequence[str] = (), *, check_plan: bool = False) -> int:
     """Centres + 1 for this config file and these `section.key=value` overrides.
 
-    FLamby's datasets (their centre counts are in flamby_mpi.registry) and
-    synthetic (data_args.synthetic_num_centers) are counted without importing
-    torch or FLamby, and client_num_in_total / worker_num are checked against
-    that count. Any other dataset, a module of the user's, is asked itself:
-    that builds the run plan, importing torch and the module.
+    FLamby's datasets (their centre counts are in flamby_mpi.registry, FLamby's
+    NUM_CLIENTS written down) and synthetic (data_args.synthetic_num_centers) are
+    counted without importing torch or FLamby; data_args.centers (checked against
+    that count) picks some of them, and client_num_in_total / worker_num are
+    checked against the number of client ranks. Any other dataset, a module of
+    the user's, is asked itself: that builds the run plan, importing torch and
+    the module.
 
     check_plan=True builds the plan for every dataset, as each rank will, so that
     whatever a rank would report (FLamby or a dataset's extra missing, a

@@ -67,6 +67,7 @@ Checkpoints and `--resume`: [checkpoints.md](checkpoints.md).
 # Where a section's keys are explained at length, beside the table.
 SECTION_NOTES = {
     "common_args": "Outputs: [running.md](running.md#outputs); checkpoints: [checkpoints.md](checkpoints.md).",
+    "data_args": "Only some centres (`data_args.centers`): [running.md](running.md#only-some-centres).",
     "train_args": "Strategies, differential privacy: [evaluation.md](evaluation.md#strategies).",
     "validation_args": "The pooled metric: [evaluation.md](evaluation.md#evaluation).",
     "device_args": "GPU placement: [clusters.md](clusters.md#gpus).",
@@ -90,7 +91,8 @@ Keys whose meaning cannot be honoured are **errors** that say what to write inst
 - a value outside a key's choices or bounds (the tables above), e.g. `training_type: simulation`,
   `model: lr` or `enable_wandb: true` from FLamby's example;
 - a `train_args.client_num_in_total` or `device_args.worker_num` that is not the dataset's number
-  of centres (FLamby's example has 1000: use the dataset's number, or leave it out).
+  of centres, or the number listed in `data_args.centers` (FLamby's example has 1000: use that
+  number, or leave it out).
 """
 
 
@@ -106,6 +108,8 @@ def _type(tp) -> str:
     if typing.get_origin(tp) is typing.Union:
         inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
         return _type(inner) + " or null"
+    if typing.get_origin(tp) is list:
+        return "list of " + _type(typing.get_args(tp)[0]) + "s"
     return {int: "integer", float: "number", bool: "true/false", str: "string"}[tp]
 
 

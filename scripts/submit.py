@@ -6,7 +6,8 @@
 
     python scripts/submit.py --requeue CONFIG --option=--time=04:00:00
 
-submit.py's own options (--scheduler, --option, --requeue, --stop-before, --dry-run, --help) are
+submit.py's own options (--scheduler, --option, --requeue, --stop-before, --skip-check, --dry-run,
+--help) are
 recognised anywhere on the line (up to a `--`, after which everything is the
 job's); the first other argument is CONFIG and the rest go to launch_client.py.
 Options for sbatch/qsub go one per --option (repeatable), written with "=" or
@@ -20,6 +21,12 @@ not on every rank after a queue wait. The number of centres comes from the
 dataset (FLamby's NUM_CLIENTS); for FLamby's datasets and synthetic it is known
 without importing torch or FLamby (flamby_mpi.world_size), so this runs on a
 login node that has only pyyaml.
+
+Then, before sbatch/qsub (and with --dry-run), the readiness check runs in a child process
+with this Python (`python -m flamby_mpi check`, flamby_mpi/check.py): every listed centre's data
+readable, the dataset's extras installed, memory per rank from one training step. Its table is
+printed; a run that is not ready is not submitted (exit 2). The check needs the job's environment
+(torch, FLamby); --skip-check leaves it out (e.g. on a login node with only pyyaml).
 """
 from __future__ import annotations
 
@@ -39,11 +46,11 @@ sys.path.insert(0, str(SCRIPTS.parent))
 from flamby_mpi.cli import build_parser as launch_parser  # noqa: E402
 from flamby_mpi.config import ignored_keys_warning, load_config, parse_override, run_id_problem  # noqa: E402
 from flamby_mpi.exit.errors import UserError  # noqa: E402
-from flamby_mpi.world_size import world_size_for  # noqa: E402
+from flamby_mpi.world_size import set_overrides, world_size_for  # noqa: E402
 
 # submit.py's own options, recognised anywhere on the line: name -> takes a value.
 OWN_OPTIONS = {"--scheduler": True, "--option": True, "--requeue": False, "--stop-before": True,
-               "--dry-run": False, "--help": False, "-h": False}
+               "--skip-check": False, "--dry-run": False, "--help": False, "-h": False}
 # What the job scripts put before the user's flags (their run id is the job's).
 JOB_RUN_ID = "job-id"
 
@@ -106,9 +113,27 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --requeue on SLURM: how long before the time limit the job is told "
                              "to stop (default: common_args.preemption_grace_s + "
                              f"{STOP_MARGIN_S}, at least {MIN_STOP_BEFORE_S})")
+    parser.add_argument("--skip-check", action="store_true",
+                        help="do not run the readiness check (python -m flamby_mpi check: data, extras, "
+                             "memory per rank) before submitting")
     parser.add_argument("--dry-run", action="store_true",
                         help="check and print the command, submit nothing")
     return parser
+
+
+def readiness_check(config: str, launch_args: List[str]) -> int:
+    """Runs `python -m flamby_mpi check` on the job's config and --set values in a child process
+    with this Python (torch and FLamby stay out of this one); its table goes to stderr. Returns its
+    exit code: 0 ready, 2 not (said by the check), anything else a failure of the check itself."""
+    command = [sys.executable, "-m", "flamby_mpi", "check", "--cf", config]
+    for text in set_overrides(launch_args):
+        command += ["--set", text]
+    print(f"# readiness check: {shlex.join(command)}", file=sys.stderr, flush=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(SCRIPTS.parent)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    done = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True)
+    sys.stderr.write(done.stdout)
+    return done.returncode
 
 
 def split_arguments(argv: List[str]) -> Tuple[List[str], List[str]]:
@@ -144,7 +169,7 @@ def check_launch_command(config: str, launch_args: List[str]):
     def refuse(message):
         raise UserError(f"launch_client.py would refuse the job's arguments: {message}",
                         hint="python launch_client.py --help lists its flags; submit.py's own "
-                             "are --scheduler, --option, --requeue, --stop-before and --dry-run")
+                             "are --scheduler, --option, --requeue, --stop-before, --skip-check and --dry-run")
 
     parser.error = refuse
     # As the job scripts run it: their --run_id and --set first, the user's flags after.
@@ -171,8 +196,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("CONFIG is missing")
     if rest[0].startswith("-"):
         parser.error(f"expected CONFIG before launch_client.py's flags, found {rest[0]!r} first "
-                     "(submit.py's own options are --scheduler, --option, --requeue, --stop-before "
-                     "and --dry-run)")
+                     "(submit.py's own options are --scheduler, --option, --requeue, --stop-before, "
+                     "--skip-check and --dry-run)")
     config, launch_args = rest[0], rest[1:]
     if args.stop_before is not None:
         if not args.requeue or args.scheduler != "slurm":
@@ -199,6 +224,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     if warning:
         print(warning, file=sys.stderr)
     print(f"# {ranks} ranks (1 server + {ranks - 1} clients)", file=sys.stderr)
+    if not args.skip_check:
+        checked = readiness_check(config, launch_args)
+        if checked != 0:
+            print("submit.py: error: the readiness check found the run not ready (above); nothing was "
+                  "submitted", file=sys.stderr)
+            print("HINT: fix what it says, or submit without it: --skip-check", file=sys.stderr)
+            return 2
+        print("# readiness check: ready", file=sys.stderr)
     print(shlex.join(command), flush=True)
     if args.dry_run:
         return 0

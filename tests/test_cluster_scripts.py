@@ -78,8 +78,9 @@ submit = _load_submit()
 
 
 def _submit(capsys, *args):
-    """scripts/submit.py --dry-run in this process: (exit code, printed command, stderr)."""
-    code = submit.main(["--dry-run", *args])
+    """scripts/submit.py --dry-run in this process: (exit code, printed command, stderr). Without the
+    readiness check (tests/test_check_command.py has it): these tests are about the command."""
+    code = submit.main(["--dry-run", "--skip-check", *args])
     captured = capsys.readouterr()
     return code, shlex.split(captured.out.strip()), captured.err
 
@@ -116,7 +117,7 @@ def test_submit_reports_config_errors(capsys, monkeypatch):
 
 
 def test_submit_command_line_runs_without_installing_anything(tmp_path):
-    done = subprocess.run([sys.executable, str(SUBMIT), "--dry-run", "--scheduler", "pbs",
+    done = subprocess.run([sys.executable, str(SUBMIT), "--dry-run", "--skip-check", "--scheduler", "pbs",
                            "config/fed_heart_disease.yaml"], capture_output=True, text=True,
                           cwd=REPO, timeout=120, env=job_env(tmp_path))
     assert done.returncode == 0, done.stderr
@@ -130,7 +131,7 @@ def test_submit_command_line_runs_without_installing_anything(tmp_path):
 def test_submit_imports_neither_torch_nor_fedml_nor_mpi(config, extra, tmp_path):
     """A login node may have only pyyaml: submit.py sizes FLamby and synthetic jobs without the rest."""
     code = ("import runpy, sys\n"
-            f"sys.argv = ['submit.py', '--dry-run', {config!r}, *{extra!r}]\n"
+            f"sys.argv = ['submit.py', '--dry-run', '--skip-check', {config!r}, *{extra!r}]\n"
             "try:\n"
             f"    runpy.run_path({str(SUBMIT)!r}, run_name='__main__')\n"
             "except SystemExit as done:\n"
@@ -161,8 +162,9 @@ def fake_schedulers(tmp_path):
     return env, calls
 
 
-def _submit_command_line(env, *args):
-    return subprocess.run([sys.executable, str(SUBMIT), *args], capture_output=True, text=True,
+def _submit_command_line(env, *args, check=False):
+    skip = [] if check else ["--skip-check"]  # the readiness check: tests/test_check_command.py
+    return subprocess.run([sys.executable, str(SUBMIT), *skip, *args], capture_output=True, text=True,
                           cwd=REPO, env=env, timeout=60)
 
 

@@ -37,6 +37,7 @@ FLOORS: Dict[str, int] = {
     "world_size": 6,  # processes a config needs (asks the plan for a user's dataset)
     "driver": 7,  # the one driver of a run
     "cli": 8,  # the command line
+    "check": 8,  # the readiness check, a command beside the launcher's (python -m flamby_mpi check)
     "__main__": 9,  # commands: python -m flamby_mpi, .restart, .report
     "restart": 9,
     "report": 9,

@@ -282,7 +282,8 @@ def test_spec_uses_the_guard():
     with pytest.raises(UserError) as info:
         spec.center_dataset(0, True)
     assert "fed_ixi" in str(info.value)
-    assert "flamby.datasets.fed_ixi.dataset_creation_scripts.download" in str(info.value)
+    assert "fed_ixi/dataset_creation_scripts" in str(info.value)
+    assert "python download.py --output-folder DIR" in str(info.value)
 
 
 # --- FLamby missing, FLamby errors -----------------------------------------------------------
@@ -357,7 +358,8 @@ def test_guard_turns_not_downloaded_into_user_error():
     text = str(info.value)
     assert "the data of fed_heart_disease was not found" in text
     assert "was not downloaded" in text
-    assert "python -m flamby.datasets.fed_heart_disease.dataset_creation_scripts.download" in text
+    assert "fed_heart_disease/dataset_creation_scripts" in text
+    assert "python download.py --output-folder DIR" in text
     assert "data_args.data_path" in text
     assert info.value.__cause__ is cause
 

@@ -16,6 +16,7 @@ from .flamby_datasets import (
     FLAMBY_DATASETS,
     NEEDS_CUDA,
     canonical_flamby_name,
+    check_data_path,
     check_licence_accepted,
     flamby_construction_guard,
     import_flamby_dataset,
@@ -47,9 +48,11 @@ def resolve_dataset(data_args, seed: int) -> DatasetSpec:
     if flamby_name is not None:
         module = import_flamby_dataset(flamby_name)
         _check_interface(module, flamby_name)
+        check_data_path(flamby_name, data_args.data_path)  # before the licence: a wrong path is the mistake
         check_licence_accepted(flamby_name)
         spec = spec_from_module(module, flamby_name, data_args.data_path, data_args.debug,
-                                make_guard=functools.partial(flamby_construction_guard, flamby_name),
+                                make_guard=functools.partial(flamby_construction_guard, flamby_name,
+                                                             data_args.data_path, data_args.debug),
                                 loader_metric=loader_metric(flamby_name, module),
                                 needs_cuda=NEEDS_CUDA.get(flamby_name))
         # A model that downloads weights when built: its file is looked for first (offline nodes).

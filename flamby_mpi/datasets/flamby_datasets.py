@@ -5,6 +5,7 @@ import builtins
 import contextlib
 import importlib
 import os
+from typing import Dict, Optional, Tuple
 
 from ..exit.errors import UserError
 from ..registry import FLAMBY_DATASET_FACTS, FLAMBY_DATASETS, canonical_flamby_name  # noqa: F401 (re-exported)
@@ -84,15 +85,111 @@ def check_licence_accepted(name: str):
                         hint=_licence_advice(name, link))
 
 
-def download_advice(name: str) -> str:
-    return (f"download it with FLamby's script (see FLamby/flamby/datasets/{name}/README.md), e.g.\n"
-            f"  python -m flamby.datasets.{name}.dataset_creation_scripts.download --output-folder DIR\n"
-            "then set data_args.data_path=DIR (or rely on the path FLamby's download recorded)")
+# How each dataset gets to where FLamby reads it, on a machine with internet (compute nodes often have
+# none): the steps of its README in FLamby's repository (flamby/datasets/<name>/README.md), each run in
+# the dataset's dataset_creation_scripts folder (several scripts import their neighbours by file name
+# or read relative paths, so FLamby's READMEs run them from there). DIR: where the data goes.
+_README = "https://github.com/owkin/FLamby/blob/main/flamby/datasets/{name}/README.md"
+DATA_STEPS: Dict[str, Tuple[str, ...]] = {
+    "fed_heart_disease": (
+        "python download.py --output-folder DIR    # 40 KB from the UCI repository",
+    ),
+    "fed_tcga_brca": (),  # its data ships inside FLamby (brca.csv beside the dataset's code)
+    "fed_ixi": (
+        "python download.py --output-folder DIR    # IXI Tiny, 444 MB",
+    ),
+    "fed_isic2019": (
+        "# accept the ISIC 2019 and HAM10000 licences on their pages first (see the README)",
+        "python download_isic.py --output-folder DIR    # the ISIC 2019 images and CSVs",
+        "python resize_images.py    # preprocessing: shorter side 224 px, colour constancy",
+    ),
+    "fed_camelyon16": (
+        "# a Google Drive OAuth secret (client_secrets.json) and a browser login: see the README",
+        "python download.py --output-folder DIR --path-to-secret client_secrets.json --port 6006    # 900 GB",
+        "python tiling_slides.py --batch-size 64    # preprocessing: tiles -> ResNet50 features "
+        "(openslide-tools, a GPU; 50 GB)",
+    ),
+    "fed_kits19": (
+        "git clone https://github.com/neheller/kits19 DIR && (cd DIR && pip install -r requirements.txt "
+        "&& python -m starter_code.get_imaging)    # 30 GB",
+        "python create_config.py --output_folder DIR",
+        "python parsing_and_adding_metadata.py",
+        "python run_nnUnet_plan_and_preprocess.py --num_threads 1    # preprocessing (nnU-Net)",
+    ),
+    "fed_lidc_idri": (
+        "python download_ct_scans.py -o DIR    # 150 GB of DICOM from TCIA, converted to NIfTI "
+        "(the preprocessing FLamby reads); run it again if it stalls",
+    ),
+}
+
+
+def _scripts_folder(name: str) -> str:
+    """The dataset's dataset_creation_scripts folder in the installed FLamby (where FLamby also keeps
+    dataset_location.yaml, its record of where the data went)."""
+    try:
+        import flamby.datasets as datasets_pkg
+
+        base = os.path.dirname(os.path.realpath(datasets_pkg.__file__))
+    except ImportError:  # advice without FLamby installed: the folder in FLamby's repository
+        base = "FLamby/flamby/datasets"
+    return os.path.join(base, name, "dataset_creation_scripts")
+
+
+def flamby_location_record(name: str, debug: bool = False) -> str:
+    """The file where FLamby's download scripts record a dataset's location, read when
+    data_args.data_path is left out (FLamby's get_config_file_path)."""
+    return os.path.join(_scripts_folder(name), "dataset_location_debug.yaml" if debug else "dataset_location.yaml")
+
+
+def looked_in(name: str, data_path: Optional[str], debug: bool = False) -> str:
+    """Where a run of this dataset looks for its data, in words."""
+    if data_path is not None:
+        return f"{data_path} (data_args.data_path)"
+    return f"the location recorded in {flamby_location_record(name, debug)} (data_args.data_path is not set)"
+
+
+def download_advice(name: str, data_path: Optional[str] = None) -> str:
+    """What to run, on a node with internet, so that FLamby finds this dataset's data."""
+    steps = DATA_STEPS.get(name)
+    if steps is None:  # not one of FLamby's seven
+        return f"see FLamby's instructions for {name} (flamby/datasets/{name}/README.md)"
+    if not steps:
+        return (f"{name}'s data ships inside FLamby (brca.csv in flamby/datasets/{name}): leave "
+                f"data_args.data_path out; if the file is missing, reinstall FLamby with its extra: "
+                f"pip install -e './FLamby[{FLAMBY_EXTRAS[name]}]'")
+    folder = data_path if data_path is not None else "DIR"
+    commands = "\n".join(f"  {step.replace('DIR', folder)}" for step in steps)
+    if name == "fed_kits19":
+        then = ("FLamby then reads the location create_config.py recorded (its dataset class takes no "
+                "data_path)")
+    elif name == "fed_camelyon16":
+        then = ("then set data_args.data_path to the features folder tiling_slides.py wrote (or leave it "
+                "out: FLamby records it)")
+    else:
+        then = f"then set data_args.data_path={folder} (or leave it out: FLamby records where it downloaded)"
+    return (f"on a machine with internet (compute nodes are often offline), in {_scripts_folder(name)}, "
+            f"run FLamby's steps for {name} ({_README.format(name=name)}), with {folder} on a file system "
+            f"every node reads:\n{commands}\n{then}")
+
+
+def check_data_path(name: str, data_path: Optional[str]):
+    """A data_path that is no directory: said before FLamby's class is built (whose own check comes
+    after building its augmentations, or not at all: Fed-KITS19)."""
+    if data_path is not None and not os.path.isdir(data_path):
+        what = "is a file, not a folder" if os.path.exists(data_path) else "does not exist"
+        raise UserError(f"the data of {name} was not found: {data_path} (data_args.data_path) {what}",
+                        hint=download_advice(name, data_path))
+
+
+# What FLamby's dataset classes say when the data (or its preprocessing) is not where they look.
+_DATA_MISSING = ("not downloaded", "not a valid path", "No such file", "partially downloaded", "config file",
+                 "Could not find the config", "preprocessing for dataset")
 
 
 @contextlib.contextmanager
-def flamby_construction_guard(name: str):
-    """Turns FLamby's prompts and data-missing errors into clear UserErrors."""
+def flamby_construction_guard(name: str, data_path: Optional[str] = None, debug: bool = False):
+    """Turns FLamby's prompts and data-missing errors into clear UserErrors: what is missing, where
+    it was looked for, and the commands that fetch and preprocess it."""
     original_input = builtins.input
 
     def refuse_prompt(prompt=""):
@@ -104,9 +201,9 @@ def flamby_construction_guard(name: str):
         yield
     except (ValueError, FileNotFoundError) as exc:
         text = str(exc)
-        if any(s in text for s in ("not downloaded", "not a valid path", "No such file",
-                                   "partially downloaded", "config file")):
-            raise UserError(f"the data of {name} was not found: {text}", hint=download_advice(name)) from exc
+        if any(s in text for s in _DATA_MISSING):
+            raise UserError(f"the data of {name} was not found in {looked_in(name, data_path, debug)}: {text}",
+                            hint=download_advice(name, data_path)) from exc
         raise
     finally:
         builtins.input = original_input

@@ -54,6 +54,11 @@ class DatasetSpec:
         """FLamby's pooled set (all centres together), as its benchmark's Pooled Test uses."""
         return self._build(train=train, pooled=True)
 
+    def listed_centres_dataset(self, centres, train: bool) -> torch.utils.data.Dataset:
+        """The listed centres' sets together, in the order given: the pooled set of a run that trains
+        only some centres (FLamby's pooled set would hold the others too)."""
+        return torch.utils.data.ConcatDataset([self.center_dataset(c, train) for c in centres])
+
     def _build(self, **kwargs) -> torch.utils.data.Dataset:
         accepted = _accepted_kwargs(self.fed_class)
         fed_class = self.fed_class

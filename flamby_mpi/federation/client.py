@@ -1,4 +1,5 @@
-"""The client rank: FLamby centre k-1 trained with FLamby's semantics.
+"""A client rank k: the k-th centre the plan lists (`plan.centre_of(k)`, FLamby's centre k-1 by
+default) trained with FLamby's semantics.
 
 Each exchange it receives a `GlobalMessage` and answers with a `ClientReply`
 (flamby_mpi.federation.protocol): the evaluation of the global model it received, when due
@@ -33,7 +34,10 @@ class ClientRun:
     def __init__(self, plan: RunPlan, rank: int, device: torch.device):
         self.plan = plan
         self.rank = rank
-        self.center = rank - 1
+        self.center = plan.centre_of(rank)  # FLamby's index: what its data and its results are named by
+        # The strategies' name for this client (which clients train in a round, in what order they
+        # are aggregated): its place among the listed centres.
+        self.client_index = rank - 1
         self.device = device
         self.strategy = make_strategy(plan)
         self._message: GlobalMessage = None
@@ -42,7 +46,9 @@ class ClientRun:
         if plan.dataset.needs_cuda and device.type != "cuda":  # using_gpu, but no GPU on this host
             raise UserError(f"rank {rank} has no GPU: {plan.dataset.needs_cuda}",
                             hint="run on nodes with a GPU visible to every client rank (nvidia-smi)")
-        seed = derived_seed(plan.seed, rank)
+        # Seeded by the centre (as rank centre + 1 is when every centre runs), so that a centre draws
+        # the same data order and local randomness whichever centres are listed with it.
+        seed = derived_seed(plan.seed, self.center + 1)
         # This centre's own global-RNG streams (dropout, FLamby's augmentations and crops): seeded
         # here, and swapped in around all of this client's work (global_rngs.py), so that clients
         # sharing one process (the in-process backend) compute exactly what separate processes compute.
@@ -152,7 +158,7 @@ class ClientRun:
                                   plan.dataset.loader_metric)
             pooled_by_predictions = message.final and plan.pooled_test == "predictions"
             reply.evaluation = evaluation if pooled_by_predictions else evaluation.without_predictions()
-        if message.final or self.center not in self.strategy.participants(round_idx):
+        if message.final or self.client_index not in self.strategy.participants(round_idx):
             return reply
         tick = time.perf_counter()
         reply.train_loss, reply.extras = self.strategy.local_train(self.learner, round_idx, message.extras)

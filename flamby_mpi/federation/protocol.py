@@ -36,7 +36,7 @@ class GlobalMessage:
 @dataclass
 class ClientReply:
     """One client -> server, for the exchange it was sent."""
-    center: int  # FLamby centre (client rank - 1)
+    center: int  # FLamby's index of the client's centre (plan.centre_of(rank))
     round_idx: int
     train_samples: int  # the FedAvg weight
     device: str

@@ -67,7 +67,7 @@ class ServerRun:
     def check_pooled_test_data(self):
         """With pooled_test: flamby the server reads FLamby's pooled test set: fail now, not at the end."""
         if self.plan.pooled_test == "flamby":
-            self._pooled_test_set = self.plan.dataset.pooled_dataset(train=False)
+            self._pooled_test_set = self.plan.pooled_test_dataset()
 
     def global_state(self) -> "OrderedDict[str, torch.Tensor]":
         """The global model's own tensors, not a copy: a message carrying them is sent (the MPI
@@ -91,8 +91,9 @@ class ServerRun:
 
     def aggregate(self, round_idx: int, replies: List[ClientReply],
                   traffic: Optional[Traffic] = None) -> Optional[GlobalMessage]:
-        """replies: one per client, in rank order; traffic: the bytes of this exchange as the
-        transport sent them. Returns the message for the next exchange (None after the final one)."""
+        """replies: one per client, in rank order, each naming its FLamby centre; traffic: the bytes
+        of this exchange as the transport sent them. Returns the message for the next exchange (None
+        after the final one)."""
         for reply in replies:
             if reply.round_idx != round_idx:  # a transport bug, never a user's mistake
                 raise RuntimeError(f"exchange {round_idx}: centre {reply.center} answered exchange "
@@ -112,7 +113,9 @@ class ServerRun:
             self._finish(replies, evaluated)
             self.round_log.close()
             return None
-        results = {r.center: (r.train_samples, r.state, r.extras) for r in replies if r.trained}
+        # Keyed by client index (rank - 1), the strategies' name for a client; replies name their centre.
+        results = {self.plan.rank_of(r.center) - 1: (r.train_samples, r.state, r.extras)
+                   for r in replies if r.trained}
         expected = self.strategy.participants(round_idx)
         if sorted(results) != expected:
             raise RuntimeError(f"round {round_idx}: updates from centres {sorted(results)}, expected {expected}")
@@ -125,7 +128,8 @@ class ServerRun:
         self.rounds_completed = round_idx + 1
         now = time.time()
         losses = [r.train_loss for r in replies if r.train_loss is not None]
-        who = "" if len(expected) == self.plan.num_clients else f" (centres {', '.join(map(str, expected))})"
+        who = "" if len(expected) == self.plan.num_clients else \
+            f" (centres {', '.join(str(self.plan.centre_of(i + 1)) for i in expected)})"
         round_s = now - (self._round_started or now)
         self.round_log.round_done(round_s)
         self.progress.round_done(self.rounds_completed, round_s, float(np.mean(losses)), who)
@@ -179,7 +183,7 @@ class ServerRun:
         for reply in replies:
             if not reply.checkpoint or reply.checkpoint.get("round") != cut:
                 raise RuntimeError(f"checkpoint after round {cut}: centre {reply.center} did not save its part")
-            files[reply.center + 1] = reply.checkpoint["files"]
+            files[self.plan.rank_of(reply.center)] = reply.checkpoint["files"]
         checkpoint.write_manifest(self.plan.output_dir, cut, self.plan.run_id, __version__,
                                   self.plan.config_record(), files)
         write_s = time.perf_counter() - tick
@@ -237,8 +241,9 @@ class ServerRun:
     def _pooled_metric_on_flamby_pooled_set(self) -> float:
         # Exactly FLamby's benchmark: the model on FedClass(train=False, pooled=True). Some datasets
         # normalise that set with pooled-train statistics, so it differs from concatenated centres.
+        # With only some centres listed it is theirs together (plan.pooled_test_dataset).
         plan = self.plan
-        pooled = self._pooled_test_set or plan.dataset.pooled_dataset(train=False)
+        pooled = self._pooled_test_set or plan.pooled_test_dataset()
         loader = make_loader(pooled, plan.test_batch_size, shuffle=False, num_workers=plan.num_workers,
                              collate_fn=plan.dataset.collate_fn)
         # Seeded streams: the same pooled metric from the same seed, whatever the launch mode.

@@ -1,7 +1,8 @@
 """The MPI world a rank runs in, and the rank -> role rule.
 
 Rank 0 is the FedML cross-silo server (aggregator); rank k >= 1 is the client
-trainer of FLamby centre k-1. Sizes and roles are checked before any other
+trainer of the plan's k-th centre (FLamby centre k-1 unless data_args.centers
+lists others: plan.centre_of). Sizes and roles are checked before any other
 collective call, so a wrong `-np` or `--rank/--role` ends every rank at once.
 The one collective before them forms the world (`form_world`): every rank of
 the communicator reaches it unconditionally, right after MPI starts or after

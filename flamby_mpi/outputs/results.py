@@ -46,6 +46,8 @@ def write_results(plan, server_run, timing: Dict[str, float], world_size: int,
         "strategy_hyperparameters": dict(server_run.strategy.hp),
         "seed": plan.seed,
         "num_clients": plan.num_clients,
+        # FLamby's indices of the centres trained, in rank order (data_args.centers, default all)
+        "centres": list(plan.centres),
         "world_size": world_size,
         "rounds_planned": plan.rounds,
         "rounds_completed": server_run.rounds_completed,

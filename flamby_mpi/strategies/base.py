@@ -49,7 +49,8 @@ class Strategy:
 
     # ---- both sides -----------------------------------------------------------------------
     def participants(self, round_idx: int) -> List[int]:
-        """Centres that train in this round (sorted); seeded by (seed, round) when sampling."""
+        """Clients that train in this round, by client index (rank - 1, the place of their centre in
+        plan.centres), sorted; seeded by (seed, round) when sampling."""
         if self.per_round >= self.num_clients:
             return list(range(self.num_clients))
         rng = np.random.default_rng([self.plan.seed, round_idx, 0x5A])
@@ -61,7 +62,7 @@ class Strategy:
         return None
 
     def aggregate(self, round_idx: int, global_state: State, results: Dict[int, ClientResult]) -> State:
-        """results: centre -> (train samples, local state, extras) for this round's participants.
+        """results: client index -> (train samples, local state, extras) for this round's participants.
         Returns the new global state.
 
         global_state holds the server model's own tensors, and the local states are the server's

@@ -24,7 +24,8 @@ def _copy(state):
 class Cyclic(Strategy):
     name = "Cyclic"
     allows_client_sampling = False
-    # The centre whose own model FLamby's benchmark evaluates (models_list[0]).
+    # The client whose own model FLamby's benchmark evaluates (models_list[0]): client index 0, the
+    # first centre listed (FLamby's centre 0 unless data_args.centers says otherwise).
     EVALUATED_CENTER = 0
 
     def __init__(self, plan):

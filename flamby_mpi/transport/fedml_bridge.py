@@ -124,11 +124,12 @@ class Meter:
         with self._lock:
             self._received[rank] = self._received.get(rank, 0) + size
 
-    def take(self) -> Traffic:
-        """This exchange's traffic by centre (rank - 1), and start counting the next one."""
+    def take(self, centre_of: Callable[[int], int]) -> Traffic:
+        """This exchange's traffic by FLamby centre (centre_of: the plan's rank -> centre), and start
+        counting the next one."""
         with self._lock:
-            traffic = Traffic(to_centre={r - 1: n for r, n in self._sent.items() if r > 0},
-                              from_centre={r - 1: n for r, n in self._received.items() if r > 0})
+            traffic = Traffic(to_centre={centre_of(r): n for r, n in self._sent.items() if r > 0},
+                              from_centre={centre_of(r): n for r, n in self._received.items() if r > 0})
             self._sent, self._received = {}, {}
         return traffic
 
@@ -267,8 +268,9 @@ def run_server(args, world, aggregator, on_first_round: Callable[[], None], watc
     manager.run()
 
 
-def run_client(args, world, trainer, center: int, train_samples: int, watchdog) -> None:
-    """Runs FedML's cross-silo client on rank k >= 1 (FLamby centre k-1) until the server says done."""
+def run_client(args, world, trainer, client_index: int, train_samples: int, watchdog) -> None:
+    """Runs FedML's cross-silo client on rank k >= 1 until the server says done. client_index is
+    FedML's name for it (k - 1, what FedML's server sends in its messages), not its FLamby centre."""
     from fedml.cross_silo.client.fedml_client_master_manager import ClientMasterManager
     from fedml.cross_silo.client.fedml_trainer_dist_adapter import TrainerDistAdapter
 
@@ -287,7 +289,7 @@ def run_client(args, world, trainer, center: int, train_samples: int, watchdog) 
 
     adapter = TrainerDistAdapter(
         args, args.device, world.rank, trainer.model, train_samples,
-        {center: train_samples}, {center: None}, {center: None}, trainer)
+        {client_index: train_samples}, {client_index: None}, {client_index: None}, trainer)
     manager = ClientManager(args, adapter, world.comm, world.rank, world.size, "MPI")
     # A stop message (preemption) is the last this client trains on: FedML's next message,
     # which it sends after every aggregation, then ends the client as after the final round.
@@ -321,7 +323,7 @@ def make_aggregator(server_run, fedml_args):
         def aggregate(self, raw_client_model_or_grad_list):
             round_idx = int(fedml_args.round_idx) + server_run.start_round
             replies = [payload[_REPLY] for _, payload in raw_client_model_or_grad_list]
-            traffic = self.meter.take() if self.meter is not None else None
+            traffic = self.meter.take(server_run.plan.centre_of) if self.meter is not None else None
             # After the final exchange FedML still sends one model message, which clients ignore.
             return server_run.aggregate(round_idx, replies, traffic) or server_run.global_message(round_idx)
 
@@ -426,7 +428,7 @@ class FedMLTransport:
             run_server(args, self.world, make_aggregator(server_run, args), on_first_round, self._watchdog)
         else:
             (client_run,) = client_runs
-            run_client(args, self.world, make_trainer(client_run, args), client_run.center,
+            run_client(args, self.world, make_trainer(client_run, args), client_run.client_index,
                        client_run.learner.num_train_samples, self._watchdog)
 
     def stop_watching(self):

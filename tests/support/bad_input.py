@@ -130,6 +130,7 @@ _WRONG = {
     float: ["fast", True, [0.1], {"x": 1.0}, "1,5", "0.1.2"],
     bool: [1, 0, "maybe", "True", [True], 1.0],
     str: [42, 4.5, True, ["a"], {"a": "b"}, 0],
+    typing.List[int]: ["many", 3, [1.5], ["a"], [True], {"a": 1}, [[0]]],
 }
 
 
@@ -155,7 +156,10 @@ def _out_of_range(c: _Cases):
         minimum = f.metadata.get("minimum")
         if minimum is None:
             continue
-        below = minimum - c.rng.choice((1, 1, 7, 10**6) if tp is int else (0.5, 1e-9, 1e9))
+        below = minimum - c.rng.choice((1, 1, 7, 10**6) if tp in (int, typing.List[int]) else (0.5, 1e-9, 1e9))
+        if typing.get_origin(tp) is list:  # a list's bounds hold for each item
+            c.value("range", section, f.name, [minimum, below], expect=f"{section}.{f.name}: each item must be in ")
+            continue
         c.value("range", section, f.name, below, expect=f"{section}.{f.name}: must be in ")
     # Floats that FedAvg on synthetic uses (a strategy's own hyperparameter would be refused by the
     # plan as unused, whatever its value).
@@ -217,9 +221,10 @@ def _sections(c: _Cases):
         c.add(f"section-unknown-{name}", "unknown section", config=dump(raw))
     for section, cls in SECTIONS.items():
         key = c.rng.choice([f.name for f in dataclasses.fields(cls)])
-        kind, wrong = c.rng.choice((("upper", key.upper()), ("plural", key + "s"),
-                                    ("dashes", key.replace("_", "-")), ("dotless-i", key[:-1] + "\u0131"),
-                                    ("zero-width", key + "\u200b"), ("cyrillic", "\u0441" + key[1:])))
+        kind, wrong = c.rng.choice([(kind, wrong) for kind, wrong in (
+            ("upper", key.upper()), ("plural", key + "s"), ("dashes", key.replace("_", "-")),
+            ("dotless-i", key[:-1] + "\u0131"), ("zero-width", key + "\u200b"), ("cyrillic", "\u0441" + key[1:]))
+            if wrong != key])  # "model" has no underscore to turn into a dash
         expect = f"unknown key {section}."
         if c.rng.random() < 0.5:
             c.add(f"key-unknown-{section}-{kind}-file", expect, config=dump(with_value(section, wrong, 1)))
@@ -552,7 +557,7 @@ def _boundaries(c: _Cases):
 
     for key, (_section, f, tp) in fields.items():
         low, high = f.metadata.get("minimum"), f.metadata.get("maximum")
-        if low is None and high is None:
+        if low is None and high is None or typing.get_origin(tp) is list:  # a list's items: _out_of_range
             continue
         kind = _kind(key, f, tp)
         refused, allowed = [], []

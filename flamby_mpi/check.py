@@ -1,0 +1,254 @@
+"""`python -m flamby_mpi check --cf CONFIG [--set section.key=value ...]`: is this run ready to queue?
+
+Run on a login node (with the job's Python environment) before a job waits in a queue for hours and
+then fails on its compute nodes, which are often offline. It checks, in the order a run needs them:
+1. the config and the plan, as every rank will make it (FLamby and the dataset's extras import:
+   the dataset module and everything it imports);
+2. every listed centre's data: FLamby's FedClass built for its train and test sets, one sample read
+   from each (a missing download or preprocessing step names FLamby's commands for it);
+3. the model: the dataset's Baseline built, and one training step (forward, backward, optimizer
+   step) on one batch of the first listed centre, measuring memory.
+
+Memory per rank is measured, not guessed: this process's peak resident set size (Linux VmHWM,
+reset just before the step through /proc/self/clear_refs) once it has imported torch and FLamby,
+loaded one centre and taken one step is what a client rank holds, besides FedML's and MPI's own.
+The server holds the imports, the global model and one received copy per client: its estimate is
+the resident size before any data was loaded plus the model's bytes times (clients + 2). Where the
+peak cannot be reset (not Linux), torch's count replaces the step's peak: the parameters, their
+gradients, the optimizer's state and every module's output in the forward pass.
+
+Prints one table and exits 0 when everything is ready, 2 otherwise (or on a user mistake).
+scripts/submit.py runs it before sbatch/qsub (--skip-check to leave it out).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+from .config import load_config
+from .exit.errors import UserError
+from .exit.failures import fail
+
+MIB = 1024 * 1024
+
+
+@dataclass
+class CentreCheck:
+    centre: int
+    train: Optional[int] = None  # samples, once built
+    test: Optional[int] = None
+    sample: str = ""  # the first training sample's shapes
+    problem: Optional[str] = None
+    seconds: float = 0.0
+
+
+@dataclass
+class MemoryEstimate:
+    """Bytes one rank of this run needs, and how that was found."""
+    client_bytes: int
+    server_bytes: int
+    model_bytes: int
+    step_bytes: int  # the training step's own peak over what the process held before it
+    method: str  # "peak RSS" or "torch's count"
+    batch: int
+    centre: int
+
+
+def _status_kib(field: str) -> Optional[int]:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> bool:
+    """Resets this process's peak RSS (VmHWM) to its current RSS; False where that cannot be done."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+        return _status_kib("VmHWM") is not None
+    except OSError:
+        return False
+
+
+def _rss_bytes() -> int:
+    kib = _status_kib("VmRSS")
+    if kib is not None:
+        return kib * 1024
+    import resource  # no /proc: the peak so far is the best figure there is
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def _tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _sample_shapes(sample) -> str:
+    parts = sample if isinstance(sample, (tuple, list)) else (sample,)
+    shapes = []
+    for part in parts[:2]:
+        shape = getattr(part, "shape", None)
+        shapes.append("x".join(map(str, shape)) if shape is not None else type(part).__name__)
+    return " / ".join(shapes)
+
+
+def check_centre(plan, centre: int) -> CentreCheck:
+    """FLamby's train and test sets of one centre built, and one sample of each read."""
+    result = CentreCheck(centre)
+    tick = time.perf_counter()
+    try:
+        train = plan.dataset.center_dataset(centre, train=True)
+        result.train = len(train)
+        test = plan.dataset.center_dataset(centre, train=False)
+        result.test = len(test)
+        if result.train == 0:
+            result.problem = "no training samples"
+        else:
+            result.sample = _sample_shapes(train[0])
+            if result.test:
+                test[0]
+    except UserError as error:  # FLamby's data missing: what, where, and the commands (the guard's)
+        result.problem = f"{error}" + (f"\n{error.hint}" if error.hint else "")
+    except Exception as exc:  # noqa: BLE001 - reported in the table, the check goes on with the next
+        result.problem = f"{type(exc).__name__}: {exc}"
+    result.seconds = time.perf_counter() - tick
+    return result
+
+
+def estimate_memory(plan, centre: int) -> MemoryEstimate:
+    """One client's memory, measured by one training step on one batch of `centre` (see the module)."""
+    import torch
+
+    from .federation.training import LocalLearner, make_loader
+    from .runtime import optim_without_dynamo
+
+    optim_without_dynamo.install()  # as the driver does
+    before_data = _rss_bytes()
+    train = plan.dataset.center_dataset(centre, train=True)
+    batch = min(plan.batch_size, len(train))
+    loader = make_loader(train, batch, shuffle=False, num_workers=0)
+    torch.manual_seed(plan.seed)
+    model = plan.dataset.baseline()
+    model_bytes = _tensor_bytes(model.state_dict().values())
+    learner = LocalLearner(model, plan.optimizer_class, plan.learning_rate, plan.dataset.baseline_loss(), loader,
+                           torch.device("cpu"), None, optimizer_kwargs=plan.optimizer_kwargs())
+    activations: List[int] = []
+
+    def count(module, inputs, output):
+        if not list(module.children()):  # leaf modules: their outputs are the activations kept
+            outputs = output if isinstance(output, (tuple, list)) else (output,)
+            activations.append(_tensor_bytes(o for o in outputs if isinstance(o, torch.Tensor)))
+
+    hook = torch.nn.modules.module.register_module_forward_hook(count)
+    held = _rss_bytes()
+    measured = _reset_peak()
+    try:
+        learner.train_steps(1)
+    finally:
+        hook.remove()
+    peak_kib = _status_kib("VmHWM") if measured else None
+    if peak_kib is not None:
+        client, method = peak_kib * 1024, "peak RSS"
+        step = max(0, client - held)
+    else:
+        state = learner.optimizer.state.values()
+        optimizer_bytes = _tensor_bytes(v for s in state for v in s.values() if isinstance(v, torch.Tensor))
+        step = 2 * model_bytes + optimizer_bytes + sum(activations)
+        client, method = held + step, "torch's count"
+    server = before_data + model_bytes * (plan.num_clients + 2)
+    return MemoryEstimate(client, server, model_bytes, step, method, batch, centre)
+
+
+def _mib(n: int) -> str:
+    """A size as people read it: MiB, or KiB and bytes for small models."""
+    if n >= MIB:
+        return f"{n / MIB:,.1f} MiB"
+    return f"{n / 1024:,.1f} KiB" if n >= 1024 else f"{n} bytes"
+
+
+def table(plan, centres: List[CentreCheck], memory: Optional[MemoryEstimate], memory_problem: Optional[str]) -> str:
+    lines = [f"flamby-mpi check: {plan.dataset.name}, centres {', '.join(map(str, plan.centres))} "
+             f"(mpirun -np {plan.world_size}), batch size {plan.batch_size}"]
+    rows = [("centre", "train", "test", "first sample", "status")]
+    for c in centres:
+        status = "ok" if c.problem is None else "FAILED"
+        rows.append((str(c.centre), "-" if c.train is None else str(c.train), "-" if c.test is None else str(c.test),
+                     c.sample or "-", status))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for i, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    for c in centres:
+        if c.problem is not None:
+            lines.append(f"centre {c.centre}: {c.problem}")
+    if memory is not None:
+        lines.append(f"memory per rank ({memory.method}, one training step on {memory.batch} samples of centre "
+                     f"{memory.centre}; FedML's and MPI's own memory not counted):")
+        lines.append(f"  client rank  {_mib(memory.client_bytes)} (the step itself: {_mib(memory.step_bytes)})")
+        lines.append(f"  server rank  {_mib(memory.server_bytes)} (imports, and the model's "
+                     f"{_mib(memory.model_bytes)} times {plan.num_clients} clients + 2)")
+        every = memory.client_bytes * plan.num_clients + memory.server_bytes
+        lines.append(f"  one host running every rank: {_mib(every)}")
+    elif memory_problem is not None:
+        lines.append(f"model: {memory_problem}")
+    return "\n".join(lines)
+
+
+def run_check(config_path: str, overrides: List[str]) -> Tuple[int, str]:
+    """(exit code, the table) for this config and these --set values. Raises UserError for a
+    config or plan the ranks would refuse."""
+    config = load_config(config_path, overrides)
+    try:
+        from .plan import make_plan  # torch, and the dataset's module (FLamby and its extras)
+    except ImportError as exc:
+        raise UserError(f"the check needs the job's Python environment (torch, FLamby): {exc}",
+                        hint="activate the environment the job runs in (. .venv/bin/activate), or "
+                             "skip the check (scripts/submit.py --skip-check)") from None
+    plan = make_plan(config)
+    memory, memory_problem = None, None
+    first = plan.centres[0]
+    try:
+        memory = estimate_memory(plan, first)
+    except UserError:
+        pass  # the first centre's data: its row says what is missing
+    except Exception as exc:  # noqa: BLE001 - a model that cannot take a step is a finding
+        memory_problem = f"one training step failed: {type(exc).__name__}: {exc}"
+    centres = [check_centre(plan, c) for c in plan.centres]
+    ready = memory is not None and all(c.problem is None for c in centres)
+    return (0 if ready else 2), table(plan, centres, memory, memory_problem)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m flamby_mpi check",
+        description="Check on a login node that a run is ready to queue: every listed centre's data "
+                    "readable, the dataset's extras installed, and memory per rank from one training "
+                    "step on one batch. Exit 0: ready; 2: not (the table says what).")
+    parser.add_argument("--cf", required=True, metavar="CONFIG", help="the run's YAML config")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one config key, as launch_client.py does; repeatable")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        code, text = run_check(args.cf, args.set)
+    except UserError as error:
+        return fail(str(error), error.exit_code)
+    print(text, flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
