@@ -137,8 +137,8 @@ def test_clients_load_their_listed_centre_and_results_name_flamby_s_indices(tmp_
     full = ClientRun(reference, 2, torch.device("cpu"))  # centre 1, rank 2 of all four
     other = ClientRun(reference, 4, torch.device("cpu"))  # centre 3: another stream
     draws = [[alone.learner.batches.get_samples()[0] for _ in range(3)] for alone in (alone, full, other)]
-    assert all(torch.equal(a, b) for a, b in zip(draws[0], draws[1]))
-    assert not all(torch.equal(a, b) for a, b in zip(draws[1], draws[2]))
+    assert all(torch.equal(a, b) for a, b in zip(draws[0], draws[1], strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(draws[1], draws[2], strict=True))
 
 
 def test_pooled_test_flamby_uses_only_the_listed_centres():

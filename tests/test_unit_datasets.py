@@ -399,9 +399,9 @@ def test_flamby_heart_resolves(tmp_path, flamby_heart):
     assert spec.num_clients == 4
     assert spec.make_guard is not None
     assert spec.get_nb_max_rounds(100) == 15
-    # A data_path that does not exist becomes a UserError through the guard.
-    missing = resolve_dataset(DataArgs(dataset="fed_heart_disease", data_path=str(tmp_path / "no")), 0)
+    # A data_path that does not exist is a UserError before FLamby's class is built.
     with pytest.raises(UserError, match="was not found"):
+        missing = resolve_dataset(DataArgs(dataset="fed_heart_disease", data_path=str(tmp_path / "no")), 0)
         missing.center_dataset(0, True)
 
 
