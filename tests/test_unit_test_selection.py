@@ -9,9 +9,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-WIRE, STARTUP = "tests/test_wire.py", "tests/test_startup.py"
+WIRE, STARTUP, STANDIN_3D = "tests/test_wire.py", "tests/test_startup.py", "tests/test_standin_3d.py"
 HEAVY = {f"{WIRE}::test_a_model_over_2_gib_trains_with_two_clients",
-         f"{STARTUP}::test_64_synthetic_centres_complete_within_the_memory_of_one_machine"}
+         f"{STARTUP}::test_64_synthetic_centres_complete_within_the_memory_of_one_machine",
+         f"{STANDIN_3D}::test_lidc_idri_standin_is_read_by_flamby_for_every_centre",
+         f"{STANDIN_3D}::test_kits19_one_round_under_mpi_equals_the_in_process_twin",
+         f"{STANDIN_3D}::test_lidc_idri_one_round_under_mpi_equals_the_in_process_twin"}
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -39,11 +42,11 @@ def test_a_plain_run_leaves_out_exactly_the_heavy_tests():
 
 
 def test_heavy_tests_run_when_asked_for_by_marker_or_node_id():
-    assert _collected(WIRE, STARTUP, "-m", "heavy") == HEAVY
+    assert _collected(WIRE, STARTUP, STANDIN_3D, "-m", "heavy") == HEAVY
     named = sorted(HEAVY)[0]
     assert _collected(named) == {named}
 
 
 def test_a_marker_expression_of_ones_own_does_not_bring_in_heavy_tests():
-    not_slow = _collected(WIRE, STARTUP, "-m", "not slow")
+    not_slow = _collected(WIRE, STARTUP, STANDIN_3D, "-m", "not slow")
     assert not_slow and not not_slow & HEAVY
