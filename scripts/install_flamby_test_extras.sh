@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# FLamby and every package its seven datasets, strategies and utilities import, installed into the
-# active environment beside flamby-mpi, so that the FLamby tests run (docs/testing.md). CI runs
-# this (.ci/run); developers run it too, in the environment of `pip install -e ".[test]"`.
+# FLamby and every package its seven datasets, strategies and utilities import, installed beside
+# flamby-mpi into the environment of `python` (the active one), so that the FLamby tests run
+# (docs/testing.md). CI runs this (.ci/run); developers run it too, in the environment of
+# `pip install -e ".[test]"`.
 #
 #   scripts/install_flamby_test_extras.sh [FLAMBY]
 #
@@ -35,7 +36,7 @@ fi
 #   SKLEARN_ALLOW_DEPRECATED_SKLEARN_PACKAGE_INSTALL=True.
 # Fed-Camelyon16's extras (histolab, openslide, transformers, Google's clients) only tile and
 # download slides; its dataset class reads feature files and needs none of them.
-SKLEARN_ALLOW_DEPRECATED_SKLEARN_PACKAGE_INSTALL=True pip install --quiet -e "$repo" \
+SKLEARN_ALLOW_DEPRECATED_SKLEARN_PACKAGE_INSTALL=True python -m pip install --quiet -e "$repo" \
     "numpy<2" "networkx<3" \
     pandas scikit-learn scipy seaborn tqdm opacus \
     wget \
@@ -51,7 +52,7 @@ SKLEARN_ALLOW_DEPRECATED_SKLEARN_PACKAGE_INSTALL=True pip install --quiet -e "$r
 # numpy...) and name tools it does not import at run time (pre-commit; umap-learn, for one plot).
 # What its modules import is the list above. (On a re-run, with FLamby installed, the install above
 # ends with pip's note that flamby requires pre-commit and umap-learn: that is this, and harmless.)
-pip install --quiet --no-deps "$flamby"
+python -m pip install --quiet --no-deps "$flamby"
 
 # What the tests import, imported once here, so that a broken install fails this step by name.
 python - <<'EOF'
