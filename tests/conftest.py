@@ -1,4 +1,5 @@
-"""Shared fixtures, and the rule that keeps heavy tests out of a plain `python -m pytest`.
+"""Shared fixtures; the rule that keeps heavy tests out of a plain `python -m pytest`; and under CI,
+a FLamby test that skips is a failure.
 
 `heavy` tests (setup.cfg's markers) need tens of GB of memory or dozens of ranks: they run when
 asked for, by a `-m` expression naming `heavy` (`python -m pytest -m heavy`), by their node id
@@ -11,6 +12,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+
+from support.facility import under_ci
+from support.optional import FLAMBY_SKIP
 
 HEAVY = "heavy"
 HEAVY_ENV = "FLAMBY_MPI_HEAVY"
@@ -58,3 +62,28 @@ def workdir(tmp_path):
     cwd.mkdir()
     return cwd, home, f"t{uuid.uuid4().hex[:10]}"
 
+
+def _fail_flamby_skip_under_ci(report):
+    """Under CI, which installs FLamby with every extra and opacus (.ci/run), a test that skipped
+    for their absence means the install broke: the report becomes a failure. support/optional.py
+    does this for the tests that use it; this catches those that skip on their own
+    (pytest.importorskip, a skipif or pytest.skip whose reason says FLamby or opacus is missing)."""
+    if not report.skipped or hasattr(report, "wasxfail") or not under_ci():
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    reason = reason.removeprefix("Skipped: ")
+    if FLAMBY_SKIP.search(reason):
+        report.outcome = "failed"
+        report.longrepr = f"CI must run this test (FLamby's path), but it skipped: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _fail_flamby_skip_under_ci(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield  # a module-level importorskip skips the whole module while it is collected
+    _fail_flamby_skip_under_ci(outcome.get_result())

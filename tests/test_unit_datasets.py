@@ -21,6 +21,7 @@ from flamby_mpi.datasets.flamby_datasets import (
 from flamby_mpi.datasets.spec import REQUIRED_ATTRIBUTES
 from flamby_mpi.datasets.synthetic import center_sizes, metric
 from flamby_mpi.exit.errors import UserError
+from support.optional import import_or_skip, shared_or_skip
 from support.paths import SHARED_DATA
 
 HEART_DATA = SHARED_DATA / "fed_heart_disease"
@@ -388,9 +389,8 @@ def test_guard_lets_other_errors_through():
 
 @pytest.fixture(scope="module")
 def flamby_heart():
-    """Skips without FLamby; importing it (pandas, scikit-learn) takes a second or two, once."""
-    pytest.importorskip("flamby")
-    return pytest.importorskip("flamby.datasets.fed_heart_disease")
+    """Skips without FLamby (fails under CI); importing it (pandas, scikit-learn) takes a second or two, once."""
+    return import_or_skip("flamby.datasets.fed_heart_disease")
 
 
 def test_flamby_heart_resolves(tmp_path, flamby_heart):
@@ -406,8 +406,7 @@ def test_flamby_heart_resolves(tmp_path, flamby_heart):
 
 
 def test_flamby_heart_centre_sizes(flamby_heart):
-    if not HEART_DATA.is_dir():
-        pytest.skip(f"Fed-Heart-Disease data not found at {HEART_DATA}")
+    shared_or_skip(HEART_DATA)
     spec = resolve_dataset(DataArgs(dataset="fed_heart_disease", data_path=str(HEART_DATA)), 0)
     assert [len(spec.center_dataset(c, True)) for c in range(4)] == [199, 172, 30, 85]
     assert [len(spec.center_dataset(c, False)) for c in range(4)] == [104, 89, 16, 45]

@@ -15,6 +15,7 @@ from flamby_mpi.registry import (
     hyperparameter_help,
 )
 from flamby_mpi.strategies import STRATEGIES
+from support.optional import import_or_skip, shared_or_skip
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "fedml", "mpi4py", "flamby")
@@ -97,9 +98,9 @@ def test_benchmark_strategies_are_those_flamby_published():
     import csv
 
     results = REPO.parent / "shared" / "data" / "flamby_benchmark_results"
+    shared_or_skip(results)
     files = sorted(results.glob("*/*seed*.csv"))
-    if not files:
-        pytest.skip(f"FLamby's published results are not in {results}")
+    assert files, f"FLamby's published results are not in {results}"
     for path in files:
         methods = {row["Method"] for row in csv.DictReader(open(path))}
         federated = {m[:-3] for m in methods if m.endswith("100")}
@@ -125,11 +126,5 @@ def test_centre_counts_match_flamby_where_installed(name):
     """The table is a copy of FLamby's NUM_CLIENTS (submit.py must size jobs without FLamby)."""
     from flamby_mpi.registry import FLAMBY_DATASET_FACTS
 
-    pytest.importorskip("flamby")
-    try:
-        import importlib
-
-        common = importlib.import_module(f"flamby.datasets.{name}.common")
-    except ImportError as exc:  # that dataset's extra is not installed
-        pytest.skip(f"flamby.datasets.{name}: {exc}")
+    common = import_or_skip(f"flamby.datasets.{name}.common")  # FLamby and that dataset's extra
     assert FLAMBY_DATASET_FACTS[name].centres == common.NUM_CLIENTS

@@ -15,9 +15,13 @@ from typing import Iterable, List
 import pytest
 
 
+def under_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
 def missing(reason: str):
     """Skips the test, or fails it under CI."""
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+    if under_ci():
         pytest.fail(f"CI must provide this facility, but: {reason}", pytrace=False)
     pytest.skip(reason)
 
