@@ -201,8 +201,7 @@ def storage_hint(plan: RunPlan) -> str:
     from the last complete checkpoint this rank sees, else start over with --overwrite."""
     first = "free space on that file system (or fix its quota, mount or permissions), then "
     try:
-        resumable = any(safe_files.file_exists(plan.output_dir, f"checkpoints/round_{r}/{checkpoint.MANIFEST}")
-                        for r in checkpoint.rounds_on_disk(plan.output_dir))
+        resumable = run_directory.newest_checkpoint(plan.output_dir) is not None
     except Exception:  # noqa: BLE001 - a hint must not keep the failure from every rank; resume says if it cannot
         resumable = True
     if resumable:

@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from ..exit.errors import clip, shown
-from ..storage import safe_files
+from ..storage import run_directory, safe_files
 
 FORMAT = 1
-MANIFEST = "manifest.json"
-_ROUND_DIR = re.compile(r"^round_([0-9]{1,9})$")
+# The names of the layout, shared with the run directory's own view of it (what restart decides from).
+MANIFEST, _ROUND_DIR = run_directory.MANIFEST, run_directory.ROUND_DIR
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # Bounds of what a checkpoint read may take, whatever is planted in the directory:
 # - a manifest holds the config (about 2 KB) and two entries (about 250 bytes) per rank: 3 KB for

@@ -46,7 +46,10 @@ RUN_FILES = frozenset(FINAL_OUTPUTS + ("config.yaml",))
 RUN_DIRS = frozenset({"logs", "checkpoints", "tensorboard"})
 # A temporary file of a run's own, left by a kill during a write (safe_files' names, and older ones).
 _TEMPORARY = re.compile(r"^\.(?P<name>.+?)\.(?:[0-9a-f]{16}\.tmp|tmp[0-9]*)$")
-_ROUND_DIR = re.compile(r"^round_([0-9]{1,9})$")
+# The checkpoint layout a run leaves (flamby_mpi/checkpoints/checkpoint.py writes it and takes these
+# names from here): checkpoints/round_<r>/, complete once its manifest is there.
+ROUND_DIR = re.compile(r"^round_([0-9]{1,9})$")
+MANIFEST = "manifest.json"
 _RECORD_CAP = 64 * 1024  # a holder record is a few hundred bytes
 _RESULTS_CAP = 64 * 1024 * 1024
 # A rank that finds its host's copy locked waits this long for the holder's record to name its job
@@ -189,15 +192,17 @@ class DirectoryState:
     newest_checkpoint: Optional[int] = None  # the newest round with a manifest
 
 
-def _newest_checkpoint(output_dir: Path) -> Optional[int]:
+def newest_checkpoint(output_dir: Path) -> Optional[int]:
+    """The newest round_<r> of output_dir that holds a manifest (a complete cut, as far as its name
+    says; resume checks the rest), reached without following a link; None when there is none."""
     rounds = []
     try:
         found = list(safe_files.entries(output_dir, "checkpoints"))
     except (NotADirectoryError, UnsafePathError):  # a link or a file there: no checkpoint of ours
         found = []
     for name, is_dir in found:
-        match = _ROUND_DIR.match(name)
-        if match and is_dir and safe_files.file_exists(output_dir, f"checkpoints/{name}/manifest.json"):
+        match = ROUND_DIR.match(name)
+        if match and is_dir and safe_files.file_exists(output_dir, f"checkpoints/{name}/{MANIFEST}"):
             rounds.append(int(match.group(1)))
     return max(rounds) if rounds else None
 
@@ -233,7 +238,7 @@ def inspect(output_dir: Path) -> DirectoryState:
     if not found:
         return DirectoryState("empty")
     names = sorted((name for name, _ in found), key=lambda n: (n != RESULTS, n))
-    newest = _newest_checkpoint(output_dir)
+    newest = newest_checkpoint(output_dir)
     if names[0] == RESULTS and safe_files.file_exists(output_dir, RESULTS):
         return DirectoryState("finished", f"a finished run ({_finished_summary(output_dir)})", names, newest)
     if newest is not None:
