@@ -11,7 +11,6 @@ The reference is an uninterrupted run of the same config: training is determinis
 from any cut gives the same model (and the in-process twin is bitwise equal to MPI).
 """
 import hashlib
-import os
 import shutil
 import time
 from pathlib import Path
@@ -19,34 +18,18 @@ from pathlib import Path
 import pytest
 
 from flamby_mpi import cli
+from support.files import plant_hostile
 from support.mpi import DEFAULT_CONFIG, run_mpi
 
 pytestmark = pytest.mark.timeout(900)
 
 RUN = ["--set", "train_args.num_updates=5", "--set", "validation_args.frequency_of_the_test=2",
        "--set", "tracking_args.tensorboard=false", "--set", "common_args.random_seed=7", "--quiet"]
-HUGE = 30 * 1000 * 1000
 RESUME_WITHIN_S = 20
 
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _plant(path: Path, kind: str):
-    """Replaces a checkpoint file by a hostile one."""
-    original = path.read_bytes()
-    path.unlink()
-    if kind == "fifo":
-        os.mkfifo(path)
-    elif kind == "dev-zero-link":
-        path.symlink_to("/dev/zero")
-    elif kind == "huge":  # the file's own bytes, then zeros up to 30 MB
-        with open(path, "wb") as handle:
-            handle.write(original)
-            handle.truncate(HUGE)
-    else:
-        raise AssertionError(kind)
 
 
 # ---- in process: the resume protocol of 5 ranks ---------------------------------------------------
@@ -72,7 +55,7 @@ def test_a_hostile_file_in_the_newest_cut_is_named_and_the_cut_before_used(kind,
     falls back to round 2, the newest cut intact everywhere; round 3 is redone to the same model."""
     out, model = finished
     victim = out / "checkpoints" / "round_3" / name
-    _plant(victim, kind)
+    plant_hostile(victim, kind)
     (out / "global_model.pt").unlink()
     capsys.readouterr()
     tick = time.monotonic()
@@ -90,8 +73,8 @@ def test_a_hostile_file_in_the_newest_cut_is_named_and_the_cut_before_used(kind,
 def test_hostile_files_in_every_cut_end_the_resume_with_exit_2_naming_them(name, says, finished, capsys):
     out, _ = finished
     victims = [out / "checkpoints" / f"round_{r}" / name for r in (2, 3)]
-    _plant(victims[0], "fifo")
-    _plant(victims[1], "dev-zero-link")
+    plant_hostile(victims[0], "fifo")
+    plant_hostile(victims[1], "dev-zero-link")
     capsys.readouterr()
     assert cli.main(_argv(out, 3, ["--resume"])) == 2
     err = capsys.readouterr().err
@@ -125,7 +108,7 @@ def test_mpirun_resume_with_a_hostile_newest_manifest_falls_back_within_20_s(wor
         out = cwd / kind
         shutil.copytree(first, out, symlinks=True)
         victim = out / "checkpoints" / "round_3" / "manifest.json"
-        _plant(victim, kind)
+        plant_hostile(victim, kind)
         resumed = run_mpi(3, args(out, 4, ["--resume"]), cwd, home, deadline_s=RESUME_WITHIN_S, marker=marker)
         assert resumed.returncode == 0, (kind, resumed.output)
         assert resumed.seconds < RESUME_WITHIN_S and resumed.leftovers == []

@@ -4,32 +4,27 @@ scripts/standin_data.py writes each in FLamby's own layout; FLamby's own classes
 flamby_mpi's DatasetSpec, as a run does). The MPI runs are heavy (7 ranks of about 1.2 GB for
 KITS19; LIDC-IDRI needs a GPU and several GB per rank): `pytest -m heavy`.
 """
-import json
 import math
-import subprocess
 import sys
 from types import SimpleNamespace
 
 import pytest
 
-from support.mpi import LAUNCHER, REPO, run_job, run_mpi
+from support.mpi import LAUNCHER, REPO, run_job
 from support.mpi import test_env as env_for
-
-STANDIN = REPO / "scripts" / "standin_data.py"
+from support.standin_runs import (
+    assert_metric_per_centre,
+    run_standin_twins,
+    tree_bytes,
+    write_standin,
+)
 
 
 def _write(dataset, directory, seed=0):
     """Runs scripts/standin_data.py; returns the launcher arguments of its last line."""
-    done = subprocess.run([sys.executable, str(STANDIN), dataset, str(directory), "--seed", str(seed)],
-                          capture_output=True, text=True, timeout=300, env=env_for(directory.parent))
-    assert done.returncode == 0, done.stdout + done.stderr
-    args = done.stdout.strip().splitlines()[-1].split()
+    args = write_standin(dataset, directory, seed)
     assert args == ["--set", f"data_args.data_path={directory}"]
     return args
-
-
-def _files(directory):
-    return {p.relative_to(directory): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def _spec(dataset, directory):
@@ -54,8 +49,8 @@ def test_kits19_standin_is_deterministic_and_read_by_flamby_for_every_centre(tmp
     _write("fed_kits19", first)
     _write("fed_kits19", again)
     _write("fed_kits19", other, seed=1)
-    assert _files(first) == _files(again)
-    assert _files(first) != _files(other)
+    assert tree_bytes(first) == tree_bytes(again)
+    assert tree_bytes(first) != tree_bytes(other)
 
     spec = _spec("fed_kits19", first)  # FedKits19 itself takes no data_path: data_path_to_base.py
     assert spec.num_clients == 6
@@ -91,51 +86,23 @@ def test_lidc_idri_standin_is_read_by_flamby_for_every_centre(tmp_path, lidc):
                 assert int(y.sum()) > 0  # FLamby's sampler centres patches on the nodules
 
 
-def _one_round(dataset, data_args, out, extra=()):
-    return ["--cf", str(REPO / "config" / f"{dataset}.yaml"), *data_args,
-            "--set", "train_args.comm_round=1", "--set", "train_args.num_updates=1",
-            "--set", f"common_args.output_dir={out}", *extra]
-
-
-def _check_and_report(out, centres, job, label):
-    import torch
-
-    results = json.loads((out / "results.json").read_text())
-    metrics = results["metrics"]
-    for k in range(centres):
-        assert math.isfinite(metrics[f"client_test_{k}"]), metrics
-    assert math.isfinite(metrics["pooled"]), metrics
-    ranks = results.get("ranks") or []
-    print(f"\n{label}: exit {job.returncode}, wall {job.seconds:.1f} s, metrics "
-          + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
-          + "\n  peak RSS per rank (MB): "
-          + ", ".join(f"{r['rank']}:{r['peak_rss_mb']:.0f}" for r in ranks if "peak_rss_mb" in r))
-    return torch.load(out / "global_model.pt", weights_only=True)
-
-
-def _same_model(a, b):
-    import torch
-
-    assert list(a) == list(b)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+def _mpi_equals_the_twin(dataset, centres, workdir):
+    """One round of one update under mpiexec -n centres+1 and in process: a metric per centre and
+    pooled, the same global_model.pt and the same metrics."""
+    cwd, home, marker = workdir
+    runs = run_standin_twins(dataset, _write(dataset, cwd / "data"), centres, cwd, home, marker, deadline_s=600)
+    assert_metric_per_centre(runs.mpi_metrics, centres)
+    assert math.isfinite(runs.mpi_metrics["pooled"]), runs.mpi_metrics
+    assert runs.mpi_model_sha == runs.inprocess_model_sha
+    assert runs.mpi_metrics == runs.inprocess_metrics
+    print(f"\n{dataset} mpiexec -n {centres + 1}: wall {runs.mpi_seconds:.1f} s, metrics "
+          + ", ".join(f"{k}={v:.4f}" for k, v in runs.mpi_metrics.items()))
 
 
 @pytest.mark.heavy
 @pytest.mark.mpi
 def test_kits19_one_round_under_mpi_equals_the_in_process_twin(workdir, kits19):
-    cwd, home, marker = workdir
-    data_args = _write("fed_kits19", cwd / "kits19")
-    job = run_mpi(7, _one_round("fed_kits19", data_args, cwd / "mpi") + ["--run_id", marker],
-                  cwd, home, deadline_s=600, marker=marker)
-    assert job.returncode == 0, job.output
-    mpi_model = _check_and_report(cwd / "mpi", 6, job, "fed_kits19 mpiexec -n 7")
-    twin = run_job([sys.executable, str(LAUNCHER), *_one_round("fed_kits19", data_args, cwd / "inprocess",
-                                                               ["--set", "comm_args.backend=inprocess"])],
-                   cwd, env_for(home), 600)
-    assert twin.returncode == 0, twin.output
-    _same_model(mpi_model, _check_and_report(cwd / "inprocess", 6, twin, "fed_kits19 in-process"))
-    mpi_metrics = json.loads((cwd / "mpi" / "results.json").read_text())["metrics"]
-    assert mpi_metrics == json.loads((cwd / "inprocess" / "results.json").read_text())["metrics"]
+    _mpi_equals_the_twin("fed_kits19", 6, workdir)
 
 
 @pytest.mark.parametrize("using_gpu", ["false", "true"])
@@ -167,14 +134,4 @@ def test_lidc_idri_one_round_under_mpi_equals_the_in_process_twin(workdir, lidc)
 
     if not torch.cuda.is_available():
         pytest.skip("FLamby's Fed-LIDC-IDRI loss calls .cuda(): needs a GPU")
-    cwd, home, marker = workdir
-    data_args = _write("fed_lidc_idri", cwd / "lidc")
-    job = run_mpi(5, _one_round("fed_lidc_idri", data_args, cwd / "mpi") + ["--run_id", marker],
-                  cwd, home, deadline_s=600, marker=marker)
-    assert job.returncode == 0, job.output
-    mpi_model = _check_and_report(cwd / "mpi", 4, job, "fed_lidc_idri mpiexec -n 5")
-    twin = run_job([sys.executable, str(LAUNCHER), *_one_round("fed_lidc_idri", data_args, cwd / "inprocess",
-                                                               ["--set", "comm_args.backend=inprocess"])],
-                   cwd, env_for(home), 600)
-    assert twin.returncode == 0, twin.output
-    _same_model(mpi_model, _check_and_report(cwd / "inprocess", 4, twin, "fed_lidc_idri in-process"))
+    _mpi_equals_the_twin("fed_lidc_idri", 4, workdir)

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from flamby_mpi.checkpoints import checkpoint
+from support.files import HUGE, plant_hostile
 from support.mpi import REPO, TESTS_DIR
 
 pytestmark = pytest.mark.timeout(300)
@@ -27,7 +28,6 @@ pytestmark = pytest.mark.timeout(300)
 WORLD = 3
 DEADLINE_S = 20
 HEADROOM = 300 * 1024 * 1024  # address space the child may map beyond what its imports took
-HUGE = 30 * 1000 * 1000  # the issue's 30 MB manifest
 
 
 def _tensors(rank: int, round_idx: int) -> dict:
@@ -44,32 +44,6 @@ def out(tmp_path):
                  for rank in range(WORLD)}
         checkpoint.write_manifest(output_dir, round_idx, "r", "0", {"common_args": {"random_seed": 1}}, files)
     return output_dir
-
-
-def _plant(path: Path, kind: str, outside: Path):
-    """Replaces path by a hostile file of the given kind."""
-    original = path.read_bytes()
-    path.unlink()
-    if kind == "fifo":
-        os.mkfifo(path)
-    elif kind == "dev-zero-link":
-        path.symlink_to("/dev/zero")
-    elif kind == "huge":  # 30 MB of the file's own first bytes then zeros: too big, whatever it holds
-        with open(path, "wb") as handle:
-            handle.write(original)
-            handle.truncate(HUGE)
-    elif kind == "sparse-10GB":  # takes no room on the disk, says 10 GB
-        with open(path, "wb") as handle:
-            handle.truncate(10 * 1024 ** 3)
-    elif kind == "deep":
-        path.write_bytes(b"[" * 200_000 + b"]" * 200_000)
-    elif kind == "link-to-valid-copy":  # the same bytes, elsewhere: a link is never followed, even to good data
-        outside.write_bytes(original)
-        path.symlink_to(outside)
-    elif kind == "directory":
-        path.mkdir()
-    else:
-        raise AssertionError(kind)
 
 
 _CHILD = r"""
@@ -150,7 +124,7 @@ MANIFEST_CASES = {
 @pytest.mark.parametrize("kind", list(MANIFEST_CASES))
 def test_a_hostile_manifest_is_refused_quickly_naming_it_and_the_older_one_still_reads(kind, out, tmp_path):
     victim = checkpoint.round_dir(out, 2) / checkpoint.MANIFEST
-    _plant(victim, kind, tmp_path / "elsewhere.json")
+    plant_hostile(victim, kind, tmp_path / "elsewhere.json")
     hostile, older = _in_child(_job("read_manifest", out, 2), _job("read_manifest", out, 1))
     assert "error" in hostile, hostile
     assert str(victim) in hostile["error"] and MANIFEST_CASES[kind] in hostile["error"], hostile
@@ -158,7 +132,7 @@ def test_a_hostile_manifest_is_refused_quickly_naming_it_and_the_older_one_still
 
 
 def test_the_run_id_for_resume_comes_from_the_newest_readable_manifest(out, tmp_path):
-    _plant(checkpoint.round_dir(out, 2) / checkpoint.MANIFEST, "fifo", tmp_path / "x")
+    plant_hostile(checkpoint.round_dir(out, 2) / checkpoint.MANIFEST, "fifo", tmp_path / "x")
     assert checkpoint.latest_recorded_run_id(out) == "r"
 
 
@@ -200,7 +174,7 @@ RANK_FILE_CASES = {
 def test_a_hostile_rank_file_fails_the_check_quickly_naming_it(kind, suffix, out, tmp_path):
     entries = _entries(out, 2, 1)
     victim = checkpoint.round_dir(out, 2) / f"rank_1.{suffix}"
-    _plant(victim, kind, tmp_path / f"elsewhere.{suffix}")
+    plant_hostile(victim, kind, tmp_path / f"elsewhere.{suffix}")
     *hostile, older = _in_child(_job("check_rank_files", out, 2, 1, entries),
                                 _job("read_rank_state", out, 2, 1, entries),
                                 _job("read_rank_state", out, 1, 1, _entries(out, 1, 1)))

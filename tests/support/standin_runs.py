@@ -40,6 +40,7 @@ class TwinRuns:
     mpi_model_sha: str
     inprocess_model_sha: str
     mpi_seconds: float
+    inprocess_metrics: Dict[str, float]
 
 
 def run_standin_twins(dataset: str, launcher_args: List[str], num_clients: int, cwd: Path, home: Path,
@@ -56,9 +57,9 @@ def run_standin_twins(dataset: str, launcher_args: List[str], num_clients: int, 
     twin = run_job([sys.executable, str(LAUNCHER), *common, "--set", "comm_args.backend=inprocess",
                     "--set", f"common_args.output_dir={twin_out}"], cwd, env_for(home), deadline_s)
     assert twin.returncode == 0, twin.output
-    metrics = json.loads((mpi_out / "results.json").read_text())["metrics"]
-    return TwinRuns(metrics, sha256(mpi_out / "global_model.pt"), sha256(twin_out / "global_model.pt"),
-                    job.seconds)
+    metrics = {out: json.loads((out / "results.json").read_text())["metrics"] for out in (mpi_out, twin_out)}
+    return TwinRuns(metrics[mpi_out], sha256(mpi_out / "global_model.pt"), sha256(twin_out / "global_model.pt"),
+                    job.seconds, metrics[twin_out])
 
 
 def assert_metric_per_centre(metrics: Dict[str, float], num_clients: int):
