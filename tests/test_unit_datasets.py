@@ -2,6 +2,8 @@
 import builtins
 import functools
 import itertools
+import json
+import subprocess
 import sys
 import textwrap
 import uuid
@@ -21,6 +23,7 @@ from flamby_mpi.datasets.flamby_datasets import (
 from flamby_mpi.datasets.spec import REQUIRED_ATTRIBUTES
 from flamby_mpi.datasets.synthetic import center_sizes, metric
 from flamby_mpi.exit.errors import UserError
+from support.mpi import REPO
 from support.optional import import_or_skip, shared_or_skip
 from support.paths import SHARED_DATA
 
@@ -410,6 +413,45 @@ def test_flamby_heart_centre_sizes(flamby_heart):
     spec = resolve_dataset(DataArgs(dataset="fed_heart_disease", data_path=str(HEART_DATA)), 0)
     assert [len(spec.center_dataset(c, True)) for c in range(4)] == [199, 172, 30, 85]
     assert [len(spec.center_dataset(c, False)) for c in range(4)] == [104, 89, 16, 45]
+
+
+HEART_DIGEST = textwrap.dedent("""
+    import hashlib, json, sys
+    import torch
+    if sys.argv[2] == "plain":
+        import flamby.datasets.fed_heart_disease as heart
+    else:
+        from flamby_mpi.datasets.flamby_datasets import import_flamby_dataset
+        heart = import_flamby_dataset("fed_heart_disease")
+    digest = hashlib.sha256()
+    sets = [dict(center=c, train=t) for c in range(4) for t in (True, False)] + [dict(train=False, pooled=True)]
+    for kwargs in sets:
+        data = heart.FedHeartDisease(data_path=sys.argv[1], **kwargs)
+        for i in range(len(data)):
+            for tensor in data[i]:
+                digest.update(tensor.numpy().tobytes())
+    digest.update(torch.get_rng_state().numpy().tobytes())  # flamby.utils seeds torch when imported
+    from flamby_mpi.runtime.startup import loaded_modules
+    print(json.dumps({"digest": digest.hexdigest(), "modules": loaded_modules()}))
+""")
+
+
+def test_flamby_heart_without_its_unused_imports_builds_the_same_data(flamby_heart):
+    """What a rank imports for Fed-Heart-Disease (flamby_mpi/datasets/deferred_imports.py) leaves out
+    scipy.stats, sklearn.metrics, matplotlib and seaborn, and every centre's sets are the same bits."""
+    shared_or_skip(HEART_DATA)
+
+    def digest(how):
+        done = subprocess.run([sys.executable, "-c", HEART_DIGEST, str(HEART_DATA), how], capture_output=True,
+                              text=True, timeout=120, cwd=REPO)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    plain, ours = digest("plain"), digest("deferred")
+    assert ours["digest"] == plain["digest"]
+    for unused in ("scipy.stats", "sklearn.metrics", "matplotlib", "seaborn"):
+        assert unused in plain["modules"]  # what FLamby's own import loads, and a run does not
+        assert not [m for m in ours["modules"] if m == unused or m.startswith(unused + ".")], unused
 
 
 # --- user modules by a plain (not dotted) name ------------------------------------------------

@@ -77,6 +77,46 @@ def test_deferred_modules_run_on_first_use_only(tmp_path):
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 
+HOLLOW = textwrap.dedent("""
+    import os, sys
+    sys.path.insert(0, sys.argv[1])
+    from flamby_mpi.datasets.deferred_imports import deferring
+    from flamby_mpi.runtime.startup import loaded_modules
+    ran = lambda: os.path.exists(sys.argv[1] + "/init_ran")
+    with deferring([], packages={"pkg": {"split": "pkg._split"}}):
+        from pkg import split        # the pattern of FLamby's `from sklearn.model_selection import ...`
+    assert not ran(), "the package's __init__.py ran at import"
+    assert split(7) == (3, 4)        # the name comes from the submodule that defines it
+    import pkg
+    assert split is pkg._split.split and not ran()
+    assert "pkg" not in loaded_modules() and "pkg._split" in loaded_modules()
+    assert pkg.OTHER == "from __init__" and ran()   # any other name: the real __init__.py runs, once
+    assert pkg.split is split and "pkg" in loaded_modules()
+    assert "_flamby_mpi_hollow" not in vars(pkg) and "__getattr__" not in vars(pkg)
+    try:
+        pkg.missing
+    except AttributeError:
+        pass
+    else:
+        raise AssertionError("a name the package lacks must still be an AttributeError")
+    assert open(sys.argv[1] + "/init_ran").read() == "x"
+    print("ok")
+""")
+
+
+def test_hollow_packages_hand_over_listed_names_and_run_their_init_on_other_use(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        f"open({str(tmp_path / 'init_ran')!r}, 'a').write('x')\n"
+        "from pkg._split import split\n"
+        "OTHER = 'from __init__'\n")
+    (package / "_split.py").write_text("def split(n):\n    return n // 2, n - n // 2\n")
+    done = subprocess.run([sys.executable, "-c", HOLLOW, str(tmp_path)], capture_output=True, text=True,
+                          timeout=60, cwd=REPO)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
 def test_exit_now_runs_the_c_level_exit_handlers_libraries_registered(tmp_path):
     # MPI and other C libraries register cleanups with atexit(3) or on_exit(3): they run at a
     # normal exit, and must still run here (os._exit would skip them)

@@ -12,6 +12,7 @@ not use).
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import resource
@@ -87,9 +88,18 @@ def gathered(per_process: List[List[Dict]]) -> List[Dict]:
 
 def loaded_modules() -> List[str]:
     """Modules whose code ran: not the stand-ins of flamby_mpi/transport/fedml_imports.py and
-    optim_without_dynamo.py, which only hold the place of modules never loaded."""
+    optim_without_dynamo.py, which only hold the place of modules never loaded, nor the modules
+    and packages flamby_mpi/datasets/deferred_imports.py defers that nothing has used yet."""
     return sorted(name for name, module in list(sys.modules.items())
-                  if module is not None and not getattr(module, "__dict__", {}).get("_flamby_mpi_hollow"))
+                  if module is not None and not _not_run_yet(module))
+
+
+def _not_run_yet(module) -> bool:
+    # A LazyLoader module runs its code on any attribute read, __dict__ and __class__ included:
+    # only its type may be looked at.
+    if type(module) is getattr(importlib.util, "_LazyModule", None):
+        return True
+    return bool(getattr(module, "__dict__", {}).get("_flamby_mpi_hollow"))
 
 
 def dump_modules_if_asked(rank: int):
