@@ -1,9 +1,16 @@
-"""Unit tests of flamby_mpi.launch.world: size and rank/role checks with a fake world (no MPI)."""
+"""Unit tests of flamby_mpi.launch.world: size and rank/role checks with a fake world (no MPI), and
+the collectives' wait in a real mpiexec job."""
+import json
+import sys
+import textwrap
+
 import pytest
 
 from flamby_mpi.exit.errors import UserError, WorldSizeError
 from flamby_mpi.launch import CLIENT, SERVER, World, check_world, role_of
 from flamby_mpi.launch.world import form_world, local_rank_from_hosts, singleton_world
+from support.mpi import mpiexec, run_job
+from support.mpi import test_env as job_env
 
 
 def _world(rank, size):
@@ -106,7 +113,7 @@ def test_local_rank_from_hosts(hosts, expected):
 
 
 class FakeComm:
-    """What form_world asks of a communicator: its rank and size, and an allgather."""
+    """What form_world asks of a communicator: its rank and size, a non-blocking barrier, an allgather."""
 
     def __init__(self, rank, hosts):
         self.rank, self.hosts = rank, hosts
@@ -120,6 +127,9 @@ class FakeComm:
     def allgather(self, value):
         assert value == self.hosts[self.rank]
         return list(self.hosts)
+
+    def Ibarrier(self):  # every rank is there already
+        return type("Done", (), {"Test": lambda self: True})()
 
 
 def test_form_world_gathers_the_hosts_once(monkeypatch):
@@ -136,3 +146,41 @@ def test_form_world_gathers_the_hosts_once(monkeypatch):
 def test_the_world_of_one_process_started_by_hand():
     world = singleton_world()
     assert (world.rank, world.size, world.local_rank) == (0, 1, 0)
+
+
+WAIT_FOR_ONE_LATE_RANK = textwrap.dedent("""
+    import json, resource, sys, time
+    from mpi4py import MPI
+    from flamby_mpi.launch import world
+    comm = MPI.COMM_WORLD
+    collective = {"allgather": lambda: world.allgather(comm, comm.Get_rank()),
+                  "bcast": lambda: world.bcast(comm, comm.Get_rank()),
+                  "plain": lambda: comm.allgather(comm.Get_rank())}[sys.argv[1]]
+    comm.Barrier()
+    if comm.Get_rank() == 0:
+        time.sleep(1.5)  # the late rank: still importing, still loading its data
+    cpu = lambda: sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
+    before, start = cpu(), time.monotonic()
+    got = collective()
+    seconds, cpu_s = time.monotonic() - start, cpu() - before
+    with open(f"{sys.argv[2]}/rank{comm.Get_rank()}.json", "w") as out:
+        json.dump({"got": got, "seconds": seconds, "cpu_s": cpu_s}, out)
+""")
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("collective", ["allgather", "bcast"])
+def test_ranks_waiting_for_a_late_rank_at_a_collective_sleep(collective, tmp_path):
+    """MPICH's blocking collectives poll while they wait: each early rank took a fifth of a core from
+    the late one (the script's `plain` case); the run's collectives wait asleep."""
+    def run(kind):
+        job = run_job([mpiexec(), "-n", "3", sys.executable, "-c", WAIT_FOR_ONE_LATE_RANK, kind, str(tmp_path)],
+                      tmp_path, job_env(tmp_path), deadline_s=120)
+        assert job.returncode == 0, job.output
+        return [json.loads((tmp_path / f"rank{k}.json").read_text()) for k in range(3)]
+
+    ranks = run(collective)
+    assert [r["got"] for r in ranks] == ([[0, 1, 2]] * 3 if collective == "allgather" else [0, 0, 0])
+    for early in ranks[1:]:
+        assert early["seconds"] > 1.0  # it did wait for rank 0
+        assert early["cpu_s"] < 0.1, early  # asleep, not polling

@@ -80,6 +80,37 @@ def local_rank_from_hosts(hosts: Sequence[str], rank: int) -> int:
     return list(hosts[:rank]).count(hosts[rank])
 
 
+# A rank that reaches a blocking collective before the others waits inside MPI, and MPICH waits by
+# polling: each early rank takes a share of a core from the ranks that are still importing or loading
+# their data, which on a few cores is exactly when they need it (figures in docs/benchmarks/). So a
+# collective of the run first meets in a non-blocking barrier that a waiting rank polls between
+# sleeps (growing from _FIRST_PAUSE_S to _LONGEST_PAUSE_S: a rank that has waited long anyway pays a
+# few ms of latency, a rank that arrives with the others none); the collective itself then finds
+# every rank there.
+_FIRST_PAUSE_S, _LONGEST_PAUSE_S = 0.0001, 0.01
+
+
+def wait_for_all(comm):
+    """A barrier of `comm` that waits asleep."""
+    request = comm.Ibarrier()
+    pause = _FIRST_PAUSE_S
+    while not request.Test():
+        time.sleep(pause)
+        pause = min(2 * pause, _LONGEST_PAUSE_S)
+
+
+def allgather(comm, value) -> list:
+    """comm.allgather(value), waiting asleep for the ranks not there yet."""
+    wait_for_all(comm)
+    return comm.allgather(value)
+
+
+def bcast(comm, value, root: int = 0):
+    """comm.bcast(value, root), waiting asleep for the ranks not there yet."""
+    wait_for_all(comm)
+    return comm.bcast(value, root=root)
+
+
 def form_world(comm, **fields) -> World:
     """The World of `comm` once every rank is in it, with this rank's local rank.
 
@@ -87,7 +118,7 @@ def form_world(comm, **fields) -> World:
     """
     host = socket.gethostname()
     rank = comm.Get_rank()
-    hosts = comm.allgather(host)
+    hosts = allgather(comm, host)
     return World(comm=comm, rank=rank, size=comm.Get_size(), host=host,
                  local_rank=local_rank_from_hosts(hosts, rank), **fields)
 

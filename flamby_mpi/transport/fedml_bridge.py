@@ -27,6 +27,7 @@ from types import SimpleNamespace
 from typing import Callable, Dict, List, Optional
 
 from ..exit import failures
+from ..launch import world as world_collectives
 from ..launch.world import World
 from ..outputs.telemetry import Traffic
 from ..runtime import startup
@@ -406,10 +407,10 @@ class FedMLTransport:
         startup.mark("imports")
 
     def agree(self, value):
-        return self.world.comm.bcast(value, root=0)
+        return world_collectives.bcast(self.world.comm, value, root=0)
 
     def allgather(self, value) -> list:
-        return self.world.comm.allgather(value)
+        return world_collectives.allgather(self.world.comm, value)
 
     def device(self, plan, warn):
         from ..runtime.devices import pick_device
