@@ -144,6 +144,10 @@ class Meter:
 # docs/benchmarks/).
 # Only the header is waited for this way; a message's buffers follow it at once and are received
 # with blocking MPI calls.
+# While the rank's main thread handles a message (a client trains, the server aggregates), a message
+# received meanwhile would only wait in the queue: the thread does not probe then, but rests until
+# the main thread waits for the queue again. Probing during training woke this thread every few ms,
+# each time taking the GIL from the training thread.
 _FIRST_PAUSE_S, _PAUSE_S = 0.00005, 0.001
 _LONG_IDLE_S, _LONG_IDLE_PAUSE_S = 0.05, 0.005
 _STOP_CHECK_S = 0.2
@@ -160,9 +164,20 @@ def _metered_comm_manager(comm, rank: int, size: int):
     from . import wire
 
     class MeteredReceiveThread(MPIReceiveThread):
-        def __init__(self, meter: Meter, *args):
+        def __init__(self, meter: Meter, main_waiting: threading.Event, *args):
             super().__init__(*args)
             self.meter = meter
+            self.main_waiting = main_waiting  # set while the main thread waits for the queue
+
+        def stop(self):
+            super().stop()
+            self.main_waiting.set()  # a thread resting until then sees the stop at once
+
+        def _rest_while_main_is_busy(self) -> bool:
+            """Waits until the main thread waits for the next message; True when stopped meanwhile."""
+            while not self.main_waiting.is_set():
+                self.main_waiting.wait(_STOP_CHECK_S)
+            return self._stop_event.is_set()
 
         def run(self):  # FedML's loop, with the wire format, the byte count and a bounded back-off
             status, pool = MPI.Status(), wire.BufferPool()
@@ -170,6 +185,11 @@ def _metered_comm_manager(comm, rank: int, size: int):
                 while True:
                     idle_since, pause = time.monotonic(), _FIRST_PAUSE_S
                     while not self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=wire.HEAD_TAG, status=status):
+                        if not self.main_waiting.is_set():
+                            if self._rest_while_main_is_busy():
+                                return
+                            idle_since, pause = time.monotonic(), _FIRST_PAUSE_S
+                            continue
                         if self._stop_event.wait(pause):
                             return
                         long_idle = time.monotonic() - idle_since > _LONG_IDLE_S
@@ -188,11 +208,15 @@ def _metered_comm_manager(comm, rank: int, size: int):
     class MeteredMpiCommManager(MpiCommunicationManager):
         def __init__(self, comm, rank, size):
             self.meter = Meter()
+            # Probing is allowed until the message loop runs (FedML's managers start it last).
+            self.main_waiting = threading.Event()
+            self.main_waiting.set()
             super().__init__(comm, rank, size)
 
         def _start_receiving(self, name: str):
             receive_queue = queue.Queue(0)
-            thread = MeteredReceiveThread(self.meter, self.comm, self.rank, self.size, name, receive_queue)
+            thread = MeteredReceiveThread(self.meter, self.main_waiting, self.comm, self.rank, self.size, name,
+                                          receive_queue)
             thread.start()
             return thread, receive_queue
 
@@ -208,12 +232,17 @@ def _metered_comm_manager(comm, rank: int, size: int):
             # FedML's loop polls its queue in a sleep loop on every rank, which with many ranks on
             # few cores takes the CPU the training needs; this one sleeps until a message is queued.
             self._notify_connection_ready()
-            while not self._stop_running:
-                try:
-                    message = self.q_receiver.get(timeout=_STOP_CHECK_S)
-                except queue.Empty:
-                    continue
-                self.notify(message)
+            try:
+                while not self._stop_running:
+                    self.main_waiting.set()
+                    try:
+                        message = self.q_receiver.get(timeout=_STOP_CHECK_S)
+                    except queue.Empty:
+                        continue
+                    self.main_waiting.clear()
+                    self.notify(message)
+            finally:
+                self.main_waiting.set()
 
         def send_message(self, msg):
             dest = msg.get(Message.MSG_ARG_KEY_RECEIVER)
