@@ -310,6 +310,14 @@ class DeviceArgs:
              "host \"*\" matches any other host; default: round-robin", check=path_problem))
     gpu_mapping_key: str = field(default="mapping_default", metadata=_meta(
         help="which mapping of gpu_mapping_file to use"))
+    memory_check: bool = field(default=True, metadata=_meta(
+        help="before any data is loaded, refuse (exit 2, every rank) a job whose ranks on a host, or "
+             "on a GPU, would not fit in its available memory, by the estimate `python -m flamby_mpi "
+             "check` recorded (else a built-in figure for FLamby's datasets); false: run anyway"))
+    memory_estimates_file: Optional[str] = field(default=None, metadata=_meta(
+        help="the JSON file where `python -m flamby_mpi check` records its memory estimates and the "
+             "run reads them; default: $XDG_CACHE_HOME/flamby-mpi/memory_estimates.json "
+             "(~/.cache/... without XDG_CACHE_HOME); ~ is your home directory", check=path_problem))
 
 
 @dataclass

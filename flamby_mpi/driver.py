@@ -35,7 +35,7 @@ from .exit.errors import UserError
 from .exit.preemption import StopRequest, exit_code, signal_name
 from .outputs.logs import SHOWN_WHEN_QUIET
 from .plan import RunPlan
-from .runtime import startup
+from .runtime import memory_fit, startup
 from .storage import run_directory, safe_files
 
 
@@ -86,6 +86,10 @@ def _run(plan: RunPlan, transport, at: str, completed: List[RunPlan]) -> int:
     if plan.run_id is None:  # every rank has the same config, so every rank takes this branch
         plan = plan.with_run_id(transport.agree(_first_run_id(plan) if transport.rank == 0 else None))
     completed[0] = plan
+    # Before any data is loaded, and before the output directory is taken (a refused job leaves nothing).
+    code = memory_fit.at_startup(plan, transport, _warning)
+    if code:
+        return code
     claim = run_directory.claim(plan, transport)  # before any rank writes in the output directory
     if claim.code:
         return claim.code
@@ -140,6 +144,10 @@ def _run(plan: RunPlan, transport, at: str, completed: List[RunPlan]) -> int:
     if server_run is not None:
         _write_and_report(plan, server_run, transport.world_size, console, ranks)
     return 0
+
+
+def _warning(text: str):
+    print(f"flamby-mpi: warning: {text}", file=sys.stderr, flush=True)
 
 
 def _first_run_id(plan: RunPlan) -> str:

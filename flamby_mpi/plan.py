@@ -56,6 +56,7 @@ RESULT_NEUTRAL_KEYS = frozenset({
     "common_args.keep_checkpoints", "common_args.preemption_grace_s",
     "comm_args.round_timeout_s", "comm_args.join_timeout_s", "comm_args.rendezvous_dir",
     "comm_args.secret_file", "tracking_args.log_level", "tracking_args.tensorboard",
+    "device_args.memory_check", "device_args.memory_estimates_file",
 })
 ROUNDS_KEY = "train_args.comm_round"
 
