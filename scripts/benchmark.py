@@ -4,7 +4,8 @@ targets of issue 10 beside them. These machines are shared and noisy: only ratio
 the same sitting, alternated, mean anything; absolute times move from day to day.
 
   python scripts/benchmark.py [--out DIR] [--sections heart,startup,...] [--pairs N] [--rounds N]
-                              [--max-centres N] [--markdown [PATH]] [--repo CHECKOUT]
+                              [--max-centres N] [--datasets ixi,...] [--rank-threads auto,2]
+                              [--markdown [PATH]] [--repo CHECKOUT]
 
 Sections (each a function registered in SECTIONS; each prints what it runs and how long it took):
   heart       Fed-Heart-Disease end to end, wall from launch to exit: `mpirun -np 5` and the
@@ -31,6 +32,15 @@ Sections (each a function registered in SECTIONS; each prints what it runs and h
               complete, at most 2.5x the seconds per round of 32.
   telemetry   per-round cost of TensorBoard (on against off) with the tiny model at --centres
               centres, runs alternated. Target: at most 1.03x.
+  datasets    each FLamby dataset of --datasets (default the light ones; fed_kits19 only when
+              named; fed_lidc_idri says it needs a GPU) on stand-in data (heart on its real
+              files) under `mpirun -n N+1`, one case per --rank-threads value, against FLamby's
+              FedAvg in RAM on the same data and settings (scripts/bench/flamby_inram.py):
+              per round the slowest centre's training, the launcher's rest (messages,
+              aggregation, checkpoint, telemetry) and its share, peak RSS per rank; the whole
+              run and the training rounds against the in-RAM loop. Targets (issue 21): the
+              launcher at most 5% of a round (IXI, ISIC2019, KITS19, LIDC-IDRI); IXI and
+              ISIC2019 at most 1.0x FLamby's in-RAM loop.
 
 Writes DIR/benchmark.csv (every measurement, ratio and note) and DIR/benchmark.png (the ratios
 against their targets, and the scaling curve). --markdown prints the tables as markdown;
