@@ -7,7 +7,10 @@ attention-MIL model on the stand-in data, 2 centres, Adam, a checkpoint every ro
   stops at a round boundary with exit 143, and `--resume` ends with the uninterrupted mpiexec run's
   global_model.pt, metrics, and one rounds.csv row per round and centre; the report picture is
   drawn from the resumed run;
-- the telemetry of an image run: rounds.csv, TensorBoard's events, both agreeing with results.json.
+- the telemetry of an image run: rounds.csv, TensorBoard's events, both agreeing with results.json;
+- (heavy) Fed-IXI's 3-D U-Net, whose BatchNorm buffers and AdamW moments a checkpoint must carry:
+  stopped by SIGTERM and resumed in process, bitwise the uninterrupted run (the in-process twin is
+  bitwise the mpiexec run, tests/test_standin_fed_ixi.py).
 
 Fed-Camelyon16 rather than Fed-IXI's 3-D U-Net: at batch size 1 and one update its round costs a
 fraction of IXI's, so the four jobs fit CI's budget. Its bags go through FLamby's collate_fn (padded
@@ -17,18 +20,22 @@ run to be bitwise the uninterrupted one.
 """
 import csv
 import json
+import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
+from flamby_mpi import cli
 from support.mpi import LAUNCHER, REPO, kill_group, mpiexec, run_job, run_mpi
 from support.mpi import test_env as env_for
+from support.optional import import_or_skip
 from support.separate import SeparateRanks
 from support.standin_runs import scratch_without_test_in_path, sha256, write_standin
 
@@ -197,3 +204,47 @@ def test_an_image_runs_telemetry_is_complete(reference):
     _assert_telemetry(reference)
     timing = _results(reference)["ranks"]
     assert [r["rank"] for r in timing] == list(range(NP)) and all(r["peak_rss_mb"] > 0 for r in timing)
+
+
+def _sigterm_once_written(path: Path, stop: threading.Event):
+    while not stop.is_set():
+        if path.exists():
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        time.sleep(0.005)
+
+
+@pytest.mark.heavy
+def test_fed_ixi_unet_with_batchnorm_and_adamw_stopped_and_resumed_in_process_is_bitwise(tmp_path, monkeypatch):
+    """Heavy: three 3-D U-Net runs in one process, about half a minute of CPU and 1.4 GiB."""
+    torch = import_or_skip("torch")
+    import_or_skip("flamby.datasets.fed_ixi")
+    data = write_standin("fed_ixi", tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+
+    def argv(out):  # FLamby's Optimizer for IXI is AdamW (the config's SGD keeps no state)
+        return ["--cf", str(REPO / "config" / "fed_ixi.yaml"), *data, "--set", "data_args.centers=[0,1]",
+                "--set", f"train_args.comm_round={ROUNDS}", "--set", "train_args.num_updates=1",
+                "--set", "train_args.batch_size=1", "--set", "train_args.client_optimizer=torch.optim.AdamW",
+                "--set", "comm_args.backend=inprocess", "--set", f"common_args.output_dir={out}", "--quiet"]
+
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    assert cli.main(argv(full)) == 0
+    model = torch.load(full / "global_model.pt", weights_only=True)
+    assert any(name.endswith("running_var") for name in model) and \
+        any(name.endswith("num_batches_tracked") for name in model)  # the buffers are in what is compared
+    stop = threading.Event()
+    sender = threading.Thread(target=_sigterm_once_written, daemon=True,
+                              args=(stopped / "checkpoints" / "round_1" / "manifest.json", stop))
+    sender.start()
+    try:
+        assert cli.main(argv(stopped)) == PREEMPTED
+    finally:
+        stop.set()
+        sender.join()
+    assert not (stopped / "results.json").exists()
+    assert cli.main([*argv(stopped), "--resume"]) == 0
+    assert _results(stopped)["resumed_from"]["round"] in range(1, ROUNDS)
+    assert sha256(stopped / "global_model.pt") == sha256(full / "global_model.pt")
+    assert (stopped / "metrics.csv").read_text() == (full / "metrics.csv").read_text()
+    assert _training_rows(stopped) == _training_rows(full)
