@@ -152,7 +152,9 @@ def test_one_process_per_terminal_gives_the_mpiexec_runs_model(data, reference, 
 def _wait_for_file(path: Path, job: subprocess.Popen, deadline_s: float):
     end = time.monotonic() + deadline_s
     while not path.exists():
-        assert job.poll() is None, f"the job ended ({job.returncode}) before {path} was written"
+        if job.poll() is not None:
+            raise AssertionError(f"the job ended ({job.returncode}) before {path} was written:\n"
+                                 + job.communicate()[0])
         assert time.monotonic() < end, f"no {path} within {deadline_s} s"
         time.sleep(0.01)
 
