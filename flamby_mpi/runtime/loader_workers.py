@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import multiprocessing
+import multiprocessing.connection
 import signal
 import threading
 from typing import Iterator, List, Optional
@@ -45,6 +46,11 @@ START_METHOD = "forkserver"
 # Imported by the fork server before it forks any worker: what every worker needs to unpickle a
 # dataset and return tensors. Never anything that imports mpi4py (a worker must not touch MPI).
 _ALWAYS_PRELOADED = ("__main__", "torch", "numpy", __name__)
+
+
+# How long an error while drawing a batch waits for a worker's end to be known before it is taken
+# for the dataset's own error.
+_WORKER_END_WAIT_S = 2.0
 
 
 class DataWorkerDied(UserError):
@@ -115,10 +121,14 @@ def start_iterator(loader: torch.utils.data.DataLoader) -> Iterator:
         return iter(loader)
 
 
-def dead_worker(iterator, role: str) -> Optional[DataWorkerDied]:
-    """The error naming a dead worker of this iterator, or None when every worker is alive (or it has none)."""
-    for worker in getattr(iterator, "_workers", None) or []:
-        worker.is_alive()  # reaps it if it has ended, so that exitcode is set
+def dead_worker(iterator, role: str, wait_s: float = 0.0) -> Optional[DataWorkerDied]:
+    """The error naming a dead worker of this iterator, or None when every worker is alive after
+    waiting up to wait_s for one to end (or it has none)."""
+    workers = getattr(iterator, "_workers", None) or []
+    if wait_s > 0 and workers:
+        # A worker's end reaches this process through the fork server, a moment after it died.
+        multiprocessing.connection.wait([w.sentinel for w in workers], timeout=wait_s)
+    for worker in workers:
         code = worker.exitcode
         if code is None or code == 0:
             continue
@@ -139,12 +149,16 @@ def dead_worker(iterator, role: str) -> Optional[DataWorkerDied]:
 
 
 def next_batch(iterator, role: str):
-    """next(iterator), a dead worker named (StopIteration passes through)."""
+    """next(iterator), a dead worker named (StopIteration passes through). torch says "exited
+    unexpectedly" once it notices; a worker killed while its batch's tensors are being handed over
+    shows first as the hand-over failing (ConnectionResetError, EOFError...), so any error is
+    checked against the workers' ends before it is passed on."""
     try:
         return next(iterator)
-    except RuntimeError as error:
-        died = dead_worker(iterator, role)
+    except StopIteration:
+        raise
+    except Exception as error:
+        died = dead_worker(iterator, role, wait_s=_WORKER_END_WAIT_S)
         if died is None:
             raise
         raise died from error
-
