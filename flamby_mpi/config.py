@@ -202,8 +202,11 @@ class DataArgs:
         minimum=1, maximum=MAX_SYNTHETIC_CENTERS, help="centres of the synthetic dataset"))
     synthetic_samples_per_center: int = field(default=200, metadata=_meta(
         minimum=8, maximum=MAX_SYNTHETIC_SAMPLES, help="base size of a synthetic centre (sizes vary by centre)"))
-    num_workers: int = field(default=0, metadata=_meta(minimum=0, maximum=MAX_THREADS_OR_WORKERS,
-                                                      help="DataLoader worker processes"))
+    num_workers: int = field(default=0, metadata=_meta(
+        minimum=0, maximum=MAX_THREADS_OR_WORKERS,
+        help="DataLoader worker processes per loader of a rank (0: the rank loads its data itself); "
+             "started by a fork server, never forked from the MPI rank; same model as 0 unless the "
+             "dataset draws random augmentations (docs/running.md#dataloader-workers)"))
     centers: Optional[List[int]] = field(default=None, metadata=_meta(
         minimum=0, maximum=MAX_COUNT - 1, why="FLamby's centre indices, each below the dataset's NUM_CLIENTS",
         help="FLamby centre indices to train, e.g. [0, 2]; rank k trains the k-th listed centre, so mpirun -np "

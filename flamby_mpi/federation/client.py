@@ -59,9 +59,11 @@ class ClientRun:
         if len(train_set) == 0:
             raise RuntimeError(f"centre {self.center} of {dataset.name} has no training samples")
         train_loader = make_loader(train_set, plan.batch_size, shuffle=True, num_workers=plan.num_workers,
-                                   generator=torch.Generator().manual_seed(seed), collate_fn=dataset.collate_fn)
+                                   generator=torch.Generator().manual_seed(seed), collate_fn=dataset.collate_fn,
+                                   role=f"centre {self.center}'s training data")
         self.test_loader = make_loader(test_set, plan.test_batch_size, shuffle=False,
-                                       num_workers=plan.num_workers, collate_fn=dataset.collate_fn)
+                                       num_workers=plan.num_workers, collate_fn=dataset.collate_fn,
+                                       role=f"centre {self.center}'s test data")
         privacy = None
         if plan.privacy is not None:
             privacy = PrivacySettings(plan.privacy.target_epsilon, plan.privacy.target_delta,
