@@ -184,10 +184,11 @@ class PartSaver:
         nbytes = storage_bytes(tensors)
         if not synchronous and nbytes > self.limit and not self._said_why:
             self._said_why = True
-            log.warning("rank %d: its part of a checkpoint holds %.0f MiB of tensors, more than "
-                        "common_args.checkpoint_staging_mb (%d MiB) lets it copy aside: it is written at the "
-                        "end of its round instead of while the next one trains", self.rank, nbytes / MB,
-                        self.limit // MB)
+            # Rank 0's console says it for the job; every rank's log says it for itself.
+            say = log.warning if self.rank == 0 else log.info
+            say("rank %d: its part of a checkpoint holds %.0f MiB of tensors, more than "
+                "common_args.checkpoint_staging_mb (%d MiB) lets it copy aside: it is written at the end of its "
+                "round instead of while the next one trains", self.rank, nbytes / MB, self.limit // MB)
         if synchronous or nbytes > self.limit:
             tick = time.perf_counter()
             files = checkpoint.write_rank_state(self.output_dir, round_idx, self.rank, tensors, data)

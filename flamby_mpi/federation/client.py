@@ -83,9 +83,9 @@ class ClientRun:
         """The server's message: the global model, plus strategy extras (Scaffold's c)."""
         if self._replied_at is not None:
             self._waited = time.perf_counter() - self._replied_at
-        # The server completes every cut confirmed to it before it sends its next message.
-        self.written_cuts += self._confirmed
-        self._confirmed = []
+        # The server completes cut c, whenever its parts were confirmed, before it sends message c + 1.
+        self.written_cuts += [c for c in self._confirmed if c < message.round_idx]
+        self._confirmed = [c for c in self._confirmed if c >= message.round_idx]
         self.strategy.receive(self.learner, message.state)
         # Loaded into the learner: the received copy is let go now, so that its memory goes back to
         # the transport's receive buffers for the next message instead of a new one being allocated.

@@ -143,6 +143,9 @@ class ServerRun:
         cut = self.rounds_completed
         if self.plan.checkpoint_due(cut):  # staged now, written while the next round trains
             self._saver.save(cut, *self.checkpoint_state())
+            # A part too big to stage was written at once: with the clients' parts already
+            # confirmed (theirs too big as well), the cut is complete before the next message.
+            self._complete_cuts(round_idx, wait=False)
         stop = self._stop_asked(replies)
         if stop is not None and cut < self.plan.final_round:
             self.stopped_by = stop  # every client saves this cut (if not yet) and the job ends
@@ -197,7 +200,12 @@ class ServerRun:
                             and 0 not in self._parts.get(round_idx, {}))
         if self.stopped_by is not None and stop_cut_unsaved:  # not due: written now, before its manifest
             self._saver.save(round_idx, *self.checkpoint_state(), synchronous=True)
-        for part in self._saver.collect():
+        self._complete_cuts(round_idx, wait=True)
+
+    def _complete_cuts(self, round_idx: int, wait: bool):
+        """Collects the server's own parts written (waiting for the one in flight when wait), then
+        writes the manifest of every cut whose parts are all confirmed, oldest first."""
+        for part in self._saver.collect(wait=wait):
             self._parts.setdefault(part["round"], {})[0] = part
         for cut in sorted(self._parts):
             parts = self._parts[cut]
