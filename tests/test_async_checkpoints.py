@@ -26,7 +26,7 @@ import pytest
 
 from support.mpi import DEFAULT_CONFIG, LAUNCHER, kill_group, mpiexec, run_job, wait_until_gone
 from support.mpi import test_env as job_env
-from support.tmpfs import temporary_files
+from support.tmpfs import resize, temporary_files, tmpfs
 
 pytestmark = [pytest.mark.mpi, pytest.mark.timeout(600)]
 
@@ -165,3 +165,58 @@ def test_sigterm_while_a_part_is_written_in_the_background_completes_the_cut(wor
     assert sorted(p.name for p in directory.iterdir()) == sorted(
         ["manifest.json"] + [f"rank_{k}.{e}" for k in range(3) for e in ("pt", "json")])
     assert _resume(workdir, out) == _sha(reference / "global_model.pt")
+
+
+def test_a_disk_that_fills_during_a_background_write_ends_the_job_with_74_and_resume_works(workdir, reference):
+    cwd, home, marker = workdir
+    sizes = [-(-p.stat().st_size // 4096) * 4 for p in (reference / "checkpoints" / f"round_{ROUNDS}").iterdir()]
+    # Two cuts, config.yaml and the logs fit; the third cut's biggest part does not (a part, not a
+    # manifest: the part's write is the background one).
+    with tmpfs(cwd / "disk", 2 * sum(sizes) + 64 + max(sizes) // 2) as disk:
+        out = disk / "run"
+        job = run_job(_mpirun(marker, out), cwd, job_env(home, HEAVY), DEADLINE_S, marker=marker)
+        assert job.returncode == 74, job.output
+        assert "Traceback" not in job.output and "--- Logging error ---" not in job.output, job.output
+        errors = [line for line in job.stderr.splitlines() if line.startswith("flamby-mpi: error")]
+        assert len(errors) == 1, job.stderr
+        assert "no space left on the device" in errors[0] and "/rank_" in errors[0], errors[0]
+        assert temporary_files(out) == [] and not (out / "results.json").exists()
+        complete = _complete_cuts(out)
+        assert complete and max(complete) < ROUNDS, complete
+        for cut in complete:  # every cut the manifests name is whole: its parts were confirmed on disk
+            assert sorted(p.name for p in (out / "checkpoints" / f"round_{cut}").iterdir()) == sorted(
+                ["manifest.json"] + [f"rank_{k}.{e}" for k in range(3) for e in ("pt", "json")])
+        resize(disk, 1024 * 1024)
+        assert _resume(workdir, out) == _sha(reference / "global_model.pt")
+        assert temporary_files(out) == []
+
+
+# ---- the writer itself, on real files ------------------------------------------------------------
+
+def test_a_staged_part_holds_the_state_it_was_staged_from_and_a_writers_error_surfaces(tmp_path):
+    import torch
+
+    from flamby_mpi.checkpoints import checkpoint, staging
+    from flamby_mpi.storage.safe_files import UnsafePathError
+
+    saver = staging.PartSaver(tmp_path, 1, staging_mb=1024)
+    weights = torch.zeros(8_000_000)
+    saver.save(1, {"w": weights, "view": weights[:3]}, {"n": 1})
+    weights.add_(1.0)  # the next round trains in place while the part is written
+    (part,) = saver.collect()
+    tensors, data = checkpoint.read_rank_state(tmp_path, 1, 1, part["files"])
+    assert float(tensors["w"].abs().max()) == 0.0 and data == {"n": 1}
+    assert tensors["view"].untyped_storage().data_ptr() == tensors["w"].untyped_storage().data_ptr()
+    assert part["staged_bytes"] == 32_000_000 and saver.pending is None
+    # A round directory that is a link: the thread's error is raised where the rank collects
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "checkpoints" / "round_2").symlink_to(tmp_path / "elsewhere")
+    saver.save(2, {"w": weights}, {"n": 2})
+    with pytest.raises(UnsafePathError, match="round_2 is a link"):
+        saver.collect()
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+    # Anything else the thread raises (here torch.save refusing an object) surfaces the same way
+    saver.save(3, {"w": weights, "not a tensor": lambda: None}, {"n": 3})
+    with pytest.raises(Exception, match="pickle"):
+        saver.collect()
+    assert saver.pending is None and temporary_files(tmp_path) == []

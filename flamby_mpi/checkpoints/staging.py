@@ -103,8 +103,8 @@ def stage(round_idx: int, rank: int, tensors: dict, data: dict) -> StagedCut:
 class CutWriter:
     """At most one staged cut of one rank being written, in a background thread."""
 
-    def __init__(self, output_dir: Path):
-        self.output_dir = Path(output_dir)
+    def __init__(self, output_dir: Optional[Path]):
+        self.output_dir = output_dir
         self._thread: Optional[threading.Thread] = None
         self._staged: Optional[StagedCut] = None
         self._result: Optional[dict] = None
@@ -165,8 +165,8 @@ class PartSaver:
     {"round", "files", "write_s", "wait_s", "critical_s", ...}, critical_s being what the part cost
     the round itself (staging and waiting; the whole write when synchronous)."""
 
-    def __init__(self, output_dir: Path, rank: int, staging_mb: int):
-        self.output_dir, self.rank = Path(output_dir), rank
+    def __init__(self, output_dir: Optional[Path], rank: int, staging_mb: int):
+        self.output_dir, self.rank = output_dir, rank  # None: a plan without its run id saves nothing
         self.limit = staging_mb * MB
         self.writer = CutWriter(output_dir)
         self._done: list = []  # parts written synchronously, not yet collected
