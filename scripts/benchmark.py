@@ -638,6 +638,12 @@ def telemetry(bench: Bench) -> List[Dict]:
 
 # One entry per section, run in this order. A section is `section(bench) -> rows` (rows: see
 # benchmark_report.py; a ratio row from ratio_row() carries its target).
+def checkpoint_figures(results: Dict) -> Dict:
+    """results.json's checkpoint cost per cut (on the round's critical path), when the run wrote any."""
+    saved = results.get("checkpoints") or {}
+    return {"checkpoint_mean_s": saved["mean_s"]} if saved.get("mean_s") is not None else {}
+
+
 def checkpoint_cost(bench: Bench) -> List[Dict]:
     """A checkpoint every round (the default) against none, side by side, runs alternated:
     Fed-Heart-Disease under `mpirun -np 5`, results.json's training time (target: at most 1.05x), and
@@ -653,7 +659,8 @@ def checkpoint_cost(bench: Bench) -> List[Dict]:
                 job = run_project(5, data + ["--set", f"common_args.checkpoint_every={every}"], out, 900,
                                   config=HEART_CONFIG)
                 rows.append({"section": "checkpoints", "case": f"heart, checkpoint_every={every}", "run": pair,
-                             "train_s": job.results["timing"]["train_s"], "wall_s": job.wall_s})
+                             "train_s": job.results["timing"]["train_s"], "wall_s": job.wall_s,
+                             **checkpoint_figures(job.results)})
                 return f"training {job.results['timing']['train_s']:.3f} s"
             return run
 
@@ -683,7 +690,7 @@ def checkpoint_cost(bench: Bench) -> List[Dict]:
                 "--set", f"common_args.checkpoint_every={every}"], out, 1800, env=env)
             value = results["timing"]["train_s"] / results["rounds_completed"]
             rows.append({"section": "checkpoints", "case": f"100 MB, checkpoint_every={every}", "run": pair,
-                         "seconds_per_round": value})
+                         "seconds_per_round": value, **checkpoint_figures(results)})
             return f"{value:.3f} s/round over the run"
         return run
 
@@ -698,6 +705,12 @@ def checkpoint_cost(bench: Bench) -> List[Dict]:
                        [("every round", big_run(1)), ("none", big_run(0)), ("raw MPI", raw)])
     if failed:
         return rows + [note_row("checkpoints", "100 MB failed", failed)]
+    for case in ("heart, checkpoint_every=1", "100 MB, checkpoint_every=1"):
+        cost = median_of(rows, "checkpoint_mean_s", case=case)
+        if cost is not None:
+            rows.append(note_row("checkpoints", f"{case.split(',')[0]}: what a cut costs the round",
+                                 f"{cost * 1000:.1f} ms per cut, median of runs (results.json `checkpoints.mean_s`: "
+                                 "the server's part plus the slowest client's, as the round waited for them)"))
     reference = median_of(rows, "seconds_per_round", case="100 MB, raw MPI")
     rows.append(ratio_row("checkpoints", f"{megabytes} MB x {clients}, checkpoint every round, whole run, vs raw MPI",
                           median_of(rows, "seconds_per_round", case="100 MB, checkpoint_every=1"), reference, 1.25,

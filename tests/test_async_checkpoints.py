@@ -208,6 +208,14 @@ def test_a_staged_part_holds_the_state_it_was_staged_from_and_a_writers_error_su
     assert float(tensors["w"].abs().max()) == 0.0 and data == {"n": 1}
     assert tensors["view"].untyped_storage().data_ptr() == tensors["w"].untyped_storage().data_ptr()
     assert part["staged_bytes"] == 32_000_000 and saver.pending is None
+    # The next cut is copied into the same memory (written and let go), and holds its own state
+    reused = saver.writer.spare[0].data_ptr()
+    saver.save(4, {"w": weights, "view": weights[:3]}, {"n": 4})
+    weights.add_(1.0)
+    (part,) = saver.collect()
+    tensors, _ = checkpoint.read_rank_state(tmp_path, 4, 1, part["files"])
+    assert float(tensors["w"].min()) == float(tensors["w"].max()) == 1.0
+    assert saver.writer.spare[0].data_ptr() == reused
     # A round directory that is a link: the thread's error is raised where the rank collects
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "checkpoints" / "round_2").symlink_to(tmp_path / "elsewhere")

@@ -39,6 +39,7 @@ class StagedCut:
     json_bytes: bytes
     nbytes: int  # the tensors' storages, counted once each
     stage_s: float
+    storages: list  # the copies, in the order staged: the next cut's spare once this one is written
 
 
 def storage_bytes(tree) -> int:
@@ -65,39 +66,47 @@ def _walk(tree, visit):
             _walk(value, visit)
 
 
-def _copied(tree, storages: dict):
-    """tree with every tensor a view of a CPU copy of its storage (one copy per storage)."""
+def _copied(tree, storages: dict, spare: list):
+    """tree with every tensor a view of a CPU copy of its storage (one copy per storage). spare: the
+    previous cut's copies, written and let go, reused in turn where the size matches (no fresh
+    memory to fault in every round)."""
     import torch
 
     if isinstance(tree, torch.Tensor):
         key = _storage_key(tree)
         if key not in storages:
             source = tree.untyped_storage()
-            storages[key] = source.cpu().clone() if source.device.type == "cpu" else source.cpu()
+            reuse = spare.pop(0) if spare and spare[0].nbytes() == source.nbytes() else None
+            if reuse is not None:
+                storages[key] = reuse.copy_(source)
+            else:
+                spare.clear()  # another layout: the rest is not reused either
+                storages[key] = source.cpu().clone() if source.device.type == "cpu" else source.cpu()
         view = torch.empty(0, dtype=tree.dtype)
         view.set_(storages[key], tree.storage_offset(), tree.size(), tree.stride())
         return view
     if isinstance(tree, dict):
         copied = type(tree)() if type(tree) is not dict else {}
         for key, value in tree.items():
-            copied[key] = _copied(value, storages)
+            copied[key] = _copied(value, storages, spare)
         # Attributes pickle with the dict: a state_dict's OrderedDict carries its modules' versions.
         if getattr(tree, "__dict__", None):
             copied.__dict__.update(copy.deepcopy(tree.__dict__))
         return copied
     if isinstance(tree, list):
-        return [_copied(value, storages) for value in tree]
+        return [_copied(value, storages, spare) for value in tree]
     if isinstance(tree, tuple):
-        return tuple(_copied(value, storages) for value in tree)
+        return tuple(_copied(value, storages, spare) for value in tree)
     return copy.deepcopy(tree)
 
 
-def stage(round_idx: int, rank: int, tensors: dict, data: dict) -> StagedCut:
+def stage(round_idx: int, rank: int, tensors: dict, data: dict, spare: Optional[list] = None) -> StagedCut:
     tick = time.perf_counter()
     storages: dict = {}
-    staged = _copied(tensors, storages)
+    staged = _copied(tensors, storages, list(spare or []))
     nbytes = sum(s.nbytes() for s in storages.values())
-    return StagedCut(round_idx, rank, staged, checkpoint.state_json(data), nbytes, time.perf_counter() - tick)
+    return StagedCut(round_idx, rank, staged, checkpoint.state_json(data), nbytes, time.perf_counter() - tick,
+                     list(storages.values()))
 
 
 class CutWriter:
@@ -109,6 +118,7 @@ class CutWriter:
         self._staged: Optional[StagedCut] = None
         self._result: Optional[dict] = None
         self._error: Optional[BaseException] = None
+        self.spare: list = []  # the copies of the last cut written, for the next stage to reuse
 
     @property
     def pending(self) -> Optional[int]:
@@ -144,6 +154,7 @@ class CutWriter:
         self._thread.join()
         wait_s = time.perf_counter() - tick
         self._staged, self._thread = None, None
+        self.spare, staged.storages = staged.storages, []
         error, self._error = self._error, None
         if error is not None:
             raise error
@@ -196,7 +207,8 @@ class PartSaver:
             self._done.append({"round": round_idx, "files": files, "write_s": seconds, "wait_s": 0.0,
                                "critical_s": seconds, "staged_bytes": 0})
             return
-        self.writer.submit(stage(round_idx, self.rank, tensors, data))
+        spare, self.writer.spare = self.writer.spare, []
+        self.writer.submit(stage(round_idx, self.rank, tensors, data, spare))
 
     def collect(self, wait: bool = True) -> list:
         """Every part written since the last call, the one being written waited for (unless not
