@@ -11,6 +11,8 @@ StorageError, a link's UnsafePathError, any bug) in the round loop, so that noth
 is lost and every message still goes out from the round loop alone. The thread touches no MPI,
 draws no random number and runs no training arithmetic: it pickles copies and writes files.
 
+Memory: one cut's copies per rank, kept once written for the next cut to copy into (no fresh pages
+to fault in every round), and bounded by PartSaver's limit (common_args.checkpoint_staging_mb).
 The files are those checkpoint.write_rank_state writes from the live state (the synchronous
 path, when a cut is too big to stage): the same bytes, synced before their entries are handed back.
 """
@@ -142,7 +144,7 @@ class CutWriter:
         except BaseException as error:  # noqa: BLE001 - handed to the round loop by wait(), never lost
             self._error = error
         finally:
-            staged.tensors = None  # the staged memory goes as soon as it is written
+            staged.tensors = None  # its storages stay, for the next cut to copy into (CutWriter.spare)
 
     def wait(self) -> dict:
         """Blocks until the pending write ends; returns {"round", "files", "write_s", "wait_s",
