@@ -131,6 +131,8 @@ def _run(plan: RunPlan, transport, at: str, completed: List[RunPlan]) -> int:
     # Every rank that ran the exchanges, stopped early or not, takes part in this one collective.
     ranks = startup.gathered(transport.allgather(startup.rank_figures(transport.local_ranks, transport.host)))
     startup.dump_modules_if_asked(transport.rank)
+    for client_run in client_runs:  # every rank is past the exchanges: the last cut is complete
+        client_run.finish_checkpoints()
     stop_request.uninstall()
     stopped_by = next((role.stopped_by for role in [server_run, *client_runs] if role is not None), None)
     if stopped_by is not None:
@@ -310,11 +312,7 @@ def _write_and_report(plan: RunPlan, server_run, world_size: int, console, ranks
     server_run.progress.end_line()
     console.info("final metrics (%s, %s, %d rounds):\n%s", plan.dataset.name, plan.strategy,
                  server_run.rounds_completed, format_table(server_run.final_metrics or {}), extra=SHOWN_WHEN_QUIET)
-    seconds = server_run.checkpoint_seconds
-    checkpoints = {"every": plan.checkpoint_every, "keep": plan.keep_checkpoints, "written": len(seconds),
-                   "mean_s": round(sum(seconds) / len(seconds), 6) if seconds else None,
-                   "max_s": round(max(seconds), 6) if seconds else None,
-                   "dir": str(checkpoint.checkpoints_dir(plan.output_dir))}
+    checkpoints = server_run.checkpoint_summary()
     write_results(plan, server_run, timing, world_size,
                   extra={"backend": plan.backend, "checkpoints": checkpoints,
                          "resumed_from": server_run.resumed_from, "ranks": ranks})

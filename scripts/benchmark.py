@@ -30,6 +30,9 @@ Sections (each a function registered in SECTIONS; each prints what it runs and h
               this machine's free memory, is recorded as such. Per round: rounds after the
               first (rounds.csv round_s), the whole-run mean beside it. Target: 64 centres
               complete, at most 2.5x the seconds per round of 32.
+  checkpoints a checkpoint every round against none: heart's training time under mpirun -np 5
+              (target: at most 1.05x), and the 100 MB model x 4 clients over the whole run against
+              raw_mpi_round.py (target: at most 1.25x), runs alternated.
   telemetry   per-round cost of TensorBoard (on against off) with the tiny model at --centres
               centres, runs alternated. Target: at most 1.03x.
   datasets    each FLamby dataset of --datasets (default the light ones; fed_kits19 only when
@@ -806,6 +809,89 @@ def dataset_report(rows: List[Dict], markdown: bool = False) -> str:
 
 # One entry per section, run in this order. A section is `section(bench) -> rows` (rows: see
 # benchmark_report.py; a ratio row from ratio_row() carries its target).
+def checkpoint_figures(results: Dict) -> Dict:
+    """results.json's checkpoint cost per cut (on the round's critical path), when the run wrote any."""
+    saved = results.get("checkpoints") or {}
+    return {"checkpoint_mean_s": saved["mean_s"]} if saved.get("mean_s") is not None else {}
+
+
+def checkpoint_cost(bench: Bench) -> List[Dict]:
+    """A checkpoint every round (the default) against none, side by side, runs alternated:
+    Fed-Heart-Disease under `mpirun -np 5`, results.json's training time (target: at most 1.05x), and
+    the exchange section's 100 MB model x 4 clients over the whole run, first round and final
+    exchange included, against raw_mpi_round.py (target: at most 1.25x; checkpoints off beside it)."""
+    rows = []
+    if (bench.heart_data / "processed.cleveland.data").exists() and importlib.util.find_spec("flamby"):
+        data = ["--set", f"data_args.data_path={bench.heart_data}"]
+
+        def heart_run(every: int):
+            def run(pair: int):
+                out = bench.work / f"ckpt-heart-{every}-{pair}"
+                job = run_project(5, data + ["--set", f"common_args.checkpoint_every={every}"], out, 900,
+                                  config=HEART_CONFIG)
+                rows.append({"section": "checkpoints", "case": f"heart, checkpoint_every={every}", "run": pair,
+                             "seconds": job.results["timing"]["train_s"], "wall_s": job.wall_s,
+                             **checkpoint_figures(job.results)})
+                return f"training {job.results['timing']['train_s']:.3f} s"
+            return run
+
+        failed = run_pairs(bench, "checkpoints: heart", [("every round", heart_run(1)), ("none", heart_run(0))])
+        if failed:
+            rows.append(note_row("checkpoints", "heart failed", failed))
+        else:
+            rows.append(ratio_row("checkpoints", "heart, training time, checkpoint every round vs none",
+                                  median_of(rows, "seconds", case="heart, checkpoint_every=1"),
+                                  median_of(rows, "seconds", case="heart, checkpoint_every=0"), 1.05, unit="s"))
+    else:
+        rows.append(note_row("checkpoints", "heart skipped", "no FLamby or no Fed-Heart-Disease data"))
+    raw_round = SHARED / "bench" / "raw_mpi_round.py"
+    if not raw_round.exists():
+        return rows + [note_row("checkpoints", "100 MB skipped", f"{raw_round} is not here")]
+    clients, megabytes, rounds = 4, 100, EXCHANGE_ROUNDS
+    env = {"BIG_MODEL_MB": str(megabytes), "BIG_MODEL_CLIENTS": str(clients),
+           "PYTHONPATH": os.pathsep.join(p for p in (str(SHARED), os.environ.get("PYTHONPATH")) if p)}
+
+    def big_run(every: int):
+        def run(pair: int):
+            out = bench.work / f"ckpt-big-{every}-{pair}"
+            results = run_job(clients + 1, [
+                "--set", "data_args.dataset=bench.big_model_dataset", "--set", "train_args.num_updates=1",
+                "--set", f"train_args.comm_round={rounds}",
+                "--set", f"validation_args.frequency_of_the_test={rounds + 1}",
+                "--set", f"common_args.checkpoint_every={every}"], out, 1800, env=env)
+            value = results["timing"]["train_s"] / results["rounds_completed"]
+            rows.append({"section": "checkpoints", "case": f"100 MB, checkpoint_every={every}", "run": pair,
+                         "seconds_per_round": value, **checkpoint_figures(results)})
+            return f"{value:.3f} s/round over the run"
+        return run
+
+    def raw(pair: int):
+        done = subprocess.run([mpiexec(), "-n", str(clients + 1), sys.executable, str(raw_round), str(megabytes)],
+                              capture_output=True, text=True, timeout=1800)
+        value = float(done.stdout.split(":")[-1].split("s/round")[0])
+        rows.append({"section": "checkpoints", "case": "100 MB, raw MPI", "run": pair, "seconds_per_round": value})
+        return f"{value:.3f} s/round"
+
+    failed = run_pairs(bench, f"checkpoints: {megabytes} MB x {clients}",
+                       [("every round", big_run(1)), ("none", big_run(0)), ("raw MPI", raw)])
+    if failed:
+        return rows + [note_row("checkpoints", "100 MB failed", failed)]
+    for case in ("heart, checkpoint_every=1", "100 MB, checkpoint_every=1"):
+        cost = median_of(rows, "checkpoint_mean_s", case=case)
+        if cost is not None:
+            rows.append(note_row("checkpoints", f"{case.split(',')[0]}: what a cut costs the round",
+                                 f"{cost * 1000:.1f} ms per cut, median of runs (results.json `checkpoints.mean_s`: "
+                                 "the server's part plus the slowest client's, as the round waited for them)"))
+    reference = median_of(rows, "seconds_per_round", case="100 MB, raw MPI")
+    rows.append(ratio_row("checkpoints", f"{megabytes} MB x {clients}, checkpoint every round, whole run, vs raw MPI",
+                          median_of(rows, "seconds_per_round", case="100 MB, checkpoint_every=1"), reference, 1.25,
+                          unit="s/round", centres=clients))
+    rows.append(ratio_row("checkpoints", f"{megabytes} MB x {clients}, no checkpoint, whole run, vs raw MPI",
+                          median_of(rows, "seconds_per_round", case="100 MB, checkpoint_every=0"), reference, None,
+                          unit="s/round", centres=clients))
+    return rows
+
+
 SECTIONS: Dict[str, Callable] = {
     "heart": heart,
     "startup": startup,
@@ -813,6 +899,7 @@ SECTIONS: Dict[str, Callable] = {
     "exchange": exchange,
     "scaling": scaling,
     "telemetry": telemetry,
+    "checkpoints": checkpoint_cost,
     "datasets": datasets,
 }
 
