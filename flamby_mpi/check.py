@@ -23,6 +23,7 @@ scripts/submit.py runs it before sbatch/qsub (--skip-check to leave it out).
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from typing import List, Optional, Tuple
 from .config import load_config
 from .exit.errors import UserError
 from .exit.failures import fail
+from .runtime import memory_fit
 
 MIB = 1024 * 1024
 
@@ -55,6 +57,9 @@ class MemoryEstimate:
     method: str  # "peak RSS" or "torch's count"
     batch: int
     centre: int
+    # What the run's memory check (runtime/memory_fit.py) sums per host: each rank's private part,
+    # the libraries' shared pages once, and on a GPU torch's count of the step's tensors.
+    fit: Optional[memory_fit.Estimate] = None
 
 
 def _status_kib(field: str) -> Optional[int]:
@@ -133,9 +138,12 @@ def estimate_memory(plan, centre: int) -> MemoryEstimate:
 
     optim_without_dynamo.install()  # as the driver does
     before_data = _rss_bytes()
+    anon_kib = _status_kib("RssAnon")  # the private part of it (the libraries' pages are shared)
+    before_data_private = before_data if anon_kib is None else anon_kib * 1024
     train = plan.dataset.center_dataset(centre, train=True)
     batch = min(plan.batch_size, len(train))
-    loader = make_loader(train, batch, shuffle=False, num_workers=0)
+    # The dataset's collate_fn, as the clients' loaders (Fed-Camelyon16 pads its bags of tiles there).
+    loader = make_loader(train, batch, shuffle=False, num_workers=0, collate_fn=plan.dataset.collate_fn)
     torch.manual_seed(plan.seed)
     model = plan.dataset.baseline()
     model_bytes = _tensor_bytes(model.state_dict().values())
@@ -155,17 +163,24 @@ def estimate_memory(plan, centre: int) -> MemoryEstimate:
         learner.train_steps(1)
     finally:
         hook.remove()
+    state = learner.optimizer.state.values()
+    optimizer_bytes = _tensor_bytes(v for s in state for v in s.values() if isinstance(v, torch.Tensor))
+    counted = 2 * model_bytes + optimizer_bytes + sum(activations)  # torch's count of the step's tensors
     peak_kib = _status_kib("VmHWM") if measured else None
     if peak_kib is not None:
         client, method = peak_kib * 1024, "peak RSS"
         step = max(0, client - held)
     else:
-        state = learner.optimizer.state.values()
-        optimizer_bytes = _tensor_bytes(v for s in state for v in s.values() if isinstance(v, torch.Tensor))
-        step = 2 * model_bytes + optimizer_bytes + sum(activations)
+        step = counted
         client, method = held + step, "torch's count"
     server = before_data + model_bytes * (plan.num_clients + 2)
-    return MemoryEstimate(client, server, model_bytes, step, method, batch, centre)
+    # Libraries' pages (file-backed) are shared by the ranks of a host; what is left is each rank's own.
+    file_kib, shmem_kib = _status_kib("RssFile"), _status_kib("RssShmem")
+    shared = (file_kib + (shmem_kib or 0)) * 1024 if file_kib is not None else 0
+    fit = memory_fit.Estimate(client_bytes=max(0, client - shared), imports_bytes=before_data_private,
+                              shared_bytes=shared, model_bytes=model_bytes, gpu_bytes=counted,
+                              source=f"this check ({method}, centre {centre}, batch size {batch})")
+    return MemoryEstimate(client, server, model_bytes, step, method, batch, centre, fit)
 
 
 def _mib(n: int) -> str:
@@ -175,7 +190,8 @@ def _mib(n: int) -> str:
     return f"{n / 1024:,.1f} KiB" if n >= 1024 else f"{n} bytes"
 
 
-def table(plan, centres: List[CentreCheck], memory: Optional[MemoryEstimate], memory_problem: Optional[str]) -> str:
+def table(plan, centres: List[CentreCheck], memory: Optional[MemoryEstimate], memory_problem: Optional[str],
+          ranks_per_host: Optional[int] = None, recorded: str = "") -> str:
     lines = [f"flamby-mpi check: {plan.dataset.name}, centres {', '.join(map(str, plan.centres))} "
              f"(mpirun -np {plan.world_size}), batch size {plan.batch_size}"]
     rows = [("centre", "train", "test", "first sample", "status")]
@@ -197,14 +213,40 @@ def table(plan, centres: List[CentreCheck], memory: Optional[MemoryEstimate], me
         lines.append(f"  client rank  {_mib(memory.client_bytes)} (the step itself: {_mib(memory.step_bytes)})")
         lines.append(f"  server rank  {_mib(memory.server_bytes)} (imports, and the model's "
                      f"{_mib(memory.model_bytes)} times {plan.num_clients} clients + 2)")
-        every = memory.client_bytes * plan.num_clients + memory.server_bytes
-        lines.append(f"  one host running every rank: {_mib(every)}")
+        fit = memory.fit
+        if fit is not None:
+            clients = plan.num_clients
+            lines.append(f"  what the run's memory check counts per host: each rank's private memory (server "
+                         f"{_mib(fit.rank_bytes(0, clients))}, client {_mib(fit.rank_bytes(1, clients))}, "
+                         f"MPI and FedML included), the libraries' {_mib(fit.shared_bytes)} once, plus "
+                         f"{memory_fit.MARGIN:.0%}; a client on a GPU: {_mib(fit.gpu_bytes)} of tensors + "
+                         f"{_mib(memory_fit.CUDA_CONTEXT_BYTES)} for CUDA")
+            every = fit.host_bytes([(0,)] + [(r,) for r in range(1, clients + 1)], clients)
+            lines.append(f"  one host running every rank: {_mib(every)}")
+            if ranks_per_host:
+                first = fit.host_bytes([(r,) for r in range(min(ranks_per_host, plan.world_size))], clients)
+                lines.append(f"  a host running {ranks_per_host} rank(s): {_mib(first)} with the server, "
+                             f"{_mib(fit.host_bytes([(1,)] * ranks_per_host, clients))} with clients only")
+        if recorded:
+            lines.append(f"  {recorded}")
     elif memory_problem is not None:
         lines.append(f"model: {memory_problem}")
     return "\n".join(lines)
 
 
-def run_check(config_path: str, overrides: List[str]) -> Tuple[int, str]:
+def record(plan, memory: MemoryEstimate) -> str:
+    """Writes this check's estimate where the run's memory check reads it; says where (or why not)."""
+    path = memory_fit.estimates_file(plan.devices.memory_estimates_file)
+    try:
+        memory_fit.record_estimate(path, memory_fit.estimate_key(plan), memory.fit, centre=memory.centre,
+                                   method=memory.method, host=socket.gethostname())
+    except (OSError, UserError) as exc:
+        return (f"not recorded for the run's memory check: {path}: {exc} (set device_args.memory_estimates_file "
+                "to a writable file the compute nodes read)")
+    return f"recorded for the run's memory check in {path}"
+
+
+def run_check(config_path: str, overrides: List[str], ranks_per_host: Optional[int] = None) -> Tuple[int, str]:
     """(exit code, the table) for this config and these --set values. Raises UserError for a
     config or plan the ranks would refuse."""
     config = load_config(config_path, overrides)
@@ -223,9 +265,10 @@ def run_check(config_path: str, overrides: List[str]) -> Tuple[int, str]:
         pass  # the first centre's data: its row says what is missing
     except Exception as exc:  # noqa: BLE001 - a model that cannot take a step is a finding
         memory_problem = f"one training step failed: {type(exc).__name__}: {exc}"
+    recorded = record(plan, memory) if memory is not None and memory.fit is not None else ""
     centres = [check_centre(plan, c) for c in plan.centres]
     ready = memory is not None and all(c.problem is None for c in centres)
-    return (0 if ready else 2), table(plan, centres, memory, memory_problem)
+    return (0 if ready else 2), table(plan, centres, memory, memory_problem, ranks_per_host, recorded)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -237,13 +280,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cf", required=True, metavar="CONFIG", help="the run's YAML config")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config key, as launch_client.py does; repeatable")
+    parser.add_argument("--ranks-per-host", type=int, default=None, metavar="K",
+                        help="also print what a host running K ranks of the job needs (scripts/submit.py "
+                             "passes the ranks per node it knows)")
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.ranks_per_host is not None and args.ranks_per_host < 1:
+        parser.error("--ranks-per-host must be at least 1")
     try:
-        code, text = run_check(args.cf, args.set)
+        code, text = run_check(args.cf, args.set, args.ranks_per_host)
     except UserError as error:
         return fail(str(error), error.exit_code)
     print(text, flush=True)

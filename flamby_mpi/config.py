@@ -178,6 +178,11 @@ class CommonArgs:
                                            "(preemption still saves one)"))
     keep_checkpoints: int = field(default=2, metadata=_meta(
         minimum=1, maximum=1_000_000, help="complete checkpoints kept; older ones are deleted"))
+    checkpoint_staging_mb: int = field(default=2048, metadata=_meta(
+        minimum=0, maximum=1_000_000, help="a rank copies its part of a checkpoint into memory of its own (at "
+                                           "most this many MiB) and writes it while the next round trains; a "
+                                           "part bigger than this is written before the rank goes on, as the "
+                                           "round ends (0: always)"))
     preemption_grace_s: float = field(default=30.0, metadata=_meta(
         minimum=1.0, maximum=MAX_TIMEOUT_S, help="on SIGTERM or SIGINT the ranks stop at the next round boundary "
                                                  "and save a checkpoint; if that takes longer than this, they "
@@ -202,8 +207,11 @@ class DataArgs:
         minimum=1, maximum=MAX_SYNTHETIC_CENTERS, help="centres of the synthetic dataset"))
     synthetic_samples_per_center: int = field(default=200, metadata=_meta(
         minimum=8, maximum=MAX_SYNTHETIC_SAMPLES, help="base size of a synthetic centre (sizes vary by centre)"))
-    num_workers: int = field(default=0, metadata=_meta(minimum=0, maximum=MAX_THREADS_OR_WORKERS,
-                                                      help="DataLoader worker processes"))
+    num_workers: int = field(default=0, metadata=_meta(
+        minimum=0, maximum=MAX_THREADS_OR_WORKERS,
+        help="DataLoader worker processes per loader of a rank (0: the rank loads its data itself); "
+             "started by a fork server, never forked from the MPI rank; same model as 0 unless the "
+             "dataset draws random augmentations (docs/running.md#dataloader-workers)"))
     centers: Optional[List[int]] = field(default=None, metadata=_meta(
         minimum=0, maximum=MAX_COUNT - 1, why="FLamby's centre indices, each below the dataset's NUM_CLIENTS",
         help="FLamby centre indices to train, e.g. [0, 2]; rank k trains the k-th listed centre, so mpirun -np "
@@ -310,6 +318,14 @@ class DeviceArgs:
              "host \"*\" matches any other host; default: round-robin", check=path_problem))
     gpu_mapping_key: str = field(default="mapping_default", metadata=_meta(
         help="which mapping of gpu_mapping_file to use"))
+    memory_check: bool = field(default=True, metadata=_meta(
+        help="before any data is loaded, refuse (exit 2, every rank) a job whose ranks on a host, or "
+             "on a GPU, would not fit in its available memory, by the estimate `python -m flamby_mpi "
+             "check` recorded (else a built-in figure for FLamby's datasets); false: run anyway"))
+    memory_estimates_file: Optional[str] = field(default=None, metadata=_meta(
+        help="the JSON file where `python -m flamby_mpi check` records its memory estimates and the "
+             "run reads them; default: $XDG_CACHE_HOME/flamby-mpi/memory_estimates.json "
+             "(~/.cache/... without XDG_CACHE_HOME); ~ is your home directory", check=path_problem))
 
 
 @dataclass

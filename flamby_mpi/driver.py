@@ -35,7 +35,7 @@ from .exit.errors import UserError
 from .exit.preemption import StopRequest, exit_code, signal_name
 from .outputs.logs import SHOWN_WHEN_QUIET
 from .plan import RunPlan
-from .runtime import startup
+from .runtime import memory_fit, startup
 from .storage import run_directory, safe_files
 
 
@@ -86,6 +86,10 @@ def _run(plan: RunPlan, transport, at: str, completed: List[RunPlan]) -> int:
     if plan.run_id is None:  # every rank has the same config, so every rank takes this branch
         plan = plan.with_run_id(transport.agree(_first_run_id(plan) if transport.rank == 0 else None))
     completed[0] = plan
+    # Before any data is loaded, and before the output directory is taken (a refused job leaves nothing).
+    code = memory_fit.at_startup(plan, transport, _warning)
+    if code:
+        return code
     claim = run_directory.claim(plan, transport)  # before any rank writes in the output directory
     if claim.code:
         return claim.code
@@ -127,6 +131,8 @@ def _run(plan: RunPlan, transport, at: str, completed: List[RunPlan]) -> int:
     # Every rank that ran the exchanges, stopped early or not, takes part in this one collective.
     ranks = startup.gathered(transport.allgather(startup.rank_figures(transport.local_ranks, transport.host)))
     startup.dump_modules_if_asked(transport.rank)
+    for client_run in client_runs:  # every rank is past the exchanges: the last cut is complete
+        client_run.finish_checkpoints()
     stop_request.uninstall()
     stopped_by = next((role.stopped_by for role in [server_run, *client_runs] if role is not None), None)
     if stopped_by is not None:
@@ -140,6 +146,10 @@ def _run(plan: RunPlan, transport, at: str, completed: List[RunPlan]) -> int:
     if server_run is not None:
         _write_and_report(plan, server_run, transport.world_size, console, ranks)
     return 0
+
+
+def _warning(text: str):
+    print(f"flamby-mpi: warning: {text}", file=sys.stderr, flush=True)
 
 
 def _first_run_id(plan: RunPlan) -> str:
@@ -302,11 +312,7 @@ def _write_and_report(plan: RunPlan, server_run, world_size: int, console, ranks
     server_run.progress.end_line()
     console.info("final metrics (%s, %s, %d rounds):\n%s", plan.dataset.name, plan.strategy,
                  server_run.rounds_completed, format_table(server_run.final_metrics or {}), extra=SHOWN_WHEN_QUIET)
-    seconds = server_run.checkpoint_seconds
-    checkpoints = {"every": plan.checkpoint_every, "keep": plan.keep_checkpoints, "written": len(seconds),
-                   "mean_s": round(sum(seconds) / len(seconds), 6) if seconds else None,
-                   "max_s": round(max(seconds), 6) if seconds else None,
-                   "dir": str(checkpoint.checkpoints_dir(plan.output_dir))}
+    checkpoints = server_run.checkpoint_summary()
     write_results(plan, server_run, timing, world_size,
                   extra={"backend": plan.backend, "checkpoints": checkpoints,
                          "resumed_from": server_run.resumed_from, "ranks": ranks})

@@ -53,9 +53,10 @@ _OPTIMIZERS = {
 # (more rounds continue the same run): see RunPlan.rounds_change.
 RESULT_NEUTRAL_KEYS = frozenset({
     "common_args.run_id", "common_args.output_dir", "common_args.checkpoint_every",
-    "common_args.keep_checkpoints", "common_args.preemption_grace_s",
+    "common_args.keep_checkpoints", "common_args.checkpoint_staging_mb", "common_args.preemption_grace_s",
     "comm_args.round_timeout_s", "comm_args.join_timeout_s", "comm_args.rendezvous_dir",
     "comm_args.secret_file", "tracking_args.log_level", "tracking_args.tensorboard",
+    "device_args.memory_check", "device_args.memory_estimates_file",
 })
 ROUNDS_KEY = "train_args.comm_round"
 
@@ -105,6 +106,7 @@ class RunPlan:
     devices: DeviceArgs
     checkpoint_every: int = 1  # 0: no periodic checkpoints (preemption still writes one)
     keep_checkpoints: int = 2
+    checkpoint_staging_mb: int = 2048  # a bigger part of a cut is written synchronously (staging.py)
     preemption_grace_s: float = 30.0
     quiet: bool = False  # --quiet: the console shows only warnings, errors and the final table
     resume: bool = False  # --resume: continue from the latest complete checkpoint in output_dir
@@ -504,6 +506,7 @@ def make_plan(config: RunConfig, run_id: Optional[str] = None, quiet: bool = Fal
         quiet=quiet, resume=resume, overwrite=overwrite, cpu_threads=config.device_args.cpu_threads,
         checkpoint_every=config.common_args.checkpoint_every,
         keep_checkpoints=config.common_args.keep_checkpoints,
+        checkpoint_staging_mb=config.common_args.checkpoint_staging_mb,
         preemption_grace_s=config.common_args.preemption_grace_s,
         devices=config.device_args, _config=config,
     )

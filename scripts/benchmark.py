@@ -4,7 +4,8 @@ targets of issue 10 beside them. These machines are shared and noisy: only ratio
 the same sitting, alternated, mean anything; absolute times move from day to day.
 
   python scripts/benchmark.py [--out DIR] [--sections heart,startup,...] [--pairs N] [--rounds N]
-                              [--max-centres N] [--markdown [PATH]] [--repo CHECKOUT]
+                              [--max-centres N] [--datasets ixi,...] [--rank-threads auto,2]
+                              [--markdown [PATH]] [--repo CHECKOUT]
 
 Sections (each a function registered in SECTIONS; each prints what it runs and how long it took):
   heart       Fed-Heart-Disease end to end, wall from launch to exit: `mpirun -np 5` and the
@@ -29,8 +30,20 @@ Sections (each a function registered in SECTIONS; each prints what it runs and h
               this machine's free memory, is recorded as such. Per round: rounds after the
               first (rounds.csv round_s), the whole-run mean beside it. Target: 64 centres
               complete, at most 2.5x the seconds per round of 32.
+  checkpoints a checkpoint every round against none: heart's training time under mpirun -np 5
+              (target: at most 1.05x), and the 100 MB model x 4 clients over the whole run against
+              raw_mpi_round.py (target: at most 1.25x), runs alternated.
   telemetry   per-round cost of TensorBoard (on against off) with the tiny model at --centres
               centres, runs alternated. Target: at most 1.03x.
+  datasets    each FLamby dataset of --datasets (default the light ones; fed_kits19 only when
+              named; fed_lidc_idri says it needs a GPU) on stand-in data (heart on its real
+              files) under `mpirun -n N+1`, one case per --rank-threads value, against FLamby's
+              FedAvg in RAM on the same data and settings (scripts/bench/flamby_inram.py):
+              per round the slowest centre's training, the launcher's rest (messages,
+              aggregation, checkpoint, telemetry) and its share, peak RSS per rank; the whole
+              run and the training rounds against the in-RAM loop. Targets (issue 21): the
+              launcher at most 5% of a round (IXI, ISIC2019, KITS19, LIDC-IDRI); IXI and
+              ISIC2019 at most 1.0x FLamby's in-RAM loop.
 
 Writes DIR/benchmark.csv (every measurement, ratio and note) and DIR/benchmark.png (the ratios
 against their targets, and the scaling curve). --markdown prints the tables as markdown;
@@ -47,6 +60,7 @@ import inspect
 import json
 import os
 import platform
+import shlex
 import signal
 import statistics
 import subprocess
@@ -59,7 +73,20 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_report import draw, median_of, note_row, ratio_row, report, write_csv
+from benchmark_report import (
+    draw,
+    format_markdown,
+    format_text,
+    median_of,
+    note_row,
+    ratio_row,
+    report,
+    write_csv,
+)
+
+sys.path.insert(1, str(Path(__file__).resolve().parent / "bench"))  # the datasets section's modules
+import isic_split
+import per_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCHER = REPO / "launch_client.py"  # --repo measures another checkout (e.g. before a change)
@@ -93,6 +120,8 @@ class Bench:
     max_centres: int = 64
     centres: int = 32  # the telemetry section's
     heart_data: Path = SHARED / "data" / "fed_heart_disease"
+    datasets: List[str] = field(default_factory=lambda: list(per_dataset.LIGHT))  # the datasets section's
+    rank_threads: List[Optional[int]] = field(default_factory=lambda: [None])  # None: the launcher's default
 
     @contextlib.contextmanager
     def step(self, what: str):
@@ -633,8 +662,236 @@ def telemetry(bench: Bench) -> List[Dict]:
     return rows
 
 
+# --- per dataset (stand-in data) -----------------------------------------------------------------
+
+STANDIN_WRITER = REPO / "scripts" / "standin_data.py"
+INRAM_LOOP = REPO / "scripts" / "bench" / "flamby_inram.py"
+DATASET_DEADLINE_S = 900  # one run of one dataset; the light ones take a minute or two here
+
+
+def flamby_constants(name: str, env: Optional[Dict[str, str]]) -> Dict[str, int]:
+    """FLamby's NUM_CLIENTS and BATCH_SIZE for a dataset, read in a child process (the 3-D datasets'
+    imports, monai and nnU-Net, stay out of the benchmark's own process)."""
+    done = subprocess.run([sys.executable, "-c", f"import flamby.datasets.{name} as m; "
+                           "print('CONSTANTS', m.NUM_CLIENTS, m.BATCH_SIZE)"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+    line = [ln for ln in done.stdout.splitlines() if ln.startswith("CONSTANTS ")]
+    if done.returncode != 0 or not line:
+        raise RunFailed(f"FLamby's {name} does not import: {(done.stderr.strip().splitlines() or ['?'])[-1][-300:]}")
+    clients, batch = line[-1].split()[1:]
+    return {"clients": int(clients), "batch": int(batch)}
+
+
+def dataset_inputs(bench: Bench, run: per_dataset.DatasetRun):
+    """(launcher arguments for the data, environment added for both runs), writing the stand-in data
+    (and for Fed-ISIC2019 a FLamby with a train/test split) in the work directory."""
+    if not run.standin:  # Fed-Heart-Disease: FLamby's real files
+        if not (bench.heart_data / "processed.cleveland.data").exists():
+            raise RunFailed(f"no Fed-Heart-Disease data in {bench.heart_data} (--heart-data DIR)")
+        return ["--set", f"data_args.data_path={bench.heart_data}"], {}
+    env: Dict[str, str] = {}
+    if run.name == "fed_isic2019":
+        site = bench.work / "isic-flamby"
+        if not site.exists():
+            isic_split.flamby_with_split(site, train_per_centre=run.batch_size or 8)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)
+    directory = bench.work / f"standin-{run.name}"
+    if not directory.exists():
+        done = subprocess.run([sys.executable, str(STANDIN_WRITER), run.name, str(directory)], capture_output=True,
+                              text=True, timeout=600, env={**os.environ, **env})
+        if done.returncode != 0:
+            raise RunFailed(f"standin_data.py {run.name}: {done.stderr.strip()[-300:]}")
+        (directory / "launcher-args.txt").write_text(done.stdout.strip().splitlines()[-1])
+    return shlex.split((directory / "launcher-args.txt").read_text()), env
+
+
+def one_dataset(bench: Bench, run: per_dataset.DatasetRun) -> List[Dict]:
+    """MPI runs (one case per --rank-threads value) and FLamby's in-RAM loop, alternated."""
+    base = {"section": per_dataset.SECTION, "dataset": run.name}
+    if run.needs_gpu:
+        print(f"  {run.name}: needs a GPU ({run.needs_gpu}); this section runs on CPU")
+        return [{**base, "case": "status", "threads": t, "status": f"needs a GPU: {run.needs_gpu}"}
+                for t in bench.rank_threads]
+    data_args, env = dataset_inputs(bench, run)
+    flamby = flamby_constants(run.name, env)
+    ranks = flamby["clients"] + 1
+    config = LAUNCHER.parent / "config" / f"{run.name}.yaml"
+    common = data_args + per_dataset.run_arguments(run)
+    cores = os.cpu_count() or 1
+    rounds_label = f"{run.rounds} x {run.num_updates}"
+    rows: List[Dict] = []
+    if run.reduced:
+        rows.append(note_row(per_dataset.SECTION, f"{run.name} settings", run.reduced))
+
+    def mpi_case(threads):
+        def go(pair):
+            out = bench.work / f"datasets-{run.name}-mpi-{threads or 'auto'}-{pair}"
+            extra = ["--set", f"device_args.cpu_threads={threads}"] if threads else []
+            job = run_project(ranks, common + extra, out, DATASET_DEADLINE_S, config=config, env=env,
+                              private_mb=run.private_mb)
+            figures = per_dataset.mpi_breakdown((out / "rounds.csv").read_text(), job.results)
+            rows.append({**base, "case": per_dataset.MPI_CASE, "threads": threads, "ranks": ranks, "run": pair,
+                         "wall_s": job.wall_s, "rounds_label": rounds_label,
+                         "threads_label": per_dataset.threads_label(threads, ranks, cores),
+                         "batch": per_dataset.batch_label(run, flamby["batch"]),
+                         "metrics": job.results.get("metrics", {}), **figures})
+            return (f"round {figures['round_s'] or 0:.2f} s of which training {figures['train_s'] or 0:.2f} s, "
+                    f"launcher {100 * (figures['share'] or 0):.1f}%")
+        return (f"mpirun -n {ranks}, threads {threads or 'auto'}", go)
+
+    def inram(pair):
+        out = bench.work / f"datasets-{run.name}-inram-{pair}"
+        out.mkdir(parents=True, exist_ok=True)
+        job = launch([sys.executable, str(INRAM_LOOP), "--cf", str(config), *common], DATASET_DEADLINE_S,
+                     env={**os.environ, **env}, cwd=out)
+        if job.returncode != 0:
+            raise RunFailed(job.failure())
+        result = per_dataset.parse_inram(job.output)
+        figures = per_dataset.inram_breakdown(result)
+        rows.append({**base, "case": per_dataset.INRAM_CASE, "ranks": 1, "run": pair, "wall_s": job.wall_s,
+                     "inram_threads": figures.pop("threads"), "metrics": result["metrics"],
+                     "train_samples": result["train_samples"], **figures})
+        return (f"round {figures['round_s'] or 0:.2f} s of which training {figures['train_s'] or 0:.2f} s "
+                f"({result['threads']} threads)")
+
+    cases = [mpi_case(t) for t in bench.rank_threads] + [("FLamby in-RAM FedAvg", inram)]
+    failed = run_pairs(bench, f"datasets: {run.name}", cases)
+    samples = next((r["train_samples"] for r in rows if r.get("case") == per_dataset.INRAM_CASE), ())
+    for line in rows:  # a centre with fewer samples than a batch trains on smaller batches: say so
+        if line.get("case") == per_dataset.MPI_CASE:
+            line["batch"] = per_dataset.batch_label(run, flamby["batch"], samples)
+    for threads in bench.rank_threads:
+        mine = [r for r in rows if r.get("case") == per_dataset.MPI_CASE and r.get("threads") == threads]
+        status = f"failed: {failed}" if failed else "measured"
+        rows.append({**base, "case": "status", "threads": threads, "status": status})
+        label = f"{run.name}" + (f", {threads} threads per rank" if threads else "")
+        reference = [r for r in rows if r.get("case") == per_dataset.INRAM_CASE]
+        rows.append(ratio_row(per_dataset.SECTION, f"{label}: whole run (wall), mpirun -n {ranks} vs FLamby in-RAM",
+                              median_of(mine, "wall_s"), median_of(reference, "wall_s"), run.whole_run_target))
+        rows.append(ratio_row(per_dataset.SECTION, f"{label}: training rounds ({rounds_label}), vs FLamby in-RAM",
+                              median_of(mine, "rounds_total_s"), median_of(reference, "rounds_total_s"), None))
+        rows.append(ratio_row(per_dataset.SECTION, f"{label}: launcher's share of a round (launcher / round)",
+                              median_of(mine, "launcher_s"), median_of(mine, "round_s"), run.share_target,
+                              unit="s/round"))
+        if mine and reference:
+            rows.append(note_row(per_dataset.SECTION, f"{label}: same work",
+                                 per_dataset.metrics_agreement(mine[-1]["metrics"], reference[-1]["metrics"])))
+    return rows
+
+
+def datasets(bench: Bench) -> List[Dict]:
+    """Each FLamby dataset (--datasets) on stand-in data (heart on its real files): per round the
+    time training, the time in the launcher and its share, peak memory per rank, against FLamby's
+    in-RAM FedAvg on the same data with the same settings (scripts/bench/flamby_inram.py)."""
+    if importlib.util.find_spec("flamby") is None:
+        return [note_row(per_dataset.SECTION, "skipped", "FLamby is not importable")]
+    rows: List[Dict] = []
+    for name in bench.datasets:
+        run = per_dataset.DATASETS[name]
+        try:
+            rows += one_dataset(bench, run)
+        except RunFailed as failure:
+            print(f"  {name}: {failure}", flush=True)
+            rows += [{"section": per_dataset.SECTION, "dataset": name, "case": "status", "threads": t,
+                      "status": f"not run: {str(failure)[-300:]}"} for t in bench.rank_threads]
+    return rows
+
+
+def dataset_report(rows: List[Dict], markdown: bool = False) -> str:
+    """The per-dataset table, when the datasets section ran (report() has the ratios and notes)."""
+    body = per_dataset.dataset_table(rows)
+    if not body:
+        return ""
+    title = "Per dataset (medians over the runs; stand-in data, heart real)"
+    table = (format_markdown if markdown else format_text)(per_dataset.TABLE_HEADER, body)
+    return "\n\n" + ("**" + title + "**" if markdown else title) + "\n\n" + table
+
+
 # One entry per section, run in this order. A section is `section(bench) -> rows` (rows: see
 # benchmark_report.py; a ratio row from ratio_row() carries its target).
+def checkpoint_figures(results: Dict) -> Dict:
+    """results.json's checkpoint cost per cut (on the round's critical path), when the run wrote any."""
+    saved = results.get("checkpoints") or {}
+    return {"checkpoint_mean_s": saved["mean_s"]} if saved.get("mean_s") is not None else {}
+
+
+def checkpoint_cost(bench: Bench) -> List[Dict]:
+    """A checkpoint every round (the default) against none, side by side, runs alternated:
+    Fed-Heart-Disease under `mpirun -np 5`, results.json's training time (target: at most 1.05x), and
+    the exchange section's 100 MB model x 4 clients over the whole run, first round and final
+    exchange included, against raw_mpi_round.py (target: at most 1.25x; checkpoints off beside it)."""
+    rows = []
+    if (bench.heart_data / "processed.cleveland.data").exists() and importlib.util.find_spec("flamby"):
+        data = ["--set", f"data_args.data_path={bench.heart_data}"]
+
+        def heart_run(every: int):
+            def run(pair: int):
+                out = bench.work / f"ckpt-heart-{every}-{pair}"
+                job = run_project(5, data + ["--set", f"common_args.checkpoint_every={every}"], out, 900,
+                                  config=HEART_CONFIG)
+                rows.append({"section": "checkpoints", "case": f"heart, checkpoint_every={every}", "run": pair,
+                             "seconds": job.results["timing"]["train_s"], "wall_s": job.wall_s,
+                             **checkpoint_figures(job.results)})
+                return f"training {job.results['timing']['train_s']:.3f} s"
+            return run
+
+        failed = run_pairs(bench, "checkpoints: heart", [("every round", heart_run(1)), ("none", heart_run(0))])
+        if failed:
+            rows.append(note_row("checkpoints", "heart failed", failed))
+        else:
+            rows.append(ratio_row("checkpoints", "heart, training time, checkpoint every round vs none",
+                                  median_of(rows, "seconds", case="heart, checkpoint_every=1"),
+                                  median_of(rows, "seconds", case="heart, checkpoint_every=0"), 1.05, unit="s"))
+    else:
+        rows.append(note_row("checkpoints", "heart skipped", "no FLamby or no Fed-Heart-Disease data"))
+    raw_round = SHARED / "bench" / "raw_mpi_round.py"
+    if not raw_round.exists():
+        return rows + [note_row("checkpoints", "100 MB skipped", f"{raw_round} is not here")]
+    clients, megabytes, rounds = 4, 100, EXCHANGE_ROUNDS
+    env = {"BIG_MODEL_MB": str(megabytes), "BIG_MODEL_CLIENTS": str(clients),
+           "PYTHONPATH": os.pathsep.join(p for p in (str(SHARED), os.environ.get("PYTHONPATH")) if p)}
+
+    def big_run(every: int):
+        def run(pair: int):
+            out = bench.work / f"ckpt-big-{every}-{pair}"
+            results = run_job(clients + 1, [
+                "--set", "data_args.dataset=bench.big_model_dataset", "--set", "train_args.num_updates=1",
+                "--set", f"train_args.comm_round={rounds}",
+                "--set", f"validation_args.frequency_of_the_test={rounds + 1}",
+                "--set", f"common_args.checkpoint_every={every}"], out, 1800, env=env)
+            value = results["timing"]["train_s"] / results["rounds_completed"]
+            rows.append({"section": "checkpoints", "case": f"100 MB, checkpoint_every={every}", "run": pair,
+                         "seconds_per_round": value, **checkpoint_figures(results)})
+            return f"{value:.3f} s/round over the run"
+        return run
+
+    def raw(pair: int):
+        done = subprocess.run([mpiexec(), "-n", str(clients + 1), sys.executable, str(raw_round), str(megabytes)],
+                              capture_output=True, text=True, timeout=1800)
+        value = float(done.stdout.split(":")[-1].split("s/round")[0])
+        rows.append({"section": "checkpoints", "case": "100 MB, raw MPI", "run": pair, "seconds_per_round": value})
+        return f"{value:.3f} s/round"
+
+    failed = run_pairs(bench, f"checkpoints: {megabytes} MB x {clients}",
+                       [("every round", big_run(1)), ("none", big_run(0)), ("raw MPI", raw)])
+    if failed:
+        return rows + [note_row("checkpoints", "100 MB failed", failed)]
+    for case in ("heart, checkpoint_every=1", "100 MB, checkpoint_every=1"):
+        cost = median_of(rows, "checkpoint_mean_s", case=case)
+        if cost is not None:
+            rows.append(note_row("checkpoints", f"{case.split(',')[0]}: what a cut costs the round",
+                                 f"{cost * 1000:.1f} ms per cut, median of runs (results.json `checkpoints.mean_s`: "
+                                 "the server's part plus the slowest client's, as the round waited for them)"))
+    reference = median_of(rows, "seconds_per_round", case="100 MB, raw MPI")
+    rows.append(ratio_row("checkpoints", f"{megabytes} MB x {clients}, checkpoint every round, whole run, vs raw MPI",
+                          median_of(rows, "seconds_per_round", case="100 MB, checkpoint_every=1"), reference, 1.25,
+                          unit="s/round", centres=clients))
+    rows.append(ratio_row("checkpoints", f"{megabytes} MB x {clients}, no checkpoint, whole run, vs raw MPI",
+                          median_of(rows, "seconds_per_round", case="100 MB, checkpoint_every=0"), reference, None,
+                          unit="s/round", centres=clients))
+    return rows
+
+
 SECTIONS: Dict[str, Callable] = {
     "heart": heart,
     "startup": startup,
@@ -642,6 +899,8 @@ SECTIONS: Dict[str, Callable] = {
     "exchange": exchange,
     "scaling": scaling,
     "telemetry": telemetry,
+    "checkpoints": checkpoint_cost,
+    "datasets": datasets,
 }
 
 
@@ -693,6 +952,13 @@ def main(argv=None) -> int:
     parser.add_argument("--centres", type=int, default=32, help="centres of the telemetry section")
     parser.add_argument("--heart-data", type=Path, default=Path(os.environ.get(
         "HEART_DATA", SHARED / "data" / "fed_heart_disease")), help="Fed-Heart-Disease's files")
+    parser.add_argument("--datasets", default=",".join(per_dataset.LIGHT),
+                        help="the datasets section's, comma-separated (fed_ may be left out), or all: "
+                             f"{', '.join(per_dataset.DATASETS)} (default: {','.join(per_dataset.LIGHT)}; "
+                             "fed_kits19 is heavy, run only when named)")
+    parser.add_argument("--rank-threads", default="auto",
+                        help="the datasets section's torch threads per MPI rank, comma-separated, each a case: "
+                             "auto (the launcher's default, cores / ranks) or a number, e.g. auto,2")
     parser.add_argument("--markdown", nargs="?", const="-", default=None, metavar="PATH",
                         help="also print the tables as markdown; with PATH, write them to that new file "
                              "instead (a directory: PATH/<date>.md), e.g. docs/benchmarks/")
@@ -701,6 +967,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         sections = parse_sections(args.sections)
+        chosen_datasets = per_dataset.parse_datasets(args.datasets)
+        rank_threads = per_dataset.parse_rank_threads(args.rank_threads)
     except ValueError as error:
         parser.error(str(error))
     if args.pairs < 1 or args.rounds < 1 or args.max_centres < 1:
@@ -723,14 +991,16 @@ def main(argv=None) -> int:
             print(f"{name}:", flush=True)
             start = time.monotonic()
             rows += run_section(name, Bench(Path(work), args.pairs, args.rounds, args.max_centres, args.centres,
-                                            args.heart_data.resolve()))
+                                            args.heart_data.resolve(), datasets=chosen_datasets,
+                                            rank_threads=rank_threads))
             print(f"  ({name}: {time.monotonic() - start:.0f} s)", flush=True)
             write_csv(rows, out / "benchmark.csv")  # after every section: a long run stopped keeps what it measured
     draw(rows, out / "benchmark.png")
-    print("\n" + report(rows))
+    print("\n" + report(rows) + dataset_report(rows))
     if args.markdown is not None:
         command = " ".join(["python scripts/benchmark.py", *(argv if argv is not None else sys.argv[1:])])
-        tables = f"Measured {started} on {machine()}, with `{command}`:\n\n" + report(rows, markdown=True)
+        tables = (f"Measured {started} on {machine()}, with `{command}`:\n\n" + report(rows, markdown=True)
+                  + dataset_report(rows, markdown=True))
         if record is None:
             print("\n--- markdown ---\n" + tables)
         else:

@@ -24,8 +24,10 @@ login node that has only pyyaml.
 
 Then, before sbatch/qsub (and with --dry-run), the readiness check runs in a child process
 with this Python (`python -m flamby_mpi check`, flamby_mpi/check.py): every listed centre's data
-readable, the dataset's extras installed, memory per rank from one training step. Its table is
-printed; a run that is not ready is not submitted (exit 2). The check needs the job's environment
+readable, the dataset's extras installed, memory per rank from one training step, and what one
+node needs when the ranks per node are known (PBS: one node; SLURM: --ntasks-per-node or --nodes
+among the --option values). Its table is printed; a run that is not ready is not submitted
+(exit 2). The check needs the job's environment
 (torch, FLamby); --skip-check leaves it out (e.g. on a login node with only pyyaml).
 """
 from __future__ import annotations
@@ -121,13 +123,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def readiness_check(config: str, launch_args: List[str]) -> int:
+def _slurm_value(options: List[str], long: str, short: Optional[str] = None) -> Optional[str]:
+    """The last value of an sbatch option among --option values (`--nodes=2`, `-N 2`, `-N2`)."""
+    found = None
+    for option in options:
+        head, eq, value = option.partition("=")
+        if head == long and eq:
+            found = value
+        elif short and option.startswith(short):
+            found = option[len(short):].strip() or found
+    return found
+
+
+def ranks_per_node(scheduler: str, ranks: int, options: List[str]) -> Optional[int]:
+    """The most ranks one node runs, where submit.py's arguments say it: the PBS/Torque jobs it
+    writes ask for one node; SLURM's --ntasks-per-node, or --nodes (filled in block order, so the
+    first node gets the most). None when SLURM is left to choose."""
+    if scheduler != "slurm":
+        return ranks
+    per_node = _slurm_value(options, "--ntasks-per-node")
+    if per_node is not None and per_node.isdigit() and int(per_node) > 0:
+        return min(int(per_node), ranks)
+    nodes = _slurm_value(options, "--nodes", "-N")
+    if nodes is not None:
+        fewest = nodes.split("-")[0]  # a range min-max: with the fewest nodes, the most ranks per node
+        if fewest.isdigit() and int(fewest) > 0:
+            return math.ceil(ranks / int(fewest))
+    return None
+
+
+def readiness_check(config: str, launch_args: List[str], per_node: Optional[int] = None) -> int:
     """Runs `python -m flamby_mpi check` on the job's config and --set values in a child process
-    with this Python (torch and FLamby stay out of this one); its table goes to stderr. Returns its
-    exit code: 0 ready, 2 not (said by the check), anything else a failure of the check itself."""
+    with this Python (torch and FLamby stay out of this one); its table goes to stderr, with what a
+    node running `per_node` ranks needs when that is known. Returns its exit code: 0 ready, 2 not
+    (said by the check), anything else a failure of the check itself."""
     command = [sys.executable, "-m", "flamby_mpi", "check", "--cf", config]
     for text in set_overrides(launch_args):
         command += ["--set", text]
+    if per_node is not None:
+        command += ["--ranks-per-host", str(per_node)]
     print(f"# readiness check: {shlex.join(command)}", file=sys.stderr, flush=True)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(SCRIPTS.parent)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
@@ -225,7 +259,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(warning, file=sys.stderr)
     print(f"# {ranks} ranks (1 server + {ranks - 1} clients)", file=sys.stderr)
     if not args.skip_check:
-        checked = readiness_check(config, launch_args)
+        per_node = ranks_per_node(args.scheduler, ranks, args.option)
+        if per_node is None:
+            print("# ranks per node: SLURM chooses (--option=--ntasks-per-node=K or --option=--nodes=M says); "
+                  "the check shows what one host running every rank needs", file=sys.stderr)
+        else:
+            print(f"# at most {per_node} rank(s) per node", file=sys.stderr)
+        checked = readiness_check(config, launch_args, per_node)
         if checked != 0:
             print("submit.py: error: the readiness check found the run not ready (above); nothing was "
                   "submitted", file=sys.stderr)

@@ -2,6 +2,8 @@
 No job runs here and nothing is timed: the measurements themselves belong to the benchmark."""
 import csv
 import importlib.util
+import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -249,3 +251,157 @@ def test_a_failed_job_is_said_in_one_line_without_mpich_banner():
                              "see dmesg); last output: Traceback (most recent call last): / ValueError: boom")
     table = report.report([report.note_row("tiny_round", "32 centres", "two\nlines")])
     assert "tiny_round: 32 centres  two lines" in table
+
+
+# --- the datasets section's pure parts (scripts/bench/per_dataset.py) ----------------------------
+
+per_dataset = benchmark.per_dataset  # scripts/bench/per_dataset.py, as benchmark.py imports it
+
+# rounds.csv of a 2-round run with 3 centres (the columns telemetry.py writes); centre 2 sat out round 2
+ROUNDS_CSV = """round,centre,local_train_s,wait_s,bytes_sent,bytes_received,train_loss,sampled,round_s
+1,0,19.0,0.6,1985212,1989108,0.59,True,20.0
+1,1,19.5,0.08,1985212,1989108,0.57,True,20.0
+1,2,19.25,0.29,1985212,1989108,0.58,True,20.0
+2,0,9.0,0.05,1984766,1988909,0.52,True,10.0
+2,1,8.5,0.27,1984766,1988909,0.50,True,10.0
+2,2,,0.67,,,,False,10.0
+"""
+RESULTS = {"checkpoints": {"mean_s": 0.056, "max_s": 0.066},
+           "ranks": [{"rank": 0, "role": "server", "peak_rss_mb": 1124.3},
+                     {"rank": 1, "role": "client", "peak_rss_mb": 1610.2},
+                     {"rank": 2, "role": "client", "peak_rss_mb": 1532.5},
+                     {"rank": 3, "role": "client", "peak_rss_mb": None}]}
+
+
+def test_an_mpi_round_is_split_into_the_slowest_centres_training_and_the_launchers_rest():
+    figures = per_dataset.mpi_breakdown(ROUNDS_CSV, RESULTS)
+    assert figures["rounds"] == 2
+    assert figures["round_s"] == pytest.approx(15.0)
+    assert figures["train_s"] == pytest.approx((19.5 + 9.0) / 2)  # the slowest sampled centre per round
+    assert figures["launcher_s"] == pytest.approx((0.5 + 1.0) / 2)
+    assert figures["share"] == pytest.approx(1.5 / 30.0)  # over the run, not a mean of per-round shares
+    assert (figures["rounds_total_s"], figures["train_total_s"]) == (pytest.approx(30.0), pytest.approx(28.5))
+    assert (figures["checkpoint_s"], figures["server_rss_mb"], figures["client_rss_mb"]) == (0.056, 1124.3, 1610.2)
+
+
+def test_an_mpi_run_without_complete_rounds_or_checkpoints_gives_no_figures_rather_than_wrong_ones():
+    header = ROUNDS_CSV.splitlines()[0]
+    figures = per_dataset.mpi_breakdown(header + "\n1,0,1.0,,10,10,0.5,True,\n", {})
+    assert figures["rounds"] == 0
+    assert all(figures[k] is None for k in ("round_s", "train_s", "launcher_s", "share", "checkpoint_s",
+                                            "server_rss_mb", "client_rss_mb"))
+
+
+def test_flamby_inram_result_line_is_found_after_progress_bars_and_split_the_same_way():
+    result = {"rounds": [{"round_s": 4.0, "train_s": 3.5}, {"round_s": 2.0, "train_s": 1.5}], "threads": 2,
+              "peak_rss_mb": 900.0, "metrics": {"client_test_0": 0.5}, "train_samples": [2, 2]}
+    output = ("warnings...\n 50%|#####     | 1/2 [00:01<00:01]100%|##########| 2/2 RESULT "
+              + json.dumps(result) + "\n")
+    parsed = per_dataset.parse_inram(output)
+    assert parsed == result
+    figures = per_dataset.inram_breakdown(parsed)
+    assert (figures["round_s"], figures["train_s"], figures["launcher_s"]) == (3.0, 2.5, 0.5)
+    assert figures["share"] == pytest.approx(1.0 / 6.0)
+    assert (figures["threads"], figures["peak_rss_mb"]) == (2, 900.0)
+    with pytest.raises(ValueError, match="no RESULT line"):
+        per_dataset.parse_inram("Traceback (most recent call last):\n  ...\n")
+
+
+def test_datasets_are_chosen_by_flamby_name_or_short_name_and_unknown_ones_are_refused():
+    assert per_dataset.parse_datasets("heart, ixi,fed_isic2019,ixi") == ["fed_heart_disease", "fed_ixi",
+                                                                         "fed_isic2019"]
+    assert per_dataset.parse_datasets("lidc_idri,kits19") == ["fed_lidc_idri", "fed_kits19"]
+    assert per_dataset.parse_datasets("all") == list(per_dataset.DATASETS)
+    assert "fed_kits19" not in per_dataset.LIGHT and "fed_lidc_idri" in per_dataset.LIGHT
+    with pytest.raises(ValueError, match="unknown dataset 'tcga'.*choose from fed_heart_disease"):
+        per_dataset.parse_datasets("ixi,tcga")
+    with pytest.raises(ValueError, match="no dataset given"):
+        per_dataset.parse_datasets(" , ")
+
+
+def test_rank_threads_are_auto_or_a_count_and_each_is_said_with_where_it_comes_from():
+    assert per_dataset.parse_rank_threads("auto, 2,auto,1") == [None, 2, 1]
+    for bad in ("0", "two", "-1", "2000", ","):
+        with pytest.raises(ValueError, match="rank-threads"):
+            per_dataset.parse_rank_threads(bad)
+    # the launcher's rule (driver.torch_threads): cores shared by the ranks, at least one
+    assert per_dataset.threads_per_rank(None, ranks=4, cores=2) == 1
+    assert per_dataset.threads_per_rank(None, ranks=4, cores=16) == 4
+    assert per_dataset.threads_per_rank(3, ranks=4, cores=2) == 3
+    assert per_dataset.threads_label(None, 7, 2) == "1 (default: 2 cores / 7 ranks)"
+    assert per_dataset.threads_label(2, 7, 2) == "2 (cpu_threads=2)"
+
+
+def test_both_runs_get_the_same_settings_and_a_reduced_batch_is_said():
+    isic = per_dataset.DATASETS["fed_isic2019"]
+    args = per_dataset.run_arguments(isic)
+    sets = dict(a.split("=", 1) for a in args[1::2])
+    assert args[0::2] == ["--set"] * len(sets)
+    assert sets == {"train_args.comm_round": str(isic.rounds), "train_args.num_updates": str(isic.num_updates),
+                    "validation_args.frequency_of_the_test": str(isic.rounds + 1),
+                    "validation_args.pooled_test": "off", "train_args.batch_size": "8"}
+    assert "train_args.batch_size=" not in " ".join(per_dataset.run_arguments(per_dataset.DATASETS["fed_ixi"]))
+    assert per_dataset.batch_label(isic, 64) == "8 (FLamby's 64)"
+    camelyon = per_dataset.DATASETS["fed_camelyon16"]
+    assert per_dataset.batch_label(camelyon, 16, [2, 3]) == "16, 2 per centre here"
+    assert per_dataset.batch_label(camelyon, 16, [16, 20]) == "16"
+    assert all(run.reduced for run in per_dataset.DATASETS.values() if run.standin and not run.needs_gpu)
+
+
+def test_metrics_agreement_says_equal_or_by_how_much_they_differ():
+    same = {"client_test_0": 0.5, "client_test_1": 0.25, "average": 0.375}
+    assert per_dataset.metrics_agreement(dict(same), same) == "the same per-centre metrics"
+    assert per_dataset.metrics_agreement({**same, "client_test_1": 0.2}, same) == \
+        "per-centre metrics differ by at most 0.0500"
+    assert "not compared" in per_dataset.metrics_agreement({"client_test_0": 0.5}, same)
+
+
+def _dataset_section_rows():
+    base = {"section": "datasets", "dataset": "fed_ixi"}
+    mpi = [{**base, "case": "flamby-mpi", "threads": None, "ranks": 4, "batch": "2", "rounds_label": "3 x 2",
+            "threads_label": "1 (default: 2 cores / 4 ranks)", "round_s": r, "train_s": r - 0.5, "launcher_s": 0.5,
+            "share": 0.5 / r, "checkpoint_s": 0.05, "server_rss_mb": 1100.0, "client_rss_mb": 1600.0, "wall_s": w}
+           for r, w in ((5.0, 40.0), (7.0, 44.0))]
+    inram = [{**base, "case": "FLamby in-RAM", "round_s": 6.0, "train_s": 5.9, "inram_threads": 2,
+              "peak_rss_mb": 1500.0, "wall_s": 50.0}]
+    return mpi + inram + [{**base, "case": "status", "threads": None, "status": "measured"},
+                          {"section": "datasets", "dataset": "fed_lidc_idri", "case": "status", "threads": None,
+                           "status": "needs a GPU: FLamby's LIDC-IDRI loss calls .cuda()"}]
+
+
+def test_the_per_dataset_table_shows_medians_share_memory_and_why_a_dataset_did_not_run():
+    table = per_dataset.dataset_table(_dataset_section_rows())
+    assert len(table) == 2
+    ixi = dict(zip(per_dataset.TABLE_HEADER, table[0], strict=True))
+    assert (ixi["round"], ixi["training"], ixi["launcher"]) == ("6.00 s", "5.50 s", "500 ms")
+    assert ixi["launcher share"] == f"{100 * statistics.median([0.5 / 5, 0.5 / 7]):.1f}%"
+    assert ixi["peak RSS MB: server / largest client"] == "1,100 / 1,600"
+    assert ixi["FLamby in-RAM: round / training (threads, peak RSS MB)"] == "6.00 s / 5.90 s (2, 1,500)"
+    assert ixi["status"] == "measured"
+    lidc = dict(zip(per_dataset.TABLE_HEADER, table[1], strict=True))
+    assert lidc["status"].startswith("needs a GPU") and lidc["round"] == "-"
+
+
+def test_main_passes_the_datasets_and_threads_on_and_prints_the_per_dataset_table(tmp_path, monkeypatch, capsys):
+    seen = []
+
+    def datasets(bench):
+        seen.append((bench.datasets, bench.rank_threads))
+        return _dataset_section_rows()
+
+    monkeypatch.setattr(benchmark, "SECTIONS", {"datasets": datasets})
+    assert benchmark.main(["--out", str(tmp_path / "out"), "--sections", "datasets", "--datasets", "ixi,lidc",
+                           "--rank-threads", "auto,2", "--markdown"]) == 0
+    assert seen == [(["fed_ixi", "fed_lidc_idri"], [None, 2])]
+    printed = capsys.readouterr().out
+    assert "**Per dataset" in printed
+    assert "| fed_lidc_idri | - | - |" in printed and "needs a GPU" in printed
+
+
+def test_the_command_line_refuses_an_unknown_dataset_or_thread_count(capsys):
+    for argv in (["--datasets", "ixi,mnist"], ["--rank-threads", "auto,0"]):
+        with pytest.raises(SystemExit) as exit_:
+            benchmark.main(["--sections", "datasets", *argv])
+        assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown dataset 'mnist'" in err and "rank-threads" in err

@@ -125,3 +125,47 @@ def test_gpu_mapping_keys_are_config_keys():
     args = _device_args(gpu_mapping_file="m.yaml", gpu_mapping_key="mapping_x")
     assert (args.gpu_mapping_file, args.gpu_mapping_key) == ("m.yaml", "mapping_x")
     assert _device_args().gpu_mapping_key == "mapping_default"
+
+
+def test_several_ranks_per_gpu_on_several_hosts(monkeypatch):
+    """9 ranks over two hosts of 2 GPUs each (5 on node1 with the server, 4 on node2), round-robin by
+    local rank: the server on CPU, every GPU shared by two clients, no GPU of one host used by the other's."""
+    monkeypatch.setattr(devices, "visible_gpu_count", lambda: 2)
+    hosts = ["node1"] * 5 + ["node2"] * 4
+    args = _device_args(using_gpu=True)
+    placed = [(hosts[r], str(devices.pick_device(args, World(None, r, 9, hosts[r], local_rank_from_hosts(hosts, r)),
+                                                  pytest.fail))) for r in range(9)]
+    assert placed[0] == ("node1", "cpu")
+    per_gpu = {}
+    for host, device in placed[1:]:
+        per_gpu[(host, device)] = per_gpu.get((host, device), 0) + 1
+    assert per_gpu == {("node1", "cuda:0"): 2, ("node1", "cuda:1"): 2, ("node2", "cuda:0"): 2, ("node2", "cuda:1"): 2}
+
+
+def test_mapping_counts_pack_ranks_per_gpu_per_host(tmp_path, monkeypatch):
+    """The mapping's counts: node1 puts its server and 3 clients on GPU 0 (the server stays on CPU)
+    and 1 on GPU 1; node2 packs its 4 clients 3 + 1."""
+    monkeypatch.setattr(devices, "visible_gpu_count", lambda: 2)
+    path = tmp_path / "m.yaml"
+    path.write_text("mapping_default:\n  node1: [4, 1]\n  node2: [3, 1]\n")
+    hosts = ["node1"] * 5 + ["node2"] * 4
+    args = _device_args(using_gpu=True, gpu_mapping_file=str(path))
+    placed = [str(devices.pick_device(args, World(None, r, 9, hosts[r], local_rank_from_hosts(hosts, r)), pytest.fail))
+              for r in range(9)]
+    assert placed == ["cpu", "cuda:0", "cuda:0", "cuda:0", "cuda:1", "cuda:0", "cuda:0", "cuda:0", "cuda:1"]
+
+
+def test_cuda_visible_devices_bounds_the_indices(tmp_path, monkeypatch):
+    """With CUDA_VISIBLE_DEVICES=2,3 a process sees two GPUs, cuda:0 and cuda:1 (physical 2 and 3):
+    placement only uses those indices, and a mapping naming a third is refused with the variable's value.
+    (The count itself is torch's, which reads the variable: faked here, no GPU.)"""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    monkeypatch.setattr(devices, "visible_gpu_count", lambda: 2)
+    args = _device_args(using_gpu=True)
+    assert [str(devices.pick_device(args, World(None, r, 6, "n", r), pytest.fail)) for r in range(6)] == \
+        ["cpu", "cuda:1", "cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    path = tmp_path / "m.yaml"
+    path.write_text("mapping_default:\n  n: [1, 1, 1]\n")
+    mapped = _device_args(using_gpu=True, gpu_mapping_file=str(path))
+    with pytest.raises(UserError, match=r"sees 2 GPU\(s\) \(CUDA_VISIBLE_DEVICES=2,3\)"):
+        devices.pick_device(mapped, World(None, 2, 3, "n", 2), pytest.fail)

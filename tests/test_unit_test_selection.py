@@ -10,11 +10,15 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 WIRE, STARTUP, STANDIN_3D = "tests/test_wire.py", "tests/test_startup.py", "tests/test_standin_3d.py"
+IMAGE_MODES = "tests/test_image_launch_modes.py"
+LOADER_WORKERS = "tests/test_unit_loader_workers.py"
 HEAVY = {f"{WIRE}::test_a_model_over_2_gib_trains_with_two_clients",
          f"{STARTUP}::test_64_synthetic_centres_complete_within_the_memory_of_one_machine",
          f"{STANDIN_3D}::test_lidc_idri_standin_is_read_by_flamby_for_every_centre",
          f"{STANDIN_3D}::test_kits19_one_round_under_mpi_equals_the_in_process_twin",
-         f"{STANDIN_3D}::test_lidc_idri_one_round_under_mpi_equals_the_in_process_twin"}
+         f"{STANDIN_3D}::test_lidc_idri_one_round_under_mpi_equals_the_in_process_twin",
+         f"{IMAGE_MODES}::test_fed_ixi_unet_with_batchnorm_and_adamw_stopped_and_resumed_in_process_is_bitwise",
+         f"{LOADER_WORKERS}::test_fed_ixi_standin_two_workers_zero_workers_same_batches"}
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -42,11 +46,11 @@ def test_a_plain_run_leaves_out_exactly_the_heavy_tests():
 
 
 def test_heavy_tests_run_when_asked_for_by_marker_or_node_id():
-    assert _collected(WIRE, STARTUP, STANDIN_3D, "-m", "heavy") == HEAVY
+    assert _collected(WIRE, STARTUP, STANDIN_3D, IMAGE_MODES, LOADER_WORKERS, "-m", "heavy") == HEAVY
     named = sorted(HEAVY)[0]
     assert _collected(named) == {named}
 
 
 def test_a_marker_expression_of_ones_own_does_not_bring_in_heavy_tests():
-    not_slow = _collected(WIRE, STARTUP, STANDIN_3D, "-m", "not slow")
+    not_slow = _collected(WIRE, STARTUP, STANDIN_3D, IMAGE_MODES, "-m", "not slow")
     assert not_slow and not not_slow & HEAVY

@@ -7,10 +7,11 @@ Layout, in `<output_dir>/checkpoints/round_<r>/` (r: training rounds complete):
 - `rank_<k>.json`: rank k's other state (counters, random-number states, history) as JSON;
 - `manifest.json`: written by rank 0 last, once every rank has confirmed its files (their
   sha256 travels in the round's replies): a round directory without it is not a checkpoint.
-Every file is written by flamby_mpi.storage.safe_files.write_atomic: a fresh temporary name, flushed to
-disk and renamed, so a kill or a full disk during a write leaves the previous checkpoint as it was
-(and no partial file). Directories are entered and pruned without following links. Each rank
-prunes its own files.
+Every file is written by flamby_mpi.storage.safe_files.write_atomic: a fresh temporary name, renamed
+into place, and synced (a rank's files and their directory in one pass, before the rank confirms
+them), so a kill or a full disk during a write leaves the previous checkpoint as it was (and no
+partial file). A rank stages its part and writes it while the next round trains (staging.py).
+Directories are entered and pruned without following links. Each rank prunes its own files.
 
 A checkpoint is trusted only as far as it is checked: the manifest is JSON of a known shape
 and format, every file's size and sha256 must match it before its content is used (the bytes
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import warnings
 from pathlib import Path
@@ -73,17 +75,47 @@ def _in_round(round_idx: int, name: str) -> str:
     return f"checkpoints/round_{round_idx}/{name}"
 
 
-def write_rank_state(output_dir: Path, round_idx: int, rank: int, tensors: dict, data: dict) -> FileEntries:
-    """Saves one rank's state for the cut after round_idx rounds; returns its files' entries.
-    Durable (fsynced before the rename) and hashed while torch.save streams into the file; a
-    round directory that is a link raises safe_files.UnsafePathError, a full disk StorageError."""
+def state_json(data: dict) -> bytes:
+    """A rank's JSON state as written: the same bytes whether staged first or written at once."""
+    return json.dumps(data, sort_keys=True).encode()
+
+
+def write_rank_state(output_dir: Path, round_idx: int, rank: int, tensors: dict, data) -> FileEntries:
+    """Saves one rank's state for the cut after round_idx rounds (data: the JSON state, or its
+    bytes from state_json); returns its files' entries. Each file is hashed while torch.save
+    streams into it and renamed into place; then one pass syncs both files and the round
+    directory, and only then are the entries returned: a part the manifest names is on disk (a
+    crash before the pass leaves a round without its manifest, which is no checkpoint). A round
+    directory that is a link raises safe_files.UnsafePathError, a full disk StorageError."""
     import torch
 
     pt_name, json_name = rank_file_names(rank)
-    return {pt_name: safe_files.write_atomic(output_dir, _in_round(round_idx, pt_name),
-                                             lambda handle: torch.save(tensors, handle), durable=True),
-            json_name: safe_files.write_atomic(output_dir, _in_round(round_idx, json_name),
-                                               json.dumps(data, sort_keys=True).encode(), durable=True)}
+    json_bytes = data if isinstance(data, bytes) else state_json(data)
+    entries = {pt_name: safe_files.write_atomic(output_dir, _in_round(round_idx, pt_name),
+                                                lambda handle: torch.save(tensors, handle)),
+               json_name: safe_files.write_atomic(output_dir, _in_round(round_idx, json_name), json_bytes)}
+    _sync_part(output_dir, round_idx, [pt_name, json_name])
+    return entries
+
+
+def _sync_part(output_dir: Path, round_idx: int, names: List[str]):
+    """fsync of files just renamed into round_idx's directory (reopened by name, never through a
+    link), then of the directory itself, once."""
+    for name in names:
+        with safe_files.open_regular(_in_round(round_idx, name), 1 << 62, root=output_dir) as handle:
+            try:
+                os.fsync(handle.fileno())
+            except OSError as exc:  # delayed allocation may find the disk full only now
+                if safe_files.is_storage_error(exc):
+                    raise safe_files.StorageError(round_dir(output_dir, round_idx) / name, exc) from None
+                raise
+    fd = safe_files.open_dir(output_dir, f"checkpoints/round_{round_idx}")
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse a directory's fsync; the files themselves are synced
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_manifest(output_dir: Path, round_idx: int, run_id: str, version: str, config: dict,
@@ -282,6 +314,16 @@ def remove_rank_files(output_dir: Path, round_idx: int, rank: int, manifest_too:
     Never through a link: a round_<r> that links elsewhere is left alone, and so is what it links to."""
     names = ([MANIFEST] if manifest_too else []) + list(rank_file_names(rank))
     for name in names:
+        safe_files.remove(output_dir, _in_round(round_idx, name))
+    # A write of these files killed midway (SIGKILL, a lost node) left its temporary file: only
+    # safe_files.write_atomic makes such names, and this run holds the directory's lock.
+    left = re.compile(r"^\.(%s)\.[0-9a-f]{16}\.tmp$" % "|".join(re.escape(name) for name in names))
+    try:
+        found = [name for name, is_dir in safe_files.entries(output_dir, f"checkpoints/round_{round_idx}")
+                 if not is_dir and left.match(name)]
+    except (FileNotFoundError, NotADirectoryError, safe_files.UnsafePathError):
+        found = []
+    for name in found:
         safe_files.remove(output_dir, _in_round(round_idx, name))
     # Other ranks' files may still be there (then it stays), or it is gone already.
     safe_files.remove_empty_dir(output_dir, f"checkpoints/round_{round_idx}")

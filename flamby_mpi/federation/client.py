@@ -16,7 +16,7 @@ from typing import List, Optional
 
 import torch
 
-from ..checkpoints import checkpoint
+from ..checkpoints import checkpoint, staging
 from ..exit.errors import UserError
 from ..exit.failures import where
 from ..plan import RunPlan
@@ -59,9 +59,11 @@ class ClientRun:
         if len(train_set) == 0:
             raise RuntimeError(f"centre {self.center} of {dataset.name} has no training samples")
         train_loader = make_loader(train_set, plan.batch_size, shuffle=True, num_workers=plan.num_workers,
-                                   generator=torch.Generator().manual_seed(seed), collate_fn=dataset.collate_fn)
+                                   generator=torch.Generator().manual_seed(seed), collate_fn=dataset.collate_fn,
+                                   role=f"centre {self.center}'s training data")
         self.test_loader = make_loader(test_set, plan.test_batch_size, shuffle=False,
-                                       num_workers=plan.num_workers, collate_fn=dataset.collate_fn)
+                                       num_workers=plan.num_workers, collate_fn=dataset.collate_fn,
+                                       role=f"centre {self.center}'s test data")
         privacy = None
         if plan.privacy is not None:
             privacy = PrivacySettings(plan.privacy.target_epsilon, plan.privacy.target_delta,
@@ -73,7 +75,9 @@ class ClientRun:
         self.stop_request = None  # this process's preemption.StopRequest, set by the driver
         self.start_round = 0  # the first exchange this process runs: the resumed cut, else 0
         self.stopped_by: Optional[int] = None  # the signal of a stop message, once one came
-        self.written_cuts: List[int] = []  # checkpoints holding this rank's files, oldest first
+        self.written_cuts: List[int] = []  # complete checkpoints holding this rank's files, oldest first
+        self._confirmed: List[int] = []  # cuts whose parts its replies confirmed, not yet known complete
+        self._saver = staging.PartSaver(plan.output_dir, rank, plan.checkpoint_staging_mb)
         log.info("rank %d: centre %d of %s, %d train / %d test samples, device %s",
                  rank, self.center, dataset.name, len(train_set), len(test_set), device)
 
@@ -81,6 +85,9 @@ class ClientRun:
         """The server's message: the global model, plus strategy extras (Scaffold's c)."""
         if self._replied_at is not None:
             self._waited = time.perf_counter() - self._replied_at
+        # The server completes cut c, whenever its parts were confirmed, before it sends message c + 1.
+        self.written_cuts += [c for c in self._confirmed if c < message.round_idx]
+        self._confirmed = [c for c in self._confirmed if c >= message.round_idx]
         self.strategy.receive(self.learner, message.state)
         # Loaded into the learner: the received copy is let go now, so that its memory goes back to
         # the transport's receive buffers for the next message instead of a new one being allocated.
@@ -89,7 +96,8 @@ class ClientRun:
 
     def reply(self) -> ClientReply:
         """Evaluates (when due) the global model just received, then trains unless this is the end;
-        saves this rank's part of a checkpoint when one is due or the job is stopping."""
+        confirms the parts of checkpoints written meanwhile, and stages this rank's part of the cut
+        when one is due (written while the next round trains) or writes it at once when the job is stopping."""
         message = self._message
         if message.stop:
             self.stopped_by = message.stop
@@ -100,19 +108,33 @@ class ClientRun:
             with self._rngs.swapped_in():
                 reply = self._reply(message)
             cut = message.round_idx + 1
-        if (message.stop or self.plan.checkpoint_due(cut)) and cut not in self.written_cuts:
-            try:
-                reply.checkpoint = self.save_checkpoint(cut)
-            except UserError as error:  # told to the server, which ends the job with one message
-                reply.checkpoint_failed = {"message": error.args[0], "hint": error.hint,
-                                           "exit_code": error.exit_code,
-                                           "at": where(self.rank, socket.gethostname())}
-        elif message.final:  # every cut is complete now: keep as many as the server does
-            self._prune(keep=self.plan.keep_checkpoints)
+        due = (message.stop or self.plan.checkpoint_due(cut)) and cut not in self._cuts_saved()
+        try:
+            parts = self._saver.collect()  # the part written while this round trained, waited for
+            if due:  # a stop has no later reply to confirm the part in: it is written now
+                self.save_checkpoint(cut, synchronous=bool(message.stop))
+            reply.checkpoints = parts + self._saver.collect(wait=False)  # a part written synchronously
+        except UserError as error:  # told to the server, which ends the job with one message
+            self._saver.drain()
+            reply.checkpoints = []
+            reply.checkpoint_failed = {"message": error.args[0], "hint": error.hint,
+                                       "exit_code": error.exit_code, "at": where(self.rank, socket.gethostname())}
+        self._confirmed += [part["round"] for part in reply.checkpoints]
+        # The server keeps keep_checkpoints manifests; until the cuts confirmed now are complete,
+        # the newest complete one must stay, whatever keep_checkpoints is.
+        self._prune(keep=max(1, self.plan.keep_checkpoints - 1))
         if self.stop_request is not None:
             reply.stop_requested = self.stop_request.signum
         self._replied_at = time.perf_counter()
         return reply
+
+    def finish_checkpoints(self):
+        """The job's exchanges are over (every rank past them): the cuts confirmed are complete,
+        and as many are kept as the server keeps."""
+        self._saver.drain()
+        self.written_cuts += self._confirmed
+        self._confirmed = []
+        self._prune(keep=self.plan.keep_checkpoints)
 
     # ---- checkpoints ------------------------------------------------------------------------
     def checkpoint_state(self):
@@ -130,20 +152,18 @@ class ClientRun:
         self.strategy.restore(tensors["strategy"], data["strategy"])
         self._rngs.restore(tensors["rngs"], data["rngs"])
 
-    def save_checkpoint(self, cut: int) -> dict:
-        """Writes this rank's part of the cut after `cut` rounds, then prunes its own older files:
-        the cuts before this one are complete (the server completes a cut before it sends the
-        next message), and the last keep_checkpoints of them stay."""
-        tick = time.perf_counter()
-        files = checkpoint.write_rank_state(self.plan.output_dir, cut, self.rank, *self.checkpoint_state())
-        # The server keeps keep_checkpoints manifests, this cut's among them once it is complete;
-        # until then the previous complete one must stay, whatever keep_checkpoints is.
-        self._prune(keep=max(1, self.plan.keep_checkpoints - 1))
-        self.written_cuts.append(cut)
-        return {"round": cut, "files": files, "write_s": time.perf_counter() - tick}
+    def save_checkpoint(self, cut: int, synchronous: bool = False):
+        """Stages this rank's part of the cut after `cut` rounds and writes it in the background
+        (synchronous: now); the write before it, if still running, is waited for first."""
+        self._saver.save(cut, *self.checkpoint_state(), synchronous=synchronous)
+
+    def _cuts_saved(self) -> List[int]:
+        pending = self._saver.pending
+        return self.written_cuts + self._confirmed + ([pending] if pending is not None else [])
 
     def _prune(self, keep: int):
-        """Deletes this rank's files of all but the newest `keep` cuts written so far (all complete)."""
+        """Deletes this rank's files of all but the newest `keep` complete cuts (those confirmed
+        or being written stay)."""
         for old in self.written_cuts[:-keep]:
             checkpoint.remove_rank_files(self.plan.output_dir, old, self.rank)
         self.written_cuts = self.written_cuts[-keep:]

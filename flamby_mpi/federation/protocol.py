@@ -7,14 +7,15 @@ every client a `GlobalMessage` for round r, and every client answers with one
 client trains). Every client answers every exchange, also when it does not
 train (client sampling, Cyclic): FedML's cross-silo server waits for all of
 them. The transports (FedML over MPI, the in-process loop) carry these objects
-unchanged. Checkpoints ride on the same exchanges: a client saves its part before its
-reply says so, and the server completes the cut (flamby_mpi.checkpoints.checkpoint); a stop (SIGTERM,
+unchanged. Checkpoints ride on the same exchanges: a client's reply confirms the parts it has
+written (flamby_mpi.checkpoints.staging writes them while the next round trains), and the server
+completes a cut once every part is confirmed (flamby_mpi.checkpoints.checkpoint); a stop (SIGTERM,
 SIGINT) is asked for in a reply and ordered in the next GlobalMessage.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, Optional
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
 
 from .training import Evaluation
 
@@ -50,13 +51,15 @@ class ClientReply:
     # The evaluation of the global model received this exchange, when due (plan.evaluates);
     # its predictions travel only in the final exchange with pooled_test: predictions.
     evaluation: Optional[Evaluation] = None
-    # This client saved its part of a checkpoint before replying: {"round": cut, "files":
-    # {name: {"sha256", "bytes"}}, "write_s": seconds}; rank 0 writes the manifest once all have.
-    checkpoint: Optional[Dict] = None
+    # Its parts of checkpoints written (and synced) since its previous reply, each {"round": cut,
+    # "files": {name: {"sha256", "bytes"}}, "write_s", "wait_s", "critical_s": seconds}: a part is
+    # staged as the round ends and written while the next one trains, so it usually travels one
+    # exchange later; rank 0 writes a cut's manifest once every rank's part of it is confirmed.
+    checkpoints: List[Dict] = field(default_factory=list)
     # The signal this client's process received (SIGTERM/SIGINT), if any: the job stops at the
     # next round boundary.
     stop_requested: Optional[int] = None
-    # Its part of the checkpoint could not be written (a full disk, a link where a round directory
+    # A part of a checkpoint could not be written (a full disk, a link where a round directory
     # should be): {"message", "hint", "exit_code", "at"}. The server ends the job with it, so that
     # clients failing together on one shared disk make one message, not one each.
     checkpoint_failed: Optional[Dict] = None

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..checkpoints import checkpoint
+from ..checkpoints import checkpoint, staging
 from ..exit.errors import UserError
 from ..exit.preemption import signal_name as _signal_name
 from ..outputs.progress import Progress
@@ -62,7 +62,12 @@ class ServerRun:
         self.resumed_from: Optional[Dict] = None  # {"round", "path"} when resumed
         self.stopped_by: Optional[int] = None  # the signal the job stopped for, once it did
         self.written_cuts: List[int] = []  # complete checkpoints on disk, oldest first
-        self.checkpoint_seconds: List[float] = []  # per cut: the server's write plus the slowest client's
+        # Per cut, what it cost the rounds: the server's staging, waiting and manifest plus the slowest
+        # client's staging and waiting (a whole write where a part was written synchronously).
+        self.checkpoint_seconds: List[float] = []
+        self.checkpoint_waits: List[float] = []  # per cut: the longest any rank waited for a write before it
+        self._saver = staging.PartSaver(plan.output_dir, 0, plan.checkpoint_staging_mb)
+        self._parts: Dict[int, Dict[int, Dict]] = {}  # cut -> rank -> its part, confirmed, manifest not yet written
 
     def check_pooled_test_data(self):
         """With pooled_test: flamby the server reads FLamby's pooled test set: fail now, not at the end."""
@@ -99,11 +104,12 @@ class ServerRun:
                 raise RuntimeError(f"exchange {round_idx}: centre {reply.center} answered exchange "
                                    f"{reply.round_idx}")
             self.devices[reply.center] = reply.device
-        failed = next((r.checkpoint_failed for r in replies if r.checkpoint_failed), None)
-        if failed is not None:  # the first client's says it for all (one shared disk fills for all)
-            raise PeerError(failed)
-        if self.stopped_by is not None:  # the stop exchange: the clients saved the cut, we end it
-            self._complete_checkpoint(round_idx, replies)
+        try:
+            self._settle_checkpoints(round_idx, replies)
+        except BaseException:
+            self._saver.drain()  # the job ends: no write of this rank left half done
+            raise
+        if self.stopped_by is not None:  # the stop exchange: every part of the cut is written, it is complete
             self.round_log.close()
             return None
         evaluated = self._record_evaluations(round_idx, replies)
@@ -135,8 +141,11 @@ class ServerRun:
         self.progress.round_done(self.rounds_completed, round_s, float(np.mean(losses)), who)
         self.last_round_at = self._round_started = now
         cut = self.rounds_completed
-        if self.plan.checkpoint_due(cut):
-            self._complete_checkpoint(cut, replies)
+        if self.plan.checkpoint_due(cut):  # staged now, written while the next round trains
+            self._saver.save(cut, *self.checkpoint_state())
+            # A part too big to stage was written at once: with the clients' parts already
+            # confirmed (theirs too big as well), the cut is complete before the next message.
+            self._complete_cuts(round_idx, wait=False)
         stop = self._stop_asked(replies)
         if stop is not None and cut < self.plan.final_round:
             self.stopped_by = stop  # every client saves this cut (if not yet) and the job ends
@@ -156,7 +165,8 @@ class ServerRun:
         tensors = {"model": self.model.state_dict(), "strategy": strategy_tensors, "rng": torch.get_rng_state()}
         data = {"rank": 0, "rounds_completed": self.rounds_completed, "history": self.history,
                 "devices": {str(c): d for c, d in self.devices.items()}, "round_log": self.round_log.state(),
-                "strategy": strategy_data, "checkpoint_seconds": self.checkpoint_seconds}
+                "strategy": strategy_data, "checkpoint_seconds": self.checkpoint_seconds,
+                "checkpoint_waits": self.checkpoint_waits}
         return tensors, data
 
     def restore(self, tensors: dict, data: dict, round_idx: int, path: str):
@@ -170,28 +180,62 @@ class ServerRun:
         self.devices = {int(c): d for c, d in data["devices"].items()}
         self.round_log.restore(data["round_log"])
         self.checkpoint_seconds = list(data["checkpoint_seconds"])
+        self.checkpoint_waits = list(data.get("checkpoint_waits", []))
         self.progress.resume_at(round_idx)
         self.resumed_from = {"round": round_idx, "path": path}
 
-    def _complete_checkpoint(self, cut: int, replies: List[ClientReply]):
-        """Saves the server's part of the cut after `cut` rounds, then the manifest that makes it
-        a checkpoint, once every client's reply says its part is written; prunes old cuts."""
-        if cut in self.written_cuts:
-            return  # saved at the round boundary already; the stop exchange only confirms it
-        tick = time.perf_counter()
-        files = {0: checkpoint.write_rank_state(self.plan.output_dir, cut, 0, *self.checkpoint_state())}
+    def _settle_checkpoints(self, round_idx: int, replies: List[ClientReply]):
+        """Takes the parts of cuts the clients confirm in this exchange, collects the server's own
+        (waiting for its write if it still runs) and writes the manifest of every cut whose parts
+        are all confirmed, oldest first, then prunes. At the stop exchange the server's part of the
+        cut is written first if it was not due. Raises the first client's failure (one shared disk
+        fills for all: one message), or the server's own."""
+        failed = next((r.checkpoint_failed for r in replies if r.checkpoint_failed), None)
+        if failed is not None:
+            raise PeerError(failed)
         for reply in replies:
-            if not reply.checkpoint or reply.checkpoint.get("round") != cut:
-                raise RuntimeError(f"checkpoint after round {cut}: centre {reply.center} did not save its part")
-            files[self.plan.rank_of(reply.center)] = reply.checkpoint["files"]
+            for part in reply.checkpoints:
+                self._parts.setdefault(part["round"], {})[self.plan.rank_of(reply.center)] = part
+        stop_cut_unsaved = (round_idx not in self.written_cuts and self._saver.pending != round_idx
+                            and 0 not in self._parts.get(round_idx, {}))
+        if self.stopped_by is not None and stop_cut_unsaved:  # not due: written now, before its manifest
+            self._saver.save(round_idx, *self.checkpoint_state(), synchronous=True)
+        self._complete_cuts(round_idx, wait=True)
+
+    def _complete_cuts(self, round_idx: int, wait: bool):
+        """Collects the server's own parts written (waiting for the one in flight when wait), then
+        writes the manifest of every cut whose parts are all confirmed, oldest first."""
+        for part in self._saver.collect(wait=wait):
+            self._parts.setdefault(part["round"], {})[0] = part
+        for cut in sorted(self._parts):
+            parts = self._parts[cut]
+            if len(parts) == self.plan.world_size:
+                self._write_manifest(cut, self._parts.pop(cut))
+            elif cut <= round_idx and 0 in parts:  # every part of it was due in this exchange's replies
+                missing = sorted(self.plan.centre_of(r) for r in range(1, self.plan.world_size) if r not in parts)
+                raise RuntimeError(f"checkpoint after round {cut}: centres {missing} did not save their part")
+
+    def _write_manifest(self, cut: int, parts: Dict[int, Dict]):
+        """Makes cut a checkpoint (every part on disk, hashed), then prunes the oldest complete ones."""
+        tick = time.perf_counter()
         checkpoint.write_manifest(self.plan.output_dir, cut, self.plan.run_id, __version__,
-                                  self.plan.config_record(), files)
-        write_s = time.perf_counter() - tick
-        self.checkpoint_seconds.append(write_s + max(float(r.checkpoint.get("write_s", 0.0)) for r in replies))
+                                  self.plan.config_record(), {rank: part["files"] for rank, part in parts.items()})
+        own = parts[0]["critical_s"] + time.perf_counter() - tick
+        self.checkpoint_seconds.append(own + max(float(p["critical_s"]) for r, p in parts.items() if r != 0))
+        self.checkpoint_waits.append(max(float(p.get("wait_s", 0.0)) for p in parts.values()))
         self.written_cuts.append(cut)
         for old in self.written_cuts[:-self.plan.keep_checkpoints]:
             checkpoint.remove_rank_files(self.plan.output_dir, old, 0, manifest_too=True)
         self.written_cuts = self.written_cuts[-self.plan.keep_checkpoints:]
+
+    def checkpoint_summary(self) -> Dict:
+        """results.json's `checkpoints`: what the cuts cost the rounds, and how long ranks waited for writes."""
+        seconds, waits = self.checkpoint_seconds, self.checkpoint_waits
+        return {"every": self.plan.checkpoint_every, "keep": self.plan.keep_checkpoints, "written": len(seconds),
+                "mean_s": round(sum(seconds) / len(seconds), 6) if seconds else None,
+                "max_s": round(max(seconds), 6) if seconds else None,
+                "wait_s": round(sum(waits), 6), "max_wait_s": round(max(waits), 6) if waits else None,
+                "dir": str(checkpoint.checkpoints_dir(self.plan.output_dir))}
 
     def _record_evaluations(self, round_idx: int, replies: List[ClientReply]) -> Dict[str, float]:
         """Records this exchange's evaluations; returns client_test_<k> and average (empty if none)."""

@@ -14,6 +14,8 @@ from typing import Callable, Iterator, Optional, Tuple
 import numpy as np
 import torch
 
+from ..runtime import loader_workers
+
 
 def derived_seed(seed: int, rank: int) -> int:
     """A per-rank seed for data order and local randomness, stable across launch modes."""
@@ -45,7 +47,7 @@ class DataLoaderWithMemory:
     def _start_epoch(self):
         generator = self.loader.generator
         self._epoch_generator_state = None if generator is None else generator.get_state()
-        self._iterator: Iterator = iter(self.loader)
+        self._iterator: Iterator = loader_workers.start_iterator(self.loader)
         self._epoch_batches = 0
         self._epoch_length: Optional[int] = None  # set when restored mid-epoch in draw-as-you-go mode
 
@@ -53,13 +55,16 @@ class DataLoaderWithMemory:
         if self._epoch_length is not None and self._epoch_batches >= self._epoch_length:
             self._start_epoch()
         try:
-            batch = next(self._iterator)
+            batch = self._next()
         except StopIteration:
             self._start_epoch()
-            batch = next(self._iterator)
+            batch = self._next()
         self.batches_drawn += 1
         self._epoch_batches += 1
         return batch
+
+    def _next(self):
+        return loader_workers.next_batch(self._iterator, data_role(self.loader))
 
     def _draws_as_it_goes(self) -> bool:
         return getattr(self.loader, "sample_rate", None) is not None  # opacus's DPDataLoader
@@ -80,7 +85,8 @@ class DataLoaderWithMemory:
         done = int(data["epoch_batches"])
         if self._draws_as_it_goes():
             outer = torch.get_rng_state()
-            self._iterator = iter(self.loader)  # what its start drew was drawn before the checkpoint: undone
+            # What its start draws was drawn before the checkpoint: undone.
+            self._iterator = loader_workers.start_iterator(self.loader)
             torch.set_rng_state(outer)
             if self.loader.generator is not None:
                 self.loader.generator.set_state(tensors["generator"])
@@ -96,8 +102,8 @@ class DataLoaderWithMemory:
             if self.loader.num_workers == 0 and sampler_iter is not None:
                 next(sampler_iter)  # the batch's indices only: no sample is loaded
                 self._iterator._num_yielded += 1
-            else:  # worker processes prefetch: draw the batches themselves
-                next(self._iterator)
+            else:  # worker processes prefetch, and their random streams must advance as they did
+                self._next()
         self._epoch_batches = done
 
 
@@ -119,8 +125,10 @@ class LocalLearner:
         self._num_train_samples = len(train_loader.dataset)
         self.accountant = None  # opacus's, with differential privacy: its history is checkpointed
         if privacy is not None:
+            role = data_role(train_loader)
             self.model, self.optimizer, train_loader, self.accountant = privacy.make_private(
                 self.model, self.optimizer, train_loader, device)
+            train_loader.data_role = role  # opacus's loader is a new one, over the same data
         self.batches = DataLoaderWithMemory(train_loader)
 
     @property
@@ -231,10 +239,16 @@ def evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader,
     y_true, y_pred = [], []
     try:
         if loader_metric is not None:
-            value = float(loader_metric(model, loader, device.type == "cuda"))
+            with loader_workers.sigchld_kept():  # FLamby's function starts the loader's workers itself
+                value = float(loader_metric(model, loader, device.type == "cuda"))
             return Evaluation(value, len(loader.dataset))
         with torch.no_grad():
-            for x, y in loader:
+            batches = loader_workers.start_iterator(loader)
+            while True:
+                try:
+                    x, y = loader_workers.next_batch(batches, data_role(loader))
+                except StopIteration:
+                    break
                 y_pred.append(model(x.to(device)).detach().cpu().numpy())
                 y_true.append(y.detach().cpu().numpy())
     finally:
@@ -249,6 +263,22 @@ def evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader,
 
 def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int,
                 generator: Optional[torch.Generator] = None,
-                collate_fn: Optional[Callable] = None) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                                       num_workers=num_workers, generator=generator, collate_fn=collate_fn)
+                collate_fn: Optional[Callable] = None, role: str = "this rank's data") -> torch.utils.data.DataLoader:
+    """FLamby's loader. With num_workers > 0 its worker processes start from a fork server, never
+    forked from this MPI rank, seeded from `generator` and computing with this rank's number of
+    torch threads (runtime/loader_workers.py); the batches are the ones 0 workers give, in the same
+    order, bit for bit, for a dataset without randomness of its own. `role` names the data in the
+    message when a worker dies ("centre 2's training data")."""
+    workers = {}
+    if num_workers > 0:
+        workers = {"multiprocessing_context": loader_workers.worker_context(dataset, collate_fn),
+                   "worker_init_fn": loader_workers.worker_init()}
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
+                                         num_workers=num_workers, generator=generator, collate_fn=collate_fn,
+                                         **workers)
+    loader.data_role = role
+    return loader
+
+
+def data_role(loader) -> str:
+    return getattr(loader, "data_role", "this rank's data")

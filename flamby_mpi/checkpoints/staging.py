@@ -1,0 +1,233 @@
+"""A rank's part of a cut written off the round's critical path: staged, then written by a thread.
+
+`stage(tensors, data)` takes a consistent copy of exactly the state after the round: every tensor's
+storage copied once into CPU memory the stage owns (tensors that shared a storage share the copy,
+at the same offsets and strides, so torch.save writes the very bytes it would have written from the
+originals), the JSON state serialised. Training may then change the originals in place.
+
+`CutWriter` writes one staged cut at a time in a thread of its own while the next round trains;
+`wait()` hands back the files' entries (or raises what the write raised: a full disk's
+StorageError, a link's UnsafePathError, any bug) in the round loop, so that nothing of a failure
+is lost and every message still goes out from the round loop alone. The thread touches no MPI,
+draws no random number and runs no training arithmetic: it pickles copies and writes files.
+
+Memory: one cut's copies per rank, kept once written for the next cut to copy into (no fresh pages
+to fault in every round), and bounded by PartSaver's limit (common_args.checkpoint_staging_mb).
+The files are those checkpoint.write_rank_state writes from the live state (the synchronous
+path, when a cut is too big to stage): the same bytes, synced before their entries are handed back.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Optional
+
+from . import checkpoint
+
+MB = 1024 * 1024
+log = logging.getLogger("flamby_mpi.checkpoints")
+
+
+@dataclass
+class StagedCut:
+    """One rank's part of cut `round_idx`: tensors in memory of its own and the JSON state's bytes."""
+    round_idx: int
+    rank: int
+    tensors: dict
+    json_bytes: bytes
+    nbytes: int  # the tensors' storages, counted once each
+    stage_s: float
+    storages: list  # the copies, in the order staged: the next cut's spare once this one is written
+
+
+def storage_bytes(tree) -> int:
+    """Bytes of the distinct storages of the tensors in a nested dict/list/tuple: what staging copies."""
+    seen: Dict[tuple, int] = {}
+    _walk(tree, lambda t: seen.setdefault(_storage_key(t), t.untyped_storage().nbytes()))
+    return sum(seen.values())
+
+
+def _storage_key(tensor) -> tuple:
+    return tensor.device.type, tensor.device.index, tensor.untyped_storage().data_ptr()
+
+
+def _walk(tree, visit):
+    import torch
+
+    if isinstance(tree, torch.Tensor):
+        visit(tree)
+    elif isinstance(tree, dict):
+        for value in tree.values():
+            _walk(value, visit)
+    elif isinstance(tree, (list, tuple)):
+        for value in tree:
+            _walk(value, visit)
+
+
+def _copied(tree, storages: dict, spare: list):
+    """tree with every tensor a view of a CPU copy of its storage (one copy per storage). spare: the
+    previous cut's copies, written and let go, reused in turn where the size matches (no fresh
+    memory to fault in every round)."""
+    import torch
+
+    if isinstance(tree, torch.Tensor):
+        key = _storage_key(tree)
+        if key not in storages:
+            source = tree.untyped_storage()
+            reuse = spare.pop(0) if spare and spare[0].nbytes() == source.nbytes() else None
+            if reuse is not None:
+                storages[key] = reuse.copy_(source)
+            else:
+                spare.clear()  # another layout: the rest is not reused either
+                storages[key] = source.cpu().clone() if source.device.type == "cpu" else source.cpu()
+        view = torch.empty(0, dtype=tree.dtype)
+        view.set_(storages[key], tree.storage_offset(), tree.size(), tree.stride())
+        return view
+    if isinstance(tree, dict):
+        copied = type(tree)() if type(tree) is not dict else {}
+        for key, value in tree.items():
+            copied[key] = _copied(value, storages, spare)
+        # Attributes pickle with the dict: a state_dict's OrderedDict carries its modules' versions.
+        if getattr(tree, "__dict__", None):
+            copied.__dict__.update(copy.deepcopy(tree.__dict__))
+        return copied
+    if isinstance(tree, list):
+        return [_copied(value, storages, spare) for value in tree]
+    if isinstance(tree, tuple):
+        return tuple(_copied(value, storages, spare) for value in tree)
+    return copy.deepcopy(tree)
+
+
+def stage(round_idx: int, rank: int, tensors: dict, data: dict, spare: Optional[list] = None) -> StagedCut:
+    tick = time.perf_counter()
+    storages: dict = {}
+    staged = _copied(tensors, storages, list(spare or []))
+    nbytes = sum(s.nbytes() for s in storages.values())
+    return StagedCut(round_idx, rank, staged, checkpoint.state_json(data), nbytes, time.perf_counter() - tick,
+                     list(storages.values()))
+
+
+class CutWriter:
+    """At most one staged cut of one rank being written, in a background thread."""
+
+    def __init__(self, output_dir: Optional[Path]):
+        self.output_dir = output_dir
+        self._thread: Optional[threading.Thread] = None
+        self._staged: Optional[StagedCut] = None
+        self._result: Optional[dict] = None
+        self._error: Optional[BaseException] = None
+        self.spare: list = []  # the copies of the last cut written, for the next stage to reuse
+
+    @property
+    def pending(self) -> Optional[int]:
+        """The cut being written (or written and not yet collected by wait()), else None."""
+        return self._staged.round_idx if self._staged is not None else None
+
+    def submit(self, staged: StagedCut):
+        if self._staged is not None:
+            raise RuntimeError(f"cut {staged.round_idx} staged while cut {self._staged.round_idx} is not collected")
+        self._staged, self._result, self._error = staged, None, None
+        self._thread = threading.Thread(target=self._write, name=f"checkpoint-writer-{staged.rank}", daemon=True)
+        self._thread.start()
+
+    def _write(self):
+        staged = self._staged
+        tick = time.perf_counter()
+        try:
+            files = checkpoint.write_rank_state(self.output_dir, staged.round_idx, staged.rank, staged.tensors,
+                                                staged.json_bytes)
+            self._result = {"round": staged.round_idx, "files": files, "write_s": time.perf_counter() - tick}
+        except BaseException as error:  # noqa: BLE001 - handed to the round loop by wait(), never lost
+            self._error = error
+        finally:
+            staged.tensors = None  # its storages stay, for the next cut to copy into (CutWriter.spare)
+
+    def wait(self) -> dict:
+        """Blocks until the pending write ends; returns {"round", "files", "write_s", "wait_s",
+        "stage_s", "staged_bytes"} or raises what the write raised. Collects it: nothing is pending after."""
+        staged = self._staged
+        if staged is None:
+            raise RuntimeError("no checkpoint write pending")
+        tick = time.perf_counter()
+        self._thread.join()
+        wait_s = time.perf_counter() - tick
+        self._staged, self._thread = None, None
+        self.spare, staged.storages = staged.storages, []
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+        result, self._result = self._result, None
+        return {**result, "wait_s": wait_s, "stage_s": staged.stage_s, "staged_bytes": staged.nbytes}
+
+    def drain(self):
+        """Waits for a pending write and drops its outcome: the job is ending on another error
+        (reported instead), and no temporary file of ours is left behind by this rank."""
+        if self._thread is not None:
+            self._thread.join()
+        self._staged, self._thread, self._result, self._error = None, None, None, None
+
+
+class PartSaver:
+    """One rank's parts of the cuts: staged and written in the background, or, for a part bigger
+    than common_args.checkpoint_staging_mb (or when the job is stopping), written at once from the
+    live state. collect() hands back, in the round loop, every part written since the last call:
+    {"round", "files", "write_s", "wait_s", "critical_s", ...}, critical_s being what the part cost
+    the round itself (staging and waiting; the whole write when synchronous)."""
+
+    def __init__(self, output_dir: Optional[Path], rank: int, staging_mb: int):
+        self.output_dir, self.rank = output_dir, rank  # None: a plan without its run id saves nothing
+        self.limit = staging_mb * MB
+        self.writer = CutWriter(output_dir)
+        self._done: list = []  # parts written synchronously, not yet collected
+        self._said_why = False
+
+    @property
+    def pending(self) -> Optional[int]:
+        return self.writer.pending
+
+    def save(self, round_idx: int, tensors: dict, data: dict, synchronous: bool = False):
+        """Saves this rank's part of cut round_idx; a part still being written is waited for first
+        (at most one staged cut per rank), and kept for collect()."""
+        if self.writer.pending is not None:
+            self._done.append(self._collected(self.writer.wait()))
+        nbytes = storage_bytes(tensors)
+        if not synchronous and nbytes > self.limit and not self._said_why:
+            self._said_why = True
+            # Rank 0's console says it for the job; every rank's log says it for itself.
+            say = log.warning if self.rank == 0 else log.info
+            say("rank %d: its part of a checkpoint holds %.0f MiB of tensors, more than "
+                "common_args.checkpoint_staging_mb (%d MiB) lets it copy aside: it is written at the end of its "
+                "round instead of while the next one trains", self.rank, nbytes / MB, self.limit // MB)
+        if synchronous or nbytes > self.limit:
+            tick = time.perf_counter()
+            files = checkpoint.write_rank_state(self.output_dir, round_idx, self.rank, tensors, data)
+            seconds = time.perf_counter() - tick
+            self._done.append({"round": round_idx, "files": files, "write_s": seconds, "wait_s": 0.0,
+                               "critical_s": seconds, "staged_bytes": 0})
+            return
+        spare, self.writer.spare = self.writer.spare, []
+        self.writer.submit(stage(round_idx, self.rank, tensors, data, spare))
+
+    def collect(self, wait: bool = True) -> list:
+        """Every part written since the last call, the one being written waited for (unless not
+        wait); raises what a write raised (a full disk's StorageError...)."""
+        done, self._done = self._done, []
+        if wait and self.writer.pending is not None:
+            done.append(self._collected(self.writer.wait()))
+        return done
+
+    def _collected(self, result: dict) -> dict:
+        if result["wait_s"] >= 0.001:
+            log.info("rank %d: waited %.3f s for its part of the checkpoint of round %d to be written",
+                     self.rank, result["wait_s"], result["round"])
+        return {**result, "critical_s": result["stage_s"] + result["wait_s"]}
+
+    def drain(self):
+        """The job is ending on another error: the write in flight ends (no temporary file left)
+        and its outcome is dropped."""
+        self.writer.drain()
+        self._done = []
