@@ -98,7 +98,7 @@ FLAMBY_INRAM = SHARED / "bench" / "flamby_inram_fedavg.py"
 STARTUP_FLOOR = "import torch, mpi4py.MPI as M; M.COMM_WORLD.Barrier()"
 
 # The targets of issue 10, each an upper bound on a ratio.
-TARGET_HEART = 1.5
+TARGET_HEART = 1.0  # issue 21 (1.5 before it)
 TARGET_FIRST_ROUND = 2.0
 TARGET_TINY_32 = 1.5
 TARGET_TINY_4 = 1.1  # "no slower than today": 12.9 ms against 12 ms when the issue was filed
