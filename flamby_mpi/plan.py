@@ -34,12 +34,14 @@ from .config import (
     run_id_problem,
 )
 from .datasets import DatasetSpec, resolve_dataset
+from .datasets.synthetic import train_sizes
 from .exit.errors import ConfigError, plain, shown
 from .registry import (
     HYPERPARAMETER_USERS,
     STRATEGY_HYPERPARAMETERS,
     centre_problems,
     client_count_problems,
+    is_synthetic,
     listed_centres,
 )
 
@@ -138,6 +140,17 @@ class RunPlan:
         if self.all_centres:
             return self.dataset.name
         return f"{self.dataset.name} (data_args.centers {list(self.centres)})"
+
+    @property
+    def largest_batch(self) -> int:
+        """The largest batch a client's loader can form: batch_size, or fewer where the dataset knows
+        its centres' sizes before loading them (synthetic) and the largest listed one is smaller; what
+        the memory check scales a step's activations to."""
+        if not is_synthetic(self.dataset.name):
+            return self.batch_size
+        data = self._config.data_args
+        sizes = train_sizes(data.synthetic_num_centers, data.synthetic_samples_per_center)
+        return max(1, min(self.batch_size, max(sizes[c] for c in self.centres)))
 
     @property
     def all_centres(self) -> bool:

@@ -328,3 +328,13 @@ def test_memory_keys_do_not_block_a_resume():
     before = make_plan(build_config({}))
     after = make_plan(build_config({"device_args": {"memory_check": False, "memory_estimates_file": "/x.json"}}))
     assert after.result_changing_differences(before.config_record()) == []
+
+
+def test_a_batch_larger_than_any_synthetic_centre_is_estimated_at_the_largest_centre(tmp_path):
+    """A loader never forms a batch larger than its centre: batch_size 10**9 on synthetic (accepted,
+    and it runs) must be estimated as the largest centre's batch, not scaled to 10**9."""
+    huge = _plan(batch_size=10**9)
+    assert huge.largest_batch < 1000
+    estimate, _ = memory_fit.find_estimate(huge, str(tmp_path / "no-estimates.json"))
+    at_largest = memory_fit.builtin_estimate("synthetic", huge.largest_batch)
+    assert estimate.client_bytes == at_largest.client_bytes < 2 * memory_fit.GIB

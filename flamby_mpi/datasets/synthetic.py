@@ -81,8 +81,13 @@ class SyntheticCenter(torch.utils.data.TensorDataset):
         super().__init__(torch.from_numpy(x[part]), torch.from_numpy(y[part]))
 
 
+def train_sizes(num_centers: int, samples_per_center: int):
+    """Each centre's training samples, known before any data is made."""
+    return [int(n * TRAIN_FRACTION) for n in center_sizes(num_centers, samples_per_center)]
+
+
 def train_size(seed: int, num_centers: int, samples_per_center: int) -> int:
-    return sum(int(n * TRAIN_FRACTION) for n in center_sizes(num_centers, samples_per_center))
+    return sum(train_sizes(num_centers, samples_per_center))
 
 
 class SyntheticModule:

@@ -293,7 +293,7 @@ def find_estimate(plan, configured_file: Optional[str]) -> Tuple[Optional[Estima
     recorded = _entry_estimate(entries.get(estimate_key(plan)), path)
     if recorded is not None:
         return recorded, note
-    return builtin_estimate(plan.dataset.name, plan.batch_size), note
+    return builtin_estimate(plan.dataset.name, plan.largest_batch), note
 
 
 # ---- what this process sees ---------------------------------------------------------------------
