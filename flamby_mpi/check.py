@@ -218,8 +218,9 @@ def table(plan, centres: List[CentreCheck], memory: Optional[MemoryEstimate], me
             clients = plan.num_clients
             lines.append(f"  what the run's memory check counts per host: each rank's private memory (server "
                          f"{_mib(fit.rank_bytes(0, clients))}, client {_mib(fit.rank_bytes(1, clients))}, "
-                         f"MPI and FedML included), the libraries' {_mib(fit.shared_bytes)} once, plus "
-                         f"{memory_fit.MARGIN:.0%}; a client on a GPU: {_mib(fit.gpu_bytes)} of tensors + "
+                         f"MPI and FedML included), the libraries' {_mib(fit.shared_bytes)} once, plus at most "
+                         f"{memory_fit.MARGIN:.0%} (none on what the ranks hold when they check); "
+                         f"a client on a GPU: {_mib(fit.gpu_bytes)} of tensors + "
                          f"{_mib(memory_fit.CUDA_CONTEXT_BYTES)} for CUDA")
             every = fit.host_bytes([(0,)] + [(r,) for r in range(1, clients + 1)], clients)
             lines.append(f"  one host running every rank: {_mib(every)}")

@@ -30,8 +30,8 @@ def _host(name, ranks, available, held=300 * MIB, **gpu):
     return [ProcessState((r,), name, available, held, **gpu) for r in ranks]
 
 
-def _need(ranks, clients=4, estimate=EST):
-    return estimate.host_bytes([(r,) for r in ranks], clients)
+def _need(ranks, clients=4, estimate=EST, held=0):
+    return estimate.host_bytes([(r,) for r in ranks], clients, held)
 
 
 def test_the_per_rank_figures():
@@ -53,13 +53,13 @@ def test_a_job_that_fits_is_not_refused():
 
 def test_a_host_one_byte_short_is_refused_with_the_numbers():
     held = 300 * MIB
-    available = _need(range(5)) - 5 * held - 1
+    available = _need(range(5), held=5 * held) - 5 * held - 1
     verdict = decide(_host("node1", range(5), available, held), EST, 4)
     assert not verdict.fits
     text = verdict.refusal
     assert text.startswith("the job does not fit in memory: host node1 runs ranks 0, 1, 2, 3, 4, which need about")
     assert "the server 392 MiB + 4 client(s) 2.0 GiB each + libraries 250 MiB once" in text
-    assert "plus 10%" in text
+    assert "plus 10% of what they do not hold yet" in text
     assert "MemAvailable" in text and "the job's processes there hold already" in text
     assert "Estimate per rank: server 392 MiB, client 2.0 GiB" in text
     assert "from a test figure" in text
@@ -79,6 +79,20 @@ def test_only_the_host_that_does_not_fit_is_named():
     # The same ranks spread one per host fit: fewer ranks per host is the cure the message names.
     spread = [ProcessState((r,), f"node{r}", 3 * GIB, 300 * MIB) for r in range(5)]
     assert decide(spread, EST, 4).fits
+
+
+def test_the_margin_is_on_what_the_ranks_will_still_take_not_on_what_they_hold():
+    """What a process holds at the check is measured; only its growth is estimated. 64 clients whose
+    imports are most of their peak must not be refused for a 10% margin on memory they already hold."""
+    tiny = Estimate(client_bytes=300 * MIB, imports_bytes=280 * MIB, shared_bytes=256 * MIB, model_bytes=MIB,
+                    gpu_bytes=0, source="a test figure")
+    held = 280 * MIB
+    whole = tiny.host_bytes([(r,) for r in range(65)], 64)  # nothing held: 10% on all of it
+    growth = whole - tiny.host_bytes([(r,) for r in range(65)], 64, 65 * held)
+    assert growth > 65 * 25 * MIB  # the margin on 65 x 280 MiB held
+    room = whole - growth // 2
+    assert decide(_host("n", range(65), room - 65 * held, held), tiny, 64).fits
+    assert not decide(_host("n", range(65), room - 65 * held, 0), tiny, 64).fits
 
 
 def test_what_the_job_holds_already_counts_as_room():

@@ -19,7 +19,8 @@ What a rank needs comes from an `Estimate` (`find_estimate`):
 
 The rule, per host: the processes there need their estimates (a process playing several ranks, as
 the in-process backend does, holds its imports once) plus an allowance per process for MPI and
-FedML, all times 1 + MARGIN; they may use the host's MemAvailable plus what the job's own processes
+FedML, what they do not hold yet times 1 + MARGIN (what they hold is measured, the rest
+estimated); they may use the host's MemAvailable plus what the job's own processes
 there hold already (they have imported torch by now, which MemAvailable no longer counts; the
 smallest reading of the host's processes is taken). Per GPU shared by client ranks: their GPU
 estimates plus a CUDA context each, times 1 + MARGIN, against the largest free memory one of them
@@ -82,10 +83,12 @@ class Estimate:
         own = sum(self.rank_bytes(r, num_clients) - self.imports_bytes - MPI_AND_FEDML_BYTES for r in ranks)
         return self.imports_bytes + own + MPI_AND_FEDML_BYTES
 
-    def host_bytes(self, processes: Sequence[Sequence[int]], num_clients: int) -> int:
-        """What a host running these processes (each a tuple of ranks) needs, the margin included."""
+    def host_bytes(self, processes: Sequence[Sequence[int]], num_clients: int, held: int = 0) -> int:
+        """What a host running these processes (each a tuple of ranks) needs, the margin included.
+        `held`: what the processes hold already (measured, so no margin on it): the margin is for
+        what they will still take, which is estimated."""
         need = self.shared_bytes + sum(self.process_bytes(p, num_clients) for p in processes)
-        return int(math.ceil(need * (1 + MARGIN)))
+        return held + int(math.ceil(max(0, need - held) * (1 + MARGIN)))
 
 
 @dataclass(frozen=True)
@@ -145,8 +148,8 @@ def decide(states: Sequence[ProcessState], estimate: Estimate, num_clients: int)
                                  "not checked")
             continue
         ranks = sorted(r for s in here for r in s.ranks)
-        need = estimate.host_bytes([s.ranks for s in here], num_clients)
         held = sum(s.held_bytes for s in here)
+        need = estimate.host_bytes([s.ranks for s in here], num_clients, held)
         room = min(readings) + held
         if need > room:
             clients = [r for r in ranks if r != 0]
@@ -156,7 +159,8 @@ def decide(states: Sequence[ProcessState], estimate: Estimate, num_clients: int)
             shared = " (one process: the imports counted once)" if any(len(s.ranks) > 1 for s in here) else ""
             problems.append(
                 f"host {plain(host)} runs {_ranks_text(ranks)}, which need about {size_text(need)} "
-                f"({' + '.join(parts)}{shared}, plus {MARGIN:.0%}), but it has {size_text(room)} available "
+                f"({' + '.join(parts)}{shared}, plus {MARGIN:.0%} of what they do not hold yet), "
+                f"but it has {size_text(room)} available "
                 f"(MemAvailable {size_text(min(readings))} + {size_text(held)} the job's processes there "
                 "hold already)")
     gpus: Dict[Tuple[str, str], List[ProcessState]] = {}
