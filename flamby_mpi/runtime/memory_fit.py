@@ -378,11 +378,15 @@ def at_startup(plan, transport, say) -> int:
     records = transport.allgather(as_record(state))
     verdict = None
     if transport.rank == 0:
+        states = [from_record(r) for r in records]
         estimate, note = find_estimate(plan, plan.devices.memory_estimates_file)
+        if plan.dataset.needs_cuda and any(s.gpu is None for s in states if 0 not in s.ranks):
+            # A client without a GPU cannot train this dataset at all: that is the message it gives
+            # next (its device check), not a memory figure for a CPU run that cannot happen.
+            estimate = None
         if note:
             say(note)
-        decided = decide([from_record(r) for r in records], estimate, plan.num_clients) \
-            if estimate is not None else Verdict()
+        decided = decide(states, estimate, plan.num_clients) if estimate is not None else Verdict()
         for text in decided.notes:
             say(text)
         verdict = decided.refusal
