@@ -380,7 +380,7 @@ def at_startup(plan, transport, say) -> int:
     if transport.rank == 0:
         states = [from_record(r) for r in records]
         estimate, note = find_estimate(plan, plan.devices.memory_estimates_file)
-        if plan.dataset.needs_cuda and any(s.gpu is None for s in states if 0 not in s.ranks):
+        if plan.dataset.needs_cuda and any(s.gpu is None for s in states if any(r != 0 for r in s.ranks)):
             # A client without a GPU cannot train this dataset at all: that is the message it gives
             # next (its device check), not a memory figure for a CPU run that cannot happen.
             estimate = None
