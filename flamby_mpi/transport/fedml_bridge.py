@@ -144,10 +144,12 @@ class Meter:
 # docs/benchmarks/).
 # Only the header is waited for this way; a message's buffers follow it at once and are received
 # with blocking MPI calls.
-# While the rank's main thread handles a message (a client trains, the server aggregates), a message
-# received meanwhile would only wait in the queue: the thread does not probe then, but rests until
-# the main thread waits for the queue again. Probing during training woke this thread every few ms,
-# each time taking the GIL from the training thread.
+# While a client's main thread handles a message (it trains), a message received meanwhile would
+# only wait in the queue: the thread does not probe then, but rests until the main thread waits for
+# the queue again. Probing during training woke this thread every few ms, each time taking the GIL
+# from the training thread. The server keeps receiving while it handles a reply: a client's large
+# send (MPI's rendezvous protocol) waits for the receive to be posted, so resting there serialised
+# the replies of a big model behind each one's handling.
 _FIRST_PAUSE_S, _PAUSE_S = 0.00005, 0.001
 _LONG_IDLE_S, _LONG_IDLE_PAUSE_S = 0.05, 0.005
 _STOP_CHECK_S = 0.2
@@ -239,7 +241,8 @@ def _metered_comm_manager(comm, rank: int, size: int):
                         message = self.q_receiver.get(timeout=_STOP_CHECK_S)
                     except queue.Empty:
                         continue
-                    self.main_waiting.clear()
+                    if self.rank != 0:
+                        self.main_waiting.clear()
                     self.notify(message)
             finally:
                 self.main_waiting.set()
