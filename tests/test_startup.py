@@ -148,9 +148,13 @@ def test_64_synthetic_centres_complete_within_the_memory_of_one_machine(workdir,
         from flamby_mpi.runtime.startup import private_mb
         print(json.dumps(private_mb()))
     """, tmp_path)
+    # The start-up memory check is switched off: on a 24 GiB machine these 65 ranks fit with well
+    # under its 10% margin to spare (it refuses them, rightly for a production job); this test is
+    # about what each rank adds beyond torch, which the check would not let it measure.
     results, ranks = _run_with_module_dump(workdir, clients=64, deadline_s=1500,
                                            extra=["--set", "train_args.comm_round=2",
-                                                  "--set", "validation_args.frequency_of_the_test=2"])
+                                                  "--set", "validation_args.frequency_of_the_test=2",
+                                                  "--set", "device_args.memory_check=false"])
     assert results["rounds_completed"] == 2 and len(results["ranks"]) == 65
     added = {d["rank"]: d["private_mb"] - torch_alone for d in ranks}
     print(f"private memory beyond `import torch` ({torch_alone:.0f} MB): "
