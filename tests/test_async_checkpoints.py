@@ -121,11 +121,16 @@ def _complete_cuts(out: Path) -> list:
     return sorted(int(p.parent.name.split("_")[1]) for p in (out / "checkpoints").glob("round_*/manifest.json"))
 
 
+def _start_in_its_own_group(marker, out: Path, cwd: Path, home: Path) -> subprocess.Popen:
+    """The job under test, in a session of its own so that a test can signal or kill all of it."""
+    return subprocess.Popen(_mpirun(marker, out), cwd=cwd, env=job_env(home, HEAVY), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
 def test_sigkill_while_a_part_is_written_in_the_background_leaves_the_previous_cut_usable(workdir, reference):
     cwd, home, marker = workdir
     out = cwd / "out"
-    job = subprocess.Popen(_mpirun(marker, out), cwd=cwd, env=job_env(home, HEAVY), stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    job = _start_in_its_own_group(marker, out, cwd, home)
     try:
         in_flight = _write_in_flight(out, job)
         os.killpg(job.pid, signal.SIGKILL)  # every rank at once, mid-write
@@ -147,8 +152,7 @@ def test_sigkill_while_a_part_is_written_in_the_background_leaves_the_previous_c
 def test_sigterm_while_a_part_is_written_in_the_background_completes_the_cut(workdir, reference):
     cwd, home, marker = workdir
     out = cwd / "out"
-    job = subprocess.Popen(_mpirun(marker, out), cwd=cwd, env=job_env(home, HEAVY), stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    job = _start_in_its_own_group(marker, out, cwd, home)
     try:
         in_flight = _write_in_flight(out, job)
         os.kill(job.pid, signal.SIGTERM)  # mpiexec passes it on to every rank
