@@ -253,3 +253,31 @@ def test_malformed_manifests_are_refused_with_one_message(finished, capsys):
     for path, text in original.items():
         path.write_text(text)
     assert _resume(finished) == 0  # untouched again, it resumes (nothing else was changed)
+
+
+def test_a_manifest_is_written_while_the_next_round_trains_and_no_rank_prunes_before_it(tmp_path, monkeypatch):
+    """Rank 0 writes cut c's manifest in a thread of its own while round c + 1 trains, made slow here;
+    meanwhile no rank may delete its part of the newest complete cut (a kill then would leave no
+    checkpoint to resume): each rank learns that c is complete only once the manifest is on disk."""
+    from flamby_mpi.checkpoints import checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    out, seen = tmp_path / "run", []
+    write_manifest = checkpoint.write_manifest
+
+    def slow_write_manifest(output_dir, round_idx, *args, **kwargs):
+        seen.append((round_idx, threading.current_thread() is threading.main_thread()))
+        time.sleep(0.3)  # the clients reply and prune meanwhile (in process: within milliseconds)
+        complete = [d for d in (out / "checkpoints").iterdir() if (d / "manifest.json").exists()]
+        if complete:
+            newest = max(complete, key=lambda d: int(d.name.split("_")[1]))
+            named = json.loads((newest / "manifest.json").read_text())["files"]
+            missing = [n for files in named.values() for n in files if not (newest / n).exists()]
+            assert not missing, f"{newest.name} lost {missing} while round {round_idx}'s manifest was written"
+        return write_manifest(output_dir, round_idx, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "write_manifest", slow_write_manifest)
+    assert cli.main(_argv("FedAvg", out, rounds=6, extra=["--set", "common_args.keep_checkpoints=1"])) == 0
+    assert [r for r, _ in seen] == [1, 2, 3, 4, 5, 6]
+    assert [main for _, main in seen] == [False] * 5 + [True]  # the last cut's manifest: before the job ends
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["round_6"]
