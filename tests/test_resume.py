@@ -1,8 +1,11 @@
 """Checkpoints and --resume in process (the in-process twin is bitwise equal to MPI, which
 test_strategies_mpi.py checks): for every strategy, with client sampling and with differential
 privacy, a run stopped by a real SIGTERM at a round boundary and resumed ends with the
-uninterrupted run's global_model.pt, metrics and metrics.csv. Then the checkpoint attacked:
-corrupt, truncated, from another config or version, a missing rank, a pickle bomb.
+uninterrupted run's global_model.pt, metrics and metrics.csv, although half the clients' parts
+carry a model of garbage (NaN) and the other half no model at all: a client's model is never read
+from its checkpoint before the server's next message overwrites it (every strategy; BatchNorm's
+buffers and Adam's moments with a model that has them). Then the checkpoint attacked: corrupt,
+truncated, from another config or version, a missing rank, a pickle bomb.
 
 Runs go through flamby_mpi.cli.main(argv), exactly what `python launch_client.py ARGV` runs.
 The SIGTERM comes from a thread once the first checkpoint is complete, so the stop lands at
@@ -17,8 +20,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from flamby_mpi import cli
+from support.checkpoint_edit import give_clients_a_poisoned_model, newest_complete_cut
 from support.mpi import DEFAULT_CONFIG
 from support.optional import import_or_skip
 from support.strategy_cases import CASES, HAVE_OPACUS
@@ -79,6 +84,8 @@ def test_stopped_by_sigterm_then_resumed_equals_the_uninterrupted_run(case, tmp_
     shown = "".join(capsys.readouterr())
     assert "stopped by SIGTERM after round" in shown and "--resume" in shown
     assert not (stopped / "results.json").exists()
+    # Clients 1 and 3 as a checkpoint of before (a model saved), that model garbage; 2 and 4 as now.
+    give_clients_a_poisoned_model(newest_complete_cut(stopped), ranks=(1, 3))
     assert cli.main(_argv(case, stopped, extra=["--resume"])) == 0
     out = capsys.readouterr()
     assert "resumed from round" in out.out + out.err
@@ -90,6 +97,26 @@ def test_stopped_by_sigterm_then_resumed_equals_the_uninterrupted_run(case, tmp_
     for directory in (stopped / "checkpoints").iterdir():
         assert sorted(p.name for p in directory.iterdir()) == sorted(
             ["manifest.json"] + [f"rank_{k}.{e}" for k in range(5) for e in ("pt", "json")])
+
+
+BATCHNORM = ["--set", "data_args.dataset=support.batchnorm_dataset"]
+
+
+@pytest.mark.parametrize("case", ["FedAvg-sampled", "Scaffold", "Cyclic-own-models", "FedAvgFineTuning"])
+def test_a_model_with_batchnorm_resumes_bitwise_without_the_clients_models(case, tmp_path, monkeypatch):
+    """BatchNorm's running statistics and num_batches_tracked are in the model's state, not the
+    optimizer's: they too come whole from the server's message. Clients that sat out the round
+    before the cut (sampling), Scaffold's and Cyclic's models of their own, the final fine-tuning."""
+    monkeypatch.chdir(tmp_path)
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    assert cli.main(_argv(case, full, extra=BATCHNORM)) == 0
+    assert _interrupted(_argv(case, stopped, extra=BATCHNORM), stopped) == 143
+    cut = newest_complete_cut(stopped)
+    give_clients_a_poisoned_model(cut, ranks=(1, 2, 3, 4))
+    assert cli.main(_argv(case, stopped, extra=[*BATCHNORM, "--resume"])) == 0
+    _same_outcome(full, stopped)
+    state = torch.load(full / "global_model.pt", weights_only=True)
+    assert any(k.endswith("running_var") for k in state) and int(state["layers.1.num_batches_tracked"]) > 0
 
 
 # ---- one finished 3-round run, then its checkpoints attacked ------------------------------------
@@ -226,3 +253,31 @@ def test_malformed_manifests_are_refused_with_one_message(finished, capsys):
     for path, text in original.items():
         path.write_text(text)
     assert _resume(finished) == 0  # untouched again, it resumes (nothing else was changed)
+
+
+def test_a_manifest_is_written_while_the_next_round_trains_and_no_rank_prunes_before_it(tmp_path, monkeypatch):
+    """Rank 0 writes cut c's manifest in a thread of its own while round c + 1 trains, made slow here;
+    meanwhile no rank may delete its part of the newest complete cut (a kill then would leave no
+    checkpoint to resume): each rank learns that c is complete only once the manifest is on disk."""
+    from flamby_mpi.checkpoints import checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    out, seen = tmp_path / "run", []
+    write_manifest = checkpoint.write_manifest
+
+    def slow_write_manifest(output_dir, round_idx, *args, **kwargs):
+        seen.append((round_idx, threading.current_thread() is threading.main_thread()))
+        time.sleep(0.3)  # the clients reply and prune meanwhile (in process: within milliseconds)
+        complete = [d for d in (out / "checkpoints").iterdir() if (d / "manifest.json").exists()]
+        if complete:
+            newest = max(complete, key=lambda d: int(d.name.split("_")[1]))
+            named = json.loads((newest / "manifest.json").read_text())["files"]
+            missing = [n for files in named.values() for n in files if not (newest / n).exists()]
+            assert not missing, f"{newest.name} lost {missing} while round {round_idx}'s manifest was written"
+        return write_manifest(output_dir, round_idx, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "write_manifest", slow_write_manifest)
+    assert cli.main(_argv("FedAvg", out, rounds=6, extra=["--set", "common_args.keep_checkpoints=1"])) == 0
+    assert [r for r, _ in seen] == [1, 2, 3, 4, 5, 6]
+    assert [main for _, main in seen] == [False] * 5 + [True]  # the last cut's manifest: before the job ends
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["round_6"]

@@ -171,6 +171,49 @@ class CutWriter:
         self._staged, self._thread, self._result, self._error = None, None, None, None
 
 
+class BackgroundJob:
+    """One function at a time run in a thread of its own (rank 0's manifests): wait() hands back,
+    in the round loop, its return value, or raises what it raised."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._thread: Optional[threading.Thread] = None
+        self._outcome: Optional[tuple] = None
+
+    @property
+    def pending(self) -> bool:
+        return self._thread is not None
+
+    def submit(self, function, *args):
+        if self._thread is not None:
+            raise RuntimeError(f"{self.name}: submitted while the previous job is not collected")
+        self._outcome = None
+        self._thread = threading.Thread(target=self._run, args=(function, args), name=self.name, daemon=True)
+        self._thread.start()
+
+    def _run(self, function, args):
+        try:
+            self._outcome = (function(*args), None)
+        except BaseException as error:  # noqa: BLE001 - handed to the round loop by wait(), never lost
+            self._outcome = (None, error)
+
+    def wait(self) -> tuple:
+        """(the job's return value, seconds waited for it); raises what the job raised."""
+        tick = time.perf_counter()
+        self._thread.join()
+        waited = time.perf_counter() - tick
+        (value, error), self._thread, self._outcome = self._outcome, None, None
+        if error is not None:
+            raise error
+        return value, waited
+
+    def drain(self):
+        """Waits for the job in flight (no temporary file of ours left) and drops its outcome."""
+        if self._thread is not None:
+            self._thread.join()
+        self._thread, self._outcome = None, None
+
+
 class PartSaver:
     """One rank's parts of the cuts: staged and written in the background, or, for a part bigger
     than common_args.checkpoint_staging_mb (or when the job is stopping), written at once from the

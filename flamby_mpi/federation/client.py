@@ -85,9 +85,10 @@ class ClientRun:
         """The server's message: the global model, plus strategy extras (Scaffold's c)."""
         if self._replied_at is not None:
             self._waited = time.perf_counter() - self._replied_at
-        # The server completes cut c, whenever its parts were confirmed, before it sends message c + 1.
-        self.written_cuts += [c for c in self._confirmed if c < message.round_idx]
-        self._confirmed = [c for c in self._confirmed if c >= message.round_idx]
+        # The server has the manifest of cut c written while round c + 1 trains and collects it
+        # before it sends message c + 2: only then is c complete, and older cuts may go.
+        self.written_cuts += [c for c in self._confirmed if c < message.round_idx - 1]
+        self._confirmed = [c for c in self._confirmed if c >= message.round_idx - 1]
         self.strategy.receive(self.learner, message.state)
         # Loaded into the learner: the received copy is let go now, so that its memory goes back to
         # the transport's receive buffers for the next message instead of a new one being allocated.

@@ -68,6 +68,10 @@ class ServerRun:
         self.checkpoint_waits: List[float] = []  # per cut: the longest any rank waited for a write before it
         self._saver = staging.PartSaver(plan.output_dir, 0, plan.checkpoint_staging_mb)
         self._parts: Dict[int, Dict[int, Dict]] = {}  # cut -> rank -> its part, confirmed, manifest not yet written
+        # Manifests written while the next round trains: the cuts they complete, once collected.
+        self._manifests = staging.BackgroundJob("checkpoint-manifests")
+        self._manifests_in_flight: List[int] = []
+        self._manifest_wait_s = 0.0  # waited for a manifest job: counted in the next cut's cost
 
     def check_pooled_test_data(self):
         """With pooled_test: flamby the server reads FLamby's pooled test set: fail now, not at the end."""
@@ -108,6 +112,7 @@ class ServerRun:
             self._settle_checkpoints(round_idx, replies)
         except BaseException:
             self._saver.drain()  # the job ends: no write of this rank left half done
+            self._manifests.drain()
             raise
         if self.stopped_by is not None:  # the stop exchange: every part of the cut is written, it is complete
             self.round_log.close()
@@ -144,8 +149,8 @@ class ServerRun:
         if self.plan.checkpoint_due(cut):  # staged now, written while the next round trains
             self._saver.save(cut, *self.checkpoint_state())
             # A part too big to stage was written at once: with the clients' parts already
-            # confirmed (theirs too big as well), the cut is complete before the next message.
-            self._complete_cuts(round_idx, wait=False)
+            # confirmed (theirs too big as well), the cut's manifest is written now too.
+            self._complete_cuts(round_idx, wait=False, in_background=True)
         stop = self._stop_asked(replies)
         if stop is not None and cut < self.plan.final_round:
             self.stopped_by = stop  # every client saves this cut (if not yet) and the job ends
@@ -185,14 +190,17 @@ class ServerRun:
         self.resumed_from = {"round": round_idx, "path": path}
 
     def _settle_checkpoints(self, round_idx: int, replies: List[ClientReply]):
-        """Takes the parts of cuts the clients confirm in this exchange, collects the server's own
-        (waiting for its write if it still runs) and writes the manifest of every cut whose parts
-        are all confirmed, oldest first, then prunes. At the stop exchange the server's part of the
-        cut is written first if it was not due. Raises the first client's failure (one shared disk
-        fills for all: one message), or the server's own."""
+        """Takes the parts of cuts the clients confirm in this exchange, collects the manifests
+        written since the last exchange and the server's own part (waiting for their writes if
+        they still run), then has the manifest of every cut whose parts are all confirmed written,
+        oldest first, while the next round trains (at the stop exchange and the final one: now).
+        At the stop exchange the server's part of the cut is written first if it was not due.
+        Raises the first client's failure (one shared disk fills for all: one message), or the
+        server's own."""
         failed = next((r.checkpoint_failed for r in replies if r.checkpoint_failed), None)
         if failed is not None:
             raise PeerError(failed)
+        self._collect_manifests()
         for reply in replies:
             for part in reply.checkpoints:
                 self._parts.setdefault(part["round"], {})[self.plan.rank_of(reply.center)] = part
@@ -200,30 +208,59 @@ class ServerRun:
                             and 0 not in self._parts.get(round_idx, {}))
         if self.stopped_by is not None and stop_cut_unsaved:  # not due: written now, before its manifest
             self._saver.save(round_idx, *self.checkpoint_state(), synchronous=True)
-        self._complete_cuts(round_idx, wait=True)
+        last = self.stopped_by is not None or round_idx == self.plan.final_round
+        self._complete_cuts(round_idx, wait=True, in_background=not last)
 
-    def _complete_cuts(self, round_idx: int, wait: bool):
+    def _complete_cuts(self, round_idx: int, wait: bool, in_background: bool):
         """Collects the server's own parts written (waiting for the one in flight when wait), then
-        writes the manifest of every cut whose parts are all confirmed, oldest first."""
+        writes the manifest of every cut whose parts are all confirmed, oldest first: in the
+        background (collected at the next exchange, before the cut counts as complete) or now."""
         for part in self._saver.collect(wait=wait):
             self._parts.setdefault(part["round"], {})[0] = part
+        ready = {}
         for cut in sorted(self._parts):
             parts = self._parts[cut]
             if len(parts) == self.plan.world_size:
-                self._write_manifest(cut, self._parts.pop(cut))
+                ready[cut] = self._parts.pop(cut)
             elif cut <= round_idx and 0 in parts:  # every part of it was due in this exchange's replies
                 missing = sorted(self.plan.centre_of(r) for r in range(1, self.plan.world_size) if r not in parts)
                 raise RuntimeError(f"checkpoint after round {cut}: centres {missing} did not save their part")
-
-    def _write_manifest(self, cut: int, parts: Dict[int, Dict]):
-        """Makes cut a checkpoint (every part on disk, hashed), then prunes the oldest complete ones."""
+        if not ready:
+            return
+        self._collect_manifests()  # one job at a time (parts written at once can complete two cuts in an exchange)
+        for parts in ready.values():  # what each cut cost the rounds: counted now, in the round loop
+            own = parts[0]["critical_s"] + self._manifest_wait_s
+            self._manifest_wait_s = 0.0
+            self.checkpoint_seconds.append(own + max(float(p["critical_s"]) for r, p in parts.items() if r != 0))
+            self.checkpoint_waits.append(max(float(p.get("wait_s", 0.0)) for p in parts.values()))
+        manifests = [(cut, {rank: part["files"] for rank, part in parts.items()}) for cut, parts in ready.items()]
+        config = self.plan.config_record()
+        if in_background:
+            self._manifests_in_flight = list(ready)
+            self._manifests.submit(self._write_manifests, manifests, config)
+            return
         tick = time.perf_counter()
-        checkpoint.write_manifest(self.plan.output_dir, cut, self.plan.run_id, __version__,
-                                  self.plan.config_record(), {rank: part["files"] for rank, part in parts.items()})
-        own = parts[0]["critical_s"] + time.perf_counter() - tick
-        self.checkpoint_seconds.append(own + max(float(p["critical_s"]) for r, p in parts.items() if r != 0))
-        self.checkpoint_waits.append(max(float(p.get("wait_s", 0.0)) for p in parts.values()))
-        self.written_cuts.append(cut)
+        self._write_manifests(manifests, config)
+        self.checkpoint_seconds[-1] += time.perf_counter() - tick
+        self._completed(list(ready))
+
+    def _write_manifests(self, manifests, config: dict):
+        """Makes each cut a checkpoint (every part on disk, hashed: the parts were synced before
+        they were confirmed). Touches no state of the server: it may run in a thread of its own."""
+        for cut, files in manifests:
+            checkpoint.write_manifest(self.plan.output_dir, cut, self.plan.run_id, __version__, config, files)
+
+    def _collect_manifests(self):
+        """The manifests written in the background, waited for: their cuts are complete now."""
+        if self._manifests.pending:
+            _, waited = self._manifests.wait()
+            self._manifest_wait_s += waited
+            cuts, self._manifests_in_flight = self._manifests_in_flight, []
+            self._completed(cuts)
+
+    def _completed(self, cuts: List[int]):
+        """cuts have their manifest on disk: the oldest complete ones past keep_checkpoints go."""
+        self.written_cuts += cuts
         for old in self.written_cuts[:-self.plan.keep_checkpoints]:
             checkpoint.remove_rank_files(self.plan.output_dir, old, 0, manifest_too=True)
         self.written_cuts = self.written_cuts[-self.plan.keep_checkpoints:]

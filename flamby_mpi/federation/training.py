@@ -139,10 +139,14 @@ class LocalLearner:
         return self.net.state_dict()
 
     def state(self) -> Tuple[dict, dict]:
-        """(tensors, JSON data): model, optimizer, data position and, with differential privacy,
-        the noise generator and the privacy accountant's history."""
+        """(tensors, JSON data): optimizer, data position and, with differential privacy, the noise
+        generator and the privacy accountant's history. Not the model: every message the server
+        sends, the first after a resume included, carries the whole global model, and the client
+        loads it (load_state_dict, strict: every parameter and buffer) before it evaluates or trains;
+        what the model held at the cut is never read again. A strategy that keeps a model of its
+        own between rounds (Cyclic's own models, Scaffold's previous result) saves it in its state."""
         batch_tensors, batch_data = self.batches.state()
-        tensors = {"model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(), "batches": batch_tensors}
+        tensors = {"optimizer": self.optimizer.state_dict(), "batches": batch_tensors}
         data = {"batches": batch_data}
         noise = getattr(self.optimizer, "generator", None)
         if isinstance(noise, torch.Generator):
@@ -152,7 +156,8 @@ class LocalLearner:
         return tensors, data
 
     def restore(self, tensors: dict, data: dict):
-        self.net.load_state_dict(tensors["model"])
+        if "model" in tensors:  # a checkpoint written before clients stopped saving their model
+            self.net.load_state_dict(tensors["model"])
         self.optimizer.load_state_dict(tensors["optimizer"])
         self.batches.restore(tensors["batches"], data["batches"])
         noise = getattr(self.optimizer, "generator", None)
