@@ -9,13 +9,15 @@ mistake must be found before any MPI call or training); a sample also runs as a 
 Values that pass the schema and break where they are used (issue 18, ids `use-...`) must be refused
 the same way, on every rank before MPI starts: one of each kind also runs under a real
 `mpiexec -n 5`. Their accepted neighbours (ids `ok-...`) must pass every check in process, and run
-to exit 0 under `mpiexec -n 5` (merged into a few jobs of one round each).
+to exit 0 under `mpiexec -n 5` (merged into a few runs of one round each, run one after
+another by the same 5 ranks).
 """
 import importlib
 import json
 import os
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -34,7 +36,7 @@ from support.bad_input import (
     flow,
     generate,
 )
-from support.mpi import LAUNCHER, run_job, run_mpi
+from support.mpi import LAUNCHER, mpiexec, run_job, run_mpi
 from support.mpi import test_env as job_env  # aliased: pytest would collect test_env
 
 CASES = generate()
@@ -316,20 +318,46 @@ def settings(case) -> list:
     return argv
 
 
+def _job_argv(job) -> list:
+    cases = [c for c in CASES if c.job == job]
+    return ["--cf", str(BASE_FILE)] + [a for c in cases for a in settings(c)] + TINY
+
+
+@pytest.fixture(scope="module")
+def accepted_runs(tmp_path_factory):
+    """Every merged job once, one after another in one `mpiexec -n 5` (support/many_runs.py calls the
+    real entry point once per job, each in its own working directory): starting 5 ranks costs more
+    than a one-round run. HOME is shared, which only the job with output_dir under ~ writes to."""
+    base = tmp_path_factory.mktemp("accepted")
+    home = base / "home"
+    home.mkdir()
+    runs = []
+    for job in JOBS:
+        (base / job).mkdir()
+        runs.append({"name": job, "argv": _job_argv(job), "cwd": str(base / job)})
+    marker = f"t{uuid.uuid4().hex[:10]}"  # in the plan's name: a rank left behind is found by it
+    plan, report = base / f"{marker}-plan.json", base / "report.json"
+    plan.write_text(json.dumps({"runs": runs, "report": str(report)}))
+    done = run_job([mpiexec(), "-n", "5", sys.executable, "-m", "support.many_runs", str(plan)], base,
+                   job_env(home), deadline_s=120 + 60 * len(JOBS), marker=marker)
+    ran = {run["name"]: run for run in json.loads(report.read_text())["runs"]} if report.exists() else {}
+    return base, home, done, ran
+
+
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("job", JOBS)
-def test_accepted_boundaries_run_to_exit_0_under_mpirun(job, tmp_path):
+def test_accepted_boundaries_run_to_exit_0_under_mpirun(job, accepted_runs):
     """The last values allowed (seed 2**63-1, float32's largest, betas just below 1, tau at float32's
     smallest, 216-byte run ids, output_dir under ~ ...), merged into one job per strategy: one round
-    under `mpiexec -n 5` ends with exit 0 and its results where they belong."""
-    cases = [c for c in CASES if c.job == job]
-    argv = ["--cf", str(BASE_FILE)] + [a for c in cases for a in settings(c)] + TINY
+    under `mpiexec -n 5` ends with exit 0 on every rank and its results where they belong."""
+    argv = _job_argv(job)
     keys = [a.partition("=")[0] for a in argv if "=" in a and not a.startswith("train_args.federated_optimizer")]
     assert len(keys) == len(set(keys)), f"{job} sets a key twice: {keys}"
-    cwd, home = tmp_path / "cwd", tmp_path / "home"
-    cwd.mkdir()
-    home.mkdir()
-    done = run_mpi(5, argv, cwd, home, deadline_s=300)
-    assert done.returncode == 0, f"{job}: exit {done.returncode}\n{done.stderr[-4000:]}"
+    base, home, done, ran = accepted_runs
+    cwd = base / job
+    assert job in ran, f"the shared mpiexec job ended before running {job}: exit {done.returncode}\n" \
+                       f"{done.output[-4000:]}"
+    assert ran[job]["codes"] == [0] * 5 and ran[job]["problems"] == [], f"{job}: {ran[job]}\n{done.output[-4000:]}"
     assert "Traceback" not in done.output
     if "common_args.output_dir=~/flamby-run" in argv:  # ~ is the home directory, as for secret_file
         assert not (cwd / "~").exists()
@@ -346,3 +374,9 @@ def test_accepted_boundaries_run_to_exit_0_under_mpirun(job, tmp_path):
         given = [a for a in argv if a.startswith(flag + "=")]
         if given:  # the value was used as given (YAML 1.1 reads 3.4e38, without a dot, as a string)
             assert summary[field] == number(yaml.safe_load(given[0].partition("=")[2]))
+
+
+def test_the_shared_accepted_job_ended_cleanly(accepted_runs):
+    _, _, done, ran = accepted_runs
+    assert done.returncode == 0, done.output[-4000:]
+    assert list(ran) == JOBS and done.leftovers == []

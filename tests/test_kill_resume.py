@@ -46,14 +46,25 @@ def _sha(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _reference(cwd, home, strategy):
-    """global_model.pt's sha256 of the uninterrupted run, in process."""
-    out = cwd / f"reference-{strategy}"
-    job = run_job([sys.executable, str(LAUNCHER), "--cf", str(DEFAULT_CONFIG), *RUN, *STRATEGY[strategy],
-                   "--run_id", f"reference-{strategy}", "--set", f"common_args.output_dir={out}",
-                   "--set", "comm_args.backend=inprocess", "--quiet"], cwd, job_env(home), START_DEADLINE_S)
-    assert job.returncode == 0, job.output
-    return _sha(out / "global_model.pt")
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """reference(strategy): global_model.pt's sha256 of the uninterrupted run, in process; each
+    strategy's run once per module (two tests resume FedAdam)."""
+    root = tmp_path_factory.mktemp("references")
+    (root / "home").mkdir()
+    done = {}
+
+    def sha(strategy):
+        if strategy not in done:
+            out = root / f"reference-{strategy}"
+            job = run_job([sys.executable, str(LAUNCHER), "--cf", str(DEFAULT_CONFIG), *RUN, *STRATEGY[strategy],
+                           "--run_id", f"reference-{strategy}", "--set", f"common_args.output_dir={out}",
+                           "--set", "comm_args.backend=inprocess", "--quiet"], root, job_env(root / "home"),
+                          START_DEADLINE_S)
+            assert job.returncode == 0, job.output
+            done[strategy] = _sha(out / "global_model.pt")
+        return done[strategy]
+    return sha
 
 
 def _wait_for_checkpoint(out, round_no, alive, deadline_s=START_DEADLINE_S):
@@ -106,32 +117,30 @@ def _sigkill_rank(rank):
     return how
 
 
-def test_mpirun_client_killed_after_round_3_then_resumed_fedadam(workdir):
-    cwd, home, _ = workdir
+def test_mpirun_client_killed_after_round_3_then_resumed_fedadam(workdir, reference):
     code, ended_in, output = _interrupt_mpirun(workdir, "FedAdam", 3, _sigkill_rank(2))
     assert code != 0 and ended_in < ENDS_WITHIN_S, (code, ended_in, output)
-    assert _resume_mpirun(workdir, "FedAdam") == _reference(cwd, home, "FedAdam")
+    assert _resume_mpirun(workdir, "FedAdam") == reference("FedAdam")
 
 
-def test_mpirun_server_killed_after_round_5_then_resumed_scaffold(workdir):
-    cwd, home, _ = workdir
+def test_mpirun_server_killed_after_round_5_then_resumed_scaffold(workdir, reference):
     code, ended_in, output = _interrupt_mpirun(workdir, "Scaffold", 5, _sigkill_rank(0))
     assert code != 0 and ended_in < ENDS_WITHIN_S, (code, ended_in, output)
-    assert _resume_mpirun(workdir, "Scaffold") == _reference(cwd, home, "Scaffold")
+    assert _resume_mpirun(workdir, "Scaffold") == reference("Scaffold")
 
 
-def test_ctrl_c_on_mpirun_checkpoints_says_how_to_resume_and_resume_works(workdir):
-    cwd, home, marker = workdir
+def test_ctrl_c_on_mpirun_checkpoints_says_how_to_resume_and_resume_works(workdir, reference):
+    _, _, marker = workdir
     code, ended_in, output = _interrupt_mpirun(workdir, "FedAvg", 2,
                                                lambda job, _: os.kill(job.pid, signal.SIGINT))
     assert code == 130, (code, output)  # 128 + SIGINT, passed on by mpiexec
     assert ended_in < ENDS_WITHIN_S
     assert "stopped by SIGINT after round" in output and f"--run_id {marker}" in output
     assert "--resume" in output and "Traceback" not in output
-    assert _resume_mpirun(workdir, "FedAvg") == _reference(cwd, home, "FedAvg")
+    assert _resume_mpirun(workdir, "FedAvg") == reference("FedAvg")
 
 
-def test_separate_ranks_client_killed_then_the_five_commands_resume(workdir):
+def test_separate_ranks_client_killed_then_the_five_commands_resume(workdir, reference):
     cwd, home, marker = workdir
     common = [*RUN, *STRATEGY["FedAdam"]]
     out = cwd / "runs" / marker
@@ -159,4 +168,4 @@ def test_separate_ranks_client_killed_then_the_five_commands_resume(workdir):
         assert again.leftovers() == []
     finally:
         again.kill_all()
-    assert _sha(out / "global_model.pt") == _reference(cwd, home, "FedAdam")
+    assert _sha(out / "global_model.pt") == reference("FedAdam")

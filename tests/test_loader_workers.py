@@ -63,8 +63,16 @@ def _gone_within(variable: str, value: str, seconds: float):
     return alive
 
 
+@pytest.fixture(scope="module")
+def zero_workers_model(tmp_path_factory):
+    """The probe run's global_model.pt with 0 workers, in process: one reference for both launchers."""
+    root = tmp_path_factory.mktemp("zero-workers")
+    (root / "home").mkdir()
+    return _inprocess(PROBE, root, root / "home", root / "zero")
+
+
 @pytest.mark.parametrize("mpi", ["mpich", "openmpi"])
-def test_workers_never_touch_mpi_and_the_model_is_the_zero_worker_one(mpi, workdir, tmp_path):
+def test_workers_never_touch_mpi_and_the_model_is_the_zero_worker_one(mpi, workdir, tmp_path, zero_workers_model):
     """num_workers=2 under a real launcher: every worker (training and test loaders of both clients)
     reports mpi4py absent and a fork server as its parent; the model equals 0 workers' in process."""
     cwd, home, marker = workdir
@@ -88,8 +96,7 @@ def test_workers_never_touch_mpi_and_the_model_is_the_zero_worker_one(mpi, workd
         assert not record["fedml_imported"], record
         assert "multiprocessing.forkserver" in record["parent_cmdline"], record
         assert str(LAUNCHER) not in record["parent_cmdline"], record
-    reference = _inprocess(PROBE, cwd, home, cwd / "zero")
-    assert _sha(out / "global_model.pt") == reference
+    assert _sha(out / "global_model.pt") == zero_workers_model
 
 
 def test_fed_heart_disease_two_workers_under_mpiexec_equals_zero_workers(workdir):

@@ -5,7 +5,8 @@ many short runs can start its ranks once and run them all here, one after anothe
 `flamby_mpi.cli.main(argv)`, exactly what `python launch_client.py ARGV` runs, so this driver knows
 nothing of the CLI's internals.
 
-PLAN is a JSON file: {"runs": [{"name": NAME, "argv": [...]}, ...], "report": PATH}. Rank 0 (the
+PLAN is a JSON file: {"runs": [{"name": NAME, "argv": [...], "cwd": DIR}, ...], "report": PATH}
+("cwd", optional: the working directory of that run on every rank, as a separate job's). Rank 0 (the
 only process when started without mpiexec) rewrites PATH after every run:
 {"runs": [{"name": NAME, "codes": [exit code of rank 0, 1, ...], "seconds": S, "problems": [...]}]}.
 
@@ -18,6 +19,7 @@ A run that fails inside FedML's loop aborts the whole MPI job, as it does under 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -97,6 +99,8 @@ def main(args=None) -> int:
     plan = json.loads(Path(args[0]).read_text())
     report = {"runs": []}
     for run in plan["runs"]:
+        if "cwd" in run:
+            os.chdir(run["cwd"])
         codes, seconds, problems = _run_one(run["argv"])
         MPI = _mpi()
         if MPI is None or MPI.COMM_WORLD.Get_rank() == 0:
