@@ -94,23 +94,32 @@ def test_hollow_packages_serve_submodules_computed_names_and_circular_imports(tm
         """, tmp_path)
 
 
-def test_a_datasets_first_imports_make_hollow_packages_its_classes_reach_later(tmp_path):
-    """`first`: a hollow package FLamby's import does not reach is made on entering the block, so
-    that its submodules imported later (when FLamby's class is built) leave its __init__.py out."""
+def test_submodules_imported_with_a_hollow_package_come_first_and_stay_hollow_later(tmp_path):
+    """`imported_with`: made with its package (monai's __init__.py imports monai.utils before
+    anything else), a hollow subpackage that FLamby's import does not reach stays hollow when its
+    submodules are imported later (albumentations' transforms, when FLamby's class is built); none
+    of it happens unless the package itself is imported."""
     _write(tmp_path, {
-        "pkg/__init__.py": f"open({str(tmp_path / 'init_ran')!r}, 'a').write('x')\nfrom pkg import other\n",
-        "pkg/sub/__init__.py": "",
-        "pkg/other.py": "VALUE = 3\n",
+        "pkg/__init__.py": f"open({str(tmp_path / 'init_ran')!r}, 'a').write('x')\nfrom pkg import sub\n",
+        "pkg/sub/__init__.py": f"open({str(tmp_path / 'sub_init_ran')!r}, 'a').write('x')\n",
+        "pkg/sub/other.py": "VALUE = 3\n",
+        "pkg/early.py": "import sys\nSUB_THEN = 'pkg.sub' in sys.modules\n",
     })
     _run("""
         import os, sys
         sys.path.insert(0, sys.argv[1])
         from flamby_mpi.datasets import deferred_imports as deferred
-        deferred.BY_DATASET["toy"] = deferred.DatasetDeferrals(packages={"pkg": {}}, first=("pkg.sub",))
+        deferred.BY_DATASET["toy"] = deferred.DatasetDeferrals(
+            packages={"pkg": {}, "pkg.sub": {}}, imported_with={"pkg": ("pkg.early", "pkg.sub")})
         with deferred.deferring(dataset="toy"):
-            assert "pkg.sub" in sys.modules
-        import pkg.other                                 # after the block, as a FLamby class would
-        assert pkg.other.VALUE == 3
-        assert not os.path.exists(os.path.join(sys.argv[1], "init_ran"))
+            pass
+        assert "pkg" not in sys.modules and "pkg.sub" not in sys.modules   # nothing imported pkg
+        with deferred.deferring(dataset="toy"):
+            import pkg
+            assert pkg.early.SUB_THEN is False and "pkg.sub" in sys.modules  # in the order given
+        import pkg.sub.other                             # after the block, as a FLamby class would
+        assert pkg.sub.other.VALUE == 3
+        for marker in ("init_ran", "sub_init_ran"):
+            assert not os.path.exists(os.path.join(sys.argv[1], marker)), marker
         print("ok")
         """, tmp_path)

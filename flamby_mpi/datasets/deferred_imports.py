@@ -76,11 +76,11 @@ class DatasetDeferrals:
     """What one FLamby dataset's module imports beyond the above that a run of it never uses."""
     modules: Tuple[str, ...] = ()  # deferred as whole modules, as UNUSED_BY_RUNS
     packages: Mapping[str, Mapping[str, NameSource]] = field(default_factory=dict)  # as HOLLOW_PACKAGES
-    # Imported on entering `deferring`, in this order: what a hollowed package's __init__.py would
-    # import first where its submodules import each other in circles that only that order
-    # resolves, and hollow packages that FLamby's import does not reach but its classes do, later,
-    # when this finder is gone.
-    first: Tuple[str, ...] = ()
+    # hollow package -> its submodules imported as soon as it is made, in this order: what its
+    # __init__.py imports first where its submodules import each other in circles that only that
+    # order resolves, and hollow subpackages that FLamby's import does not reach but its classes
+    # do, later, when deferring has ended.
+    imported_with: Mapping[str, Tuple[str, ...]] = field(default_factory=dict)
 
 
 _MONAI_TRANSFORMS = "monai.transforms"
@@ -104,7 +104,7 @@ BY_DATASET: Dict[str, DatasetDeferrals] = {
                 "ToTensor": f"{_MONAI_TRANSFORMS}.utility.array",
             },
         },
-        first=("monai.utils",),  # monai's __init__.py imports monai.utils.module first
+        imported_with={"monai": ("monai.utils",)},  # monai's __init__.py imports monai.utils.module first
     ),
     # Fed-ISIC2019 builds its augmentations with ten albumentations transforms (albumentations'
     # __init__.py imports every transform, and through its domain-adaptation ones qudida,
@@ -132,7 +132,8 @@ BY_DATASET: Dict[str, DatasetDeferrals] = {
             # sklearn.metrics' __init__.py imports every metric, scipy.stats and scipy.optimize with them
             "sklearn.metrics": {"balanced_accuracy_score": "sklearn.metrics._classification"},
         },
-        first=("albumentations.augmentations",),  # first imported when the sets are built
+        # albumentations.augmentations is first imported when the sets are built
+        imported_with={"albumentations": ("albumentations.augmentations",)},
     ),
 }
 
@@ -140,9 +141,10 @@ BY_DATASET: Dict[str, DatasetDeferrals] = {
 class _HollowLoader(importlib.abc.Loader):
     """Makes the package module without executing its __init__.py; `real` executes it on demand."""
 
-    def __init__(self, real: importlib.abc.Loader, names: Mapping[str, str]):
+    def __init__(self, real: importlib.abc.Loader, names: Mapping[str, NameSource], then: Tuple[str, ...] = ()):
         self.real = real
         self.names = dict(names)
+        self.then = then  # submodules imported once the package is made
 
     def create_module(self, spec):
         return self.real.create_module(spec)
@@ -194,6 +196,8 @@ class _HollowLoader(importlib.abc.Loader):
 
         module.__getattr__ = __getattr__
         setattr(module, HOLLOW_MARK, True)
+        for name in self.then:
+            importlib.import_module(name)
 
 
 class _LazyModule(importlib.util._LazyModule):
@@ -223,9 +227,11 @@ class _LazyLoader(importlib.util.LazyLoader):
 
 
 class _DeferringFinder(importlib.abc.MetaPathFinder):
-    def __init__(self, lazy: Iterable[str], hollow: Mapping[str, Mapping[str, NameSource]]):
+    def __init__(self, lazy: Iterable[str], hollow: Mapping[str, Mapping[str, NameSource]],
+                 imported_with: Optional[Mapping[str, Tuple[str, ...]]] = None):
         self.lazy = set(lazy)
         self.hollow = dict(hollow)
+        self.imported_with = dict(imported_with or {})
 
     def find_spec(self, name, path=None, target=None):
         if name not in self.lazy and name not in self.hollow:
@@ -238,7 +244,7 @@ class _DeferringFinder(importlib.abc.MetaPathFinder):
         if names is not None:
             if spec.submodule_search_locations is None:  # not a package: nothing to hollow
                 return spec
-            spec.loader = _HollowLoader(spec.loader, names)
+            spec.loader = _HollowLoader(spec.loader, names, self.imported_with.get(name, ()))
         else:
             spec.loader = _LazyLoader(spec.loader)
         return spec
@@ -251,18 +257,16 @@ def deferring(names: Iterable[str] = UNUSED_BY_RUNS,
     """Within the block, importing one of `names` (not imported yet) gives a module that loads on
     first use, and importing one of `packages` (default HOLLOW_PACKAGES when `names` is left as
     it is, else none) gives the package without running its __init__.py until a name it does not
-    list is used. `dataset`: that FLamby dataset's entries of BY_DATASET too (its `first`
-    modules are imported on entering the block)."""
+    list is used. `dataset`: that FLamby dataset's entries of BY_DATASET too."""
     if packages is None:
         packages = HOLLOW_PACKAGES if names is UNUSED_BY_RUNS else {}
     extra = BY_DATASET.get(dataset or "", DatasetDeferrals())
     names, packages = [*names, *extra.modules], {**packages, **extra.packages}
     finder = _DeferringFinder((name for name in names if name not in sys.modules),
-                              {name: listed for name, listed in packages.items() if name not in sys.modules})
+                              {name: listed for name, listed in packages.items() if name not in sys.modules},
+                              extra.imported_with)
     sys.meta_path.insert(0, finder)
     try:
-        for name in extra.first:
-            importlib.import_module(name)
         yield
     finally:
         sys.meta_path.remove(finder)
