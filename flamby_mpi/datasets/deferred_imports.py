@@ -9,19 +9,24 @@ what that import costs is code no run executes (figures in docs/benchmarks/):
 - Fed-Heart-Disease (and FLamby's synthetic dataset) take `train_test_split` from
   `sklearn.model_selection`, whose `__init__.py` imports every model-selection tool and through
   them `sklearn.metrics` and `scipy.stats`; scikit-learn's own utilities import `scipy.stats` too,
-  for functions only other estimators call.
+  for functions only other estimators call;
+- per dataset (`BY_DATASET`, used when `deferring` is given the dataset's name): the parts of
+  monai (Fed-IXI), albumentations and scikit-learn's metrics (Fed-ISIC2019) that its classes do
+  not use, which those packages' `__init__.py` files import all at once.
 
 Two ways of deferring, both used only while a FLamby dataset is imported (`deferring`); modules
 already imported are left as they are:
 
 - `UNUSED_BY_RUNS` are created with the standard library's importlib.util.LazyLoader: the module
-  object exists at once and its code runs on the first attribute access. That suits modules
-  imported as a whole (`import scipy.stats`), not packages whose submodules are imported (finding
-  a submodule reads the package's `__path__`, an attribute access) nor modules whose names are
-  taken with `from module import name` (also an access);
+  object exists at once and its code runs on the first attribute access other than what the
+  import system set before running it (importing it again, or reading its `__spec__` or
+  `__file__`, is no use). That suits modules imported as a whole (`import scipy.stats`), not
+  packages whose submodules import names from them nor modules whose names are taken with
+  `from module import name` (an access);
 - `HOLLOW_PACKAGES` are packages created without running their `__init__.py`: their submodules
   import from the package's own files as usual, the names listed for a package come from the
-  submodule that defines them (the same objects the `__init__.py` would hand over), and the first
+  submodule that defines them (the same objects the `__init__.py` would hand over; or, for names
+  such as `__version__`, computed as the `__init__.py` computes them), and the first
   use of any other name runs the real `__init__.py` in the same module object, after which it is
   the package a plain import gives.
 
