@@ -12,13 +12,15 @@ REPO = Path(__file__).resolve().parents[1]
 WIRE, STARTUP, STANDIN_3D = "tests/test_wire.py", "tests/test_startup.py", "tests/test_standin_3d.py"
 IMAGE_MODES = "tests/test_image_launch_modes.py"
 LOADER_WORKERS = "tests/test_unit_loader_workers.py"
+DEFERRED_DATASETS = "tests/test_deferred_dataset_imports.py"
 HEAVY = {f"{WIRE}::test_a_model_over_2_gib_trains_with_two_clients",
          f"{STARTUP}::test_64_synthetic_centres_complete_within_the_memory_of_one_machine",
          f"{STANDIN_3D}::test_lidc_idri_standin_is_read_by_flamby_for_every_centre",
          f"{STANDIN_3D}::test_kits19_one_round_under_mpi_equals_the_in_process_twin",
          f"{STANDIN_3D}::test_lidc_idri_one_round_under_mpi_equals_the_in_process_twin",
          f"{IMAGE_MODES}::test_fed_ixi_unet_with_batchnorm_and_adamw_stopped_and_resumed_in_process_is_bitwise",
-         f"{LOADER_WORKERS}::test_fed_ixi_standin_two_workers_zero_workers_same_batches"}
+         f"{LOADER_WORKERS}::test_fed_ixi_standin_two_workers_zero_workers_same_batches",
+         f"{DEFERRED_DATASETS}::test_fed_ixi_without_its_unused_imports_builds_the_same_data_and_model"}
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -46,7 +48,7 @@ def test_a_plain_run_leaves_out_exactly_the_heavy_tests():
 
 
 def test_heavy_tests_run_when_asked_for_by_marker_or_node_id():
-    assert _collected(WIRE, STARTUP, STANDIN_3D, IMAGE_MODES, LOADER_WORKERS, "-m", "heavy") == HEAVY
+    assert _collected(WIRE, STARTUP, STANDIN_3D, IMAGE_MODES, LOADER_WORKERS, DEFERRED_DATASETS, "-m", "heavy") == HEAVY
     named = sorted(HEAVY)[0]
     assert _collected(named) == {named}
 

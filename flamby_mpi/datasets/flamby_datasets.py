@@ -51,7 +51,8 @@ FLAMBY_INSTALL = (
 def import_flamby_dataset(name: str):
     module_name = f"flamby.datasets.{name}"
     try:
-        with deferring():  # FLamby's plotting imports: loaded if ever used (deferred_imports.py)
+        # What FLamby's modules import and a run never uses: loaded if ever used (deferred_imports.py)
+        with deferring(dataset=name):
             return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         missing = exc.name or ""

@@ -96,8 +96,9 @@ def loaded_modules() -> List[str]:
 
 def _not_run_yet(module) -> bool:
     # A LazyLoader module runs its code on any attribute read, __dict__ and __class__ included:
-    # only its type may be looked at.
-    if type(module) is getattr(importlib.util, "_LazyModule", None):
+    # only its type may be looked at (deferred_imports.py's is a subclass of importlib's).
+    lazy = getattr(importlib.util, "_LazyModule", None)
+    if lazy is not None and issubclass(type(module), lazy):
         return True
     return bool(getattr(module, "__dict__", {}).get("_flamby_mpi_hollow"))
 

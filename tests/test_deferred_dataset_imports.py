@@ -1,0 +1,147 @@
+"""What a rank imports for Fed-IXI and Fed-ISIC2019 (flamby_mpi/datasets/deferred_imports.py,
+BY_DATASET) leaves out what FLamby's own import loads and a run never uses (all of monai but six
+transforms, torchvision, matplotlib, pydicom; albumentations' domain adaptation with qudida and
+sklearn.decomposition, every scikit-learn metric but one, scipy.stats), and builds the same bits:
+every centre's train and test sets item by item, the seeded Baseline and its
+output, the loss, the metric, and the global random generators after all of it.
+
+Each side runs in a fresh Python process on stand-in data (scripts/standin_data.py): "plain"
+imports FLamby's module as FLamby's own benchmark does, "deferred" as a rank does.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from support.isic_flamby import flamby_with_small_split
+from support.mpi import REPO
+from support.standin_runs import write_standin
+
+pytest.importorskip("flamby", reason="FLamby is not installed")
+
+DIGEST = textwrap.dedent("""
+    import hashlib, importlib, json, random, sys
+    import numpy as np
+    import torch
+    name, data_path, how = sys.argv[1:4]
+    if how == "plain":
+        module = importlib.import_module("flamby.datasets." + name)
+    else:
+        from flamby_mpi.datasets.flamby_datasets import import_flamby_dataset
+        module = import_flamby_dataset(name)
+    from flamby_mpi.runtime.startup import loaded_modules
+    after_import = loaded_modules()
+    digest = hashlib.sha256()
+
+    def add(value):
+        if isinstance(value, torch.Tensor):
+            digest.update(str((value.dtype, tuple(value.shape))).encode())
+            digest.update(value.detach().contiguous().numpy().tobytes())
+        elif isinstance(value, (tuple, list)):
+            for item in value:
+                add(item)
+        else:
+            digest.update(repr(value).encode())
+
+    def seed(n):  # FLamby's augmentations draw from Python's, numpy's and torch's generators
+        random.seed(n); np.random.seed(n); torch.manual_seed(n)
+
+    sets = [dict(center=c, train=t) for c in range(module.NUM_CLIENTS) for t in (True, False)]
+    first = None
+    for n, kwargs in enumerate(sets):
+        seed(n)
+        data = module.FedClass(data_path=data_path, **kwargs)
+        add(len(data))
+        for i in range(len(data)):
+            seed(1000 * n + i)
+            item = data[i]
+            add(item)
+            first = item if first is None else first
+    seed(7)
+    model = module.Baseline()
+    for key, tensor in model.state_dict().items():
+        digest.update(key.encode()); add(tensor)
+    model.eval()
+    with torch.no_grad():
+        x = first[0].unsqueeze(0)
+        output = model(x)
+    add(output)
+    y = first[1].unsqueeze(0)
+    add(module.BaselineLoss()(output, y))
+    add(float(module.metric(y.numpy(), output.numpy())))
+    add(random.getstate()); add(np.random.get_state()[1].tobytes()); add(torch.get_rng_state())
+    print(json.dumps({"digest": digest.hexdigest(), "after_import": after_import, "modules": loaded_modules()}))
+""")
+
+
+def _digests(name, data_path, env):
+    """(plain, deferred), computed side by side (each process mostly imports)."""
+    running = [subprocess.Popen([sys.executable, "-c", DIGEST, name, str(data_path), how], cwd=REPO,
+                                env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for how in ("plain", "deferred")]
+    results = []
+    try:
+        for process in running:
+            out, err = process.communicate(timeout=300)
+            assert process.returncode == 0, err[-3000:]
+            results.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for process in running:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return results
+
+
+def _loaded(modules, name):
+    return [m for m in modules if m == name or m.startswith(name + ".")]
+
+
+def _assert_same_bits_without(name, data_path, env, left_out, still_loaded=()):
+    plain, ours = _digests(name, data_path, env)
+    assert ours["digest"] == plain["digest"]
+    for unused in left_out:
+        assert _loaded(plain["after_import"], unused), unused  # what FLamby's own import loads...
+        assert not _loaded(ours["modules"], unused), unused  # ...and a run of this dataset never does
+    for used in still_loaded:  # what the run does use, loaded once used
+        assert not _loaded(ours["after_import"], used) and _loaded(ours["modules"], used), used
+    return plain, ours
+
+
+@pytest.mark.heavy  # 50 s on the shared 2-core machine: FLamby's own import of monai alone takes several
+def test_fed_ixi_without_its_unused_imports_builds_the_same_data_and_model(tmp_path):
+    pytest.importorskip("monai", reason="FLamby's ixi extra (monai) is not installed")
+    data = tmp_path / "ixi"
+    write_standin("fed_ixi", data)
+    _assert_same_bits_without("fed_ixi", data, {}, left_out=(
+        "monai.networks.nets", "monai.apps.datasets", "monai.bundle", "torchvision", "torch._dynamo",
+        "matplotlib", "seaborn", "pydicom", "skimage.morphology", "scipy.signal", "onnx"))
+
+
+def test_fed_isic2019_without_its_unused_imports_builds_the_same_data_and_model(tmp_path):
+    albumentations = pytest.importorskip("albumentations",
+                                         reason="FLamby's isic2019 extra (albumentations) is not installed")
+    pytest.importorskip("efficientnet_pytorch",
+                        reason="FLamby's isic2019 extra (efficientnet-pytorch) is not installed")
+    if not hasattr(albumentations, "Flip"):
+        pytest.skip("FLamby's Fed-ISIC2019 training transforms need albumentations.Flip (albumentations==1.4.0)")
+    site = flamby_with_small_split(tmp_path / "site")
+    data = tmp_path / "isic"
+    env = {"PYTHONPATH": os.pathsep.join([str(site), str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "NO_ALBUMENTATIONS_UPDATE": "1"}
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "standin_data.py"), "fed_isic2019", str(data)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, **env})
+    assert done.returncode == 0, done.stdout + done.stderr
+    env["TORCH_HOME"] = str(data / "standin_torch_home")  # Baseline() loads the stand-in's EfficientNet weights
+    _assert_same_bits_without(
+        "fed_isic2019", data, env,
+        left_out=("qudida", "sklearn.decomposition",
+                  "albumentations.augmentations.domain_adaptation", "sklearn.metrics._ranking", "scipy.stats",
+                  "matplotlib"),
+        # loaded when the sets are built and the metric is computed, no sooner
+        still_loaded=("albumentations.core.composition", "sklearn.metrics._classification"))
