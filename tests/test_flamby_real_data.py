@@ -43,6 +43,10 @@ def test_fedavg_on_fed_heart_disease_reproduces_flamby_seed_42(workdir, heart_da
     assert metrics["pooled"] == pytest.approx(published["Pooled Test"], abs=0.02)
     for k in range(4):
         assert metrics[f"client_test_{k}"] == pytest.approx(published[f"client_test_{k}"], abs=0.05)
+    # docs/running.md "No side effects": FLamby's import leaves matplotlib made but not run, and the
+    # server's report then runs it: with the run's temporary MPLCONFIGDIR, not HOME's cache.
+    assert (out / "report.png").exists()
+    assert not (home / ".cache" / "matplotlib").exists() and not (home / ".config" / "matplotlib").exists()
 
 
 @pytest.mark.parametrize("seed", [42, 43])

@@ -43,6 +43,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, Iterator, Mapping, Optional, Tuple, Union
 
+from .. import HOLLOW_MARK as _HOLLOW_MARK
+
 # Imported as whole modules and only called inside functions no run calls.
 UNUSED_BY_RUNS = ("matplotlib.pyplot", "seaborn", "scipy.stats")
 
@@ -54,7 +56,7 @@ HOLLOW_PACKAGES: Dict[str, Dict[str, str]] = {
 
 # Set on a hollow package until its __init__.py has run (flamby_mpi.runtime.startup leaves such
 # packages out of the modules a rank loaded: their code did not run).
-HOLLOW_MARK = "_flamby_mpi_hollow"
+HOLLOW_MARK = _HOLLOW_MARK
 
 # Where a hollow package's listed name comes from: the submodule that defines it, or a function
 # that computes it as the package's __init__.py would.

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from .. import not_run_yet
 from ..exit.errors import UserError
 from ..exit.failures import fail
 from ..storage import safe_files
@@ -420,7 +421,7 @@ def prepare_in_background() -> None:
     clients train, whereas the end of a run is this one process drawing alone, every client
     gone. Does nothing the second time, or when matplotlib is imported already; a failure here
     is left for write_report to meet and report."""
-    if _preparing or "matplotlib" in sys.modules:
+    if _preparing or ("matplotlib" in sys.modules and not not_run_yet(sys.modules["matplotlib"])):
         return
 
     def load():
@@ -457,8 +458,11 @@ def _private_matplotlib_cache():
     """matplotlib writes a font cache into ~/.cache/matplotlib when it first loads its fonts; a run
     writes nothing outside its output directory (docs/running.md, "No side effects"), so the driver's report
     loads them with a temporary MPLCONFIGDIR, removed afterwards. Left alone when matplotlib is
-    already imported or the user set MPLCONFIGDIR."""
-    if "matplotlib" in sys.modules or "MPLCONFIGDIR" in os.environ:
+    already imported or the user set MPLCONFIGDIR. A matplotlib made by a FLamby dataset's import
+    without running its __init__.py (datasets/deferred_imports.py) has not read MPLCONFIGDIR yet:
+    it gets the temporary one too."""
+    imported = "matplotlib" in sys.modules and not not_run_yet(sys.modules["matplotlib"])
+    if imported or "MPLCONFIGDIR" in os.environ:
         yield
         return
     with tempfile.TemporaryDirectory(prefix="flamby-mpi-matplotlib-") as tmp:

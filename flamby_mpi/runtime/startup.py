@@ -12,7 +12,6 @@ not use).
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import resource
@@ -21,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .. import PROCESS_START
+from .. import PROCESS_START, not_run_yet
 
 DEBUG_MODULES_ENV = "FLAMBY_MPI_DEBUG_MODULES"
 MARKS = ("imports", "data", "first_message")
@@ -91,16 +90,7 @@ def loaded_modules() -> List[str]:
     optim_without_dynamo.py, which only hold the place of modules never loaded, nor the modules
     and packages flamby_mpi/datasets/deferred_imports.py defers that nothing has used yet."""
     return sorted(name for name, module in list(sys.modules.items())
-                  if module is not None and not _not_run_yet(module))
-
-
-def _not_run_yet(module) -> bool:
-    # A LazyLoader module runs its code on any attribute read, __dict__ and __class__ included:
-    # only its type may be looked at (deferred_imports.py's is a subclass of importlib's).
-    lazy = getattr(importlib.util, "_LazyModule", None)
-    if lazy is not None and issubclass(type(module), lazy):
-        return True
-    return bool(getattr(module, "__dict__", {}).get("_flamby_mpi_hollow"))
+                  if module is not None and not not_run_yet(module))
 
 
 def dump_modules_if_asked(rank: int):
