@@ -122,10 +122,6 @@ def _run(plan: RunPlan, transport, at: str, completed: List[RunPlan]) -> int:
 
     def first_round():
         server_run.start_first_round()
-        if plan.backend != "inprocess":  # in one process, the import would only take turns with training
-            from .outputs.report import prepare_in_background
-
-            prepare_in_background()
         startup.mark("first_message", server_run.first_round_at)
         console.info("all %d clients %s; time to first round %.1f s", plan.num_clients,
                      "ready in this process" if plan.backend == "inprocess" else "joined",

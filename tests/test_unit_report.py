@@ -201,29 +201,3 @@ def test_write_report_writes_nothing_outside_the_output_directory(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True, env=environ, timeout=120)
     assert_png(run / "report.png")
     assert list(home.iterdir()) == []
-
-
-def test_fonts_loaded_in_the_background_give_the_same_picture_and_touch_nothing_outside(tmp_path):
-    """The server loads matplotlib while its clients train (prepare_in_background): the picture is
-    the same bytes as one drawn from a cold start, matplotlib is loaded before write_report is
-    called, and its font cache still lands nowhere (the temporary MPLCONFIGDIR is gone again)."""
-    run = make_run(tmp_path, "a")
-    home = tmp_path / "home"
-    home.mkdir()
-    environ = {k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "XDG_CACHE_HOME",
-                                                                "XDG_CONFIG_HOME")}
-    environ.update(HOME=str(home), PYTHONPATH=str(ROOT))
-    cold = tmp_path / "cold.png"
-    cold_home = tmp_path / "cold-home"  # draw() alone does not keep matplotlib's cache out of HOME
-    cold_home.mkdir()
-    subprocess.run([sys.executable, "-c", f"import flamby_mpi.outputs.report as r; r.draw([r.load_run({str(run)!r})], "
-                    f"{str(cold)!r})"], check=True, env=dict(environ, HOME=str(cold_home)), timeout=120)
-    code = ("import os, sys, flamby_mpi.outputs.report as r\n"
-            "r.prepare_in_background(); r.prepare_in_background()\n"
-            "assert len(r._preparing) == 1\n"
-            "r._preparing[0].join(120)\n"
-            "assert 'matplotlib.font_manager' in sys.modules and 'MPLCONFIGDIR' not in os.environ\n"
-            f"assert r.write_report({str(run)!r})\n")
-    subprocess.run([sys.executable, "-c", code], check=True, env=environ, timeout=120)
-    assert (run / "report.png").read_bytes() == cold.read_bytes()
-    assert list(home.iterdir()) == []

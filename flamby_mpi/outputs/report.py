@@ -25,7 +25,6 @@ import os
 import re
 import sys
 import tempfile
-import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -412,36 +411,10 @@ def _save(fig, out_path: Path):
     safe_files.write_atomic(out_path.parent, out_path.name, lambda handle: fig.savefig(handle, format=fmt, dpi=110))
 
 
-_preparing: List[threading.Thread] = []
-
-
-def prepare_in_background() -> None:
-    """Imports matplotlib and loads its fonts in a daemon thread, for write_report at the end of
-    the run (for the server, once the first round is sent): the server mostly waits while its
-    clients train, whereas the end of a run is this one process drawing alone, every client
-    gone. Does nothing the second time, or when matplotlib is imported already; a failure here
-    is left for write_report to meet and report."""
-    if _preparing or ("matplotlib" in sys.modules and not not_run_yet(sys.modules["matplotlib"])):
-        return
-
-    def load():
-        try:
-            with _private_matplotlib_cache():
-                pass
-        except Exception:  # noqa: BLE001 - write_report imports it again and says what failed
-            pass
-
-    thread = threading.Thread(target=load, name="flamby-mpi-report-fonts", daemon=True)
-    _preparing.append(thread)
-    thread.start()
-
-
 def write_report(output_dir) -> Optional[Path]:
     """Draws `<output_dir>/report.png` for the run there; for the driver at the end of a run.
     Never fails the run: on any problem it logs a warning and returns None."""
     try:
-        for thread in _preparing:
-            thread.join()  # imports cannot hang; matplotlib's MPLCONFIGDIR is back as it was after it
         output_dir = Path(output_dir)
         run = load_run(output_dir)
         with _private_matplotlib_cache():
