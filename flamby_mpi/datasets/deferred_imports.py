@@ -43,7 +43,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, Iterator, Mapping, Optional, Tuple, Union
 
-from .. import HOLLOW_MARK as _HOLLOW_MARK
+from .. import HOLLOW_MARK  # set on a hollow package until its __init__.py has run
 
 # Imported as whole modules and only called inside functions no run calls.
 UNUSED_BY_RUNS = ("matplotlib.pyplot", "seaborn", "scipy.stats")
@@ -53,10 +53,6 @@ HOLLOW_PACKAGES: Dict[str, Dict[str, str]] = {
     "matplotlib": {},  # flamby.utils imports it only to reach matplotlib.pyplot (deferred above)
     "sklearn.model_selection": {"train_test_split": "sklearn.model_selection._split"},
 }
-
-# Set on a hollow package until its __init__.py has run (flamby_mpi.runtime.startup leaves such
-# packages out of the modules a rank loaded: their code did not run).
-HOLLOW_MARK = _HOLLOW_MARK
 
 # Where a hollow package's listed name comes from: the submodule that defines it, or a function
 # that computes it as the package's __init__.py would.

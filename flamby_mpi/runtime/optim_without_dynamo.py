@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import sys
 
+from .. import HOLLOW_MARK
+
 _CACHE_ATTRIBUTE = "__dynamo_disable"  # where torch._compile._disable_dynamo caches per function
 
 TESTED_TORCH = ("2.14",)  # major.minor releases the tests ran on; pyproject.toml pins the same
@@ -55,7 +57,7 @@ def install() -> bool:
 
     loaded = sys.modules.get("torch._dynamo")
     if loaded is not None:
-        return bool(getattr(loaded, "_flamby_mpi_hollow", False))  # installed by an earlier call
+        return bool(getattr(loaded, HOLLOW_MARK, False))  # installed by an earlier call
     if not applies(torch.__version__):
         return False
     _install_dynamo_stand_in(sys.modules)
@@ -95,7 +97,7 @@ def _install_dynamo_stand_in(modules):
     stand_in = types.ModuleType(name, "flamby-mpi's stand-in for torch._dynamo until it is needed")
     stand_in.__spec__ = importlib.util.find_spec(name)
     stand_in.__path__ = list(stand_in.__spec__.submodule_search_locations or [])
-    stand_in._flamby_mpi_hollow = True
+    setattr(stand_in, HOLLOW_MARK, True)
     stand_in.graph_break = graph_break
 
     def load_real():

@@ -31,6 +31,8 @@ import textwrap
 from pathlib import Path
 from typing import Dict, Iterable, List, Set, Tuple
 
+from .. import HOLLOW_MARK
+
 _COMM = "fedml.core.distributed.communication"
 _MPI_MANAGER = f"{_COMM}.mpi.com_manager.MpiCommunicationManager"
 _RECEIVE_THREAD = f"{_COMM}.mpi.mpi_receive_thread.MPIReceiveThread"
@@ -246,7 +248,7 @@ def _loaded_fedml_sources() -> Dict[str, str]:
     for name, module in list(sys.modules.items()):
         if not name.startswith("fedml") or module is None:
             continue
-        if vars(module).get("_flamby_mpi_hollow"):
+        if vars(module).get(HOLLOW_MARK):
             continue  # a stand-in: its code did not run
         origin = getattr(getattr(module, "__spec__", None), "origin", None)
         if origin and origin.endswith(".py"):

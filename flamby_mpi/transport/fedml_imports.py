@@ -37,6 +37,8 @@ import sys
 import types
 import warnings
 
+from .. import HOLLOW_MARK
+
 PINNED_FEDML_VERSION = "0.9.6"
 
 # What FedML's cross-silo managers, aggregator and trainer adapter (the modules a rank imports) call
@@ -171,7 +173,7 @@ def _hollow_package(name: str) -> types.ModuleType:
     """The package as an import would make it, minus executing its __init__.py."""
     spec = importlib.util.find_spec(name)
     module = importlib.util.module_from_spec(spec)
-    module._flamby_mpi_hollow = True
+    setattr(module, HOLLOW_MARK, True)
     if name == "fedml":
         module.__version__ = PINNED_FEDML_VERSION
     names = PACKAGE_NAMES.get(name, {})
@@ -206,7 +208,7 @@ def _mlops_stand_in(name: str, like=None) -> types.ModuleType:
     else:  # `fedml.mlops`: FedML's alias of the same facade
         module = types.ModuleType(name, like.__doc__)
         module.__dict__.update({k: v for k, v in vars(like).items() if k not in ("__name__", "__spec__")})
-    module._flamby_mpi_hollow = True
+    setattr(module, HOLLOW_MARK, True)
     module.MLOpsStore = MLOpsStore
 
     def __getattr__(attr):
@@ -234,7 +236,7 @@ def _deferred_module(name: str) -> types.ModuleType:
     """A stand-in whose names load FedML's real module only when one is used (see the top)."""
     spec = importlib.util.find_spec(name)
     module = importlib.util.module_from_spec(spec)
-    module._flamby_mpi_hollow = True
+    setattr(module, HOLLOW_MARK, True)
 
     def real():
         if sys.modules.get(name) is module:
