@@ -111,69 +111,9 @@ def stage(round_idx: int, rank: int, tensors: dict, data: dict, spare: Optional[
                      list(storages.values()))
 
 
-class CutWriter:
-    """At most one staged cut of one rank being written, in a background thread."""
-
-    def __init__(self, output_dir: Optional[Path]):
-        self.output_dir = output_dir
-        self._thread: Optional[threading.Thread] = None
-        self._staged: Optional[StagedCut] = None
-        self._result: Optional[dict] = None
-        self._error: Optional[BaseException] = None
-        self.spare: list = []  # the copies of the last cut written, for the next stage to reuse
-
-    @property
-    def pending(self) -> Optional[int]:
-        """The cut being written (or written and not yet collected by wait()), else None."""
-        return self._staged.round_idx if self._staged is not None else None
-
-    def submit(self, staged: StagedCut):
-        if self._staged is not None:
-            raise RuntimeError(f"cut {staged.round_idx} staged while cut {self._staged.round_idx} is not collected")
-        self._staged, self._result, self._error = staged, None, None
-        self._thread = threading.Thread(target=self._write, name=f"checkpoint-writer-{staged.rank}", daemon=True)
-        self._thread.start()
-
-    def _write(self):
-        staged = self._staged
-        tick = time.perf_counter()
-        try:
-            files = checkpoint.write_rank_state(self.output_dir, staged.round_idx, staged.rank, staged.tensors,
-                                                staged.json_bytes)
-            self._result = {"round": staged.round_idx, "files": files, "write_s": time.perf_counter() - tick}
-        except BaseException as error:  # noqa: BLE001 - handed to the round loop by wait(), never lost
-            self._error = error
-        finally:
-            staged.tensors = None  # its storages stay, for the next cut to copy into (CutWriter.spare)
-
-    def wait(self) -> dict:
-        """Blocks until the pending write ends; returns {"round", "files", "write_s", "wait_s",
-        "stage_s", "staged_bytes"} or raises what the write raised. Collects it: nothing is pending after."""
-        staged = self._staged
-        if staged is None:
-            raise RuntimeError("no checkpoint write pending")
-        tick = time.perf_counter()
-        self._thread.join()
-        wait_s = time.perf_counter() - tick
-        self._staged, self._thread = None, None
-        self.spare, staged.storages = staged.storages, []
-        error, self._error = self._error, None
-        if error is not None:
-            raise error
-        result, self._result = self._result, None
-        return {**result, "wait_s": wait_s, "stage_s": staged.stage_s, "staged_bytes": staged.nbytes}
-
-    def drain(self):
-        """Waits for a pending write and drops its outcome: the job is ending on another error
-        (reported instead), and no temporary file of ours is left behind by this rank."""
-        if self._thread is not None:
-            self._thread.join()
-        self._staged, self._thread, self._result, self._error = None, None, None, None
-
-
 class BackgroundJob:
-    """One function at a time run in a thread of its own (rank 0's manifests): wait() hands back,
-    in the round loop, its return value, or raises what it raised."""
+    """One function at a time run in a thread of its own (a rank's part of a cut, rank 0's
+    manifests): wait() hands back, in the round loop, its return value, or raises what it raised."""
 
     def __init__(self, name: str):
         self.name = name
@@ -214,6 +154,55 @@ class BackgroundJob:
         self._thread, self._outcome = None, None
 
 
+class CutWriter:
+    """At most one staged cut of one rank being written, in a background thread (a BackgroundJob)."""
+
+    def __init__(self, output_dir: Optional[Path], rank: int):
+        self.output_dir = output_dir
+        self._job = BackgroundJob(f"checkpoint-writer-{rank}")
+        self._staged: Optional[StagedCut] = None
+        self.spare: list = []  # the copies of the last cut written, for the next stage to reuse
+
+    @property
+    def pending(self) -> Optional[int]:
+        """The cut being written (or written and not yet collected by wait()), else None."""
+        return self._staged.round_idx if self._staged is not None else None
+
+    def submit(self, staged: StagedCut):
+        if self._staged is not None:
+            raise RuntimeError(f"cut {staged.round_idx} staged while cut {self._staged.round_idx} is not collected")
+        self._staged = staged
+        self._job.submit(self._write, staged)
+
+    def _write(self, staged: StagedCut) -> dict:
+        tick = time.perf_counter()
+        try:
+            files = checkpoint.write_rank_state(self.output_dir, staged.round_idx, staged.rank, staged.tensors,
+                                                staged.json_bytes)
+        finally:
+            staged.tensors = None  # its storages stay, for the next cut to copy into (CutWriter.spare)
+        return {"round": staged.round_idx, "files": files, "write_s": time.perf_counter() - tick}
+
+    def wait(self) -> dict:
+        """Blocks until the pending write ends; returns {"round", "files", "write_s", "wait_s",
+        "stage_s", "staged_bytes"} or raises what the write raised. Collects it: nothing is pending after."""
+        staged = self._staged
+        if staged is None:
+            raise RuntimeError("no checkpoint write pending")
+        try:
+            result, wait_s = self._job.wait()
+        finally:  # the write has ended either way: its storages are free for the next cut
+            self._staged = None
+            self.spare, staged.storages = staged.storages, []
+        return {**result, "wait_s": wait_s, "stage_s": staged.stage_s, "staged_bytes": staged.nbytes}
+
+    def drain(self):
+        """Waits for a pending write and drops its outcome: the job is ending on another error
+        (reported instead), and no temporary file of ours is left behind by this rank."""
+        self._job.drain()
+        self._staged = None
+
+
 class PartSaver:
     """One rank's parts of the cuts: staged and written in the background, or, for a part bigger
     than common_args.checkpoint_staging_mb (or when the job is stopping), written at once from the
@@ -224,7 +213,7 @@ class PartSaver:
     def __init__(self, output_dir: Optional[Path], rank: int, staging_mb: int):
         self.output_dir, self.rank = output_dir, rank  # None: a plan without its run id saves nothing
         self.limit = staging_mb * MB
-        self.writer = CutWriter(output_dir)
+        self.writer = CutWriter(output_dir, rank)
         self._done: list = []  # parts written synchronously, not yet collected
         self._said_why = False
 
