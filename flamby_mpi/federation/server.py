@@ -239,9 +239,10 @@ class ServerRun:
             self._manifests_in_flight = list(ready)
             self._manifests.submit(self._write_manifests, manifests, config)
             return
-        tick = time.perf_counter()
-        self._write_manifests(manifests, config)
-        self.checkpoint_seconds[-1] += time.perf_counter() - tick
+        for i, manifest in enumerate(manifests, start=-len(manifests)):  # each cut's own entry, the last ones
+            tick = time.perf_counter()
+            self._write_manifests([manifest], config)
+            self.checkpoint_seconds[i] += time.perf_counter() - tick
         self._completed(list(ready))
 
     def _write_manifests(self, manifests, config: dict):
