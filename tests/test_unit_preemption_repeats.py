@@ -45,3 +45,27 @@ def test_another_signal_at_once_does_not_wait(stop_request):
     _deliver(signal.SIGTERM)
     _deliver(signal.SIGINT)
     assert seen == {"signals": [signal.SIGTERM], "expired": [signal.SIGTERM]}
+
+
+def test_a_repeat_that_interrupts_the_first_handler_is_the_same_request(stop_request, monkeypatch):
+    """The repeat lands while the first delivery's handler is still running (Python runs handlers
+    between bytecodes, a handler's own included): seen on a real SLURM requeue, where it ended a
+    rank at once as if it were a second signal."""
+    import types
+
+    from flamby_mpi.exit import preemption
+
+    request, seen = stop_request
+    calls = []
+
+    def monotonic():  # the handler reads the clock: the repeat arrives right there
+        calls.append(None)
+        if len(calls) == 1:
+            signal.raise_signal(signal.SIGTERM)
+        return time.monotonic()
+
+    monkeypatch.setattr(preemption, "time", types.SimpleNamespace(monotonic=monotonic))
+    _deliver(signal.SIGTERM)
+    assert len(calls) == 2  # the repeat's handler did run inside the first one's
+    assert request.signum == signal.SIGTERM
+    assert seen == {"signals": [signal.SIGTERM], "expired": []}

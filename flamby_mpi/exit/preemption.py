@@ -61,13 +61,18 @@ class StopRequest:
             return self  # Python delivers signals to the main thread only; a test harness thread
 
         def handle(signum, _frame):
+            # Read first: Python runs a handler between bytecodes of the main thread, this one's
+            # included, so a repeat may interrupt the first delivery's handler; the request must
+            # never be seen without the time it was received (a repeat would then count as a second
+            # signal and end the process at once).
+            now = time.monotonic()
             if self.signum is not None:
-                if signum == self.signum and time.monotonic() - self._received_at < REPEAT_WINDOW_S:
+                if signum == self.signum and now - self._received_at < REPEAT_WINDOW_S:
                     return  # the same request passed on by another process of the launcher
                 _soon(on_grace_expired, self.signum)  # a second signal: the user does not want to wait
                 return
+            self._received_at = now
             self.signum = signum
-            self._received_at = time.monotonic()
             _soon(on_signal, signum)
             self._timer = threading.Timer(grace_s, on_grace_expired, args=(signum,))
             self._timer.daemon = True
