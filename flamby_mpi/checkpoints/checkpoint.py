@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from ..exit.errors import clip, shown
-from ..storage import run_directory, safe_files
+from ..storage import run_directory, safe_files, torch_files
 
 FORMAT = 1
 # The names of the layout, shared with the run directory's own view of it (what restart decides from).
@@ -87,12 +87,11 @@ def write_rank_state(output_dir: Path, round_idx: int, rank: int, tensors: dict,
     directory, and only then are the entries returned: a part the manifest names is on disk (a
     crash before the pass leaves a round without its manifest, which is no checkpoint). A round
     directory that is a link raises safe_files.UnsafePathError, a full disk StorageError."""
-    import torch
 
     pt_name, json_name = rank_file_names(rank)
     json_bytes = data if isinstance(data, bytes) else state_json(data)
     entries = {pt_name: safe_files.write_atomic(output_dir, _in_round(round_idx, pt_name),
-                                                lambda handle: torch.save(tensors, handle)),
+                                                lambda handle: torch_files.save(tensors, handle, crc32=False)),
                json_name: safe_files.write_atomic(output_dir, _in_round(round_idx, json_name), json_bytes)}
     _sync_part(output_dir, round_idx, [pt_name, json_name])
     return entries

@@ -16,9 +16,7 @@ import json
 import math
 from typing import Dict, Optional
 
-import torch
-
-from ..storage import safe_files
+from ..storage import safe_files, torch_files
 
 RESULTS_CSV_COLUMNS = ["Test", "Method", "Metric", "seed", "learning_rate", "optimizer_class", "num_updates",
                        "rounds"]
@@ -68,7 +66,7 @@ def write_results(plan, server_run, timing: Dict[str, float], world_size: int,
 
     # Streamed into the file: the model is not held a second time in memory.
     safe_files.write_atomic(output_dir, "global_model.pt",
-                            lambda handle: torch.save(server_run.model.state_dict(), handle))
+                            lambda handle: torch_files.save(server_run.model.state_dict(), handle, crc32=True))
 
     rows = io.StringIO()
     writer = csv.writer(rows)
