@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -112,46 +113,78 @@ def stage(round_idx: int, rank: int, tensors: dict, data: dict, spare: Optional[
 
 
 class BackgroundJob:
-    """One function at a time run in a thread of its own (a rank's part of a cut, rank 0's
-    manifests): wait() hands back, in the round loop, its return value, or raises what it raised."""
+    """One function at a time run in a worker thread of its own (a rank's part of a cut, rank 0's
+    manifests): wait() hands back, in the round loop, its return value, or raises what it raised.
+
+    The worker starts with the first job and serves the next ones: a thread started per job cost
+    the round loop up to 4-8 ms on an oversubscribed host, where Thread.start() waits until the
+    new thread has been scheduled. close() ends it (drain() too), so that a rank that is done has
+    its main thread alone again (fast_exit's C exit path); a job submitted after that starts a
+    worker again."""
 
     def __init__(self, name: str):
         self.name = name
-        self._thread: Optional[threading.Thread] = None
+        self._worker: Optional[threading.Thread] = None
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._done = threading.Event()
+        self._pending = False
         self._outcome: Optional[tuple] = None
 
     @property
     def pending(self) -> bool:
-        return self._thread is not None
+        """A job submitted and not yet collected by wait() or drain()."""
+        return self._pending
 
     def submit(self, function, *args):
-        if self._thread is not None:
+        if self._pending:
             raise RuntimeError(f"{self.name}: submitted while the previous job is not collected")
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._serve, name=self.name, daemon=True)
+            self._worker.start()
         self._outcome = None
-        self._thread = threading.Thread(target=self._run, args=(function, args), name=self.name, daemon=True)
-        self._thread.start()
+        self._done.clear()
+        self._pending = True
+        self._jobs.put((function, args))
 
-    def _run(self, function, args):
-        try:
-            self._outcome = (function(*args), None)
-        except BaseException as error:  # noqa: BLE001 - handed to the round loop by wait(), never lost
-            self._outcome = (None, error)
+    def _serve(self):
+        while True:
+            job = self._jobs.get()
+            if job is None:  # close()
+                return
+            function, args = job
+            try:
+                outcome = (function(*args), None)
+            except BaseException as error:  # noqa: BLE001 - handed to the round loop by wait(), never lost
+                outcome = (None, error)
+            self._outcome = outcome
+            self._done.set()
 
     def wait(self) -> tuple:
         """(the job's return value, seconds waited for it); raises what the job raised."""
+        if not self._pending:
+            raise RuntimeError(f"{self.name}: no job to wait for")
         tick = time.perf_counter()
-        self._thread.join()
+        self._done.wait()
         waited = time.perf_counter() - tick
-        (value, error), self._thread, self._outcome = self._outcome, None, None
+        (value, error), self._outcome, self._pending = self._outcome, None, False
         if error is not None:
             raise error
         return value, waited
 
     def drain(self):
-        """Waits for the job in flight (no temporary file of ours left) and drops its outcome."""
-        if self._thread is not None:
-            self._thread.join()
-        self._thread, self._outcome = None, None
+        """Waits for the job in flight (no temporary file of ours left), drops its outcome and
+        ends the worker."""
+        if self._pending:
+            self._done.wait()
+        self._outcome, self._pending = None, False
+        self.close()
+
+    def close(self):
+        """Ends the worker once the job in flight, if any, is done (its outcome stays for wait())."""
+        if self._worker is not None:
+            self._jobs.put(None)
+            self._worker.join()
+            self._worker = None
 
 
 class CutWriter:
@@ -201,6 +234,10 @@ class CutWriter:
         (reported instead), and no temporary file of ours is left behind by this rank."""
         self._job.drain()
         self._staged = None
+
+    def close(self):
+        """Ends the writer's thread (after a write in flight, still to be collected by wait())."""
+        self._job.close()
 
 
 class PartSaver:
@@ -263,3 +300,7 @@ class PartSaver:
         and its outcome is dropped."""
         self.writer.drain()
         self._done = []
+
+    def close(self):
+        """This rank saves no more parts: the writer's thread ends (a part in flight is written first)."""
+        self.writer.close()

@@ -115,12 +115,14 @@ class ServerRun:
             self._manifests.drain()
             raise
         if self.stopped_by is not None:  # the stop exchange: every part of the cut is written, it is complete
+            self._close_writers()
             self.round_log.close()
             return None
         evaluated = self._record_evaluations(round_idx, replies)
         final = round_idx == self.plan.final_round
         self.round_log.record(round_idx, replies, traffic, training_round=not final)
         if final:
+            self._close_writers()
             self._finish(replies, evaluated)
             self.round_log.close()
             return None
@@ -157,6 +159,11 @@ class ServerRun:
             self.console(f"{_signal_name(stop)} received: stopping after round {cut} with a checkpoint")
             return self.global_message(cut, stop=stop)
         return self.global_message(cut)
+
+    def _close_writers(self):
+        """The exchanges are over (every cut's writes collected): the checkpoint threads end."""
+        self._saver.close()
+        self._manifests.close()
 
     def _stop_asked(self, replies: List[ClientReply]) -> Optional[int]:
         if self.stop_request is not None and self.stop_request.signum is not None:

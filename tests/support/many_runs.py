@@ -30,14 +30,15 @@ from flamby_mpi.cli import main as launch
 # Threads a run starts that must be gone when main() returns: FedML's MPI receive thread (or a
 # subclass of it) would take the next run's messages, and a run's watchdog could end a later run.
 _RUN_THREAD_CLASSES = {"MPIReceiveThread"}
-_RUN_THREAD_NAMES = {"ServerReceiveThread", "ClientReceiveThread", "flamby-mpi-watchdog"}
+_RUN_THREAD_NAMES = {"ServerReceiveThread", "ClientReceiveThread", "flamby-mpi-watchdog", "checkpoint-manifests"}
+_RUN_THREAD_PREFIXES = ("checkpoint-writer-",)  # a rank's checkpoint worker (flamby_mpi/checkpoints/staging.py)
 _THREAD_GRACE_S = 3.0
 _PROBE_S = 0.2
 
 
 def _belongs_to_a_run(thread: threading.Thread) -> bool:
-    return thread.name in _RUN_THREAD_NAMES or any(c.__name__ in _RUN_THREAD_CLASSES
-                                                   for c in type(thread).__mro__)
+    return (thread.name in _RUN_THREAD_NAMES or thread.name.startswith(_RUN_THREAD_PREFIXES)
+            or any(c.__name__ in _RUN_THREAD_CLASSES for c in type(thread).__mro__))
 
 
 def _threads_left() -> list:
