@@ -232,3 +232,35 @@ def test_a_staged_part_holds_the_state_it_was_staged_from_and_a_writers_error_su
     with pytest.raises(Exception, match="pickle"):
         saver.collect()
     assert saver.pending is None and temporary_files(tmp_path) == []
+
+
+def test_old_cuts_are_deleted_in_the_writers_thread_after_the_new_part_is_on_disk(tmp_path):
+    """A client's pruning runs as the `after` of its next part (off the reply's path): in the
+    writer's thread, once that part's files are written; a part written at once runs it in place."""
+    import threading
+
+    import torch
+
+    from flamby_mpi.checkpoints import checkpoint, staging
+
+    saver = staging.PartSaver(tmp_path, 1, staging_mb=1024)
+    saver.save(1, {"w": torch.ones(10)}, {"n": 1})
+    saver.collect()
+    seen = {}
+
+    def prune():
+        seen["thread"] = threading.current_thread()
+        seen["new part on disk"] = all((tmp_path / "checkpoints" / "round_2" / name).is_file()
+                                       for name in checkpoint.rank_file_names(1))
+        checkpoint.remove_rank_files(tmp_path, 1, 1)
+
+    saver.save(2, {"w": torch.ones(10)}, {"n": 2}, after=prune)
+    (part,) = saver.collect()
+    assert part["round"] == 2 and seen["new part on disk"]
+    assert seen["thread"].name == "checkpoint-writer-1" and seen["thread"] is not threading.current_thread()
+    assert not (tmp_path / "checkpoints" / "round_1").exists()
+    saver.save(3, {"w": torch.ones(10)}, {"n": 3}, synchronous=True,
+               after=lambda: seen.update(thread=threading.current_thread()))
+    assert seen["thread"] is threading.current_thread()
+    saver.close()
+    assert not [t for t in threading.enumerate() if t.name == "checkpoint-writer-1"]

@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 from . import checkpoint
 
@@ -201,20 +201,25 @@ class CutWriter:
         """The cut being written (or written and not yet collected by wait()), else None."""
         return self._staged.round_idx if self._staged is not None else None
 
-    def submit(self, staged: StagedCut):
+    def submit(self, staged: StagedCut, after: Optional[Callable[[], None]] = None):
+        """Writes staged in the thread, then runs after (if any) there: a chore that has to wait
+        for nothing, such as deleting the files of cuts past keep_checkpoints."""
         if self._staged is not None:
             raise RuntimeError(f"cut {staged.round_idx} staged while cut {self._staged.round_idx} is not collected")
         self._staged = staged
-        self._job.submit(self._write, staged)
+        self._job.submit(self._write, staged, after)
 
-    def _write(self, staged: StagedCut) -> dict:
+    def _write(self, staged: StagedCut, after: Optional[Callable[[], None]]) -> dict:
         tick = time.perf_counter()
         try:
             files = checkpoint.write_rank_state(self.output_dir, staged.round_idx, staged.rank, staged.tensors,
                                                 staged.json_bytes)
         finally:
             staged.tensors = None  # its storages stay, for the next cut to copy into (CutWriter.spare)
-        return {"round": staged.round_idx, "files": files, "write_s": time.perf_counter() - tick}
+        write_s = time.perf_counter() - tick
+        if after is not None:
+            after()
+        return {"round": staged.round_idx, "files": files, "write_s": write_s}
 
     def wait(self) -> dict:
         """Blocks until the pending write ends; returns {"round", "files", "write_s", "wait_s",
@@ -258,9 +263,11 @@ class PartSaver:
     def pending(self) -> Optional[int]:
         return self.writer.pending
 
-    def save(self, round_idx: int, tensors: dict, data: dict, synchronous: bool = False):
+    def save(self, round_idx: int, tensors: dict, data: dict, synchronous: bool = False,
+             after: Optional[Callable[[], None]] = None):
         """Saves this rank's part of cut round_idx; a part still being written is waited for first
-        (at most one staged cut per rank), and kept for collect()."""
+        (at most one staged cut per rank), and kept for collect(). after: run once the part is
+        written, in the writer's thread (or here, when the part is written at once)."""
         if self.writer.pending is not None:
             self._done.append(self._collected(self.writer.wait()))
         nbytes = storage_bytes(tensors)
@@ -277,9 +284,11 @@ class PartSaver:
             seconds = time.perf_counter() - tick
             self._done.append({"round": round_idx, "files": files, "write_s": seconds, "wait_s": 0.0,
                                "critical_s": seconds, "staged_bytes": 0})
+            if after is not None:
+                after()
             return
         spare, self.writer.spare = self.writer.spare, []
-        self.writer.submit(stage(round_idx, self.rank, tensors, data, spare))
+        self.writer.submit(stage(round_idx, self.rank, tensors, data, spare), after)
 
     def collect(self, wait: bool = True) -> list:
         """Every part written since the last call, the one being written waited for (unless not

@@ -110,10 +110,15 @@ class ClientRun:
                 reply = self._reply(message)
             cut = message.round_idx + 1
         due = (message.stop or self.plan.checkpoint_due(cut)) and cut not in self._cuts_saved()
+        # The server keeps keep_checkpoints manifests; until the cuts confirmed now are complete,
+        # the newest complete one must stay, whatever keep_checkpoints is. The older ones go in the
+        # writer's thread once this cut's part is written (off the reply's path), else now.
+        old_cuts = self._take_prunable(keep=max(1, self.plan.keep_checkpoints - 1))
         try:
             parts = self._saver.collect()  # the part written while this round trained, waited for
             if due:  # a stop has no later reply to confirm the part in: it is written now
-                self.save_checkpoint(cut, synchronous=bool(message.stop))
+                self.save_checkpoint(cut, synchronous=bool(message.stop), after=self._remover(old_cuts))
+                old_cuts = []
             reply.checkpoints = parts + self._saver.collect(wait=False)  # a part written synchronously
         except UserError as error:  # told to the server, which ends the job with one message
             self._saver.drain()
@@ -121,9 +126,7 @@ class ClientRun:
             reply.checkpoint_failed = {"message": error.args[0], "hint": error.hint,
                                        "exit_code": error.exit_code, "at": where(self.rank, socket.gethostname())}
         self._confirmed += [part["round"] for part in reply.checkpoints]
-        # The server keeps keep_checkpoints manifests; until the cuts confirmed now are complete,
-        # the newest complete one must stay, whatever keep_checkpoints is.
-        self._prune(keep=max(1, self.plan.keep_checkpoints - 1))
+        self._remover(old_cuts)()
         if self.stop_request is not None:
             reply.stop_requested = self.stop_request.signum
         self._replied_at = time.perf_counter()
@@ -153,10 +156,10 @@ class ClientRun:
         self.strategy.restore(tensors["strategy"], data["strategy"])
         self._rngs.restore(tensors["rngs"], data["rngs"])
 
-    def save_checkpoint(self, cut: int, synchronous: bool = False):
+    def save_checkpoint(self, cut: int, synchronous: bool = False, after=None):
         """Stages this rank's part of the cut after `cut` rounds and writes it in the background
-        (synchronous: now); the write before it, if still running, is waited for first."""
-        self._saver.save(cut, *self.checkpoint_state(), synchronous=synchronous)
+        (synchronous: now), then runs after; the write before it, if still running, is waited for first."""
+        self._saver.save(cut, *self.checkpoint_state(), synchronous=synchronous, after=after)
 
     def _cuts_saved(self) -> List[int]:
         pending = self._saver.pending
@@ -165,9 +168,21 @@ class ClientRun:
     def _prune(self, keep: int):
         """Deletes this rank's files of all but the newest `keep` complete cuts (those confirmed
         or being written stay)."""
-        for old in self.written_cuts[:-keep]:
-            checkpoint.remove_rank_files(self.plan.output_dir, old, self.rank)
-        self.written_cuts = self.written_cuts[-keep:]
+        self._remover(self._take_prunable(keep))()
+
+    def _take_prunable(self, keep: int) -> List[int]:
+        """The complete cuts past the newest `keep`, no longer counted as this rank's: to be deleted."""
+        old, self.written_cuts = self.written_cuts[:-keep], self.written_cuts[-keep:]
+        return old
+
+    def _remover(self, cuts: List[int]):
+        """A function deleting this rank's files of cuts (in the writer's thread or here)."""
+        output_dir, rank = self.plan.output_dir, self.rank
+
+        def remove():
+            for old in cuts:
+                checkpoint.remove_rank_files(output_dir, old, rank)
+        return remove
 
     def _reply(self, message: GlobalMessage) -> ClientReply:
         plan, round_idx = self.plan, message.round_idx

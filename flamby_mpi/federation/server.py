@@ -72,6 +72,9 @@ class ServerRun:
         self._manifests = staging.BackgroundJob("checkpoint-manifests")
         self._manifests_in_flight: List[int] = []
         self._manifest_wait_s = 0.0  # waited for a manifest job: counted in the next cut's cost
+        # Cuts past keep_checkpoints whose files go: deleted by the manifest thread with its next job
+        # (unlinks cost about 0.5 ms a file on ext4, and every rank waits for this one's message).
+        self._cuts_to_remove: List[int] = []
 
     def check_pooled_test_data(self):
         """With pooled_test: flamby the server reads FLamby's pooled test set: fail now, not at the end."""
@@ -233,6 +236,7 @@ class ServerRun:
                 missing = sorted(self.plan.centre_of(r) for r in range(1, self.plan.world_size) if r not in parts)
                 raise RuntimeError(f"checkpoint after round {cut}: centres {missing} did not save their part")
         if not ready:
+            self._remove_old_cuts(in_background)
             return
         self._collect_manifests()  # one job at a time (parts written at once can complete two cuts in an exchange)
         for parts in ready.values():  # what each cut cost the rounds: counted now, in the round loop
@@ -244,19 +248,42 @@ class ServerRun:
         config = self.plan.config_record()
         if in_background:
             self._manifests_in_flight = list(ready)
-            self._manifests.submit(self._write_manifests, manifests, config)
+            removals, self._cuts_to_remove = self._cuts_to_remove, []
+            self._manifests.submit(self._write_manifests, manifests, config, removals)
             return
         for i, manifest in enumerate(manifests, start=-len(manifests)):  # each cut's own entry, the last ones
             tick = time.perf_counter()
             self._write_manifests([manifest], config)
             self.checkpoint_seconds[i] += time.perf_counter() - tick
         self._completed(list(ready))
+        self._remove_old_cuts(in_background=False)
 
-    def _write_manifests(self, manifests, config: dict):
+    def _write_manifests(self, manifests, config: dict, removals: List[int] = ()):
         """Makes each cut a checkpoint (every part on disk, hashed: the parts were synced before
-        they were confirmed). Touches no state of the server: it may run in a thread of its own."""
+        they were confirmed), then deletes the server's files of the cuts in removals (complete
+        cuts past keep_checkpoints, their manifest first). Touches no state of the server: it may
+        run in a thread of its own."""
         for cut, files in manifests:
             checkpoint.write_manifest(self.plan.output_dir, cut, self.plan.run_id, __version__, config, files)
+        for old in removals:
+            checkpoint.remove_rank_files(self.plan.output_dir, old, 0, manifest_too=True)
+
+    def _remove_old_cuts(self, in_background: bool):
+        """The cuts waiting to be removed, when no manifest job took them: deleted by a job of
+        their own while the next round trains, or now (the last exchange, or a job still running:
+        it is collected at the next exchange, and the cuts wait for the one after)."""
+        if in_background and self._manifests.pending:
+            return
+        if not in_background:
+            self._collect_manifests()  # one job at a time; it may complete cuts, and so free older ones
+        if not self._cuts_to_remove:
+            return
+        removals, self._cuts_to_remove = self._cuts_to_remove, []
+        if in_background:
+            self._manifests_in_flight = []
+            self._manifests.submit(self._write_manifests, [], None, removals)
+        else:
+            self._write_manifests([], None, removals)
 
     def _collect_manifests(self):
         """The manifests written in the background, waited for: their cuts are complete now."""
@@ -267,10 +294,10 @@ class ServerRun:
             self._completed(cuts)
 
     def _completed(self, cuts: List[int]):
-        """cuts have their manifest on disk: the oldest complete ones past keep_checkpoints go."""
+        """cuts have their manifest on disk: the oldest complete ones past keep_checkpoints are to go
+        (_remove_old_cuts, or the next manifest job)."""
         self.written_cuts += cuts
-        for old in self.written_cuts[:-self.plan.keep_checkpoints]:
-            checkpoint.remove_rank_files(self.plan.output_dir, old, 0, manifest_too=True)
+        self._cuts_to_remove += self.written_cuts[:-self.plan.keep_checkpoints]
         self.written_cuts = self.written_cuts[-self.plan.keep_checkpoints:]
 
     def checkpoint_summary(self) -> Dict:
