@@ -232,6 +232,7 @@ def test_a_staged_part_holds_the_state_it_was_staged_from_and_a_writers_error_su
     with pytest.raises(Exception, match="pickle"):
         saver.collect()
     assert saver.pending is None and temporary_files(tmp_path) == []
+    saver.close()
 
 
 def test_old_cuts_are_deleted_in_the_writers_thread_after_the_new_part_is_on_disk(tmp_path):
@@ -257,10 +258,11 @@ def test_old_cuts_are_deleted_in_the_writers_thread_after_the_new_part_is_on_dis
     saver.save(2, {"w": torch.ones(10)}, {"n": 2}, after=prune)
     (part,) = saver.collect()
     assert part["round"] == 2 and seen["new part on disk"]
-    assert seen["thread"].name == "checkpoint-writer-1" and seen["thread"] is not threading.current_thread()
+    writer = seen["thread"]
+    assert writer.name == "checkpoint-writer-1" and writer is not threading.current_thread()
     assert not (tmp_path / "checkpoints" / "round_1").exists()
     saver.save(3, {"w": torch.ones(10)}, {"n": 3}, synchronous=True,
                after=lambda: seen.update(thread=threading.current_thread()))
     assert seen["thread"] is threading.current_thread()
     saver.close()
-    assert not [t for t in threading.enumerate() if t.name == "checkpoint-writer-1"]
+    assert not writer.is_alive()
