@@ -260,12 +260,16 @@ class ServerRun:
 
     def _write_manifests(self, manifests, config: dict, removals: List[int] = ()):
         """Makes each cut a checkpoint (every part on disk, hashed: the parts were synced before
-        they were confirmed), then deletes the server's files of the cuts in removals (complete
-        cuts past keep_checkpoints, their manifest first). Touches no state of the server: it may
-        run in a thread of its own."""
+        they were confirmed), then removes the cuts in removals. Touches no state of the server:
+        it may run in a thread of its own."""
         for cut, files in manifests:
             checkpoint.write_manifest(self.plan.output_dir, cut, self.plan.run_id, __version__, config, files)
-        for old in removals:
+        self._remove_cuts(removals)
+
+    def _remove_cuts(self, cuts: List[int]):
+        """Deletes the server's files of cuts (complete cuts past keep_checkpoints), each one's
+        manifest first. Touches no state of the server: it may run in a thread of its own."""
+        for old in cuts:
             checkpoint.remove_rank_files(self.plan.output_dir, old, 0, manifest_too=True)
 
     def _remove_old_cuts(self, in_background: bool):
@@ -279,11 +283,10 @@ class ServerRun:
         if not self._cuts_to_remove:
             return
         removals, self._cuts_to_remove = self._cuts_to_remove, []
-        if in_background:
-            self._manifests_in_flight = []
-            self._manifests.submit(self._write_manifests, [], None, removals)
+        if in_background:  # a job completing no cut: _manifests_in_flight stays empty
+            self._manifests.submit(self._remove_cuts, removals)
         else:
-            self._write_manifests([], None, removals)
+            self._remove_cuts(removals)
 
     def _collect_manifests(self):
         """The manifests written in the background, waited for: their cuts are complete now."""
