@@ -2,6 +2,7 @@
 planted at temporary names, a directory swapped for a link in the middle of a write, FIFOs,
 /dev/zero, a file that keeps growing, and a real full disk (a tiny tmpfs, as root)."""
 import errno
+import fcntl
 import hashlib
 import os
 import subprocess
@@ -55,6 +56,87 @@ def test_torch_save_streams_through_the_hash(run_and_outside):
     data = (run / "m.pt").read_bytes()
     assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     assert torch.equal(torch.load(run / "m.pt", weights_only=True)["w"], tensors["w"])
+
+
+def _direct_io_refused(directory: Path) -> str:
+    """Why directory's file system cannot take O_DIRECT here ("" when it can)."""
+    if not hasattr(os, "O_DIRECT"):
+        return "no O_DIRECT on this system"
+    probe = directory / ".probe"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT)
+    try:
+        return "" if safe_files._set_flag(fd, os.O_DIRECT, True) else f"{directory}'s file system refuses O_DIRECT"
+    finally:
+        os.close(fd)
+        probe.unlink()
+
+
+def _pieces(size: int, seed: int):
+    """size pseudo-random bytes in pieces of odd sizes (as torch.save hands them: headers, records)."""
+    data = hashlib.shake_256(str(seed).encode()).digest(size) if size else b""
+    cuts = sorted({0, size, *[(i * 7919 * (seed + 1)) % (size + 1) for i in range(1, 12)]})
+    return data, [data[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+
+
+CHUNK, ALIGN = safe_files._DIRECT_CHUNK, safe_files._DIRECT_ALIGN
+
+
+@pytest.mark.parametrize("size", [0, 1, ALIGN - 1, ALIGN, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + ALIGN + 3,
+                                  3 * CHUNK])
+def test_a_direct_write_gives_the_bytes_and_hash_of_a_buffered_one(run_and_outside, size):
+    run, _ = run_and_outside
+    data, pieces = _pieces(size, size)
+    entries = [safe_files.write_atomic(run, f"{kind}.bin", lambda f: [f.write(p) for p in pieces], durable=True,
+                                       direct=kind == "direct") for kind in ("direct", "buffered")]
+    assert (run / "direct.bin").read_bytes() == (run / "buffered.bin").read_bytes() == data
+    assert entries[0] == entries[1] == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": size}
+    assert temporary_files(run) == []
+
+
+def test_a_file_of_several_chunks_goes_past_the_page_cache_a_small_one_does_not(run_and_outside):
+    run, _ = run_and_outside
+    refused = _direct_io_refused(run)
+    if refused:
+        pytest.skip(refused)
+    data, pieces = _pieces(2 * CHUNK + 5, 1)
+    fd = os.open(run / "big", os.O_WRONLY | os.O_CREAT)
+    with safe_files._DirectFile(fd) as handle:
+        for piece in pieces:
+            handle.write(piece)
+        assert handle.direct is True and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT
+        handle.flush()  # the tail, unaligned, without O_DIRECT
+        assert not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT
+    assert (run / "big").read_bytes() == data
+    fd = os.open(run / "small", os.O_WRONLY | os.O_CREAT)
+    with safe_files._DirectFile(fd) as handle:
+        handle.write(b"x" * (CHUNK - 1))
+        handle.flush()
+        assert handle.direct is None and not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT
+    assert (run / "small").read_bytes() == b"x" * (CHUNK - 1)
+
+
+def test_a_file_system_refusing_direct_io_at_the_switch_or_at_a_write_still_gets_the_bytes(run_and_outside,
+                                                                                           monkeypatch):
+    run, _ = run_and_outside
+    data, pieces = _pieces(3 * CHUNK + 17, 2)
+    # Refused when the flag is set (FUSE, older tmpfs): the file goes through the page cache.
+    with monkeypatch.context() as patch:
+        patch.setattr(safe_files, "_set_flag", lambda fd, flag, on: not on and flag == os.O_DIRECT)
+        entry = safe_files.write_atomic(run, "refused.bin", lambda f: [f.write(p) for p in pieces], direct=True)
+    assert (run / "refused.bin").read_bytes() == data and entry["sha256"] == hashlib.sha256(data).hexdigest()
+    # Accepted by the switch, refused by the second write (EINVAL): the rest goes through the page cache.
+    real_write, calls = os.write, []
+
+    def write(fd, buffer):
+        calls.append(fcntl.fcntl(fd, fcntl.F_GETFL) & getattr(os, "O_DIRECT", 0))
+        if len(calls) == 2 and calls[-1]:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_write(fd, buffer)
+    with monkeypatch.context() as patch:
+        patch.setattr(safe_files.os, "write", write)
+        entry = safe_files.write_atomic(run, "einval.bin", lambda f: [f.write(p) for p in pieces], direct=True)
+    assert (run / "einval.bin").read_bytes() == data and entry["bytes"] == len(data)
+    assert temporary_files(run) == []
 
 
 def test_a_link_at_the_target_name_is_replaced_never_written_through(run_and_outside):
@@ -180,6 +262,23 @@ def test_a_full_disk_under_torch_save_is_a_storage_error_not_torchs_runtime_erro
                                     lambda f: torch.save({"w": torch.zeros(100000)}, f), durable=True)
         assert full.value.errno == errno.ENOSPC and full.value.path.name == "rank_1.pt"
         assert temporary_files(small) == []
+
+
+def test_a_full_disk_under_a_direct_write_is_a_storage_error_with_no_partial_file(tmp_path):
+    with tmpfs(tmp_path / "small", 3 * CHUNK // 1024) as small:
+        refused = _direct_io_refused(small)
+        if refused:
+            pytest.skip(refused)
+        data, pieces = _pieces(5 * CHUNK, 3)
+        with pytest.raises(StorageError) as full:
+            safe_files.write_atomic(small, "checkpoints/round_1/rank_1.pt", lambda f: [f.write(p) for p in pieces],
+                                    durable=True, direct=True)
+        assert full.value.errno == errno.ENOSPC and full.value.path.name == "rank_1.pt"
+        assert temporary_files(small) == []
+        # The space is free again: a part that fits is written whole.
+        safe_files.write_atomic(small, "checkpoints/round_1/rank_1.pt", lambda f: f.write(data[:CHUNK + 9]),
+                                direct=True)
+        assert (small / "checkpoints" / "round_1" / "rank_1.pt").read_bytes() == data[:CHUNK + 9]
 
 
 _LOG_UNTIL_FULL = """

@@ -83,7 +83,8 @@ def state_json(data: dict) -> bytes:
 def write_rank_state(output_dir: Path, round_idx: int, rank: int, tensors: dict, data) -> FileEntries:
     """Saves one rank's state for the cut after round_idx rounds (data: the JSON state, or its
     bytes from state_json); returns its files' entries. Each file is hashed while torch.save
-    streams into it and renamed into place; then one pass syncs both files and the round
+    streams into it (past the page cache when it is big: safe_files' direct) and renamed into
+    place; then one pass syncs both files and the round
     directory, and only then are the entries returned: a part the manifest names is on disk (a
     crash before the pass leaves a round without its manifest, which is no checkpoint). A round
     directory that is a link raises safe_files.UnsafePathError, a full disk StorageError."""
@@ -91,7 +92,8 @@ def write_rank_state(output_dir: Path, round_idx: int, rank: int, tensors: dict,
     pt_name, json_name = rank_file_names(rank)
     json_bytes = data if isinstance(data, bytes) else state_json(data)
     entries = {pt_name: safe_files.write_atomic(output_dir, _in_round(round_idx, pt_name),
-                                                lambda handle: torch_files.save(tensors, handle, crc32=False)),
+                                                lambda handle: torch_files.save(tensors, handle, crc32=False),
+                                                direct=True),
                json_name: safe_files.write_atomic(output_dir, _in_round(round_idx, json_name), json_bytes)}
     _sync_part(output_dir, round_idx, [pt_name, json_name])
     return entries
