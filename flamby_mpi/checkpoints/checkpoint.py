@@ -7,9 +7,9 @@ Layout, in `<output_dir>/checkpoints/round_<r>/` (r: training rounds complete):
 - `rank_<k>.json`: rank k's other state (counters, random-number states, history) as JSON;
 - `manifest.json`: written by rank 0 last, once every rank has confirmed its files (their
   sha256 travels in the round's replies): a round directory without it is not a checkpoint.
-Every file is written by flamby_mpi.storage.safe_files.write_atomic: a fresh temporary name, renamed
-into place, and synced (a rank's files and their directory in one pass, before the rank confirms
-them), so a kill or a full disk during a write leaves the previous checkpoint as it was (and no
+Every file is written by flamby_mpi.storage.safe_files (write_atomic, or Directory for a rank's two
+files): a fresh temporary name, synced, renamed into place, then the directory synced once, before
+the rank confirms them, so a kill or a full disk during a write leaves the previous checkpoint as it was (and no
 partial file). A rank stages its part and writes it while the next round trains (staging.py).
 Directories are entered and pruned without following links. Each rank prunes its own files.
 
@@ -24,8 +24,8 @@ reads the manifests (the resume negotiation is in flamby_mpi/checkpoints/resume.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
 import re
 import warnings
 from pathlib import Path
@@ -80,43 +80,34 @@ def state_json(data: dict) -> bytes:
     return json.dumps(data, sort_keys=True).encode()
 
 
-def write_rank_state(output_dir: Path, round_idx: int, rank: int, tensors: dict, data) -> FileEntries:
+def write_rank_state(output_dir: Path, round_idx: int, rank: int, tensors: dict, data,
+                     tensor_bytes: int = 0) -> FileEntries:
     """Saves one rank's state for the cut after round_idx rounds (data: the JSON state, or its
-    bytes from state_json); returns its files' entries. Each file is hashed while torch.save
-    streams into it (past the page cache when it is big: safe_files' direct) and renamed into
-    place; then one pass syncs both files and the round
-    directory, and only then are the entries returned: a part the manifest names is on disk (a
-    crash before the pass leaves a round without its manifest, which is no checkpoint). A round
-    directory that is a link raises safe_files.UnsafePathError, a full disk StorageError."""
+    bytes from state_json; tensor_bytes: what the tensors' storages hold, when known); returns its
+    files' entries. Each file is hashed as it is written, synced and renamed into place, then the
+    round directory is synced once; only then are the entries returned: a part the manifest names
+    is on disk (a crash before leaves a round without its manifest, which is no checkpoint).
+    Tensors of several MiB are streamed by torch.save into the file, past the page cache
+    (safe_files' direct), never held twice in memory; smaller ones are serialised first and
+    written at once (the same bytes, without some 70 small writes through the hash). A round
+    directory that is a link raises safe_files.UnsafePathError, a full disk StorageError (the
+    file's sync included: delayed allocation may find the disk full only then)."""
 
     pt_name, json_name = rank_file_names(rank)
     json_bytes = data if isinstance(data, bytes) else state_json(data)
-    entries = {pt_name: safe_files.write_atomic(output_dir, _in_round(round_idx, pt_name),
-                                                lambda handle: torch_files.save(tensors, handle, crc32=False),
-                                                direct=True),
-               json_name: safe_files.write_atomic(output_dir, _in_round(round_idx, json_name), json_bytes)}
-    _sync_part(output_dir, round_idx, [pt_name, json_name])
+    if tensor_bytes >= safe_files.DIRECT_MIN_BYTES:
+        def pt_content(handle):
+            torch_files.save(tensors, handle, crc32=False)
+    else:
+        buffer = io.BytesIO()
+        torch_files.save(tensors, buffer, crc32=False)
+        pt_content = buffer.getbuffer()
+    with safe_files.Directory(output_dir, f"checkpoints/round_{round_idx}", create=True) as directory:
+        entries = {pt_name: directory.write_atomic(pt_name, pt_content, durable=True,
+                                                   direct=tensor_bytes >= safe_files.DIRECT_MIN_BYTES),
+                   json_name: directory.write_atomic(json_name, json_bytes, durable=True)}
+        directory.sync()
     return entries
-
-
-def _sync_part(output_dir: Path, round_idx: int, names: List[str]):
-    """fsync of files just renamed into round_idx's directory (reopened by name, never through a
-    link), then of the directory itself, once."""
-    for name in names:
-        with safe_files.open_regular(_in_round(round_idx, name), 1 << 62, root=output_dir) as handle:
-            try:
-                os.fsync(handle.fileno())
-            except OSError as exc:  # delayed allocation may find the disk full only now
-                if safe_files.is_storage_error(exc):
-                    raise safe_files.StorageError(round_dir(output_dir, round_idx) / name, exc) from None
-                raise
-    fd = safe_files.open_dir(output_dir, f"checkpoints/round_{round_idx}")
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems refuse a directory's fsync; the files themselves are synced
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_manifest(output_dir: Path, round_idx: int, run_id: str, version: str, config: dict,

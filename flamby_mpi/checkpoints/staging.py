@@ -100,6 +100,8 @@ def _copied(tree, storages: dict, spare: list):
         return [_copied(value, storages, spare) for value in tree]
     if isinstance(tree, tuple):
         return tuple(_copied(value, storages, spare) for value in tree)
+    if tree is None or isinstance(tree, (bool, int, float, str, bytes)):  # immutable: shared, not copied
+        return tree
     return copy.deepcopy(tree)
 
 
@@ -213,7 +215,7 @@ class CutWriter:
         tick = time.perf_counter()
         try:
             files = checkpoint.write_rank_state(self.output_dir, staged.round_idx, staged.rank, staged.tensors,
-                                                staged.json_bytes)
+                                                staged.json_bytes, staged.nbytes)
         finally:
             staged.tensors = None  # its storages stay, for the next cut to copy into (CutWriter.spare)
         write_s = time.perf_counter() - tick
@@ -280,7 +282,7 @@ class PartSaver:
                 "round instead of while the next one trains", self.rank, nbytes / MB, self.limit // MB)
         if synchronous or nbytes > self.limit:
             tick = time.perf_counter()
-            files = checkpoint.write_rank_state(self.output_dir, round_idx, self.rank, tensors, data)
+            files = checkpoint.write_rank_state(self.output_dir, round_idx, self.rank, tensors, data, nbytes)
             seconds = time.perf_counter() - tick
             self._done.append({"round": round_idx, "files": files, "write_s": seconds, "wait_s": 0.0,
                                "critical_s": seconds, "staged_bytes": 0})

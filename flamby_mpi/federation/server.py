@@ -72,6 +72,7 @@ class ServerRun:
         self._manifests = staging.BackgroundJob("checkpoint-manifests")
         self._manifests_in_flight: List[int] = []
         self._manifest_wait_s = 0.0  # waited for a manifest job: counted in the next cut's cost
+        self._config_record: Optional[dict] = None  # the manifests' config, made at the first one
         # Cuts past keep_checkpoints whose files go: deleted by the manifest thread with its next job
         # (unlinks cost about 0.5 ms a file on ext4, and every rank waits for this one's message).
         self._cuts_to_remove: List[int] = []
@@ -245,7 +246,9 @@ class ServerRun:
             self.checkpoint_seconds.append(own + max(float(p["critical_s"]) for r, p in parts.items() if r != 0))
             self.checkpoint_waits.append(max(float(p.get("wait_s", 0.0)) for p in parts.values()))
         manifests = [(cut, {rank: part["files"] for rank, part in parts.items()}) for cut, parts in ready.items()]
-        config = self.plan.config_record()
+        if self._config_record is None:  # the run's config does not change: made once, not per cut
+            self._config_record = self.plan.config_record()
+        config = self._config_record
         if in_background:
             self._manifests_in_flight = list(ready)
             removals, self._cuts_to_remove = self._cuts_to_remove, []

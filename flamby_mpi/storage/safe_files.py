@@ -95,37 +95,47 @@ def _parent(parts: List[str]) -> Optional[PurePosixPath]:
 def open_dir(root: Union[str, Path], relative: Union[str, Path, None] = None, create: bool = False,
              mode: int = 0o777) -> int:
     """A descriptor of root/relative, each component below root entered without following a link
-    (made first when create). The caller closes it. Raises UnsafePathError, FileNotFoundError,
-    or StorageError when a directory cannot be made."""
-    root = Path(os.path.expanduser(str(root)))
+    (made first when create and missing). The caller closes it. Raises UnsafePathError,
+    FileNotFoundError, or StorageError when a directory cannot be made. Every directory is opened
+    first and made only when missing: a checkpoint part opens several per cut, mostly existing."""
+    root_text = os.path.expanduser(str(root))
     try:
-        if create:
-            root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            fd = os.open(root_text, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            if not create:
+                raise
+            Path(root_text).mkdir(parents=True, exist_ok=True)
+            fd = os.open(root_text, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
     except NotADirectoryError:
-        raise UnsafePathError(root, "is not a directory") from None
+        raise UnsafePathError(Path(root_text), "is not a directory") from None
     except OSError as exc:
         if is_storage_error(exc):
-            raise StorageError(root, exc, "making the directory") from None
+            raise StorageError(Path(root_text), exc, "making the directory") from None
         raise
-    done = root
+    parts = _parts(relative) if relative is not None else []
     try:
-        for part in _parts(relative) if relative is not None else []:
-            done = done / part
-            if create:
-                try:
-                    os.mkdir(part, mode, dir_fd=fd)
-                except FileExistsError:
-                    pass
-                except OSError as exc:
-                    if is_storage_error(exc):
-                        raise StorageError(done, exc, "making the directory") from None
-                    raise
+        for i, part in enumerate(parts):
             try:
-                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                try:
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    try:
+                        os.mkdir(part, mode, dir_fd=fd)
+                    except FileExistsError:  # made meanwhile (another thread, another rank)
+                        pass
+                    except OSError as exc:
+                        if is_storage_error(exc):
+                            raise StorageError(Path(root_text).joinpath(*parts[:i + 1]), exc,
+                                               "making the directory") from None
+                        raise
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
             except (NotADirectoryError, OSError) as exc:
                 if isinstance(exc, NotADirectoryError) or exc.errno == errno.ELOOP:
-                    raise UnsafePathError(done, "is a link or not a directory") from None
+                    raise UnsafePathError(Path(root_text).joinpath(*parts[:i + 1]),
+                                          "is a link or not a directory") from None
                 raise
             os.close(fd)
             fd = child
@@ -165,6 +175,9 @@ class _HashingFile:
 
 _DIRECT_ALIGN = 4096  # O_DIRECT's alignment of memory, offset and length: the largest logical block in use
 _DIRECT_CHUNK = 4 << 20  # what one O_DIRECT write takes; a file smaller than this is written as before
+# From what size a caller asks for direct: below it, the page cache costs little and _DirectFile's
+# Python-level writes (torch.save makes about 70 for a small part) would cost more.
+DIRECT_MIN_BYTES = _DIRECT_CHUNK
 _bounce = threading.local()  # each writing thread's aligned buffer, made once (fresh pages cost, reused ones not)
 
 
@@ -269,43 +282,80 @@ def write_atomic(root: Union[str, Path], relative: Union[str, Path], data: Union
                  durable: bool = False, mode: int = 0o644, direct: bool = False) -> Dict[str, object]:
     """Writes root/relative whole (data, or writer(file) for streamed content) through a fresh
     temporary file and a rename; a reader, a kill or a full disk never leaves half of it under
-    its name. direct: past the page cache where possible (_DirectFile). Returns {"sha256",
-    "bytes"} of what was written."""
+    its name. durable: the file is synced before the rename, its directory after it. direct: past
+    the page cache where possible (_DirectFile). Returns {"sha256", "bytes"} of what was written."""
     parts = _parts(relative)
-    dir_fd = open_dir(root, _parent(parts), create=True)
-    target = Path(os.path.expanduser(str(root))).joinpath(*parts)
-    tmp, hashing = None, None
-    try:
-        tmp, fd = _new_temporary(dir_fd, parts[-1], mode)
-        with (_DirectFile(fd) if direct and hasattr(os, "O_DIRECT") else os.fdopen(fd, "wb")) as handle:
-            hashing = _HashingFile(handle)
-            if callable(data):
-                data(hashing)
-            else:
-                hashing.write(data)
-            hashing.flush()
-            if durable:
-                os.fsync(handle.fileno())
-        os.replace(tmp, parts[-1], src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        tmp = None
-        if durable:  # the rename itself survives a crash of the host only once the directory is synced
-            try:
-                os.fsync(dir_fd)
-            except OSError:
-                pass
-        return {"sha256": hashing.digest.hexdigest(), "bytes": hashing.size}
-    except Exception as exc:  # re-raised: a writer may have wrapped the file's own OSError
-        seen = hashing.error if hashing is not None and hashing.error is not None else exc
-        if is_storage_error(seen):
-            raise StorageError(target, seen) from None
-        raise
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp, dir_fd=dir_fd)
-            except OSError:
-                pass
-        os.close(dir_fd)
+    with Directory(root, _parent(parts), create=True) as directory:
+        entry = directory.write_atomic(parts[-1], data, durable=durable, mode=mode, direct=direct)
+        if durable:  # the rename survives a crash of the host once the directory is synced
+            directory.sync()
+        return entry
+
+
+class Directory:
+    """root/relative entered once (as open_dir does: no link followed below root) for several
+    files written there and one sync: a checkpoint part's two files and their round directory
+    open the directory once instead of once per file and once more for the sync."""
+
+    def __init__(self, root: Union[str, Path], relative: Union[str, Path, None] = None, create: bool = False):
+        self.fd = open_dir(root, relative, create=create)
+        self.root, self.relative = root, relative
+
+    def path(self, name: str) -> Path:
+        """The file's path as a message shows it."""
+        base = Path(os.path.expanduser(str(self.root)))
+        return base.joinpath(*_parts(self.relative), name) if self.relative is not None else base / name
+
+    def write_atomic(self, name: str, data: Union[bytes, Writer], durable: bool = False, mode: int = 0o644,
+                     direct: bool = False) -> Dict[str, object]:
+        """write_atomic of one file of this directory; durable syncs the file (not the directory:
+        sync() once after the last file)."""
+        if "/" in name or name in ("", ".", ".."):
+            raise ValueError(f"not a file name: {name!r}")
+        tmp, hashing = None, None
+        try:
+            tmp, fd = _new_temporary(self.fd, name, mode)
+            with (_DirectFile(fd) if direct and hasattr(os, "O_DIRECT") else os.fdopen(fd, "wb")) as handle:
+                hashing = _HashingFile(handle)
+                if callable(data):
+                    data(hashing)
+                else:
+                    hashing.write(data)
+                hashing.flush()
+                if durable:  # before the rename: a crash never leaves the name on an unwritten file
+                    os.fsync(handle.fileno())
+            os.replace(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+            tmp = None
+            return {"sha256": hashing.digest.hexdigest(), "bytes": hashing.size}
+        except Exception as exc:  # re-raised: a writer may have wrapped the file's own OSError
+            seen = hashing.error if hashing is not None and hashing.error is not None else exc
+            if is_storage_error(seen):
+                raise StorageError(self.path(name), seen) from None
+            raise
+        finally:
+            if tmp is not None:
+                try:
+                    os.unlink(tmp, dir_fd=self.fd)
+                except OSError:
+                    pass
+
+    def sync(self):
+        """fsync of the directory: the renames done in it survive a crash of the host."""
+        try:
+            os.fsync(self.fd)
+        except OSError:  # some file systems refuse a directory's fsync; the files themselves are synced
+            pass
+
+    def close(self):
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
 
 
 def open_append(root: Union[str, Path], relative: Union[str, Path], mode: int = 0o644) -> BinaryIO:
