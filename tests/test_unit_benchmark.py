@@ -348,6 +348,15 @@ def test_both_runs_get_the_same_settings_and_a_reduced_batch_is_said():
     assert all(run.reduced for run in per_dataset.DATASETS.values() if run.standin and not run.needs_gpu)
 
 
+def test_dataset_updates_change_every_stand_in_run_and_say_so_but_never_heart():
+    kits = per_dataset.with_updates(per_dataset.DATASETS["fed_kits19"], 20)
+    assert kits.num_updates == 20 and "train_args.num_updates=20" in per_dataset.run_arguments(kits)
+    assert kits.reduced.endswith("--dataset-updates 20: 20 local updates per round instead of 1")
+    heart = per_dataset.DATASETS["fed_heart_disease"]
+    assert per_dataset.with_updates(heart, 20) is heart
+    assert per_dataset.with_updates(per_dataset.DATASETS["fed_ixi"], None) is per_dataset.DATASETS["fed_ixi"]
+
+
 def test_metrics_agreement_says_equal_or_by_how_much_they_differ():
     same = {"client_test_0": 0.5, "client_test_1": 0.25, "average": 0.375}
     assert per_dataset.metrics_agreement(dict(same), same) == "the same per-centre metrics"
@@ -386,20 +395,22 @@ def test_main_passes_the_datasets_and_threads_on_and_prints_the_per_dataset_tabl
     seen = []
 
     def datasets(bench):
-        seen.append((bench.datasets, bench.rank_threads))
+        seen.append((bench.datasets, bench.rank_threads, bench.dataset_updates))
         return _dataset_section_rows()
 
     monkeypatch.setattr(benchmark, "SECTIONS", {"datasets": datasets})
     assert benchmark.main(["--out", str(tmp_path / "out"), "--sections", "datasets", "--datasets", "ixi,lidc",
                            "--rank-threads", "auto,2", "--markdown"]) == 0
-    assert seen == [(["fed_ixi", "fed_lidc_idri"], [None, 2])]
+    assert benchmark.main(["--out", str(tmp_path / "out2"), "--sections", "datasets", "--datasets", "kits19",
+                           "--dataset-updates", "20"]) == 0
+    assert seen == [(["fed_ixi", "fed_lidc_idri"], [None, 2], None), (["fed_kits19"], [None], 20)]
     printed = capsys.readouterr().out
     assert "**Per dataset" in printed
     assert "| fed_lidc_idri | - | - |" in printed and "needs a GPU" in printed
 
 
 def test_the_command_line_refuses_an_unknown_dataset_or_thread_count(capsys):
-    for argv in (["--datasets", "ixi,mnist"], ["--rank-threads", "auto,0"]):
+    for argv in (["--datasets", "ixi,mnist"], ["--rank-threads", "auto,0"], ["--dataset-updates", "0"]):
         with pytest.raises(SystemExit) as exit_:
             benchmark.main(["--sections", "datasets", *argv])
         assert exit_.value.code == 2

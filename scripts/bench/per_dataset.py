@@ -22,7 +22,7 @@ import csv
 import io
 import json
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence
 
 SECTION = "datasets"
@@ -61,6 +61,15 @@ DATASETS: Dict[str, DatasetRun] = {r.name: r for r in (
                share_target=0.05),
 )}
 LIGHT = tuple(name for name, run in DATASETS.items() if not run.heavy)
+
+
+def with_updates(run: DatasetRun, updates: Optional[int]) -> DatasetRun:
+    """run with `updates` local updates per round (--dataset-updates), said in its Notes row;
+    heart keeps FLamby's own settings, and None changes nothing."""
+    if updates is None or not run.standin or updates == run.num_updates:
+        return run
+    said = f"--dataset-updates {updates}: {updates} local updates per round instead of {run.num_updates}"
+    return replace(run, num_updates=updates, reduced=f"{run.reduced}; {said}" if run.reduced else said)
 
 
 def dataset_name(text: str) -> str:
