@@ -139,6 +139,25 @@ def test_a_file_system_refusing_direct_io_at_the_switch_or_at_a_write_still_gets
     assert temporary_files(run) == []
 
 
+def test_a_directory_writes_several_files_through_one_descriptor_and_refuses_paths_as_names(run_and_outside):
+    run, outside = run_and_outside
+    with safe_files.Directory(run, "checkpoints/round_1", create=True) as directory:
+        first = directory.write_atomic("rank_1.pt", b"tensors", durable=True)
+        second = directory.write_atomic("rank_1.json", lambda f: f.write(b"{}"), durable=True)
+        directory.sync()
+        for name in ("../escape", "a/b", "..", "", "."):
+            with pytest.raises(ValueError):
+                directory.write_atomic(name, b"x")
+    assert (run / "checkpoints/round_1/rank_1.pt").read_bytes() == b"tensors"
+    assert first == {"sha256": hashlib.sha256(b"tensors").hexdigest(), "bytes": 7}
+    assert second["bytes"] == 2 and temporary_files(run) == [] and not (run / "escape").exists()
+    # A round directory that is a link is refused when it is entered, before anything is written.
+    (run / "checkpoints" / "round_2").symlink_to(outside)
+    with pytest.raises(UnsafePathError, match="round_2 is a link"):
+        safe_files.Directory(run, "checkpoints/round_2", create=True)
+    assert sorted(p.name for p in outside.iterdir()) == ["victim"]
+
+
 def test_a_link_at_the_target_name_is_replaced_never_written_through(run_and_outside):
     run, outside = run_and_outside
     (run / "results.json").symlink_to(outside / "victim")
