@@ -102,9 +102,10 @@ def open_dir(root: Union[str, Path], relative: Union[str, Path, None] = None, cr
     try:
         try:
             fd = os.open(root_text, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             if not create:
                 raise
+            # FileExistsError when a file is there: the callers name it ("is a file").
             Path(root_text).mkdir(parents=True, exist_ok=True)
             fd = os.open(root_text, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
     except NotADirectoryError:
