@@ -69,3 +69,16 @@ def test_a_repeat_that_interrupts_the_first_handler_is_the_same_request(stop_req
     assert len(calls) == 2  # the repeat's handler did run inside the first one's
     assert request.signum == signal.SIGTERM
     assert seen == {"signals": [signal.SIGTERM], "expired": []}
+
+
+def test_uninstall_ends_the_grace_timers_thread():
+    """A thread left at the exit makes fast_exit use os._exit, skipping MPICH's PMI finalize: its
+    process manager then SIGKILLs the ranks still exiting (mpirun returned 9 after a clean stop)."""
+    import threading
+
+    before = set(threading.enumerate())
+    request = StopRequest().install(60.0, lambda signum: None, lambda signum: None)
+    _deliver(signal.SIGINT)
+    assert request.signum == signal.SIGINT and len(set(threading.enumerate()) - before) >= 1  # the timer
+    request.uninstall()
+    assert set(threading.enumerate()) - before == set()

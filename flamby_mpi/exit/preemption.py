@@ -83,9 +83,15 @@ class StopRequest:
         return self
 
     def uninstall(self):
-        """The run is over (finished or stopped): the default handlers and no pending timer."""
+        """The run is over (finished or stopped): the default handlers and no pending timer, its
+        thread ended too. A thread still alive at the exit makes fast_exit end the process with
+        os._exit, which skips MPICH's C exit handlers, PMI's finalize among them; MPICH's process
+        manager then takes the rank for one that died and SIGKILLs every rank still exiting (a
+        stopped job's mpirun returned 9 instead of 130, about one run in twenty)."""
         if self._timer is not None:
             self._timer.cancel()
+            if self._timer is not threading.current_thread():
+                self._timer.join()  # cancelled: it ends at once
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous = {}
