@@ -95,7 +95,8 @@ def write_rank_state(output_dir: Path, round_idx: int, rank: int, tensors: dict,
 
     pt_name, json_name = rank_file_names(rank)
     json_bytes = data if isinstance(data, bytes) else state_json(data)
-    if tensor_bytes >= safe_files.DIRECT_MIN_BYTES:
+    big = tensor_bytes >= safe_files.DIRECT_MIN_BYTES
+    if big:
         def pt_content(handle):
             torch_files.save(tensors, handle, crc32=False)
     else:
@@ -103,8 +104,7 @@ def write_rank_state(output_dir: Path, round_idx: int, rank: int, tensors: dict,
         torch_files.save(tensors, buffer, crc32=False)
         pt_content = buffer.getbuffer()
     with safe_files.Directory(output_dir, f"checkpoints/round_{round_idx}", create=True) as directory:
-        entries = {pt_name: directory.write_atomic(pt_name, pt_content, durable=True,
-                                                   direct=tensor_bytes >= safe_files.DIRECT_MIN_BYTES),
+        entries = {pt_name: directory.write_atomic(pt_name, pt_content, durable=True, direct=big),
                    json_name: directory.write_atomic(json_name, json_bytes, durable=True)}
         directory.sync()
     return entries

@@ -41,7 +41,11 @@ def _c_exit(code: int) -> None:
     """The C library's exit(): what ends a process after the interpreter's teardown, so the C-level
     exit handlers of the libraries loaded (MPI's among them) and the C streams' flush still run,
     as at a normal exit. os._exit only if it cannot be reached, or if another thread still runs
-    (C++ static destructors must not pull state from under it)."""
+    (C++ static destructors must not pull state from under it). That fallback costs an MPI rank
+    dearly: MPICH sends PMI's finalize from a C exit handler, and without it its process manager
+    takes the rank for one that died and SIGKILLs the ranks still exiting (mpirun then returns 9).
+    So every thread a rank starts ends before the rank exits (the checkpoint writers close with the
+    exchanges, the stop request joins its grace timer)."""
     import threading
 
     if threading.active_count() == 1:

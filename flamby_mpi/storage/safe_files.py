@@ -46,7 +46,8 @@ STORAGE_ERRNOS = {
 # sysexits' EX_IOERR: a job script can tell a full disk (free space, then --resume) from a config mistake (2).
 EXIT_STORAGE = 74
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+_ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)  # the root may be a link: the user's choice
+_DIR_FLAGS = _ROOT_FLAGS | os.O_NOFOLLOW
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
@@ -101,13 +102,13 @@ def open_dir(root: Union[str, Path], relative: Union[str, Path, None] = None, cr
     root_text = os.path.expanduser(str(root))
     try:
         try:
-            fd = os.open(root_text, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+            fd = os.open(root_text, _ROOT_FLAGS)
         except (FileNotFoundError, NotADirectoryError):
             if not create:
                 raise
             # FileExistsError when a file is there: the callers name it ("is a file").
             Path(root_text).mkdir(parents=True, exist_ok=True)
-            fd = os.open(root_text, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+            fd = os.open(root_text, _ROOT_FLAGS)
     except NotADirectoryError:
         raise UnsafePathError(Path(root_text), "is not a directory") from None
     except OSError as exc:
@@ -311,7 +312,7 @@ class Directory:
                      direct: bool = False) -> Dict[str, object]:
         """write_atomic of one file of this directory; durable syncs the file (not the directory:
         sync() once after the last file)."""
-        if "/" in name or name in ("", ".", ".."):
+        if _parts(name) != [name]:  # _parts raises ValueError for "", ".", ".." itself
             raise ValueError(f"not a file name: {name!r}")
         tmp, hashing = None, None
         try:
