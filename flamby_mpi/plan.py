@@ -39,6 +39,7 @@ from .exit.errors import ConfigError, plain, shown
 from .registry import (
     HYPERPARAMETER_USERS,
     STRATEGY_HYPERPARAMETERS,
+    canonical_flamby_name,
     centre_problems,
     client_count_problems,
     is_synthetic,
@@ -450,6 +451,11 @@ def make_plan(config: RunConfig, run_id: Optional[str] = None, quiet: bool = Fal
               resume: bool = False, overwrite: bool = False) -> RunPlan:
     """The plan of this config; run_id (from --run_id) wins over common_args.run_id."""
     seed = config.common_args.random_seed
+    if not is_synthetic(config.data_args.dataset) and canonical_flamby_name(config.data_args.dataset) is None:
+        # A dataset module of the user's may build on the meta device: torch's meta kernels are there for it.
+        from .runtime import torch_without_meta_kernels
+
+        torch_without_meta_kernels.load()
     dataset = resolve_dataset(config.data_args, seed)
     train = config.train_args
     problems: List[str] = []

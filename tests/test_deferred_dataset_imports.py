@@ -3,7 +3,10 @@ BY_DATASET) leaves out what FLamby's own import loads and a run never uses (all 
 transforms, torchvision, matplotlib, pydicom; albumentations' domain adaptation with qudida and
 sklearn.decomposition, every scikit-learn metric but one, scipy.stats), and builds the same bits:
 every centre's train and test sets item by item, the seeded Baseline and its
-output, the loss, the metric, and the global random generators after all of it.
+output, the loss, the metric, one training step's weights, and the global random generators after
+all of it. The rank's side also runs, as a rank does, without torch's Python meta kernels
+(flamby_mpi/runtime/torch_without_meta_kernels.py), which FLamby's plain import runs; Fed-Heart-
+Disease, on its real files, is compared the same way for that alone.
 
 Each side runs in a fresh Python process on stand-in data (scripts/standin_data.py): "plain"
 imports FLamby's module as FLamby's own benchmark does, "deferred" as a rank does.
@@ -20,15 +23,23 @@ import pytest
 
 from support.isic_flamby import flamby_with_small_split
 from support.mpi import REPO
+from support.paths import SHARED_DATA
 from support.standin_runs import write_standin
 
 pytest.importorskip("flamby", reason="FLamby is not installed")
 
 DIGEST = textwrap.dedent("""
     import hashlib, importlib, json, random, sys
+    name, data_path, how = sys.argv[1:4]
+    if how != "plain":  # as a rank's entry point does, before anything imports torch
+        from flamby_mpi.runtime import torch_without_meta_kernels
+        assert torch_without_meta_kernels.install()
     import numpy as np
     import torch
-    name, data_path, how = sys.argv[1:4]
+    torch.set_num_threads(1)  # a backward pass on 2 threads may sum in either order; a rank on a full host has 1
+    if how != "plain":  # as the driver does: an optimizer step would import torch._dynamo
+        from flamby_mpi.runtime import optim_without_dynamo
+        optim_without_dynamo.install()
     if how == "plain":
         module = importlib.import_module("flamby.datasets." + name)
     else:
@@ -74,8 +85,17 @@ DIGEST = textwrap.dedent("""
     y = first[1].unsqueeze(0)
     add(module.BaselineLoss()(output, y))
     add(float(module.metric(y.numpy(), output.numpy())))
+    model.train()  # one training step: the gradients and the updated weights
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    module.BaselineLoss()(model(x), y).backward()
+    optimizer.step()
+    for key, tensor in model.state_dict().items():
+        digest.update(key.encode()); add(tensor)
     add(random.getstate()); add(np.random.get_state()[1].tobytes()); add(torch.get_rng_state())
-    print(json.dumps({"digest": digest.hexdigest(), "after_import": after_import, "modules": loaded_modules()}))
+    meta_kernels_run = "torch._meta_registrations" in sys.modules and not (
+        how != "plain" and torch_without_meta_kernels.standing_in())
+    print(json.dumps({"digest": digest.hexdigest(), "after_import": after_import, "modules": loaded_modules(),
+                      "meta_kernels_run": meta_kernels_run}))
 """)
 
 
@@ -105,6 +125,9 @@ def _loaded(modules, name):
 def _assert_same_bits_without(name, data_path, env, left_out, still_loaded=()):
     plain, ours = _digests(name, data_path, env)
     assert ours["digest"] == plain["digest"]
+    # A rank trains without torch's Python meta kernels ever running (runtime/torch_without_meta_kernels.py),
+    # to the same bits as FLamby's plain import, which runs them.
+    assert plain["meta_kernels_run"] and not ours["meta_kernels_run"]
     for unused in left_out:
         assert _loaded(plain["after_import"], unused), unused  # what FLamby's own import loads...
         assert not _loaded(ours["modules"], unused), unused  # ...and a run of this dataset never does
@@ -120,7 +143,7 @@ def test_fed_ixi_without_its_unused_imports_builds_the_same_data_and_model(tmp_p
     write_standin("fed_ixi", data)
     _assert_same_bits_without("fed_ixi", data, {}, left_out=(
         "monai.networks.nets", "monai.apps.datasets", "monai.bundle", "torchvision", "torch._dynamo",
-        "matplotlib", "seaborn", "pydicom", "skimage.morphology", "scipy.signal", "onnx"))
+        "matplotlib", "seaborn", "pydicom", "skimage.morphology", "scipy.signal", "onnx", "torch._decomp"))
 
 
 def test_fed_isic2019_without_its_unused_imports_builds_the_same_data_and_model(tmp_path):
@@ -142,6 +165,13 @@ def test_fed_isic2019_without_its_unused_imports_builds_the_same_data_and_model(
         "fed_isic2019", data, env,
         left_out=("qudida", "sklearn.decomposition",
                   "albumentations.augmentations.domain_adaptation", "sklearn.metrics._ranking", "scipy.stats",
-                  "matplotlib"),
+                  "matplotlib", "torch._decomp"),
         # loaded when the sets are built and the metric is computed, no sooner
         still_loaded=("albumentations.core.composition", "sklearn.metrics._classification"))
+
+
+def test_fed_heart_disease_without_torchs_meta_kernels_builds_and_trains_the_same_bits():
+    data = SHARED_DATA / "fed_heart_disease"
+    if not (data / "processed.cleveland.data").exists():
+        pytest.skip(f"FLamby's Fed-Heart-Disease files are not in {data}")
+    _assert_same_bits_without("fed_heart_disease", data, {}, left_out=("torch._decomp", "torch._refs"))

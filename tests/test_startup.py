@@ -12,7 +12,8 @@ import pytest
 from support.mpi import REPO, run_mpi
 from support.mpi import test_env as job_env
 
-FORBIDDEN = ("torchvision", "torch._dynamo", "wandb", "fedml.core.mlops.mlops_device_perfs")
+# torch._decomp: imported by torch._meta_registrations, which a rank runs only when something may use it
+FORBIDDEN = ("torchvision", "torch._dynamo", "torch._decomp", "wandb", "fedml.core.mlops.mlops_device_perfs")
 RANK_KEYS = {"rank", "role", "host", "imports_s", "data_s", "first_message_s", "peak_rss_mb"}
 
 
@@ -73,6 +74,8 @@ def test_fedml_import_path_costs_under_a_second_of_cpu(role, tmp_path):
     # A fresh process, as a rank: torch and mpi4py first (every rank needs them), then FedML.
     found = _python(f"""
         import json, sys, time
+        from flamby_mpi.runtime import torch_without_meta_kernels
+        torch_without_meta_kernels.install()  # as a rank's entry point does
         import torch, mpi4py.MPI
         from flamby_mpi.transport.fedml_bridge import import_fedml
         from flamby_mpi.runtime.startup import loaded_modules
