@@ -12,7 +12,7 @@ def main() -> None:
     from flamby_mpi.exit.fast_exit import exit_now
     from flamby_mpi.runtime import torch_without_meta_kernels
 
-    # Before anything imports torch: its meta kernels run only if something may use them (0.28 s of CPU a rank).
+    # Before anything imports torch: its meta kernels run only if something may use them (0.31 s of CPU a rank).
     torch_without_meta_kernels.install()
     if sys.argv[1:2] == ["check"]:
         from flamby_mpi.check import main as check

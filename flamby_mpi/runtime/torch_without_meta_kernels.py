@@ -3,8 +3,8 @@
 torch's `__init__` ends with `from torch import _meta_registrations`: Python "meta kernels", the
 shape functions that tensors on the meta device (torch.compile, torch.export, fake tensors) use
 for operators that have none in C++. Running it imports torch._decomp, torch._refs and
-torch._prims: about 0.28 s of CPU in every process, a fifth of torch's import. The stand-in keeps
-the one part torch needs elsewhere (torch._prims.rng_prims, for torch.Generator): 0.22 s saved. A rank that trains
+torch._prims: about 0.33 s of CPU in every process, a fifth of torch's import. The stand-in keeps
+the one thing torch needs of it elsewhere (torch.Generator's metaclass): 0.31 s saved. A rank that trains
 FLamby's models in eager mode never calls one: its tensors live on the CPU or a GPU. On a 2-core
 host, the five ranks of a Fed-Heart-Disease job pay it 1.4 s of CPU (docs/performance.md).
 
@@ -77,8 +77,14 @@ class _LoadFirst(importlib.abc.MetaPathFinder):
 
 class _StandInLoader(importlib.abc.Loader):
     """Makes the stand-in where torch's __init__ runs the real module, and does there the one
-    thing of it torch itself relies on outside the meta device: torch._prims.rng_prims, without
-    which torch.Generator() refuses to be made ("opaque metaclass", torch 2.14)."""
+    thing of it torch itself relies on outside the meta device: torch.Generator's metaclass,
+    without which torch.Generator() refuses to be made ("opaque metaclass", torch 2.14).
+
+    torch sets it at the end of torch._prims.rng_prims, which the real module reaches through
+    torch._prims; importing rng_prims alone would run torch._prims' __init__ (126 prims made
+    custom operators: 0.11 s of CPU a rank), so the stand-in makes the one call instead. The real
+    module, when it runs, imports rng_prims, which sets the same metaclass again and registers
+    torch.Generator as an opaque type, a record only torch.compile's tracing reads."""
 
     def create_module(self, spec):
         stand_in = _StandIn(NAME)
@@ -86,7 +92,10 @@ class _StandInLoader(importlib.abc.Loader):
         return stand_in
 
     def exec_module(self, module):
-        importlib.import_module("torch._prims.rng_prims")
+        import torch
+        from torch._custom_class_base import CustomClassBaseMeta
+
+        torch._C._set_generator_metaclass(CustomClassBaseMeta)
 
 
 class _RunFirst(importlib.abc.Loader):
