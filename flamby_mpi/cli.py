@@ -37,6 +37,7 @@ from .launch import (
 )
 from .launch.environment import warn_if_foreign_launcher
 from .launch.separate import join_world, reexec_under_mpiexec, should_reexec
+from .runtime import import_gc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,6 +114,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                  "common_args.output_dir")
         plan = make_plan(config, run_id=args.run_id, quiet=args.quiet, resume=args.resume,
                          overwrite=args.overwrite)
+        import_gc.resume()  # the imports are done; before this rank waits on any other
         transport = _transport(plan, args, argv, announced_rank)
     except UserError as error:
         # Under mpirun every rank finds the same problem: say it once, from rank 0,

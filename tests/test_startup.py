@@ -48,6 +48,10 @@ def test_no_rank_of_a_real_run_imports_what_it_does_not_use(workdir):
         assert not _loaded(modules, other), f"rank {dump['rank']} imported {_loaded(modules, other)}"
         if dump["rank"] > 0:  # the server's telemetry and picture are not a client's business
             assert not _loaded(modules, "tensorboard") and not _loaded(modules, "matplotlib")
+        # The collector made no full pass over the imports' objects, and was back on, with them
+        # frozen, for the rounds (flamby_mpi/runtime/import_gc.py).
+        assert dump["gc"]["full_passes_while_paused"] == 0, dump["gc"]
+        assert dump["gc"]["enabled"] and dump["gc"]["frozen"] > 100_000, dump["gc"]
 
     # results.json: one entry per rank, times from each process's OS start, in order.
     assert [r["rank"] for r in results["ranks"]] == [0, 1, 2]

@@ -7,8 +7,8 @@ mpiexec's spawn and `import torch` are included: that is what a user waits for. 
 gathers every rank's figures to rank 0 for results.json (`ranks`).
 
 `FLAMBY_MPI_DEBUG_MODULES=DIR` makes every rank write `DIR/rank<k>.json` at the end of its run:
-the modules it imported and its private memory (tests check that no rank imports what it does
-not use).
+the modules it imported, its private memory and its garbage collector's state (tests check that
+no rank imports what it does not use).
 """
 from __future__ import annotations
 
@@ -98,7 +98,8 @@ def dump_modules_if_asked(rank: int):
     if not directory:
         return
     from ..storage import safe_files
+    from . import import_gc
 
     record = {"rank": rank, "modules": loaded_modules(), "private_mb": private_mb(),
-              "peak_rss_mb": peak_rss_mb()}
+              "peak_rss_mb": peak_rss_mb(), "gc": import_gc.state()}
     safe_files.write_atomic(directory, f"rank{rank}.json", json.dumps(record).encode())
