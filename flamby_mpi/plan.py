@@ -452,10 +452,12 @@ def make_plan(config: RunConfig, run_id: Optional[str] = None, quiet: bool = Fal
     """The plan of this config; run_id (from --run_id) wins over common_args.run_id."""
     seed = config.common_args.random_seed
     if not is_synthetic(config.data_args.dataset) and canonical_flamby_name(config.data_args.dataset) is None:
-        # A dataset module of the user's may build on the meta device: torch's meta kernels are there for it.
-        from .runtime import torch_without_meta_kernels
+        # A dataset module of the user's may build on the meta device: torch's meta kernels are there
+        # for it. It may also make cyclic garbage as it is imported: the collector is back on first.
+        from .runtime import import_gc, torch_without_meta_kernels
 
         torch_without_meta_kernels.load()
+        import_gc.resume()
     dataset = resolve_dataset(config.data_args, seed)
     train = config.train_args
     problems: List[str] = []

@@ -52,3 +52,20 @@ def test_a_process_that_did_not_pause_it_keeps_its_collector_as_it_was(before):
     """)
     assert found["now"] == found["was"] and found["frozen"] == 0
     assert found["state"]["full_passes_while_paused"] is None
+
+
+def test_a_users_dataset_module_is_imported_with_the_collector_on():
+    # It may make cyclic garbage as it is imported: none of it is frozen. FLamby's and the built-in
+    # dataset leave the collector off until cli.main has the plan.
+    found = _run("""
+        import sys
+        sys.path.insert(0, "tests")
+        from flamby_mpi.config import load_config
+        from flamby_mpi.plan import make_plan
+        import_gc.pause()
+        make_plan(load_config("config/fedml_config.yaml", ["data_args.dataset=synthetic"]))
+        synthetic = import_gc.paused()
+        make_plan(load_config("config/fedml_config.yaml", ["data_args.dataset=support.batchnorm_dataset"]))
+        print(json.dumps({"synthetic": synthetic, "user": import_gc.paused(), "on": gc.isenabled()}))
+    """)
+    assert found == {"synthetic": True, "user": False, "on": True}

@@ -70,12 +70,17 @@ def test_they_run_as_soon_as_something_may_use_them(trigger):
                           "bound": torch._meta_registrations is module,
                           "has_activate": hasattr(module, "activate_meta"),
                           "decomp_loader": type(sys.modules["torch._decomp"].__loader__).__name__,
+                          "decomp_spec_loader": type(sys.modules["torch._decomp"].__spec__.loader).__name__,
+                          "decompositions": len(sys.modules["torch._decomp"].decomposition_table),
                           "generator_opaque": torch._C.Generator in torch._library.opaque_object._OPAQUE_TYPES,
                           "generator": torch.randn(2, generator=torch.Generator().manual_seed(1)).tolist(),
                           "finder_left": any(type(f).__name__ == "_LoadFirst" for f in sys.meta_path)}}))
     """)
     assert not found["standing_in"] and found["histc"] and found["bound"] and found["has_activate"]
-    assert found["decomp_loader"] == "SourceFileLoader" and not found["finder_left"]
+    assert found["decomp_loader"] == found["decomp_spec_loader"] == "SourceFileLoader" and not found["finder_left"]
+    # one torch._decomp, holding what torch's own import registers (imported first, it was once
+    # made twice, the second copy's tables empty)
+    assert found["decompositions"] == _plain_torch("len(torch._decomp.decomposition_table)")
     # what torch._prims.rng_prims does beyond the stand-in's metaclass: torch.compile's record of it
     assert found["generator_opaque"] and found["generator"] == pytest.approx([0.6614, 0.2669], abs=1e-4)
 
@@ -130,3 +135,11 @@ def _run_before_torch(code: str) -> dict:
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _plain_torch(expression: str):
+    """expression's value in a fresh process that imports torch as torch ships it."""
+    done = subprocess.run([sys.executable, "-c", f"import torch, torch._decomp\nprint({expression})"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return int(done.stdout.strip().splitlines()[-1])

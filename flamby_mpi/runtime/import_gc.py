@@ -1,13 +1,14 @@
 """Python's cyclic garbage collector held off while a rank imports its libraries.
 
-A rank's start-up imports torch, its FLamby dataset module (pandas, scikit-learn), mpi4py and
-FedML: about 290,000 objects the collector tracks, next to none of them garbage. While they are
-made, its full passes walk all of them again and again (five passes of 20-120 ms each): 0.32 s
-of the 2.9 s of CPU a Fed-Heart-Disease client spends in its whole run on this machine, paid by
-every rank at once on the same cores (docs/performance.md).
+A rank's start-up imports torch and its FLamby dataset module (pandas, scikit-learn): about 290,000
+objects the collector tracks, next to none of them garbage. While they are made, its full passes
+walk all of them again and again (five passes of 20-120 ms each): 0.32 s of the 2.9 s of CPU a
+Fed-Heart-Disease client spends in its whole run on this machine, paid by every rank at once on
+the same cores (docs/performance.md).
 
 `pause()` (the entry point, before any import) turns the collector off; `resume()` (once the
-rank's plan is made: its imports done, before it first waits on another process) moves every
+rank's plan is made, before it imports mpi4py and FedML and first waits on another process; or
+before a dataset module of the user's is imported, which may make garbage of its own) moves every
 object alive into the permanent generation with `gc.freeze()`, where later passes never walk
 them, and turns the collector back on. Reference counting frees memory all along; only objects
 in reference cycles wait for the collector, and the few of them the imports leave (about 3,500

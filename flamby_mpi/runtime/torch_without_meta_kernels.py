@@ -19,7 +19,7 @@ and the real module runs, registering exactly what it registers at torch's impor
 Without it, a meta-device operator whose kernel is one of these raises torch's own
 NotImplementedError ("attempted to run this operator with Meta tensors"); it never computes a
 different number. Tensors on the CPU or a GPU never dispatch to these kernels, so a run is the same
-bit for bit (tests/test_torch_without_meta_kernels.py trains FLamby's models both ways).
+bit for bit (tests/test_deferred_dataset_imports.py trains FLamby's models both ways).
 
 `install()` acts only on the torch releases that test ran on (`TESTED_TORCH`, as pyproject.toml
 pins) and only before torch is imported; elsewhere it does nothing and torch imports as usual.
@@ -99,18 +99,28 @@ class _StandInLoader(importlib.abc.Loader):
 
 
 class _RunFirst(importlib.abc.Loader):
-    """A module's loader, run after torch._meta_registrations is."""
+    """A module's loader, run after torch._meta_registrations is. That run may import the very
+    module asked for (it imports torch._decomp): the import then hands over that module, made
+    once, instead of making and running a second copy (whose tables would stay empty)."""
 
     def __init__(self, loader):
         self.loader = loader
+        self.made = None  # the module load() made, with its own spec
 
     def create_module(self, spec):
-        spec.loader = self.loader  # from here on the module's spec, and so its __loader__, are its own
         load()
+        made = sys.modules.get(spec.name)
+        if made is not None:  # spec.loader stays this one: exec_module does not run it again
+            self.made = (made, made.__spec__)
+            return made
+        spec.loader = self.loader  # from here on the module's spec, and so its __loader__, are its own
         return self.loader.create_module(spec)
 
-    def exec_module(self, module):  # only reached through a spec kept before create_module
-        load()
+    def exec_module(self, module):
+        if self.made is not None and self.made[0] is module:
+            module.__spec__ = self.made[1]  # the import set its spec to the one it was asked with
+            return
+        load()  # only reached through a spec kept before create_module
         self.loader.exec_module(module)
 
 
