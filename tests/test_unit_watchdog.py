@@ -91,3 +91,12 @@ def test_stop_prevents_expiry():
     assert not rec.fired.is_set()
     dog._thread.join(1.0)
     assert not dog._thread.is_alive()
+
+
+def test_its_thread_has_ended_when_stop_returns():
+    # A thread alive at a rank's exit makes fast_exit skip MPICH's PMI finalize, and mpiexec then
+    # SIGKILLs the other ranks (exit 9 instead of 2 after a refused start, seen in a CI-like run).
+    dog = Watchdog(60, _Recorder(), poll_s=30).start()
+    dog.stop()
+    assert not dog._thread.is_alive()
+    assert "flamby-mpi-watchdog" not in [t.name for t in threading.enumerate()]

@@ -169,8 +169,13 @@ class Liveness:
         return self
 
     def close(self):
-        """Stops beating and removes this rank's file (also from inside on_lost: never joins itself)."""
+        """Stops beating and removes this rank's file; the thread has ended when this returns,
+        unless called from it (on_lost): a thread alive at the exit skips MPICH's PMI finalize
+        (flamby_mpi/exit/fast_exit.py)."""
         self._stop.set()
+        thread = getattr(self, "_thread", None)
+        if thread is not None and thread.is_alive() and threading.current_thread() is not thread:
+            thread.join(timeout=10)  # at most one heartbeat write under way
         self.files.remove(self.path(self.rank))
 
 

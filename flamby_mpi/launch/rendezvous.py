@@ -346,7 +346,11 @@ class Publication:
         return self
 
     def close(self):
+        """Stops refreshing and removes what this server published; the thread has ended when this
+        returns (a thread alive at the exit skips MPICH's PMI finalize: flamby_mpi/exit/fast_exit.py)."""
         self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=10)  # at most one refresh under way
         for path, inode in list(self._owned.items()):
             with contextlib.suppress(OSError):
                 if os.stat(path, follow_symlinks=False).st_ino == inode:

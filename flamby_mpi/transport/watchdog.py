@@ -36,7 +36,13 @@ class Watchdog:
         self.kick()
 
     def stop(self):
+        """No more expiry; the thread has ended when this returns (unless called from it). A thread
+        still alive when the rank exits makes fast_exit end it with os._exit, past MPICH's PMI
+        finalize: mpiexec then SIGKILLs the other ranks and returns 9 (seen after a refused start,
+        every rank exiting 2)."""
         self._stopped.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=10)  # an expiry already under way ends the job meanwhile
 
     def _run(self):
         while not self._stopped.wait(self._poll_s):
