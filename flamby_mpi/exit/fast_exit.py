@@ -45,7 +45,8 @@ def _c_exit(code: int) -> None:
     dearly: MPICH sends PMI's finalize from a C exit handler, and without it its process manager
     takes the rank for one that died and SIGKILLs the ranks still exiting (mpirun then returns 9).
     So every thread a rank starts ends before the rank exits (the checkpoint writers close with the
-    exchanges, the stop request joins its grace timer)."""
+    exchanges; the stop request joins its grace timer; the watchdog, the liveness heartbeat and the
+    rendezvous publication join their threads when stopped)."""
     import threading
 
     if threading.active_count() == 1:
