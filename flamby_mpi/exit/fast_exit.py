@@ -15,6 +15,8 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+import threading
+from typing import Optional
 
 
 def exit_now(code) -> None:
@@ -45,10 +47,8 @@ def _c_exit(code: int) -> None:
     dearly: MPICH sends PMI's finalize from a C exit handler, and without it its process manager
     takes the rank for one that died and SIGKILLs the ranks still exiting (mpirun then returns 9).
     So every thread a rank starts ends before the rank exits (the checkpoint writers close with the
-    exchanges; the stop request joins its grace timer; the watchdog, the liveness heartbeat and the
-    rendezvous publication join their threads when stopped)."""
-    import threading
-
+    exchanges; the stop request's grace timer, the watchdog, the liveness heartbeat and the
+    rendezvous publication are waited for with `end_thread` when stopped)."""
     if threading.active_count() == 1:
         try:
             import ctypes
@@ -57,3 +57,11 @@ def _c_exit(code: int) -> None:
         except (OSError, AttributeError):
             pass
     os._exit(code)
+
+
+def end_thread(thread: Optional[threading.Thread], timeout: Optional[float] = None) -> None:
+    """Waits for a thread already told to stop to end (see _c_exit: none may outlive its rank's
+    exit). Nothing to wait for when it never started or has ended, nor when the caller is that
+    thread itself (a stop from inside it); timeout: at most this long (None: until it ends)."""
+    if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+        thread.join(timeout)

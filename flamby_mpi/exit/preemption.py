@@ -19,6 +19,8 @@ import threading
 import time
 from typing import Callable, Optional
 
+from .fast_exit import end_thread
+
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # The same signal again within this many seconds is the first one delivered twice, not a user
 # who does not want to wait (a person pressing Ctrl-C twice takes longer).
@@ -90,8 +92,7 @@ class StopRequest:
         stopped job's mpirun returned 9 instead of 130, about one run in twenty)."""
         if self._timer is not None:
             self._timer.cancel()
-            if self._timer is not threading.current_thread():
-                self._timer.join()  # cancelled: it ends at once
+            end_thread(self._timer)  # cancelled: it ends at once
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous = {}

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from ..exit.fast_exit import end_thread
 from . import handshake
 from .rendezvous import RendezvousFiles, read_json, write_private
 
@@ -173,9 +174,7 @@ class Liveness:
         unless called from it (on_lost): a thread alive at the exit skips MPICH's PMI finalize
         (flamby_mpi/exit/fast_exit.py)."""
         self._stop.set()
-        thread = getattr(self, "_thread", None)
-        if thread is not None and thread.is_alive() and threading.current_thread() is not thread:
-            thread.join(timeout=10)  # at most one heartbeat write under way
+        end_thread(getattr(self, "_thread", None), timeout=10)  # at most one heartbeat write under way
         self.files.remove(self.path(self.rank))
 
 

@@ -42,6 +42,7 @@ from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from ..config import run_id_problem
 from ..exit.errors import UserError, clip, plain
+from ..exit.fast_exit import end_thread
 from ..storage import safe_files
 from . import handshake, run_secret
 
@@ -349,8 +350,7 @@ class Publication:
         """Stops refreshing and removes what this server published; the thread has ended when this
         returns (a thread alive at the exit skips MPICH's PMI finalize: flamby_mpi/exit/fast_exit.py)."""
         self._stop.set()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout=10)  # at most one refresh under way
+        end_thread(self._thread, timeout=10)  # at most one refresh under way
         for path, inode in list(self._owned.items()):
             with contextlib.suppress(OSError):
                 if os.stat(path, follow_symlinks=False).st_ino == inode:

@@ -12,6 +12,8 @@ import threading
 import time
 from typing import Callable, Optional
 
+from ..exit.fast_exit import end_thread
+
 
 class Watchdog:
     def __init__(self, timeout_s: float, on_expire: Callable[[str], None], poll_s: float = 0.5):
@@ -41,8 +43,7 @@ class Watchdog:
         finalize: mpiexec then SIGKILLs the other ranks and returns 9 (seen after a refused start,
         every rank exiting 2)."""
         self._stopped.set()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout=10)  # an expiry already under way ends the job meanwhile
+        end_thread(self._thread, timeout=10)  # an expiry already under way ends the job meanwhile
 
     def _run(self):
         while not self._stopped.wait(self._poll_s):
