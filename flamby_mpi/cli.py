@@ -24,7 +24,7 @@ from .config import (
     load_config,
     run_id_problem,
 )
-from .exit.errors import RankMismatchError, UserError
+from .exit.errors import PeerRefusalError, RankMismatchError, UserError
 from .exit.failures import fail
 from .launch import (
     CLIENT,
@@ -37,6 +37,7 @@ from .launch import (
 )
 from .launch.environment import warn_if_foreign_launcher
 from .launch.separate import join_world, reexec_under_mpiexec, should_reexec
+from .launch.world import allgather as world_allgather
 from .runtime import import_gc
 
 
@@ -153,13 +154,39 @@ def _transport(plan, args, argv: List[str], announced_rank: Optional[int]):
         reexec_under_mpiexec(argv)
     warn_if_foreign_launcher()  # before MPI_Init, which a foreign launcher breaks
     world = mpi_world()
-    check_world(world, plan.world_size, plan.clients_label, args.rank, args.role)
+    _check_world_together(world, plan, args)
     if world.size == 1 and plan.world_size > 1:  # one process per terminal
         _require_run_id(plan)
         world = join_world(plan, args.rank)
     from .transport.fedml_bridge import FedMLTransport
 
     return FedMLTransport(world)
+
+
+def _check_world_together(world, plan, args):
+    """check_world on every rank, and the ranks agree on it before any goes on: --rank can be
+    wrong on some ranks only (`mpiexec -n 5 ... --rank 1`, or one wrong rank of an MPMD command
+    line), and a rank that went on alone would wait forever in the run's first collective for
+    ranks that are exiting. Each refused rank says why; rank 0 names them; every rank exits with
+    the refusal's code. Only exit codes travel (ints), nothing a peer says is printed."""
+    try:
+        check_world(world, plan.world_size, plan.clients_label, args.rank, args.role)
+        own_code = 0
+    except UserError as error:
+        if world.size == 1:
+            raise
+        own_code, refusal = error.exit_code, error
+    if world.size == 1:
+        return
+    codes = world_allgather(world.comm, int(own_code))  # a small int each: pickled by mpi4py, as form_world's names
+    if own_code:
+        raise refusal
+    refused = [rank for rank, code in enumerate(codes) if code]
+    if refused:
+        raise PeerRefusalError(
+            f"rank{'s' if len(refused) > 1 else ''} {', '.join(map(str, refused))} of this job "
+            "refused to start (each said why above)",
+            hint="under mpirun leave --rank/--role out: each process gets its rank from MPI")
 
 
 def _require_run_id(plan):

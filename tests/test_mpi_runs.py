@@ -141,6 +141,24 @@ def test_wrong_world_size_fails_fast_with_advice(workdir):
     assert job.leftovers == []
 
 
+@pytest.mark.parametrize("rank_args", [["--rank", "1", "--role", "client"], ["--rank", "0", "--role", "server"]])
+def test_a_rank_option_right_on_one_rank_only_ends_every_rank_with_exit_2(workdir, rank_args):
+    """`mpiexec -n 5 ... --rank K`: rank K's check passes, the others' do not. The rank that
+    passed used to go on into the run's first collective and wait there forever."""
+    job, out = _run(workdir, deadline_s=60, extra=rank_args)
+    assert job.returncode == 2, job.stderr[-2000:]
+    assert job.seconds < 30, f"took {job.seconds:.1f} s"
+    assert job.stderr.count("disagrees with the MPI rank") == 4  # each refused rank says its own
+    refused = [r for r in range(5) if r != int(rank_args[1])]
+    if 0 in refused:  # rank 0 says its own refusal
+        assert "--rank 1 disagrees with the MPI rank 0" in job.stderr
+    else:  # rank 0 passed: it names the ranks that refused
+        assert "ranks 1, 2, 3, 4 of this job refused to start" in job.stderr
+    assert "Traceback" not in job.stderr
+    assert not (out / "results.json").exists()
+    assert job.leftovers == []
+
+
 def test_client_failing_in_round_2_ends_the_job_with_its_traceback(workdir):
     cwd, home, marker = workdir
     updates, batch = 10, 16

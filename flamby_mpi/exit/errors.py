@@ -73,3 +73,7 @@ class WorldSizeError(UserError):
 
 class RankMismatchError(UserError):
     """--rank given under mpirun disagrees with this process's MPI rank (only this rank knows)."""
+
+
+class PeerRefusalError(UserError):
+    """Another rank of this job refused to start (it said why); this one ends with it."""
