@@ -45,6 +45,7 @@ from .registry import (
     is_synthetic,
     listed_centres,
 )
+from .storage import run_directory
 
 _OPTIMIZERS = {
     "sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
@@ -310,6 +311,18 @@ def directory_problem(path: Path, key: str) -> Optional[str]:
     return None
 
 
+def inside_a_run_problem(path: Path, key: str) -> Optional[str]:
+    """Why the output directory `path` must not be used: it lies in the logs/, checkpoints/ or
+    tensorboard/ of another run's directory, whose pruning or --overwrite would delete it."""
+    owner = run_directory.owning_run(path)
+    if owner is None:
+        return None
+    run_dir, part = owner
+    return (f"{key}: {plain(path)} is inside the {part}/ of the run in {plain(run_dir)}: the two runs' files "
+            f"would mix, and that run's --overwrite or checkpoint pruning would delete this one's; "
+            f"choose a directory outside {plain(run_dir / part)}")
+
+
 def directory_problems(config: RunConfig, run_id: Optional[str]) -> List[str]:
     """Problems with the run's directories, on every rank before any MPI call: run id
     (run_id_problem, against the limit of the file systems its names go to), and an output
@@ -318,7 +331,7 @@ def directory_problems(config: RunConfig, run_id: Optional[str]) -> List[str]:
     key = "common_args.output_dir" + ("" if config.common_args.output_dir else " (default runs/<run_id>)")
     if run_id is None:
         path = expand_dir(config.common_args.output_dir) if config.common_args.output_dir else Path("runs")
-        problem = directory_problem(path, key)
+        problem = directory_problem(path, key) or inside_a_run_problem(path, key)
         return [problem] if problem else []
     output_dir, rendezvous_dir = run_directories(config, run_id)
     # The run id names the output directory (runs/<run_id>) and files in the rendezvous directory.
@@ -326,7 +339,7 @@ def directory_problems(config: RunConfig, run_id: Optional[str]) -> List[str]:
     problem = run_id_problem(run_id, limit)
     if problem:
         return [problem]
-    problem = directory_problem(output_dir, key)
+    problem = directory_problem(output_dir, key) or inside_a_run_problem(output_dir, key)
     return [problem] if problem else []
 
 

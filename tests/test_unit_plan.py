@@ -368,3 +368,34 @@ def test_a_checkpoint_keeps_recording_the_config_dict_and_resume_reads_it():
     assert plan.configured_output_dir is None
     assert _plan(common_args={"output_dir": "runs/x"}).configured_output_dir == Path("runs/x")
     assert _plan(common_args={"output_dir": "~/x"}).configured_output_dir == Path.home() / "x"  # as output_dir
+
+
+@pytest.mark.parametrize("inside", ["logs", "logs/deeper", "checkpoints/round_3", "tensorboard", "link-to-logs"])
+def test_an_output_dir_inside_another_runs_own_directories_is_refused(inside, tmp_path):
+    """A run made in another run's logs/ (or checkpoints/, tensorboard/) mixed its files with that
+    run's, and that run's --overwrite deleted it whole."""
+    run = tmp_path / "finished"
+    for part in ("logs", "checkpoints/round_3", "tensorboard"):
+        (run / part).mkdir(parents=True)
+    (run / ".flamby-mpi.lock").write_text("")
+    (run / "results.json").write_text("{}")
+    (tmp_path / "link-to-logs").symlink_to(run / "logs")
+    out = tmp_path / inside if inside == "link-to-logs" else run / inside
+    part = "checkpoints" if inside.startswith("checkpoints") else inside.split("/")[0].replace("link-to-", "")
+    before = sorted(tmp_path.rglob("*"))
+    for run_id in ("r1", None):
+        with pytest.raises(ConfigError) as info:
+            make_plan(build_config({"common_args": {"output_dir": str(out)}}), run_id=run_id)
+        (problem,) = info.value.problems
+        assert f"is inside the {part}/ of the run in {run}" in problem, problem
+    assert sorted(tmp_path.rglob("*")) == before  # nothing made
+
+
+def test_a_users_own_logs_directory_is_not_taken_for_a_run(tmp_path):
+    """Only the lock file every run leaves marks a run: a project of the user's with its own
+    logs/ and config.yaml may hold output directories."""
+    project = tmp_path / "project"
+    (project / "logs").mkdir(parents=True)
+    (project / "config.yaml").write_text("common_args: {}\n")
+    out = project / "logs" / "run1"
+    assert make_plan(build_config({"common_args": {"output_dir": str(out)}}), run_id="r1").output_dir == out

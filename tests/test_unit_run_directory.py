@@ -15,6 +15,7 @@ import pytest
 
 from flamby_mpi import cli, driver
 from flamby_mpi.config import run_id_problem
+from flamby_mpi.exit.errors import UserError
 from flamby_mpi.storage import run_directory
 from flamby_mpi.storage.safe_files import UnsafePathError
 from support.mpi import DEFAULT_CONFIG, kill_group
@@ -284,3 +285,12 @@ def test_a_refused_resume_leaves_a_finished_runs_results(tmp_path, monkeypatch, 
     assert "holds a finished run" in capsys.readouterr().err
     assert cli.main(argv + ["--resume", "--set", "train_args.comm_round=3"]) == 0
     assert json.loads((out / "results.json").read_text())["rounds_completed"] == 3
+
+
+def test_an_output_directory_that_cannot_be_made_is_a_user_error_not_a_traceback(tmp_path):
+    """The plan's checks ask access(2), which /proc (for root), an NFS root squash or an ACL can
+    answer wrongly: mkdir's own failure is then said plainly (exit 2, or 74 for a storage errno)."""
+    target = Path("/proc/flamby-mpi-test") if os.geteuid() == 0 else Path("/proc/1/flamby-mpi-test")
+    with pytest.raises(UserError) as info:
+        run_directory.DirectoryLock.take(target)
+    assert str(target) in str(info.value) and info.value.exit_code in (2, 74)

@@ -121,6 +121,12 @@ class DirectoryLock:
         except FileExistsError:  # mkdir(exist_ok=True) over a file
             raise UserError(f"the output directory {plain(output_dir)} is a file",
                             hint="choose another common_args.output_dir (or --run_id)") from None
+        except OSError as exc:  # what the checks before could not see: /proc, an NFS root squash, an ACL
+            if safe_files.is_storage_error(exc):
+                raise StorageError(output_dir, exc, "making") from None
+            raise UserError(f"the output directory {plain(output_dir)} cannot be made or opened "
+                            f"({exc.strerror or type(exc).__name__})",
+                            hint="choose another common_args.output_dir (or --run_id)") from None
         try:
             # Opened, never created anew under a temporary name: the lock lives on this one inode.
             fd = os.open(LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
@@ -214,6 +220,21 @@ def _is_run_entry(name: str, is_dir: bool) -> bool:
         return not is_dir
     match = _TEMPORARY.match(name)
     return bool(match) and match.group("name") in RUN_FILES and not is_dir
+
+
+def owning_run(path: Path) -> Optional[Tuple[Path, str]]:
+    """(the run's directory, the part of it) when path lies inside a directory a run owns
+    (`logs/`, `checkpoints/`, `tensorboard/`) of a directory holding a run, else None. A run
+    made there would mix its files with that run's, its `--overwrite` or pruning would delete
+    them. Looked up along the path as written and along the path with its links resolved."""
+    written = Path(os.path.abspath(os.path.expanduser(str(path))))
+    for chain in (written, Path(os.path.realpath(written))):
+        for part in (chain, *chain.parents):
+            # The lock file marks a run's directory (every run takes it, and it stays): a user's
+            # own `logs/` beside a config.yaml is not a run.
+            if part.name in RUN_DIRS and os.path.isfile(part.parent / LOCK_NAME):
+                return part.parent, part.name
+    return None
 
 
 def _finished_summary(output_dir: Path) -> str:
