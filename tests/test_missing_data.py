@@ -112,3 +112,27 @@ def test_missing_data_under_mpiexec_ends_every_rank_with_one_message(workdir):
     assert f"python download_ct_scans.py -o {missing}" in job.stderr
     assert "Traceback" not in job.output
     assert job.leftovers == []
+
+
+@pytest.mark.parametrize("present", [(), ("processed.cleveland.data",)])
+def test_a_heart_folder_without_its_files_names_them_before_anything_is_written(present, tmp_path, capsys,
+                                                                                  monkeypatch):
+    """FLamby's Fed-Heart-Disease reads whatever *.data its folder holds: an empty or half-filled
+    folder failed on every rank deep in pandas (KeyError) or torch (torch.cat of nothing), exit 1,
+    and left a run directory that the corrected command then refused."""
+    _needs("fed_heart_disease")
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "heart"
+    folder.mkdir()
+    for name in present:
+        (folder / name).write_text("63.0,1.0,1.0,145.0,233.0,1.0,2.0,150.0,0.0,2.3,3.0,0.0,6.0,0\n")
+    code = cli.main(["--cf", str(_config(tmp_path, "fed_heart_disease")), "--set",
+                     f"data_args.data_path={folder}", "--run_id", "r"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    lacking = [f"processed.{c}.data" for c in ("cleveland", "hungarian", "switzerland", "va")
+               if f"processed.{c}.data" not in present]
+    assert f"{folder} (data_args.data_path) lacks {', '.join(lacking)}" in err
+    assert f"python download.py --output-folder {folder}" in err
+    assert not (tmp_path / "runs").exists()

@@ -173,13 +173,29 @@ def download_advice(name: str, data_path: Optional[str] = None) -> str:
             f"every node reads:\n{commands}\n{then}")
 
 
+# Files a dataset's folder must hold, where FLamby's class does not say so itself: Fed-Heart-Disease
+# reads whatever `*.data` it finds there, so a wrong or half-filled folder failed deep in pandas
+# (KeyError) or torch (torch.cat of nothing) on every rank instead of naming the folder.
+REQUIRED_FILES = {
+    "fed_heart_disease": tuple(f"processed.{centre}.data"
+                               for centre in ("cleveland", "hungarian", "switzerland", "va")),
+}
+
+
 def check_data_path(name: str, data_path: Optional[str]):
-    """A data_path that is no directory: said before FLamby's class is built (whose own check comes
-    after building its augmentations, or not at all: Fed-KITS19)."""
-    if data_path is not None and not os.path.isdir(data_path):
+    """A data_path that is no directory, or lacks the files the dataset reads: said before FLamby's
+    class is built (whose own check comes after building its augmentations, or not at all:
+    Fed-KITS19, or fails unclearly: Fed-Heart-Disease)."""
+    if data_path is None:
+        return
+    if not os.path.isdir(data_path):
         what = "is a file, not a folder" if os.path.exists(data_path) else "does not exist"
         raise UserError(f"the data of {name} was not found: {data_path} (data_args.data_path) {what}",
                         hint=download_advice(name, data_path))
+    missing = [f for f in REQUIRED_FILES.get(name, ()) if not os.path.isfile(os.path.join(data_path, f))]
+    if missing:
+        raise UserError(f"the data of {name} was not found: {data_path} (data_args.data_path) lacks "
+                        f"{', '.join(missing)}", hint=download_advice(name, data_path))
 
 
 # What FLamby's dataset classes say when the data (or its preprocessing) is not where they look.
