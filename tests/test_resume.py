@@ -186,7 +186,17 @@ def test_a_missing_rank_file_everywhere_is_refused(finished, capsys):
 
 def test_resume_without_any_checkpoint_or_run_says_so(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert cli.main(_argv("FedAvg", tmp_path / "never", extra=["--resume"])) == 2
+    never = tmp_path / "never"
+    assert cli.main(_argv("FedAvg", never, extra=["--resume"])) == 2
+    assert f"--resume: {never} does not exist: there is no run there to continue" in capsys.readouterr().err
+    assert not never.exists()  # nothing made: the same command without --resume starts afresh
+    never.mkdir()
+    (never / "notes.txt").write_text("the user's own")
+    assert cli.main(_argv("FedAvg", never, extra=["--resume"])) == 2
+    assert "holds no run (no checkpoint, no results.json)" in capsys.readouterr().err
+    assert sorted(p.name for p in never.iterdir()) == [".flamby-mpi.lock", "notes.txt"]
+    (never / "checkpoints").mkdir()  # a run killed before its first complete checkpoint
+    assert cli.main(_argv("FedAvg", never, extra=["--resume"])) == 2
     assert "no checkpoint in" in capsys.readouterr().err
     argv = ["--cf", str(DEFAULT_CONFIG), "--resume", *BASE]
     assert cli.main(argv) == 2

@@ -313,6 +313,10 @@ def _take_and_check(output_dir: Path, holder: Holder, resume: bool, overwrite: b
                     on: str = "") -> Tuple[Optional[DirectoryLock], List[str]]:
     """Takes output_dir's lock for holder's job and checks what is there. Returns (the lock, or None
     when this job already holds it elsewhere: a shared file system; notes). Raises UserError."""
+    # --resume where no run ever was (a mistyped run id): refused before the directory is made,
+    # so that the same command without --resume is not then refused as an interrupted run.
+    if resume and not on and not os.path.lexists(os.path.expanduser(str(output_dir))):
+        raise _nothing_to_resume(output_dir, "does not exist")
     lock = DirectoryLock.take(output_dir)
     if lock is None:
         # Rank 0's token is new: any record will do. Another host's rank waits for its own job's.
@@ -328,6 +332,8 @@ def _take_and_check(output_dir: Path, holder: Holder, resume: bool, overwrite: b
         state = inspect(output_dir)
         if state.kind != "empty" and not (resume or overwrite):
             raise refusal(output_dir, state, on)
+        if state.kind == "empty" and resume and not on:
+            raise _nothing_to_resume(output_dir, "holds no run (no checkpoint, no results.json)")
         lock.record(holder)
         notes = [] if lock.supported else [
             f"{output_dir}: the file system does not support locks (flock), so a second job in this "
@@ -340,6 +346,11 @@ def _take_and_check(output_dir: Path, holder: Holder, resume: bool, overwrite: b
         raise
     _HELD.append(lock)
     return lock, notes
+
+
+def _nothing_to_resume(output_dir: Path, why: str) -> UserError:
+    return UserError(f"--resume: {plain(output_dir)} {why}: there is no run there to continue",
+                     hint="check --run_id / common_args.output_dir, or start without --resume")
 
 
 def claim(plan, transport) -> Claim:
