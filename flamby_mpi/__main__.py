@@ -24,6 +24,10 @@ def main() -> None:
         from flamby_mpi.check import main as check
 
         exit_now(check(sys.argv[2:]))
+    from flamby_mpi.exit import preemption
+
+    # Before torch's import: SIGTERM/SIGINT end a rank that has no cut to save yet with 143/130.
+    preemption.stop_outside_round_loop()
     from flamby_mpi.cli import main as command_line
 
     exit_now(command_line())

@@ -21,6 +21,7 @@ import logging
 import os
 import secrets
 import shlex
+import signal
 import sys
 import time
 import traceback
@@ -63,8 +64,8 @@ def run(plan: RunPlan, transport) -> int:
         if error.exit_code == safe_files.EXIT_STORAGE and completed[0].run_id is not None:
             error.hint = storage_hint(completed[0])
         return failures.fail(str(error), error.exit_code, getattr(error, "at", None) or at, end=transport.abort)
-    except KeyboardInterrupt:
-        return failures.fail("interrupted; ending the whole job", failures.EXIT_INTERRUPTED, at,
+    except KeyboardInterrupt:  # Ctrl-C in a run in process (the entry point ends a rank itself)
+        return failures.fail("interrupted; ending the whole job", exit_code(signal.SIGINT), at,
                              end=transport.abort)
     except BaseException:  # noqa: BLE001 - any failure must end every rank, not hang them
         return failures.fail(failures.bug("failed"), failures.EXIT_FAILURE, at, end=transport.abort)

@@ -1,11 +1,16 @@
 """Real multi-process runs: `mpiexec -n K python launch_client.py ...` with deadlines."""
 import hashlib
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
-from support.mpi import DEFAULT_CONFIG, run_mpi
+from support.mpi import DEFAULT_CONFIG, LAUNCHER, kill_group, mpiexec, run_mpi, wait_until_gone
+from support.mpi import test_env as job_env
 
 pytestmark = pytest.mark.mpi
 
@@ -222,3 +227,27 @@ def test_using_gpu_without_a_visible_gpu_runs_on_cpu_with_one_warning(workdir):
     results = json.loads((out / "results.json").read_text())
     assert results["devices"] == {f"client_{k}": "cpu" for k in range(4)}
     assert job.leftovers == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_during_start_up_ends_every_rank_with_128_plus_the_signal(workdir, signum):
+    """Ctrl-C or SIGTERM (a scheduler) one second after the start, while the ranks import torch:
+    Python's defaults gave a KeyboardInterrupt traceback per rank and a crash in the half-imported
+    torch's teardown (mpiexec returned 11), and SIGTERM's plain death returned 15, not 143. Whenever
+    it lands (a slow machine may already be training: then a stop with a checkpoint), the code is
+    128 + the signal and no rank prints a traceback."""
+    cwd, home, marker = workdir
+    cmd = [mpiexec(), "-n", "5", sys.executable, str(LAUNCHER), "--cf", str(DEFAULT_CONFIG), "--run_id", marker,
+           "--set", f"common_args.output_dir={cwd / 'out'}", "--set", "train_args.comm_round=400",
+           "--set", "train_args.num_updates=200"]
+    proc = subprocess.Popen(cmd, cwd=cwd, env=job_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        time.sleep(1.0)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        kill_group(proc)
+    assert proc.returncode == 128 + signum, (proc.returncode, err[-3000:])
+    assert "Traceback" not in err and "egmentation" not in err, err[-3000:]
+    assert wait_until_gone(marker) == []

@@ -21,7 +21,6 @@ from ..registry import role_of
 
 EXIT_FAILURE = 1
 EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
 
 
 def where(rank: int, host: str) -> str:

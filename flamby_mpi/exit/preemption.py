@@ -82,6 +82,8 @@ class StopRequest:
 
         for signum in SIGNALS:
             self._previous[signum] = signal.signal(signum, handle)
+        global _round_loop_seen
+        _round_loop_seen = True
         return self
 
     def uninstall(self):
@@ -96,3 +98,50 @@ class StopRequest:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous = {}
+
+
+# ---- outside the round loop ------------------------------------------------------------------
+# From the entry point until StopRequest.install, a rank imports torch, makes its plan, joins MPI
+# and loads its data: there is no cut to save yet. Left to Python's defaults, Ctrl-C there raised
+# KeyboardInterrupt into torch's import (a traceback per rank, then a crash in the half-imported
+# torch's teardown: mpiexec returned 11) and SIGTERM killed the process outright (mpiexec
+# returned 15, not the 143 the cluster scripts and the docs expect). The handler ends the rank
+# itself rather than raising: an exception raised into an import can land in one of importlib's
+# callbacks, which ignores it and leaves the import lock held (a rank then spun for ever).
+_round_loop_seen = False
+ABORT_DELAY_S = 1.0
+
+
+def _end_outside_round_loop(signum, _frame):
+    import os
+    import sys
+
+    code = exit_code(signum)
+    from ..launch.environment import rank_from_environment
+
+    if rank_from_environment() in (None, 0):
+        if _round_loop_seen:
+            what = ("after the last round: the last complete checkpoint is kept; to finish the run, run the "
+                    "same command with --resume")
+        else:
+            what = ("during start-up, before the first round: nothing was trained. To start again, run the "
+                    "same command (with --overwrite if it says the output directory holds an interrupted run)")
+        os.write(2, f"flamby-mpi: {signal_name(signum)} {what}\n".encode())
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+        if mpi.COMM_WORLD.Get_rank() != 0:
+            time.sleep(ABORT_DELAY_S)  # rank 0, signalled too, aborts first with its line said
+        mpi.COMM_WORLD.Abort(code)  # mpiexec returns code, and ends every rank
+    os._exit(code)  # no interpreter teardown: a half-imported torch may crash in it
+
+
+def stop_outside_round_loop():
+    """SIGTERM and SIGINT end the rank at once with 128 + the signal until StopRequest.install
+    takes them over (and again after its uninstall, which puts this handler back)."""
+    for signum in SIGNALS:
+        signal.signal(signum, _end_outside_round_loop)
