@@ -190,12 +190,27 @@ def resume_command(plan: RunPlan) -> str:
     return _command_again(plan, "--resume")
 
 
+def _program() -> List[str]:
+    """How this process was started, as the user typed it (so that the command printed runs as
+    printed from the same directory): launch_client.py by the path given, `python -m flamby_mpi`,
+    or the flamby-mpi command; `python launch_client.py` for a run in process (tests, a notebook)."""
+    first = sys.argv[0] if sys.argv else ""
+    name = os.path.basename(first)
+    if name == "launch_client.py":
+        return ["python", first]
+    if name == "__main__.py" and os.path.basename(os.path.dirname(first)) == "flamby_mpi":
+        return ["python", "-m", "flamby_mpi"]
+    if name == "flamby-mpi":
+        return ["flamby-mpi"]
+    return ["python", "launch_client.py"]
+
+
 def _command_again(plan: RunPlan, flag: str) -> str:
     """This run's command again with flag (--resume or --overwrite) and the run id it got."""
     args = [a for a in sys.argv[1:] if a not in ("--resume", "--overwrite")]
     if "--run_id" not in args and not any(a.startswith("--run_id=") for a in args):
         args += ["--run_id", plan.run_id]
-    command = " ".join(shlex.quote(a) for a in ["python", "launch_client.py", *args, flag])
+    command = " ".join(shlex.quote(a) for a in [*_program(), *args, flag])
     if plan.backend == "inprocess":
         return command
     if "--rank" in args:

@@ -76,10 +76,11 @@ def _cut_kib(round_dir: Path):
 
 
 def _printed_resume_command(stderr: str) -> list:
-    """The command the message says continues the run, made runnable here (this Python, this launcher)."""
+    """The command the message says continues the run, made runnable here (this Python, this
+    mpiexec). It names the launcher by the path the job was started with."""
     said = stderr.split("continue the run from its last checkpoint: ", 1)[1].splitlines()[0]
     command = shlex.split(said)
-    assert command[:4] == ["mpirun", "-np", "3", "python"] and command[4] == "launch_client.py", said
+    assert command[:4] == ["mpirun", "-np", "3", "python"] and command[4] == str(LAUNCHER), said
     return [mpiexec(), "-n", "3", sys.executable, str(LAUNCHER), *command[5:]]
 
 
