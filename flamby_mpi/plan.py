@@ -204,9 +204,26 @@ class RunPlan:
         decides the result: (section.key, recorded value, this value), sorted by key, "<absent>"
         for a side without the key. comm_round is not among them: see rounds_change."""
         old, new = _flat(recorded), _flat(self.config_record())
+        defaults = self._defaults()
+
+        def same(key: str) -> bool:
+            a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+            # A key left to its default (None) on one side and set to that very default on the
+            # other is the same run (the other keys, the dataset and strategy among them, being
+            # compared as well).
+            default = defaults.get(key)
+            return a == b or (default is not None and ((a is None and b == default) or (b is None and a == default)))
         return [(k, old.get(k, "<absent>"), new.get(k, "<absent>")) for k in sorted(set(old) | set(new))
-                if k not in RESULT_NEUTRAL_KEYS and k != ROUNDS_KEY
-                and old.get(k, "<absent>") != new.get(k, "<absent>")]
+                if k not in RESULT_NEUTRAL_KEYS and k != ROUNDS_KEY and not same(k)]
+
+    def _defaults(self) -> Dict[str, object]:
+        """What the result-deciding keys a config may leave out (None) stand for in this plan's
+        dataset and strategy (None: no default, the key must be given)."""
+        defaults = {"train_args.batch_size": self.dataset.batch_size,
+                    "train_args.learning_rate": self.dataset.learning_rate,
+                    "validation_args.test_batch_size": self.batch_size}
+        defaults.update({f"train_args.{key}": value for key, value in STRATEGY_HYPERPARAMETERS[self.strategy].items()})
+        return defaults
 
     def rounds_change(self, recorded: dict) -> Optional[Tuple[object, object]]:
         """(recorded comm_round, this config's) when they differ, else None; None stands for a

@@ -399,3 +399,22 @@ def test_a_users_own_logs_directory_is_not_taken_for_a_run(tmp_path):
     (project / "config.yaml").write_text("common_args: {}\n")
     out = project / "logs" / "run1"
     assert make_plan(build_config({"common_args": {"output_dir": str(out)}}), run_id="r1").output_dir == out
+
+
+def test_a_key_set_to_the_default_it_was_left_to_is_no_difference_on_resume():
+    """--resume with `--set train_args.learning_rate=0.05`, the synthetic dataset's default, was
+    refused: "learning_rate: None in the checkpoint, 0.05 now", though the run is the same."""
+    left_out = make_plan(build_config({"train_args": {"federated_optimizer": "FedAdam"}}))
+    recorded = left_out.config_record()
+    same = {"learning_rate": left_out.dataset.learning_rate, "batch_size": left_out.dataset.batch_size,
+            "beta1": 0.9}
+    for key, value in same.items():
+        plan = _plan(train_args={"federated_optimizer": "FedAdam", key: value})
+        assert plan.result_changing_differences(recorded) == [], key
+        assert left_out.result_changing_differences(plan.config_record()) == [], key  # the other way round
+    spelled = _plan(train_args={"federated_optimizer": "FedAdam"}, validation_args={"test_batch_size": 16})
+    assert spelled.result_changing_differences(recorded) == []
+    for key, value in {"learning_rate": 0.06, "batch_size": 8, "beta1": 0.8}.items():
+        plan = _plan(train_args={"federated_optimizer": "FedAdam", key: value})
+        assert plan.result_changing_differences(recorded) == [(f"train_args.{key}", None, value)]
+        assert left_out.result_changing_differences(plan.config_record()) == [(f"train_args.{key}", value, None)]
