@@ -35,7 +35,7 @@ from .launch import (
     rank_from_environment,
     singleton_world,
 )
-from .launch.environment import warn_if_foreign_launcher
+from .launch.environment import detect_launcher, warn_if_foreign_launcher
 from .launch.separate import join_world, reexec_under_mpiexec, should_reexec
 from .launch.world import allgather as world_allgather
 from .runtime import import_gc
@@ -140,7 +140,10 @@ def _warn_ignored_keys(config, args, announced_rank: Optional[int]):
 def _transport(plan, args, argv: List[str], announced_rank: Optional[int]):
     """What carries this run's messages: the in-process loop, or FedML over this process's MPI world."""
     if plan.backend == "inprocess":
-        if args.rank is not None or announced_rank not in (None, 0):
+        launcher = detect_launcher()
+        # Under `mpiexec -n 2` rank 0 used to run the whole job while rank 1 exited 2 unheard.
+        several = launcher is not None and (launcher.world_size or 1) > 1
+        if args.rank is not None or announced_rank not in (None, 0) or several:
             raise UserError("comm_args.backend=inprocess runs every rank in this one process",
                             hint="start it once, without mpirun and without --rank/--role")
         from .transport.inprocess import InProcessTransport

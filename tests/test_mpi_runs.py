@@ -164,6 +164,15 @@ def test_a_rank_option_right_on_one_rank_only_ends_every_rank_with_exit_2(workdi
     assert job.leftovers == []
 
 
+def test_the_in_process_backend_under_mpiexec_is_refused_by_every_rank(workdir):
+    """Rank 0 used to run the whole job in process while rank 1 exited 2 without a word."""
+    job, out = _run(workdir, np_=2, deadline_s=60, extra=FAST + ["--set", "comm_args.backend=inprocess"])
+    assert job.returncode == 2, job.stderr[-2000:]
+    assert job.stderr.count("comm_args.backend=inprocess runs every rank in this one process") == 1
+    assert not out.exists()
+    assert job.leftovers == []
+
+
 def test_client_failing_in_round_2_ends_the_job_with_its_traceback(workdir):
     cwd, home, marker = workdir
     updates, batch = 10, 16
