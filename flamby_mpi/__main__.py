@@ -25,9 +25,10 @@ def main() -> None:
 
         exit_now(check(sys.argv[2:]))
     from flamby_mpi.exit import preemption
+    from flamby_mpi.launch.environment import rank_from_environment
 
     # Before torch's import: SIGTERM/SIGINT end a rank that has no cut to save yet with 143/130.
-    preemption.stop_outside_round_loop()
+    preemption.stop_outside_round_loop(speaks=rank_from_environment() in (None, 0))
     from flamby_mpi.cli import main as command_line
 
     exit_now(command_line())

@@ -109,6 +109,7 @@ class StopRequest:
 # itself rather than raising: an exception raised into an import can land in one of importlib's
 # callbacks, which ignores it and leaves the import lock held (a rank then spun for ever).
 _round_loop_seen = False
+_speaks = True  # rank 0, or a process no launcher started: says the one line
 ABORT_DELAY_S = 1.0
 
 
@@ -117,9 +118,7 @@ def _end_outside_round_loop(signum, _frame):
     import sys
 
     code = exit_code(signum)
-    from ..launch.environment import rank_from_environment
-
-    if rank_from_environment() in (None, 0):
+    if _speaks:
         if _round_loop_seen:
             what = ("after the last round: the last complete checkpoint is kept; to finish the run, run the "
                     "same command with --resume")
@@ -140,8 +139,11 @@ def _end_outside_round_loop(signum, _frame):
     os._exit(code)  # no interpreter teardown: a half-imported torch may crash in it
 
 
-def stop_outside_round_loop():
+def stop_outside_round_loop(speaks: bool):
     """SIGTERM and SIGINT end the rank at once with 128 + the signal until StopRequest.install
-    takes them over (and again after its uninstall, which puts this handler back)."""
+    takes them over (and again after its uninstall, which puts this handler back). speaks: this
+    rank says the one line (rank 0, or a process no launcher started)."""
+    global _speaks
+    _speaks = speaks
     for signum in SIGNALS:
         signal.signal(signum, _end_outside_round_loop)
