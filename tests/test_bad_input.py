@@ -178,6 +178,9 @@ def stubbed_mpi(monkeypatch):
     monkeypatch.setattr(cli, "warn_if_foreign_launcher", lambda: None)
     monkeypatch.setattr(cli, "mpi_world", fake_mpi_world)
     monkeypatch.setattr(cli, "check_world", check_then_stop)
+    # The ranks agree on the check (cli._check_world_together): the fake world's other ranks
+    # found what this one found.
+    monkeypatch.setattr(cli, "world_allgather", lambda comm, value: [value] * int(os.environ["PMI_SIZE"]))
     monkeypatch.setattr(cli, "reexec_under_mpiexec", _reached)
     monkeypatch.setattr(cli, "join_world", _reached)
     monkeypatch.setattr("flamby_mpi.transport.inprocess.InProcessTransport", _reached)
