@@ -172,15 +172,14 @@ def _check_world_together(world, plan, args):
     line), and a rank that went on alone would wait forever in the run's first collective for
     ranks that are exiting. Each refused rank says why; rank 0 names them; every rank exits with
     the refusal's code. Only exit codes travel (ints), nothing a peer says is printed."""
+    if world.size == 1:  # one process per terminal: no other rank to agree with yet
+        check_world(world, plan.world_size, plan.clients_label, args.rank, args.role)
+        return
     try:
         check_world(world, plan.world_size, plan.clients_label, args.rank, args.role)
         own_code = 0
     except UserError as error:
-        if world.size == 1:
-            raise
         own_code, refusal = error.exit_code, error
-    if world.size == 1:
-        return
     codes = world_allgather(world.comm, int(own_code))  # a small int each: pickled by mpi4py, as form_world's names
     if own_code:
         raise refusal

@@ -31,12 +31,17 @@ def exit_now(code) -> None:
         if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
             mpi.Finalize()
     finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError, AttributeError):
-                pass  # a closed or missing stream: nothing to flush
+        flush_standard_streams()
         _c_exit(code)
+
+
+def flush_standard_streams() -> None:
+    """sys.stdout and sys.stderr flushed, as the interpreter's teardown would (skipped here)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass  # a closed or missing stream: nothing to flush
 
 
 def _c_exit(code: int) -> None:

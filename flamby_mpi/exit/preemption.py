@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Callable, Optional
 
-from .fast_exit import end_thread
+from .fast_exit import end_thread, flush_standard_streams
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # The same signal again within this many seconds is the first one delivered twice, not a user
@@ -126,11 +126,7 @@ def _end_outside_round_loop(signum, _frame):
             what = ("during start-up, before the first round: nothing was trained. To start again, run the "
                     "same command (with --overwrite if it says the output directory holds an interrupted run)")
         os.write(2, f"flamby-mpi: {signal_name(signum)} {what}\n".encode())
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError, AttributeError):
-            pass
+    flush_standard_streams()
     mpi = sys.modules.get("mpi4py.MPI")
     if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
         if mpi.COMM_WORLD.Get_rank() != 0:
