@@ -24,6 +24,7 @@ import pytest
 from support.isic_flamby import flamby_with_small_split
 from support.mpi import REPO
 from support.paths import SHARED_DATA
+from support.side_by_side import run_side_by_side
 from support.standin_runs import write_standin
 
 pytest.importorskip("flamby", reason="FLamby is not installed")
@@ -101,20 +102,12 @@ DIGEST = textwrap.dedent("""
 
 def _digests(name, data_path, env):
     """(plain, deferred), computed side by side (each process mostly imports)."""
-    running = [subprocess.Popen([sys.executable, "-c", DIGEST, name, str(data_path), how], cwd=REPO,
-                                env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for how in ("plain", "deferred")]
     results = []
-    try:
-        for process in running:
-            out, err = process.communicate(timeout=300)
-            assert process.returncode == 0, err[-3000:]
-            results.append(json.loads(out.strip().splitlines()[-1]))
-    finally:
-        for process in running:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    for how, done in zip(("plain", "deferred"), run_side_by_side(
+            [[sys.executable, "-c", DIGEST, name, str(data_path), how] for how in ("plain", "deferred")],
+            300, cwd=REPO, env={**os.environ, **env}), strict=True):
+        assert done.returncode == 0, f"{how}: {done.stderr[-3000:]}"
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
     return results
 
 

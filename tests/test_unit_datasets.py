@@ -3,7 +3,6 @@ import builtins
 import functools
 import itertools
 import json
-import subprocess
 import sys
 import textwrap
 import uuid
@@ -26,6 +25,7 @@ from flamby_mpi.exit.errors import UserError
 from support.mpi import REPO
 from support.optional import import_or_skip, shared_or_skip
 from support.paths import SHARED_DATA
+from support.side_by_side import run_side_by_side
 
 HEART_DATA = SHARED_DATA / "fed_heart_disease"
 
@@ -441,13 +441,12 @@ def test_flamby_heart_without_its_unused_imports_builds_the_same_data(flamby_hea
     scipy.stats, sklearn.metrics, matplotlib and seaborn, and every centre's sets are the same bits."""
     shared_or_skip(HEART_DATA)
 
-    def digest(how):
-        done = subprocess.run([sys.executable, "-c", HEART_DIGEST, str(HEART_DATA), how], capture_output=True,
-                              text=True, timeout=120, cwd=REPO)
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout.strip().splitlines()[-1])
-
-    plain, ours = digest("plain"), digest("deferred")
+    hows = ("plain", "deferred")
+    found = run_side_by_side([[sys.executable, "-c", HEART_DIGEST, str(HEART_DATA), how] for how in hows], 120,
+                             cwd=REPO)
+    for how, done in zip(hows, found, strict=True):
+        assert done.returncode == 0, f"{how}: {done.stderr}"
+    plain, ours = (json.loads(done.stdout.strip().splitlines()[-1]) for done in found)
     assert ours["digest"] == plain["digest"]
     for unused in ("scipy.stats", "sklearn.metrics", "matplotlib", "seaborn"):
         assert unused in plain["modules"]  # what FLamby's own import loads, and a run does not

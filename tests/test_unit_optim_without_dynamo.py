@@ -4,7 +4,6 @@ the same bits as without the shortcut; it acts only on the torch and Python it w
 pyproject.toml pins. Each case runs in a fresh process: install() changes torch for the process."""
 import json
 import shutil
-import subprocess
 import sys
 import textwrap
 import tomllib
@@ -14,6 +13,7 @@ import pytest
 from flamby_mpi.runtime import optim_without_dynamo
 from support.mpi import REPO
 from support.mpi import test_env as job_env
+from support.side_by_side import run_side_by_side
 
 TRAIN = """
     import hashlib, json, sys, torch
@@ -50,10 +50,17 @@ TRAIN = """
 
 
 def _python(code: str, home) -> dict:
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, env=job_env(home),
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _python_side_by_side([code], home)[0]
+
+
+def _python_side_by_side(codes, home) -> list:
+    """What each fresh process printed last, as JSON; the processes run at once (a compilation
+    with inductor takes half a minute of one core)."""
+    found = run_side_by_side([[sys.executable, "-c", textwrap.dedent(code)] for code in codes], 600, cwd=REPO,
+                             env=job_env(home))
+    for proc in found:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return [json.loads(proc.stdout.strip().splitlines()[-1]) for proc in found]
 
 
 @pytest.mark.parametrize("backend", [
@@ -64,8 +71,8 @@ def _python(code: str, home) -> dict:
         not (shutil.which("cc") or shutil.which("gcc")), reason="inductor compiles C++: no compiler here")]),
 ])
 def test_a_compiled_model_and_optimizer_step_give_the_same_bits_with_the_shortcut(backend, tmp_path):
-    with_shortcut = _python(TRAIN.format(install=True, backend=backend), tmp_path)
-    without = _python(TRAIN.format(install=False, backend=backend), tmp_path)
+    with_shortcut, without = _python_side_by_side([TRAIN.format(install=True, backend=backend),
+                                                   TRAIN.format(install=False, backend=backend)], tmp_path)
     assert with_shortcut["installed"] and not with_shortcut["dynamo_before"]
     assert with_shortcut["shortcut_left"] == []
     assert with_shortcut["digest"] == without["digest"]

@@ -2,11 +2,12 @@
 out exactly the heavy tests and nothing else; `-m heavy`, their node ids or FLAMBY_MPI_HEAVY=1 bring
 them in; a `-m` of one's own does not. Real pytest processes collecting the real suite."""
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from support.side_by_side import run_side_by_side
 
 REPO = Path(__file__).resolve().parents[1]
 WIRE, STARTUP, STANDIN_3D = "tests/test_wire.py", "tests/test_startup.py", "tests/test_standin_3d.py"
@@ -26,13 +27,24 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def _collected(*args, heavy_env=False):
-    env = {k: v for k, v in os.environ.items() if k != "FLAMBY_MPI_HEAVY"}
-    if heavy_env:
-        env["FLAMBY_MPI_HEAVY"] = "1"
-    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stdout + done.stderr  # 5 would be "no tests ran"
-    return {line for line in done.stdout.splitlines() if "::" in line}
+    return _collections((args, heavy_env))[0]
+
+
+def _collections(*asked):
+    """The node ids each (args, heavy_env) collects, the collections run side by side (each
+    imports the whole suite, some 20 s of one core)."""
+    commands, envs = [], []
+    for args, heavy_env in asked:
+        env = {k: v for k, v in os.environ.items() if k != "FLAMBY_MPI_HEAVY"}
+        if heavy_env:
+            env["FLAMBY_MPI_HEAVY"] = "1"
+        commands.append([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args])
+        envs.append(env)
+    found = []
+    for done in run_side_by_side(commands, 240, cwd=REPO, envs=envs):
+        assert done.returncode == 0, done.stdout + done.stderr  # 5 would be "no tests ran"
+        found.append({line for line in done.stdout.splitlines() if "::" in line})
+    return found
 
 
 def _functions(node_ids):
@@ -41,16 +53,19 @@ def _functions(node_ids):
 
 
 def test_a_plain_run_leaves_out_exactly_the_heavy_tests():
-    plain, everything = _collected(), _collected(heavy_env=True)
+    plain, everything = _collections(((), False), ((), True))
     assert _functions(everything) - _functions(plain) == HEAVY
     assert len(everything) - len(plain) == len(HEAVY)
     assert len(plain) > 1000  # the suite itself, not a selection of it
 
 
 def test_heavy_tests_run_when_asked_for_by_marker_or_node_id():
-    assert _collected(WIRE, STARTUP, STANDIN_3D, IMAGE_MODES, LOADER_WORKERS, DEFERRED_DATASETS, "-m", "heavy") == HEAVY
     named = sorted(HEAVY)[0]
-    assert _collected(named) == {named}
+    by_marker, by_node_id = _collections(
+        ((WIRE, STARTUP, STANDIN_3D, IMAGE_MODES, LOADER_WORKERS, DEFERRED_DATASETS, "-m", "heavy"), False),
+        ((named,), False))
+    assert by_marker == HEAVY
+    assert by_node_id == {named}
 
 
 def test_a_marker_expression_of_ones_own_does_not_bring_in_heavy_tests():

@@ -2,6 +2,7 @@
 meta kernels, and they run, the same registrations, as soon as anything may use them. Each case is
 a fresh Python process started as a rank's entry point starts (install() before torch's import).
 That a rank trains to the same bits either way: tests/test_deferred_dataset_imports.py."""
+import functools
 import json
 import os
 import subprocess
@@ -137,6 +138,7 @@ def _run_before_torch(code: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@functools.lru_cache(maxsize=None)  # the same for every case: one fresh torch import, not one per case
 def _plain_torch(expression: str):
     """expression's value in a fresh process that imports torch as torch ships it."""
     done = subprocess.run([sys.executable, "-c", f"import torch, torch._decomp\nprint({expression})"], cwd=REPO,
