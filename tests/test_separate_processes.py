@@ -1,6 +1,8 @@
 """One process per terminal: ranks started separately (no mpirun) meet through the rendezvous."""
 import hashlib
 import json
+import os
+import signal
 import sys
 
 import pytest
@@ -36,20 +38,28 @@ def _sha(path):
 
 
 def test_clients_first_server_last_matches_mpirun_bitwise(workdir, ranks):
+    """Also: Ctrl-C in the terminal of a client still waiting for the server ends that client alone
+    (130, one line, no traceback), and the same command started again joins the run."""
     cwd, home, marker = workdir
     r = ranks()
     for k in (3, 1, 4, 2):
         r.start(k)
     for k in (3, 1, 4, 2):  # every client is waiting before the server starts
         r.wait_for_line(f"rank{k}", LOOKING)
+    os.killpg(r.procs["rank2"].pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole foreground group
+    assert r.wait(30, names=["rank2"]) == {"rank2": 130}, r.all_logs()
+    assert "SIGINT during start-up, before the first round" in r.log("rank2"), r.log("rank2")
+    assert "Traceback" not in r.log("rank2"), r.log("rank2")
+    r.start(2, name="rank2-again")
+    r.wait_for_line("rank2-again", LOOKING)
     r.start(0)
     codes = r.wait(150)
-    assert codes == {f"rank{k}": 0 for k in (3, 1, 4, 2, 0)}, r.all_logs()
+    assert codes == {**{f"rank{k}": 0 for k in (3, 1, 4, 0)}, "rank2": 130, "rank2-again": 0}, r.all_logs()
     out = cwd / "runs" / marker
     results = json.loads((out / "results.json").read_text())
     assert results["rounds_completed"] == 3 and results["world_size"] == 5
     assert "rank 4 joined" in r.log("rank0") and "all 4 clients joined" in r.log("rank0")
-    assert "joined run" in r.log("rank2")
+    assert "joined run" in r.log("rank2-again")
     # The rendezvous files are gone after a clean run.
     assert list((out / "rendezvous").iterdir()) == []
     assert r.leftovers() == []
