@@ -46,6 +46,37 @@ def test_two_workers_draw_the_batches_of_zero_workers_over_three_epochs():
     assert _batches(dataset, 2, draws) == _batches(dataset, 0, draws)
 
 
+class _OneTensorPerSample(torch.utils.data.Dataset):
+    """Fed-Heart-Disease's way: a tensor of its own per sample, here 300 of them, more than the
+    252 file descriptors that one message to the fork server can carry."""
+
+    def __init__(self):
+        generator = torch.Generator().manual_seed(0)
+        self.x = [torch.randn(13, generator=generator) for _ in range(300)]
+        self.y = [torch.tensor([i % 2], dtype=torch.float32) for i in range(300)]
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, index):
+        return self.x[index], self.y[index]
+
+
+def test_a_dataset_of_one_tensor_per_sample_reaches_the_workers():
+    """It used to end the run with multiprocessing's "too many fds" (the pooled test set of
+    Fed-HeartDisease, evaluated on rank 0 after the last round); torch's sharing strategy is put back."""
+    import torch.multiprocessing
+
+    before = torch.multiprocessing.get_sharing_strategy()
+    dataset = _OneTensorPerSample()
+    draws = -(-len(dataset) // 8) + 2  # an epoch and into the next
+    assert _batches(dataset, 1, draws) == _batches(dataset, 0, draws)
+    assert torch.multiprocessing.get_sharing_strategy() == before
+    model = torch.nn.Linear(13, 1)
+    loader = make_loader(dataset, 16, shuffle=False, num_workers=1)
+    assert evaluate(model, loader, lambda y, p: float(len(y)), torch.device("cpu")).metric == len(dataset)
+
+
 def test_a_loader_with_workers_uses_the_fork_server_and_not_persistent_workers():
     loader = make_loader(_synthetic(), 8, shuffle=True, num_workers=2)
     assert loader.multiprocessing_context.get_start_method() == "forkserver"

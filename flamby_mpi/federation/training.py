@@ -244,7 +244,7 @@ def evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader,
     y_true, y_pred = [], []
     try:
         if loader_metric is not None:
-            with loader_workers.sigchld_kept():  # FLamby's function starts the loader's workers itself
+            with loader_workers.starting_workers():  # FLamby's function starts the loader's workers itself
                 value = float(loader_metric(model, loader, device.type == "cuda"))
             return Evaluation(value, len(loader.dataset))
         with torch.no_grad():

@@ -113,11 +113,36 @@ def worker_init(torch_threads: Optional[int] = None):
     return functools.partial(worker_start, torch_threads or torch.get_num_threads())
 
 
+@contextlib.contextmanager
+def tensors_shared_by_name() -> Iterator[None]:
+    """While a loader starts its workers, the tensors its dataset holds go to the fork server by the
+    name of their shared memory, not as file descriptors: the dataset travels pickled in one message
+    to the fork server, which takes at most 252 descriptors (multiprocessing refuses more: "too
+    many fds"), and a dataset of one tensor per sample holds more (Fed-Heart-Disease's pooled test
+    set, 254). The tensors' bytes are the same either way; torch's own setting is put back."""
+    import torch.multiprocessing
+
+    before = torch.multiprocessing.get_sharing_strategy()
+    torch.multiprocessing.set_sharing_strategy("file_system")
+    try:
+        yield
+    finally:
+        torch.multiprocessing.set_sharing_strategy(before)
+
+
+@contextlib.contextmanager
+def starting_workers() -> Iterator[None]:
+    """Around whatever starts a loader's workers in this process (iter(loader), or FLamby's own
+    evaluation function): this process's SIGCHLD handler kept, the dataset's tensors sent by name."""
+    with sigchld_kept(), tensors_shared_by_name():
+        yield
+
+
 def start_iterator(loader: torch.utils.data.DataLoader) -> Iterator:
-    """iter(loader), this process's SIGCHLD handler kept."""
+    """iter(loader), its workers started as starting_workers says."""
     if loader.num_workers == 0:
         return iter(loader)
-    with sigchld_kept():
+    with starting_workers():
         return iter(loader)
 
 
