@@ -10,7 +10,8 @@ DEFAULT_DIR) and the decision is:
   resume     it has a complete checkpoint (a manifest) and no results.json: continue it with --resume;
   overwrite  it was interrupted before any complete checkpoint (config.yaml, logs... but no
              manifest, no results.json): start it again with --overwrite, which deletes those files;
-  afresh     nothing of a run is there: start the run.
+  afresh     nothing of a run is there: start the run (files of a run's names that no run left
+             are the user's: the launcher then refuses the directory, naming them).
 
 No killed run leaves these ambiguous: results.json is written last, and a resumed or overwritten
 run removes it before training (flamby_mpi/storage/run_directory.py); the manifest of a checkpoint is

@@ -438,6 +438,7 @@ def _restarted(script, tmp_path, env, run_dir, state):
     if state == "interrupted":
         (run_dir / "logs").mkdir(parents=True)
         (run_dir / "logs" / "rank0.log").write_text("killed in round 1\n")
+        (run_dir / ".flamby-mpi.lock").write_text("")  # every run takes it, and it stays
     if state in ("checkpoint", "finished"):
         (run_dir / "checkpoints" / "round_3").mkdir(parents=True)
         (run_dir / "checkpoints" / "round_3" / "manifest.json").write_text("{}")

@@ -116,6 +116,52 @@ def test_a_resume_discards_the_final_outputs_results_json_first(tmp_path):
     assert run_directory.inspect(out).kind == "interrupted"
 
 
+def _users_own_files(out):
+    """A directory no run was ever in, holding files of the names a run writes (a user's project)."""
+    (out / "logs").mkdir(parents=True)
+    (out / "logs" / "train_2024.log").write_text("important")
+    (out / "tensorboard").mkdir()
+    (out / "tensorboard" / "events.out.tfevents.1").write_text("mine")
+    (out / "config.yaml").write_text("mine: 1\n")
+    (out / "results.csv").write_text("a,b\n")
+    return {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("resume, overwrite", [(False, False), (False, True), (True, False)])
+def test_files_named_as_a_runs_in_a_directory_no_run_was_in_are_refused_and_left_as_they_were(
+        tmp_path, resume, overwrite):
+    """They used to be "an interrupted run" whose hint said to add --overwrite, which deleted them."""
+    out = tmp_path / "project"
+    before = _users_own_files(out)
+    holder = run_directory.Holder("host-a", os.getpid(), time.time(), TOKEN, "r1")
+    with pytest.raises(run_directory.UserError) as refused:
+        run_directory._take_and_check(out, holder, resume, overwrite)
+    message = str(refused.value)
+    assert "holds files named as a run's files are (config.yaml, logs, results.csv, tensorboard) but no " \
+           "flamby-mpi run" in message, message
+    assert "add --overwrite" not in message and "it does not apply" in message, message
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # no lock file left either
+    assert run_directory.inspect(out).kind == "foreign"
+    from flamby_mpi import restart
+
+    assert restart.decide(out) == "afresh"  # a requeued job starts, and is refused as above
+
+
+def test_a_run_that_left_its_lock_file_is_still_a_run_and_a_refused_start_keeps_the_lock_it_found(tmp_path):
+    out = tmp_path / "out"
+    _users_own_files(out)
+    (out / run_directory.LOCK_NAME).write_text("")  # a run was here: it takes these names for its own
+    holder = run_directory.Holder("host-a", os.getpid(), time.time(), TOKEN, "r1")
+    with pytest.raises(run_directory.UserError, match="holds an interrupted run without a complete checkpoint"):
+        run_directory._take_and_check(out, holder, False, False)
+    assert (out / run_directory.LOCK_NAME).exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(run_directory.UserError, match="holds no run"):
+        run_directory._take_and_check(empty, holder, True, False)  # --resume where nothing is
+    assert list(empty.iterdir()) == []  # the lock file this refused job made is gone
+
+
 # ---- the lock ----------------------------------------------------------------------------------
 
 def test_a_second_job_is_refused_naming_the_first_until_the_first_ends(tmp_path, ranks, capsys):

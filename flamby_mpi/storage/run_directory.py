@@ -108,8 +108,10 @@ class DirectoryBusy(UserError):
 class DirectoryLock:
     """The lock of one output directory, held by this process while it is open."""
 
-    def __init__(self, output_dir: Path, fd: Optional[int], supported: bool = True):
+    def __init__(self, output_dir: Path, fd: Optional[int], supported: bool = True, created: bool = False):
         self.output_dir, self.fd, self.supported = output_dir, fd, supported
+        # The lock file was made by this take: no run had ever been in the directory.
+        self.created = created
 
     @classmethod
     def take(cls, output_dir: Path) -> Optional["DirectoryLock"]:
@@ -129,8 +131,7 @@ class DirectoryLock:
                             hint="choose another common_args.output_dir (or --run_id)") from None
         try:
             # Opened, never created anew under a temporary name: the lock lives on this one inode.
-            fd = os.open(LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
-                         | getattr(os, "O_CLOEXEC", 0), 0o644, dir_fd=dir_fd)
+            fd, created = _open_lock_file(dir_fd)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise UnsafePathError(output_dir / LOCK_NAME, "is a link") from None
@@ -151,10 +152,10 @@ class DirectoryLock:
             return None
         except OSError as exc:
             if exc.errno in _UNSUPPORTED:  # e.g. Lustre mounted without flock: go on, unguarded, and say so
-                return cls(output_dir, fd, supported=False)
+                return cls(output_dir, fd, supported=False, created=created)
             os.close(fd)
             raise
-        return cls(output_dir, fd)
+        return cls(output_dir, fd, created=created)
 
     def record(self, holder: Holder):
         """Writes the holder into the lock file, in place: the lock is on this inode, a rename would
@@ -172,6 +173,30 @@ class DirectoryLock:
         if self.fd is not None:
             os.close(self.fd)  # closing the last descriptor of the open file releases the flock
             self.fd = None
+
+    def withdraw(self):
+        """A refused job leaves the directory as it found it: the lock file goes if this take made
+        it (while still held, so no other job holds it meanwhile), then the lock is released."""
+        if self.created and self.fd is not None:
+            try:
+                safe_files.remove(self.output_dir, LOCK_NAME)
+            except OSError:
+                pass  # a lock file left behind only marks the directory as a run's
+        self.release()
+
+
+def _open_lock_file(dir_fd: int) -> Tuple[int, bool]:
+    """(the lock file's descriptor, whether this call created it), never through a link."""
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        try:
+            return os.open(LOCK_NAME, flags | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=dir_fd), True
+        except FileExistsError:  # a link there too: the open below refuses it (ELOOP)
+            pass
+        try:
+            return os.open(LOCK_NAME, flags, dir_fd=dir_fd), False
+        except FileNotFoundError:  # removed in between (a refused job withdrawing): make it then
+            continue
 
 
 def read_holder(output_dir: Path, token: Optional[str] = None, wait_s: float = 0.0) -> Optional[Holder]:
@@ -191,7 +216,8 @@ def read_holder(output_dir: Path, token: Optional[str] = None, wait_s: float = 0
 
 @dataclass
 class DirectoryState:
-    """What an output directory holds: kind is "empty", "finished" or "interrupted"."""
+    """What an output directory holds: kind is "empty", "finished", "interrupted" or "foreign"
+    (files of a run's names where no run ever was: refused, never deleted)."""
     kind: str
     what: str = ""  # e.g. "a finished run (results.json of 2026-12-05 14:02:11, 15 rounds)"
     entries: List[str] = field(default_factory=list)  # the run's names present, results.json first
@@ -250,8 +276,11 @@ def _finished_summary(output_dir: Path) -> str:
     return ", ".join(parts) or "results.json"
 
 
-def inspect(output_dir: Path) -> DirectoryState:
-    """The state of output_dir from the names a run writes there (nothing else counts)."""
+def inspect(output_dir: Path, lock_was_there: Optional[bool] = None) -> DirectoryState:
+    """The state of output_dir from the names a run writes there (nothing else counts), and from its
+    lock file, which every run leaves (lock_was_there: whether it was there before this job took
+    the lock; None: look now). Names of a run's files with neither a lock file nor a complete
+    checkpoint are someone else's: "foreign", never deleted by --overwrite."""
     try:
         found = [(name, is_dir) for name, is_dir in safe_files.entries(output_dir) if _is_run_entry(name, is_dir)]
     except (NotADirectoryError, UnsafePathError):
@@ -260,6 +289,11 @@ def inspect(output_dir: Path) -> DirectoryState:
         return DirectoryState("empty")
     names = sorted((name for name, _ in found), key=lambda n: (n != RESULTS, n))
     newest = newest_checkpoint(output_dir)
+    if lock_was_there is None:
+        lock_was_there = safe_files.file_exists(output_dir, LOCK_NAME)
+    if not lock_was_there and newest is None:
+        return DirectoryState("foreign", f"files named as a run's files are ({', '.join(names[:6])}) but no "
+                                         f"flamby-mpi run (no {LOCK_NAME})", names)
     if names[0] == RESULTS and safe_files.file_exists(output_dir, RESULTS):
         return DirectoryState("finished", f"a finished run ({_finished_summary(output_dir)})", names, newest)
     if newest is not None:
@@ -282,6 +316,10 @@ def discard_final_outputs(output_dir: Path) -> List[str]:
 
 
 def refusal(output_dir: Path, state: DirectoryState, on: str = "") -> UserError:
+    if state.kind == "foreign":
+        return UserError(f"{plain(output_dir)}{on} holds {state.what}: a run there would write over them",
+                         hint="give this run another --run_id (or common_args.output_dir), or move those files "
+                              "away; --overwrite deletes only an earlier run's files, so it does not apply")
     if state.kind == "finished":
         ways = ("to run it again, add --overwrite (its files are deleted); to continue it with more rounds, "
                 "--resume with a larger train_args.comm_round")
@@ -329,8 +367,8 @@ def _take_and_check(output_dir: Path, holder: Holder, resume: bool, overwrite: b
         if current is not None and current.token == holder.token:
             _HELD.append(lock)  # a shared file system whose locks do not reach across hosts
             return None, []
-        state = inspect(output_dir)
-        if state.kind != "empty" and not (resume or overwrite):
+        state = inspect(output_dir, lock_was_there=not lock.created)
+        if state.kind == "foreign" or (state.kind != "empty" and not (resume or overwrite)):
             raise refusal(output_dir, state, on)
         if state.kind == "empty" and resume and not on:
             raise _nothing_to_resume(output_dir, "holds no run (no checkpoint, no results.json)")
@@ -342,7 +380,7 @@ def _take_and_check(output_dir: Path, holder: Holder, resume: bool, overwrite: b
             clear_run(output_dir, state)
             notes.append(f"--overwrite: the earlier run in {output_dir}{on} was deleted: {state.what}")
     except BaseException:
-        lock.release()
+        lock.withdraw()
         raise
     _HELD.append(lock)
     return lock, notes
