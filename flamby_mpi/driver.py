@@ -1,8 +1,10 @@
 """The one driver of a run, whatever carries its messages.
 
 `run(plan, transport)` does the same steps for every backend:
-1. agree on the run id (rank 0's timestamp when none was given) and complete the plan;
-   take the output directory (flamby_mpi.storage.run_directory: its lock, no other run's files in it);
+1. agree on the run id (rank 0's timestamp when none was given) and complete the plan; refuse,
+   before anything is made, what cannot run (the memory check; a GPU-only dataset's clients
+   without a GPU); take the output directory (flamby_mpi.storage.run_directory: its lock, no
+   other run's files in it);
 2. set up this rank's logging, torch threads and device; rank 0 shows the plan and
    writes config.yaml;
 3. preflight: build the roles this process plays (the ServerRun on rank 0, a
@@ -75,6 +77,27 @@ def run(plan: RunPlan, transport) -> int:
         run_directory.release_all()
 
 
+def _clients_without_a_gpu(plan: RunPlan, transport) -> int:
+    """Every rank, before the output directory is taken: a dataset that trains only on a GPU (FLamby
+    code that calls .cuda()) with a client rank on a host without one ends every rank with exit 2,
+    rank 0 naming those ranks once, and nothing is made (the client's own check came after the
+    directory was made, which then refused the corrected command as an interrupted run). One
+    collective, taken by every rank or none (every rank has the same plan)."""
+    if not plan.dataset.needs_cuda:
+        return 0
+    import torch
+
+    lacking = [] if torch.cuda.is_available() else [rank for rank in transport.local_ranks if rank != 0]
+    lacking = sorted(rank for found in transport.allgather(lacking) for rank in found)
+    if not lacking:
+        return 0
+    if transport.rank == 0:
+        problem = UserError(f"rank(s) {', '.join(map(str, lacking))} have no GPU: {plan.dataset.needs_cuda}",
+                            hint="run on nodes with a GPU visible to every client rank (nvidia-smi)")
+        failures.report(failures.message(str(problem), "every rank"))
+    return failures.EXIT_USER_ERROR
+
+
 def _run(plan: RunPlan, transport, at: str, completed: List[RunPlan]) -> int:
     import torch
 
@@ -89,6 +112,9 @@ def _run(plan: RunPlan, transport, at: str, completed: List[RunPlan]) -> int:
     completed[0] = plan
     # Before any data is loaded, and before the output directory is taken (a refused job leaves nothing).
     code = memory_fit.at_startup(plan, transport, _warning)
+    if code:
+        return code
+    code = _clients_without_a_gpu(plan, transport)
     if code:
         return code
     claim = run_directory.claim(plan, transport)  # before any rank writes in the output directory

@@ -494,6 +494,7 @@ def make_plan(config: RunConfig, run_id: Optional[str] = None, quiet: bool = Fal
     # NUM_CLIENTS of the dataset module itself (FLamby's, where FLamby is installed); the registry's
     # copy only serves world_size on login nodes without FLamby.
     problems += centre_problems(config.data_args.centers, dataset.name, dataset.num_clients)
+    problems += [p for p in [dataset.data_path_problem()] if p is not None]
     centres = listed_centres(None if problems else config.data_args.centers, dataset.num_clients)
     n = len(centres)
 

@@ -219,8 +219,20 @@ def test_dotted_user_module_rejects_data_path_it_cannot_take(user_module, tmp_pa
     name = user_module(GOOD_MODULE, package=pkg)
     spec = resolve_dataset(DataArgs(dataset=name, data_path=str(tmp_path)), 0)
     assert spec.data_path == str(tmp_path)
-    with pytest.raises(UserError, match="does not accept data_args.data_path"):
+    with pytest.raises(UserError, match=f"data_args.data_path: dataset {name} does not accept it"):
         spec.center_dataset(0, True)
+    # The plan refuses it first, with the config's other problems, before any output directory is made
+    # (it used to be refused on every rank once the run's directory existed, which then refused the
+    # corrected command as an interrupted run).
+    from flamby_mpi.config import load_config
+    from flamby_mpi.plan import make_plan
+
+    config = load_config(str(REPO / "config" / "fedml_config.yaml"),
+                         [f"data_args.dataset={name}", f"data_args.data_path={tmp_path}",
+                          f"common_args.output_dir={tmp_path / 'run'}"])
+    with pytest.raises(UserError, match=f"data_args.data_path: dataset {name} does not accept it") as refused:
+        make_plan(config)
+    assert refused.value.exit_code == 2 and not (tmp_path / "run").exists()
     sys.modules.pop(pkg, None)
 
 

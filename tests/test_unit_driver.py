@@ -49,3 +49,31 @@ def test_the_plan_is_all_downstream_code_reads():
     plan = _plan()
     assert plan.final_round == plan.rounds == 1 and plan.exchanges == 2
     assert plan.evaluates(plan.final_round) and not plan.evaluates(0)
+
+
+def test_a_gpu_only_dataset_whose_clients_have_no_gpu_is_refused_before_anything_is_made(
+        tmp_path, monkeypatch, capsys):
+    """A run in process of Fed-Heart-Disease, marked here as FLamby's GPU-only datasets are, on a
+    host without a GPU: exit 2 naming the client ranks, and no output directory (it used to be made
+    first, and then refused the corrected command as an interrupted run)."""
+    import torch
+
+    from flamby_mpi import cli
+    from flamby_mpi.datasets import flamby_datasets
+    from support.mpi import REPO
+    from support.optional import shared_or_skip
+    from support.paths import SHARED_DATA
+
+    data = SHARED_DATA / "fed_heart_disease"
+    shared_or_skip(data)
+    monkeypatch.setitem(flamby_datasets.NEEDS_CUDA, "fed_heart_disease", "its FLamby code calls .cuda()")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "run"
+    code = cli.main(["--cf", str(REPO / "config" / "fed_heart_disease.yaml"), "--run_id", "gpu-only",
+                     "--set", f"data_args.data_path={data}", "--set", "device_args.using_gpu=true",
+                     "--set", "comm_args.backend=inprocess", "--set", f"common_args.output_dir={out}"])
+    err = capsys.readouterr().err
+    assert code == failures.EXIT_USER_ERROR, err
+    assert "rank(s) 1, 2, 3, 4 have no GPU: its FLamby code calls .cuda()" in err, err
+    assert err.count("have no GPU") == 1 and "Traceback" not in err, err
+    assert not out.exists()

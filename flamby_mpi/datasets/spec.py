@@ -59,16 +59,26 @@ class DatasetSpec:
         only some centres (FLamby's pooled set would hold the others too)."""
         return torch.utils.data.ConcatDataset([self.center_dataset(c, train) for c in centres])
 
+    def data_path_problem(self) -> Optional[str]:
+        """Why data_args.data_path cannot be given to this dataset (its class takes no data_path,
+        nor does a base class of it), or None. The plan asks, before anything is made."""
+        accepted = _accepted_kwargs(self.fed_class)
+        if (self.data_path is not None and accepted is not None and "data_path" not in accepted
+                and base_taking_data_path(self.fed_class) is None):
+            return (f"data_args.data_path: dataset {self.name} does not accept it (it finds its data itself): "
+                    "remove data_args.data_path from the config")
+        return None
+
     def _build(self, **kwargs) -> torch.utils.data.Dataset:
         accepted = _accepted_kwargs(self.fed_class)
         fed_class = self.fed_class
         if self.data_path is not None:
             if accepted is not None and "data_path" not in accepted:
                 # FLamby's FedKits19: its base class takes the path (data_path_to_base.py).
-                if base_taking_data_path(fed_class) is None:
+                problem = self.data_path_problem()
+                if problem is not None:  # a plan refuses it first; a dataset built without one
                     from ..exit.errors import UserError
-                    raise UserError(f"dataset {self.name} does not accept data_args.data_path",
-                                    hint="remove data_args.data_path from the config")
+                    raise UserError(problem)
                 fed_class = with_data_path(fed_class, self.data_path)
             else:
                 kwargs["data_path"] = self.data_path
