@@ -162,6 +162,17 @@ def test_a_run_that_left_its_lock_file_is_still_a_run_and_a_refused_start_keeps_
     assert list(empty.iterdir()) == []  # the lock file this refused job made is gone
 
 
+def test_a_finished_run_is_said_to_be_continuable_only_when_it_has_a_checkpoint(tmp_path):
+    out = tmp_path / "out"
+    _run_files(out)  # finished, with the checkpoint of round 3
+    (out / run_directory.LOCK_NAME).write_text("")  # every run leaves it
+    with_checkpoint = str(run_directory.refusal(out, run_directory.inspect(out)))
+    assert "--overwrite" in with_checkpoint and "--resume with a larger train_args.comm_round" in with_checkpoint
+    run_directory.safe_files.remove_tree(out, "checkpoints")  # a run with common_args.checkpoint_every: 0
+    without = str(run_directory.refusal(out, run_directory.inspect(out)))
+    assert "holds a finished run" in without and "add --overwrite" in without and "--resume" not in without, without
+
+
 # ---- the lock ----------------------------------------------------------------------------------
 
 def test_a_second_job_is_refused_naming_the_first_until_the_first_ends(tmp_path, ranks, capsys):

@@ -321,8 +321,9 @@ def refusal(output_dir: Path, state: DirectoryState, on: str = "") -> UserError:
                          hint="give this run another --run_id (or common_args.output_dir), or move those files "
                               "away; --overwrite deletes only an earlier run's files, so it does not apply")
     if state.kind == "finished":
-        ways = ("to run it again, add --overwrite (its files are deleted); to continue it with more rounds, "
-                "--resume with a larger train_args.comm_round")
+        ways = "to run it again, add --overwrite (its files are deleted)"
+        if state.newest_checkpoint is not None:  # a run with checkpoints off has nothing to continue from
+            ways += "; to continue it with more rounds, --resume with a larger train_args.comm_round"
     else:
         start_afresh = "to start afresh, add --overwrite (its files are deleted)"
         ways = (f"to continue it, add --resume; {start_afresh}" if state.newest_checkpoint is not None
