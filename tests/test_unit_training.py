@@ -122,6 +122,24 @@ def test_train_steps_draws_exactly_n_batches():
     assert learner.batches.batches_drawn == 5
 
 
+def test_an_empty_batch_steps_but_is_left_out_of_the_mean_loss():
+    """Differential privacy's Poisson sampling draws empty batches now and then: rounds.csv and
+    TensorBoard showed a train loss of nan for those rounds."""
+    learner = _learner(optimizer_class=torch.optim.SGD, lr=0.1)
+    draw, drawn = learner.batches.get_samples, []
+
+    def with_an_empty_one():
+        x, y = draw()
+        drawn.append(len(y))
+        return (x[:0], y[:0]) if len(drawn) == 2 else (x, y)
+
+    learner.batches.get_samples = with_an_empty_one
+    loss = learner.train_steps(3)
+    assert len(drawn) == 3 and np.isfinite(loss) and loss > 0
+    learner.batches.get_samples = lambda: (lambda x, y: (x[:0], y[:0]))(*draw())
+    assert np.isnan(learner.train_steps(2))  # no sample at all: no loss, not 0
+
+
 def test_train_steps_returns_mean_loss_and_trains():
     learner = _learner(optimizer_class=torch.optim.SGD, lr=0.1)
     x, y = learner.batches.loader.dataset.x, learner.batches.loader.dataset.y

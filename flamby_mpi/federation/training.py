@@ -172,18 +172,20 @@ class LocalLearner:
         self.net.load_state_dict(state_dict)
 
     def train_steps(self, num_updates: int, extra_loss=None, grad_hook=None) -> float:
-        """Runs num_updates optimizer steps; returns the mean training loss.
+        """Runs num_updates optimizer steps; returns the mean training loss over its non-empty batches.
 
         extra_loss(model) adds a term to the loss (FedProx); grad_hook(model) edits the
         gradients before each step (Scaffold's correction).
         """
         self.model.train()
-        total = 0.0
+        total, counted = 0.0, 0
         for _ in range(num_updates):
             x, y = self.batches.get_samples()
             x, y = x.to(self.device), y.to(self.device)
             loss = self.loss(self.model(x), y)
-            reported = loss.item()
+            # An empty batch (opacus's Poisson sampling draws one now and then) still steps, but its
+            # loss is a mean over no sample, NaN: it is left out of the mean reported, not the step.
+            reported = loss.item() if len(y) else None
             if extra_loss is not None:
                 term = extra_loss(self.model)
                 if term is not None:
@@ -193,8 +195,11 @@ class LocalLearner:
                 grad_hook(self.model)
             self.optimizer.step()
             self.optimizer.zero_grad()
-            total += reported
-        return total / max(1, num_updates)
+            if reported is not None:
+                total, counted = total + reported, counted + 1
+        if num_updates and not counted:
+            return float("nan")  # every batch was empty: no loss to report
+        return total / max(1, counted)
 
 
 @dataclass
