@@ -194,8 +194,9 @@ def test_resume_without_any_checkpoint_or_run_says_so(tmp_path, monkeypatch, cap
     (never / "notes.txt").write_text("the user's own")
     assert cli.main(_argv("FedAvg", never, extra=["--resume"])) == 2
     assert "holds no run (no checkpoint, no results.json)" in capsys.readouterr().err
-    assert sorted(p.name for p in never.iterdir()) == [".flamby-mpi.lock", "notes.txt"]
-    (never / "checkpoints").mkdir()  # a run killed before its first complete checkpoint
+    assert sorted(p.name for p in never.iterdir()) == ["notes.txt"]  # left as it was, no lock file either
+    (never / ".flamby-mpi.lock").write_text("")  # a run killed before its first complete checkpoint
+    (never / "checkpoints").mkdir()
     assert cli.main(_argv("FedAvg", never, extra=["--resume"])) == 2
     assert "no checkpoint in" in capsys.readouterr().err
     argv = ["--cf", str(DEFAULT_CONFIG), "--resume", *BASE]
