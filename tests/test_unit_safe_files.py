@@ -491,3 +491,18 @@ def test_writes_from_threads_at_once_each_land_whole(run_and_outside):
         t.join()
     data = (run / "checkpoints" / "round_1" / "shared").read_bytes()
     assert not errors and len(data) == 10000 and len(set(data)) == 1 and temporary_files(run) == []
+
+
+def test_a_directory_removed_while_a_file_is_written_in_it_is_said_in_words(tmp_path):
+    """rm -rf of a running job's output directory used to end a rank with a FileNotFoundError traceback."""
+    import shutil
+
+    (tmp_path / "run" / "checkpoints" / "round_3").mkdir(parents=True)
+    with safe_files.Directory(tmp_path / "run", "checkpoints/round_3") as directory:
+        shutil.rmtree(tmp_path / "run")
+        with pytest.raises(safe_files.DirectoryRemoved) as removed:
+            directory.write_atomic("rank_1.pt", b"x" * 100, durable=True)
+    assert removed.value.exit_code == 1
+    assert str(removed.value).startswith(f"{tmp_path / 'run' / 'checkpoints' / 'round_3'} was removed while "
+                                         "rank_1.pt was being written in it")
+    assert not (tmp_path / "run").exists()  # nothing made again

@@ -67,6 +67,19 @@ class StorageError(UserError):
                               "continue the run with --resume")
 
 
+class DirectoryRemoved(UserError):
+    """The directory a file was being written in was removed meanwhile (by hand, by a clean-up of
+    the output directory): the run cannot go on writing there."""
+
+    exit_code = 1
+
+    def __init__(self, path: Union[str, Path]):
+        path = Path(path)
+        super().__init__(f"{plain(path.parent)} was removed while {plain(path.name)} was being written in it",
+                         hint="something deleted the run's output directory (or a part of it) while the run "
+                              "was going: start the run again, in a directory nothing else cleans up")
+
+
 class UnsafePathError(UserError):
     """A link, or something other than a directory or regular file, where the run keeps its files."""
 
@@ -333,6 +346,8 @@ class Directory:
             seen = hashing.error if hashing is not None and hashing.error is not None else exc
             if is_storage_error(seen):
                 raise StorageError(self.path(name), seen) from None
+            if isinstance(seen, FileNotFoundError):  # opened by descriptor: only its removal makes it vanish
+                raise DirectoryRemoved(self.path(name)) from None
             raise
         finally:
             if tmp is not None:
