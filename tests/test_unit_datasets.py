@@ -3,6 +3,7 @@ import builtins
 import functools
 import itertools
 import json
+import subprocess
 import sys
 import textwrap
 import uuid
@@ -197,6 +198,22 @@ GOOD_MODULE = """
     def FedClass(center=0, train=True, pooled=False):
         return _m.FedClass(center=center, train=train, pooled=pooled)
 """
+
+
+def test_a_module_in_the_directory_the_command_runs_in_is_found_by_launch_client_as_by_check(tmp_path):
+    """`python -m flamby_mpi check` found my_silos.py in the current directory (python -m puts it on
+    sys.path) and said ready; `python launch_client.py` then said "unknown dataset"."""
+    from support.mpi import LAUNCHER, test_env
+
+    (tmp_path / "home").mkdir()
+    (tmp_path / "my_silos_here.py").write_text(textwrap.dedent(GOOD_MODULE))
+    done = subprocess.run([sys.executable, str(LAUNCHER), "--cf", str(REPO / "config" / "fedml_config.yaml"),
+                           "--run_id", "here", "--set", "data_args.dataset=my_silos_here",
+                           "--set", "comm_args.backend=inprocess", "--set", "train_args.comm_round=1",
+                           "--set", "train_args.num_updates=2", "--quiet"],
+                          cwd=tmp_path, env=test_env(tmp_path / "home"), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "runs" / "here" / "results.json").exists()
 
 
 def test_dotted_user_module(user_module):
