@@ -61,6 +61,8 @@ RESULT_NEUTRAL_KEYS = frozenset({
     "comm_args.round_timeout_s", "comm_args.join_timeout_s", "comm_args.rendezvous_dir",
     "comm_args.secret_file", "tracking_args.log_level", "tracking_args.tensorboard",
     "device_args.memory_check", "device_args.memory_estimates_file",
+    # The in-process twin computes what the MPI ranks compute, bit for bit: a run may go on in either.
+    "comm_args.backend",
 })
 ROUNDS_KEY = "train_args.comm_round"
 

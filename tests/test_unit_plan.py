@@ -360,6 +360,9 @@ def test_a_checkpoint_keeps_recording_the_config_dict_and_resume_reads_it():
     assert plan.result_changing_differences(recorded) == [] and plan.rounds_change(recorded) is None
     neutral = _plan(train_args={"comm_round": 3}, comm_args={"round_timeout_s": 5})
     assert neutral.result_changing_differences(recorded) == []
+    # The in-process twin is bitwise the MPI run: a run checkpointed under one goes on under the other.
+    inprocess = _plan(train_args={"comm_round": 3}, comm_args={"backend": "inprocess"})
+    assert inprocess.result_changing_differences(recorded) == []
     changed = _plan(train_args={"comm_round": 5, "learning_rate": 0.5})
     assert changed.result_changing_differences(recorded) == [("train_args.learning_rate", None, 0.5)]
     assert changed.rounds_change(recorded) == (3, 5)
