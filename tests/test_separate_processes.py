@@ -191,3 +191,18 @@ def test_start_local_script_runs_every_rank_in_the_background(workdir):
     logs = sorted(p.name for p in (cwd / "runs" / marker / "terminals").iterdir())
     assert logs == [f"rank{k}.log" for k in range(5)]
     assert job.leftovers == []
+
+
+def test_a_server_started_alone_says_at_once_that_its_directory_holds_a_finished_run(workdir, ranks):
+    """It used to wait for every client (comm_args.join_timeout_s) before saying so."""
+    cwd, home, marker = workdir
+    out = cwd / "runs" / marker
+    out.mkdir(parents=True)
+    (out / ".flamby-mpi.lock").write_text("")
+    (out / "results.json").write_text(json.dumps({"rounds_completed": 3}))
+    r = ranks(common=FAST + ["--set", "comm_args.join_timeout_s=120"])
+    r.start(0)
+    assert r.wait(60) == {"rank0": 2}, r.all_logs()
+    assert r.seconds("rank0") < 50 and "holds a finished run" in r.log("rank0"), r.all_logs()
+    assert WAITING not in r.log("rank0") and "Traceback" not in r.log("rank0")
+    assert not (out / "rendezvous").exists() or list((out / "rendezvous").iterdir()) == []

@@ -19,6 +19,7 @@ from typing import Callable, List, Optional
 
 from ..exit.errors import UserError
 from ..exit.failures import EXIT_FAILURE, EXIT_USER_ERROR, fail, where
+from ..storage import run_directory
 from . import liveness, rendezvous, run_secret
 from .environment import started_by_mpi_launcher
 from .world import World, form_world
@@ -88,6 +89,10 @@ def join_world(plan, cli_rank: int) -> World:
 
     secret_file = plan.secret_file
     if cli_rank == 0:
+        # Said now, not once every client has joined (up to comm_args.join_timeout_s later).
+        refused = run_directory.refusal_ahead(plan.output_dir, plan.resume, plan.overwrite)
+        if refused is not None:
+            raise refused
         port = MPI.Open_port()
         publication = rendezvous.publish(files, port, secret_file, announce)
 

@@ -369,10 +369,9 @@ def _take_and_check(output_dir: Path, holder: Holder, resume: bool, overwrite: b
             _HELD.append(lock)  # a shared file system whose locks do not reach across hosts
             return None, []
         state = inspect(output_dir, lock_was_there=not lock.created)
-        if state.kind == "foreign" or (state.kind != "empty" and not (resume or overwrite)):
-            raise refusal(output_dir, state, on)
-        if state.kind == "empty" and resume and not on:
-            raise _nothing_to_resume(output_dir, "holds no run (no checkpoint, no results.json)")
+        problem = _state_refusal(output_dir, state, resume, overwrite, on)
+        if problem is not None:
+            raise problem
         lock.record(holder)
         notes = [] if lock.supported else [
             f"{output_dir}: the file system does not support locks (flock), so a second job in this "
@@ -385,6 +384,25 @@ def _take_and_check(output_dir: Path, holder: Holder, resume: bool, overwrite: b
         raise
     _HELD.append(lock)
     return lock, notes
+
+
+def _state_refusal(output_dir: Path, state: DirectoryState, resume: bool, overwrite: bool,
+                   on: str = "") -> Optional[UserError]:
+    """Why a job with these options cannot start in a directory in this state, or None."""
+    if state.kind == "foreign" or (state.kind != "empty" and not (resume or overwrite)):
+        return refusal(output_dir, state, on)
+    if state.kind == "empty" and resume and not on:
+        return _nothing_to_resume(output_dir, "holds no run (no checkpoint, no results.json)")
+    return None
+
+
+def refusal_ahead(output_dir: Path, resume: bool, overwrite: bool) -> Optional[UserError]:
+    """What taking the directory would refuse, from what is there now, taking and making nothing:
+    a server started alone (one terminal per rank) asks before it waits for its clients, which
+    took up to comm_args.join_timeout_s before the refusal was said. The claim still decides."""
+    if not os.path.lexists(os.path.expanduser(str(output_dir))):
+        return _nothing_to_resume(output_dir, "does not exist") if resume else None
+    return _state_refusal(output_dir, inspect(output_dir), resume, overwrite)
 
 
 def _nothing_to_resume(output_dir: Path, why: str) -> UserError:
