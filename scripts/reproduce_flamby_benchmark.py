@@ -181,7 +181,17 @@ def main(argv=None) -> int:
     unknown = [s for s in strategies if s not in FLAMBY_BENCHMARK_STRATEGIES]
     if unknown:
         parser.error(f"unknown strategies {unknown}; valid: {', '.join(FLAMBY_BENCHMARK_STRATEGIES)}")
-    seeds = [int(s) for s in args.seeds.split(",")]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds: {args.seeds!r} is not a comma-separated list of integers (e.g. 42,43)")
+    for name, value in (("--timeout", args.timeout), ("--num-updates", args.num_updates)):
+        if not value > 0:
+            parser.error(f"{name} must be positive, not {value}")
+    if not args.tolerance >= 0:
+        parser.error(f"--tolerance must be 0 or more, not {args.tolerance}")
+    if args.np is not None and args.np < 2:
+        parser.error(f"--np must be at least 2 (a server and a client), not {args.np}")
     args.config = args.config or REPO / "config" / f"{args.dataset}.yaml"
     results_dir = args.results_dir or DEFAULT_RESULTS / args.dataset
     out = args.output_dir or Path("runs") / f"reproduce-{args.dataset}"

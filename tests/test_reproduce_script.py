@@ -62,3 +62,25 @@ def test_reproduction_table_plot_and_verdict(tmp_path):
     again = run_job(args + ["--rerun", "--strategies", "FedAvg", "--seeds", "1"], tmp_path, env_for(home), 300)
     assert again.returncode == 0, again.output
     assert (out / "runs" / "FedAvg" / "seed1" / "results.json").stat().st_mtime_ns != before
+
+
+@pytest.mark.parametrize("bad, said", [
+    (["--seeds", "a,b"], "--seeds: 'a,b' is not a comma-separated list of integers"),
+    (["--seeds", ""], "--seeds: '' is not a comma-separated list of integers"),
+    (["--timeout", "0"], "--timeout must be positive"),
+    (["--num-updates", "-3"], "--num-updates must be positive"),
+    (["--tolerance", "-1"], "--tolerance must be 0 or more"),
+    (["--tolerance", "nan"], "--tolerance must be 0 or more"),
+    (["--np", "1"], "--np must be at least 2"),
+])
+def test_usage_mistakes_are_said_in_one_line_before_any_run(bad, said, capsys):
+    """They used to end in a ValueError traceback, or to start the sweep (--timeout 0: every run 'failed')."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import reproduce_flamby_benchmark as script
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    with pytest.raises(SystemExit) as ended:
+        script.main(bad)
+    assert ended.value.code == 2
+    assert said in capsys.readouterr().err
