@@ -6,6 +6,7 @@ per case), and all the in-process twins in one Python process. Each case still h
 its own output directory and its own MPI == in-process check. The twins run in the reverse order:
 a result that depended on what ran before it in the same process would show up as a mismatch.
 """
+import csv
 import hashlib
 import json
 import sys
@@ -93,6 +94,13 @@ def test_strategy_over_mpi_equals_in_process(case, runs):
     b = json.loads((inproc_out / "results.json").read_text())
     assert a["strategy"] == strategy and a["metrics"] == b["metrics"]
     assert (a["backend"], b["backend"]) == ("MPI", "inprocess")
+    # Differential privacy is on record in results.json and, in FLamby's columns, in results.csv.
+    dp = {"target_epsilon": 5.0, "target_delta": 0.001, "max_grad_norm": 1.0} if case.endswith("-dp") else None
+    assert a["differential_privacy"] == b["differential_privacy"] == dp
+    with open(mpi_out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["dp_target_epsilon"], r["dp_target_delta"], r["dp_max_grad_norm"]) for r in rows} == {
+        ("5.0", "0.001", "1.0") if dp else ("", "", "")}
 
 
 def test_the_shared_jobs_ended_cleanly(runs):

@@ -68,6 +68,11 @@ def run_module(*args, cwd=None, env=None):
 def test_load_run_reads_results_metrics_and_rounds(tmp_path):
     run = report.load_run(make_run(tmp_path, "a"))
     assert run.label == "FedAvg (a)"
+    private = make_run(tmp_path, "p")
+    results = json.loads((private / "results.json").read_text())
+    results["differential_privacy"] = {"target_epsilon": 1.0, "target_delta": 0.001, "max_grad_norm": 1.0}
+    (private / "results.json").write_text(json.dumps(results))
+    assert report.load_run(private).label == "FedAvg with DP (p)"  # two runs of one strategy are told apart
     assert run.final_metrics["client_test_1"] == 0.7
     assert len(run.metrics) == 3 * 4
     assert run.metrics[0] == {"round": 1, "test": "client_test_0", "metric": pytest.approx(0.5),

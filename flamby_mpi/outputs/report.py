@@ -59,7 +59,8 @@ class Run:
 
     @property
     def label(self) -> str:
-        return f"{self.results.get('strategy', '?')} ({self.results.get('run_id', self.path.name)})"
+        private = " with DP" if isinstance(self.results.get("differential_privacy"), dict) else ""
+        return f"{self.results.get('strategy', '?')}{private} ({self.results.get('run_id', self.path.name)})"
 
     @property
     def final_metrics(self) -> Dict[str, Optional[float]]:

@@ -19,7 +19,7 @@ from typing import Dict, Optional
 from ..storage import safe_files, torch_files
 
 RESULTS_CSV_COLUMNS = ["Test", "Method", "Metric", "seed", "learning_rate", "optimizer_class", "num_updates",
-                       "rounds"]
+                       "rounds", "dp_target_epsilon", "dp_target_delta", "dp_max_grad_norm"]
 
 
 def _json_number(value):
@@ -42,6 +42,10 @@ def write_results(plan, server_run, timing: Dict[str, float], world_size: int,
         "strategy": strategy,
         # The strategy's own hyperparameters as used, defaults filled in (e.g. Cyclic's pass_model_on).
         "strategy_hyperparameters": dict(server_run.strategy.hp),
+        # FLamby's differential privacy (opacus) on every client, or null: off.
+        "differential_privacy": None if plan.privacy is None else {
+            "target_epsilon": plan.privacy.target_epsilon, "target_delta": plan.privacy.target_delta,
+            "max_grad_norm": plan.privacy.max_grad_norm},
         "seed": plan.seed,
         "num_clients": plan.num_clients,
         # FLamby's indices of the centres trained, in rank order (data_args.centers, default all)
@@ -72,13 +76,16 @@ def write_results(plan, server_run, timing: Dict[str, float], world_size: int,
     writer = csv.writer(rows)
     writer.writerow(RESULTS_CSV_COLUMNS)
     method = flamby_method_name(strategy, plan.num_updates)
+    # FLamby's own columns for it (its benchmark's CSVs), empty when it is off
+    privacy_columns = ["", "", ""] if plan.privacy is None else [
+        plan.privacy.target_epsilon, plan.privacy.target_delta, plan.privacy.max_grad_norm]
     test_names = [k for k in metrics if k.startswith("client_test_")]
     if metrics.get("pooled") is not None:
         test_names.append("pooled")
     for name in test_names:
         writer.writerow(["Pooled Test" if name == "pooled" else name, method, metrics[name], plan.seed,
                          plan.learning_rate, f"<class '{plan.optimizer_name}'>",
-                         plan.num_updates, plan.rounds])
+                         plan.num_updates, plan.rounds, *privacy_columns])
     safe_files.write_atomic(output_dir, "results.csv", rows.getvalue().encode())
 
     safe_files.write_atomic(output_dir, "rounds.csv", server_run.round_log.csv_text().encode())
