@@ -247,9 +247,25 @@ def record(plan, memory: MemoryEstimate) -> str:
     return f"recorded for the run's memory check in {path}"
 
 
-def run_check(config_path: str, overrides: List[str], ranks_per_host: Optional[int] = None) -> Tuple[int, str]:
-    """(exit code, the table) for this config and these --set values. Raises UserError for a
-    config or plan the ranks would refuse."""
+def output_directory_line(directory, resume: bool, overwrite: bool) -> Tuple[bool, str]:
+    """(ready, the table's line) for the run's output directory, when the config or --run_id names
+    it: what taking it would refuse (an earlier run there without --resume or --overwrite, --resume
+    where no run is, files of a run's names that no run left), looked at without making anything."""
+    from .storage import run_directory
+
+    if directory is None:
+        return True, "output directory: runs/<run id>, the run id not known yet (no --run_id): not looked at"
+    problem = run_directory.refusal_ahead(directory, resume, overwrite)
+    if problem is None:
+        return True, f"output directory: {directory}: ok"
+    return False, f"output directory: {problem}"
+
+
+def run_check(config_path: str, overrides: List[str], ranks_per_host: Optional[int] = None,
+              run_id: Optional[str] = None, resume: bool = False, overwrite: bool = False) -> Tuple[int, str]:
+    """(exit code, the table) for this config and these --set values (and the launcher's --run_id,
+    --resume, --overwrite, for the output directory). Raises UserError for a config or plan the
+    ranks would refuse."""
     config = load_config(config_path, overrides)
     try:
         from .plan import make_plan  # torch, and the dataset's module (FLamby and its extras)
@@ -258,6 +274,11 @@ def run_check(config_path: str, overrides: List[str], ranks_per_host: Optional[i
                         hint="activate the environment the job runs in (. .venv/bin/activate), or "
                              "skip the check (scripts/submit.py --skip-check)") from None
     plan = make_plan(config)
+    run_id = run_id or config.common_args.run_id
+    if run_id is not None:
+        plan = plan.with_run_id(run_id)
+    directory = plan.output_dir if plan.output_dir is not None else plan.configured_output_dir
+    directory_ready, directory_line = output_directory_line(directory, resume, overwrite)
     memory, memory_problem = None, None
     first = plan.centres[0]
     try:
@@ -268,8 +289,9 @@ def run_check(config_path: str, overrides: List[str], ranks_per_host: Optional[i
         memory_problem = f"one training step failed: {type(exc).__name__}: {exc}"
     recorded = record(plan, memory) if memory is not None and memory.fit is not None else ""
     centres = [check_centre(plan, c) for c in plan.centres]
-    ready = memory is not None and all(c.problem is None for c in centres)
-    return (0 if ready else 2), table(plan, centres, memory, memory_problem, ranks_per_host, recorded)
+    ready = memory is not None and all(c.problem is None for c in centres) and directory_ready
+    text = table(plan, centres, memory, memory_problem, ranks_per_host, recorded) + "\n" + directory_line
+    return (0 if ready else 2), text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -281,6 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cf", required=True, metavar="CONFIG", help="the run's YAML config")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config key, as launch_client.py does; repeatable")
+    parser.add_argument("--run_id", default=None, metavar="ID",
+                        help="the run's id, as given to launch_client.py: its output directory is looked at too")
+    ways = parser.add_mutually_exclusive_group()
+    ways.add_argument("--resume", action="store_true", help="as launch_client.py's: the run continues a run there")
+    ways.add_argument("--overwrite", action="store_true",
+                      help="as launch_client.py's: the run replaces an earlier run there")
     parser.add_argument("--ranks-per-host", type=int, default=None, metavar="K",
                         help="also print what a host running K ranks of the job needs (scripts/submit.py "
                              "passes the ranks per node it knows)")
@@ -293,7 +321,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.ranks_per_host is not None and args.ranks_per_host < 1:
         parser.error("--ranks-per-host must be at least 1")
     try:
-        code, text = run_check(args.cf, args.set, args.ranks_per_host)
+        code, text = run_check(args.cf, args.set, args.ranks_per_host, args.run_id, args.resume, args.overwrite)
     except UserError as error:
         return fail(str(error), error.exit_code)
     print(text, flush=True)

@@ -160,6 +160,10 @@ def readiness_check(config: str, launch_args: List[str], per_node: Optional[int]
     command = [sys.executable, "-m", "flamby_mpi", "check", "--cf", config]
     for text in set_overrides(launch_args):
         command += ["--set", text]
+    # The job's own run id, --resume and --overwrite: the check looks at the output directory they name.
+    given, _ = launch_parser().parse_known_args(["--cf", config, *launch_args])
+    command += ["--run_id", given.run_id] if given.run_id else []
+    command += [flag for flag, on in (("--resume", given.resume), ("--overwrite", given.overwrite)) if on]
     if per_node is not None:
         command += ["--ranks-per-host", str(per_node)]
     print(f"# readiness check: {shlex.join(command)}", file=sys.stderr, flush=True)

@@ -48,6 +48,26 @@ def test_synthetic_listed_centres_are_checked_and_memory_measured(tmp_path):
     assert not list(tmp_path.glob("runs"))  # a check writes no run
 
 
+def test_the_output_directory_is_looked_at_as_the_run_will_take_it(tmp_path):
+    """The check said ready for a run whose output directory held a finished run; the run then
+    exited 2 on every rank (after its queue wait, under submit.py)."""
+    small = ["--cf", str(DEFAULT_CONFIG), "--set", "data_args.synthetic_samples_per_center=40"]
+    done = _check(tmp_path, *small)
+    assert done.returncode == 0 and "the run id not known yet (no --run_id): not looked at" in done.stdout
+    finished = tmp_path / "runs" / "r1"
+    finished.mkdir(parents=True)
+    (finished / ".flamby-mpi.lock").write_text("")
+    (finished / "results.json").write_text('{"rounds_completed": 3}')
+    before = sorted(p.name for p in finished.iterdir())
+    done = _check(tmp_path, *small, "--run_id", "r1")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "output directory: runs/r1 holds a finished run" in done.stdout and "Traceback" not in done.stderr
+    assert _check(tmp_path, *small, "--run_id", "r1", "--overwrite").returncode == 0
+    done = _check(tmp_path, *small, "--set", "common_args.output_dir=nowhere", "--resume")
+    assert done.returncode == 2 and "--resume: nowhere does not exist" in done.stdout, done.stdout
+    assert sorted(p.name for p in finished.iterdir()) == before and not (tmp_path / "nowhere").exists()
+
+
 def test_a_centre_whose_data_fails_is_named_and_the_exit_is_2(tmp_path):
     """The faulty dataset (tests/support/faulty_dataset.py) fails on centre 2 only when loading."""
     done = _check(tmp_path, "--cf", str(DEFAULT_CONFIG), "--set", "data_args.dataset=support.faulty_dataset",
