@@ -7,12 +7,11 @@ def main() -> None:
     """The command line (flamby_mpi.cli.main), then the process ends with its exit code as
     sys.exit would, minus the interpreter's teardown (flamby_mpi/exit/fast_exit.py). Never returns.
     `check` first runs the readiness check instead (flamby_mpi/check.py)."""
-    import os
     import sys
 
     from flamby_mpi.runtime import import_gc
 
-    _current_directory_importable(os, sys)
+    _current_directory_importable()
 
     # First: the cyclic collector's passes over the objects the imports make cost a rank 0.3 s
     # of CPU (flamby_mpi/runtime/import_gc.py); cli.main resumes it once the plan is made.
@@ -37,11 +36,14 @@ def main() -> None:
     exit_now(command_line())
 
 
-def _current_directory_importable(os, sys) -> None:
+def _current_directory_importable() -> None:
     """A user's dataset module in the directory the command runs in (data_args.dataset: my_silos)
     is found by every entry point, as `python -m flamby_mpi` (and so `check`) finds it: `python
     launch_client.py` and the console script put their own directory first instead, so the check
     said ready and the run said "unknown dataset". Appended: it never shadows an installed package."""
+    import os
+    import sys
+
     try:
         here = os.getcwd()
     except OSError:  # the directory was removed: nothing to find there

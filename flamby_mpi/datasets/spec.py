@@ -73,12 +73,12 @@ class DatasetSpec:
         accepted = _accepted_kwargs(self.fed_class)
         fed_class = self.fed_class
         if self.data_path is not None:
+            problem = self.data_path_problem()
+            if problem is not None:  # a plan refuses it first; a dataset built without one
+                from ..exit.errors import UserError
+                raise UserError(problem)
             if accepted is not None and "data_path" not in accepted:
                 # FLamby's FedKits19: its base class takes the path (data_path_to_base.py).
-                problem = self.data_path_problem()
-                if problem is not None:  # a plan refuses it first; a dataset built without one
-                    from ..exit.errors import UserError
-                    raise UserError(problem)
                 fed_class = with_data_path(fed_class, self.data_path)
             else:
                 kwargs["data_path"] = self.data_path
