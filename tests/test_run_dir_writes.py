@@ -249,3 +249,40 @@ def test_links_at_every_temporary_name_the_old_writers_used_change_nothing_outsi
     assert snapshot(outside) == before
     assert _sha(out / "global_model.pt") == _sha(reference / "global_model.pt")
     assert json.loads((out / "results.json").read_text())["rounds_completed"] == ROUNDS
+
+
+# ---- the output directory removed under a running job --------------------------------------------
+
+def _remove_when(path: Path, trigger: Path, stop):
+    import shutil
+    import time
+
+    while not stop.is_set() and not trigger.exists():
+        time.sleep(0.002)
+    while not stop.is_set() and path.exists():  # ranks may still be writing in it: until it is gone
+        shutil.rmtree(path, ignore_errors=True)
+        time.sleep(0.01)
+
+
+def test_an_output_directory_removed_mid_run_ends_the_job_and_is_not_made_again(workdir):
+    """rm -rf of a running job's directory: the next write made it again, and the run went on
+    there without its lock file, config or checkpoints (another job could take it meanwhile, a
+    --resume found nothing). Now the job ends with exit 1 and one message, and the directory
+    stays gone."""
+    import threading
+
+    cwd, _, _ = workdir
+    out = cwd / "run"
+    stop = threading.Event()
+    remover = threading.Thread(target=_remove_when,
+                               args=(out, out / "checkpoints" / "round_1" / "manifest.json", stop), daemon=True)
+    remover.start()
+    try:
+        job = _mpirun(workdir, out, ["--set", "train_args.comm_round=200", "--set", "common_args.checkpoint_every=1"])
+    finally:
+        stop.set()
+        remover.join()
+    assert job.returncode == 1, job.output
+    _clean(job)
+    assert "was removed while" in job.stderr and "start the run again" in job.stderr, job.stderr
+    assert not out.exists(), sorted(str(p) for p in out.rglob("*"))

@@ -337,6 +337,7 @@ _HELD: List[DirectoryLock] = []
 
 
 def release_all():
+    safe_files.set_run_directory(None)
     while _HELD:
         _HELD.pop().release()
 
@@ -443,6 +444,7 @@ def claim(plan, transport) -> Claim:
             problem = (transport.rank, str(error), error.exit_code)
     problems = [p for p in transport.allgather(problem) if p is not None]
     if not problems:
+        safe_files.set_run_directory(plan.output_dir)  # here on every rank: never made again by a write
         return claim_here
     if transport.rank == 0:
         by_message: Dict[str, List[int]] = {}

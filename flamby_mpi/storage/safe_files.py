@@ -69,15 +69,42 @@ class StorageError(UserError):
 
 class DirectoryRemoved(UserError):
     """The directory a file was being written in was removed meanwhile (by hand, by a clean-up of
-    the output directory): the run cannot go on writing there."""
+    the output directory): the run cannot go on writing there. run_directory: the run's whole
+    output directory went."""
 
     exit_code = 1
 
-    def __init__(self, path: Union[str, Path]):
+    def __init__(self, path: Union[str, Path], run_directory: Union[str, Path, None] = None):
         path = Path(path)
-        super().__init__(f"{plain(path.parent)} was removed while {plain(path.name)} was being written in it",
-                         hint="something deleted the run's output directory (or a part of it) while the run "
-                              "was going: start the run again, in a directory nothing else cleans up")
+        if run_directory is None:
+            message = f"{plain(path.parent)} was removed while {plain(path.name)} was being written in it"
+        else:
+            message = (f"the run's output directory {plain(run_directory)} was removed while the run was "
+                       f"going (writing {plain(path)})")
+        super().__init__(message, hint="something deleted the run's output directory (or a part of it) while "
+                                       "the run was going: start the run again, in a directory nothing else "
+                                       "cleans up")
+
+
+# The output directory of the run this process is in, once taken (run_directory.claim): a write
+# below it never makes it again. Made again, it would hold a run without its lock, its checkpoints
+# or its config, which another job could take meanwhile.
+_run_directory: Optional[str] = None
+
+
+def set_run_directory(path: Union[str, Path, None]):
+    global _run_directory
+    _run_directory = None if path is None else os.path.abspath(os.path.expanduser(str(path)))
+
+
+def _refuse_to_remake_the_run_directory(root: str, relative):
+    run = _run_directory
+    if run is None or os.path.lexists(run):
+        return
+    path = os.path.abspath(root)
+    if path == run or path.startswith(run.rstrip(os.sep) + os.sep):
+        writing = Path(path).joinpath(*_parts(relative)) if relative is not None else Path(path)
+        raise DirectoryRemoved(writing, run_directory=run)
 
 
 class UnsafePathError(UserError):
@@ -119,6 +146,7 @@ def open_dir(root: Union[str, Path], relative: Union[str, Path, None] = None, cr
         except (FileNotFoundError, NotADirectoryError):
             if not create:
                 raise
+            _refuse_to_remake_the_run_directory(root_text, relative)
             # FileExistsError when a file is there: the callers name it ("is a file").
             Path(root_text).mkdir(parents=True, exist_ok=True)
             fd = os.open(root_text, _ROOT_FLAGS)
