@@ -142,6 +142,8 @@ def _run(plan: RunPlan, transport, at: str, completed: List[RunPlan]) -> int:
     if code:
         transport.stop_watching()
         return code
+    if server_run is not None:
+        server_run.begin_telemetry()
     stop_request = _stop_on_signals(plan, transport, server_run, at)
     for role in [server_run, *client_runs]:
         if role is not None:
@@ -150,8 +152,12 @@ def _run(plan: RunPlan, transport, at: str, completed: List[RunPlan]) -> int:
     def first_round():
         server_run.start_first_round()
         startup.mark("first_message", server_run.first_round_at)
-        console.info("all %d clients %s; time to first round %.1f s", plan.num_clients,
-                     "ready in this process" if plan.backend == "inprocess" else "joined",
+        ready = "ready in this process" if plan.backend == "inprocess" else "joined"
+        if server_run.start_round >= plan.rounds:  # a finished run resumed: its final evaluation again
+            console.info("all %d clients %s; all %d rounds were done, evaluating the final model",
+                         plan.num_clients, ready, plan.rounds)
+            return
+        console.info("all %d clients %s; time to first round %.1f s", plan.num_clients, ready,
                      server_run.first_round_at - startup.process_start())
 
     transport.exchange(plan, server_run, client_runs, first_round, device)

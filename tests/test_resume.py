@@ -142,6 +142,43 @@ def test_comm_round_may_grow_on_resume_and_gives_the_longer_run(finished, tmp_pa
     assert (reference / "metrics.csv").read_text() == (finished / "metrics.csv").read_text()
 
 
+def _tensorboard_scalars(out: Path) -> dict:
+    """Every scalar TensorBoard shows for the run in out, as {tag: [(step, value)]}."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_tensorboard_shows_a_resumed_run_as_the_uninterrupted_one_each_round_once(tmp_path, monkeypatch, capsys):
+    """A checkpoint is cut before its round's rows are complete, so the session that resumes it
+    writes that round again; a finished run resumed evaluates its final model again. TensorBoard
+    showed both points. Each session now starts at its first round, and TensorBoard drops what
+    earlier sessions wrote from there on."""
+    monkeypatch.chdir(tmp_path)
+    with_tb = ["--set", "tracking_args.tensorboard=true"]
+    reference, resumed = tmp_path / "five", tmp_path / "resumed"
+    assert cli.main(_argv("FedAdam", reference, rounds=5, extra=with_tb)) == 0
+    assert cli.main(_argv("FedAdam", resumed, rounds=3, extra=with_tb)) == 0
+    capsys.readouterr()
+    shown = [a for a in _argv("FedAdam", resumed, rounds=3, extra=[*with_tb, "--resume"]) if a != "--quiet"]
+    assert cli.main(shown) == 0
+    assert "all 3 rounds were done, evaluating the final model" in "".join(capsys.readouterr())
+    assert cli.main(_argv("FedAdam", resumed, rounds=5, extra=[*with_tb, "--resume"])) == 0
+    assert len(list((resumed / "tensorboard").iterdir())) == 3  # one event file per session
+    expected, shown = _tensorboard_scalars(reference), _tensorboard_scalars(resumed)
+    results = {t for t in expected if t.startswith("metric/") or t.endswith("/train_loss")}
+    assert shown.keys() <= expected.keys() and results <= shown.keys()
+    for tag, points in shown.items():
+        steps = [step for step, _ in points]
+        assert steps == sorted(set(steps)), f"{tag}: {steps}"
+        if tag in results:
+            assert points == expected[tag], tag
+        else:  # times and bytes; a centre's wait for the message a resumed run begins with is unknown
+            assert set(steps) <= {step for step, _ in expected[tag]}, tag
+
+
 def test_a_config_that_changes_the_result_is_refused_naming_the_keys(finished, capsys):
     capsys.readouterr()
     assert _resume(finished, extra=["--set", "common_args.random_seed=6", "--set", "train_args.beta1=0.8"]) == 2

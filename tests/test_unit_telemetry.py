@@ -121,7 +121,7 @@ def _in_repo(monkeypatch):
 # ---- TensorBoard event files written without TensorBoard (flamby_mpi/outputs/tensorboard_events.py) ----
 
 def test_event_bytes_are_protobufs_own_serialization():
-    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.event_pb2 import Event, SessionLog
     from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
     from tensorboard.compat.proto.tensor_pb2 import TensorProto
     from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
@@ -142,6 +142,8 @@ def test_event_bytes_are_protobufs_own_serialization():
     expected = Event(wall_time=7.0, summary=Summary(value=[
         Summary.Value(tag="run/plan/text_summary", metadata=metadata, tensor=tensor)]))
     assert te.event(7.0, 0, summary=te.text_summary("run/plan", text)) == expected.SerializeToString()
+    start = Event(wall_time=2.0, step=4, session_log=SessionLog(status=SessionLog.START))
+    assert te.event(2.0, 4, session_start=True) == start.SerializeToString()
     for step in (1, 127, 128, 2 ** 40):  # varints of one, two and six bytes
         assert te.event(1.0, step) == Event(wall_time=1.0, step=step).SerializeToString()
 
@@ -157,6 +159,7 @@ def test_tensorboard_reads_the_files_the_sink_writes(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     sink = TensorBoardSink(tmp_path / "tb", {"strategy": "FedAvg", "rounds": 3})
+    sink.begin(0)
     for number in (1, 2, 3):
         sink.round(number, [{"centre": 0, "train_loss": 0.5 / number, "local_train_s": 0.01, "wait_s": None,
                              "bytes_sent": 1000, "bytes_received": 2000}], round_s=0.25 * number)
@@ -176,6 +179,7 @@ def test_tensorboard_reads_the_files_the_sink_writes(tmp_path):
 def test_an_unwritable_tensorboard_directory_turns_it_off_with_a_warning(tmp_path, caplog):
     (tmp_path / "tb").write_text("a file where the directory should be")
     sink = TensorBoardSink(tmp_path / "tb", {})
+    sink.begin(0)
     sink.round(1, [], round_s=0.1)  # no error
     sink.close()
     assert "TensorBoard is off for this run" in caplog.text
@@ -187,6 +191,7 @@ def test_a_tensorboard_directory_linking_outside_is_not_written_through(tmp_path
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "tensorboard").symlink_to(outside, target_is_directory=True)
     sink = TensorBoardSink(tmp_path / "run" / "tensorboard", {"strategy": "FedAvg"})
+    sink.begin(0)
     sink.round(1, [], round_s=0.1)
     sink.close()
     assert list(outside.iterdir()) == []
@@ -198,9 +203,37 @@ def test_tensorboard_on_a_full_disk_turns_off_with_one_warning_naming_it(tmp_pat
 
     with tmpfs(tmp_path / "small", 16) as small:
         sink = TensorBoardSink(small / "tensorboard", {"strategy": "FedAvg"})
+        sink.begin(0)
         for step in range(2000):  # about 60 bytes an event: the 16 KiB fill up
             sink.round(step, [], round_s=0.1)
         sink.close()
         warnings = [r.getMessage() for r in caplog.records if "TensorBoard is off" in r.getMessage()]
         assert len(warnings) == 1 and "no space left on the device" in warnings[0]
         assert str(small / "tensorboard" / "events.out.tfevents.") in warnings[0]
+
+
+def test_a_session_resumed_at_a_step_replaces_what_earlier_sessions_wrote_from_there(tmp_path):
+    """Two sessions in one process and second still get two files; TensorBoard's reader shows each
+    step once, from the session that went on."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for first, last, loss in ((0, 4, 1.0), (2, 5, 2.0)):
+        sink = TensorBoardSink(tmp_path / "tb", {"rounds": last})
+        sink.begin(first)
+        for number in range(max(first, 1), last + 1):  # a resumed session writes its first round again
+            row = {"centre": 0, "train_loss": loss * number, "local_train_s": None, "wait_s": None,
+                   "bytes_sent": None, "bytes_received": None}
+            sink.round(number, [row], round_s=None)
+        sink.close()
+    assert len(list((tmp_path / "tb").iterdir())) == 2
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("centre_0/train_loss")] == \
+        [(1, 1.0), (2, 4.0), (3, 6.0), (4, 8.0), (5, 10.0)]
+
+
+def test_nothing_is_written_before_the_session_begins(tmp_path):
+    sink = TensorBoardSink(tmp_path / "tb", {})
+    sink.round(1, [], round_s=0.1)
+    sink.close()
+    assert not (tmp_path / "tb").exists()

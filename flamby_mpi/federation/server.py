@@ -98,6 +98,11 @@ class ServerRun:
         self.progress.end_line()  # a line being redrawn on a terminal ends first
         self._console(text)
 
+    def begin_telemetry(self):
+        """The telemetry sinks start at the round this run starts from (0, or the resumed cut's)."""
+        for sink in self.sinks:
+            sink.begin(self.start_round)
+
     def start_first_round(self):
         self.first_round_at = self._round_started = time.time()
         self.progress.start()

@@ -126,15 +126,23 @@ class TensorBoardSink:
     through."""
 
     def __init__(self, directory: Path, hyperparameters: Dict):
-        from .tensorboard_events import EventFileWriter
-
         self._writer = None
         self._path = Path(directory)
+        self._hyperparameters = dict(hyperparameters)
+
+    def begin(self, step: int):
+        """Opens this session's event file once the run knows where it starts: round 0, or the round
+        a --resume continues from. Nothing is made before (a refused --resume leaves no file). The
+        session start at `step` makes TensorBoard drop what an earlier session wrote from that step
+        on, which this one writes again (a checkpoint is cut before its round's rows are complete)."""
+        from .tensorboard_events import EventFileWriter
+
         try:
-            self._writer = EventFileWriter(Path(directory))
+            self._writer = EventFileWriter(self._path)
             self._path = self._writer.path
-            table = "\n".join(f"| {k} | {v} |" for k, v in hyperparameters.items())
-            self._writer.text(0, "run/plan", "| key | value |\n|---|---|\n" + table)
+            self._writer.session_start(step)
+            table = "\n".join(f"| {k} | {v} |" for k, v in self._hyperparameters.items())
+            self._writer.text(step, "run/plan", "| key | value |\n|---|---|\n" + table)
         except (OSError, StorageError, UnsafePathError) as exc:
             self._off(exc)
 

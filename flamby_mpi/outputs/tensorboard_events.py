@@ -8,7 +8,8 @@ format is small and stable, so it is written here:
 - an event file is a sequence of records: the data's length (uint64, little-endian), the masked
   CRC-32C of those 8 bytes (uint32), the data, the masked CRC-32C of the data;
 - each record's data is a serialized `Event` protocol buffer (tensorboard/compat/proto/event.proto):
-  wall_time (1, double), step (2, int64), file_version (3, string) or summary (5, Summary);
+  wall_time (1, double), step (2, int64), file_version (3, string), summary (5, Summary) or
+  session_log (7, SessionLog: status (1), START = 1);
 - Summary: repeated value (1); Summary.Value: tag (1), simple_value (2, float) for a scalar, or
   tensor (8, TensorProto) with metadata (9, SummaryMetadata naming the plugin) for a text.
 
@@ -17,6 +18,7 @@ messages, and the files against TensorBoard's reader.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import struct
@@ -96,8 +98,11 @@ def _bytes_field(field: int, value: bytes) -> bytes:
     return _key(field, 2) + _varint(len(value)) + value
 
 
+_SESSION_START = 1  # SessionLog.SessionStatus.START
+
+
 def event(wall_time: float, step: int = 0, *, file_version: Optional[str] = None,
-          summary: Optional[bytes] = None) -> bytes:
+          summary: Optional[bytes] = None, session_start: bool = False) -> bytes:
     """A serialized Event (proto3: a zero step is left out, as protobuf leaves it)."""
     out = _double_field(1, wall_time) if wall_time else b""
     if step:
@@ -106,6 +111,8 @@ def event(wall_time: float, step: int = 0, *, file_version: Optional[str] = None
         out += _bytes_field(3, file_version.encode())
     if summary is not None:
         out += _bytes_field(5, summary)
+    if session_start:
+        out += _bytes_field(7, _varint_field(1, _SESSION_START))  # session_log: SessionLog(status=START)
     return out
 
 
@@ -132,9 +139,14 @@ class EventFileWriter:
     def __init__(self, directory: Path):
         directory = Path(directory)
         now = time.time()
-        name = f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{os.getpid()}.0"
+        for number in itertools.count():  # a new file per session, even two in one process and second
+            name = f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{os.getpid()}.{number}"
+            try:
+                self._file = safe_files.open_append(directory.parent, f"{directory.name}/{name}", new=True)
+                break
+            except FileExistsError:
+                continue
         self.path = directory / name
-        self._file = safe_files.open_append(directory.parent, f"{directory.name}/{name}")
         self._append(event(now, file_version=FILE_VERSION))
 
     def _append(self, data: bytes):
@@ -144,6 +156,12 @@ class EventFileWriter:
     def scalars(self, step: int, scalars: Dict[str, float]):
         if scalars:
             self._append(event(time.time(), step, summary=scalars_summary(scalars)))
+
+    def session_start(self, step: int):
+        """A session starts at `step`. TensorBoard takes every start after a run's first as a
+        restart and drops what earlier files hold at this step and later: the rounds a resumed run
+        repeats are shown once, from the run that went on."""
+        self._append(event(time.time(), step, session_start=True))
 
     def text(self, step: int, tag: str, text: str):
         self._append(event(time.time(), step, summary=text_summary(tag, text)))

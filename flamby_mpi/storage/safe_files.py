@@ -403,14 +403,16 @@ class Directory:
         self.close()
 
 
-def open_append(root: Union[str, Path], relative: Union[str, Path], mode: int = 0o644) -> BinaryIO:
-    """root/relative opened for appending (created if absent), never through a link, never truncated."""
+def open_append(root: Union[str, Path], relative: Union[str, Path], mode: int = 0o644, *,
+                new: bool = False) -> BinaryIO:
+    """root/relative opened for appending (created if absent), never through a link, never truncated.
+    new: the file must not exist yet (FileExistsError if it does)."""
     parts = _parts(relative)
     dir_fd = open_dir(root, _parent(parts), create=True)
     target = Path(os.path.expanduser(str(root))).joinpath(*parts)
     try:  # O_NONBLOCK: a FIFO planted there fails at once (ENXIO) instead of waiting for a reader
         fd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK
-                     | getattr(os, "O_CLOEXEC", 0), mode, dir_fd=dir_fd)
+                     | (os.O_EXCL if new else 0) | getattr(os, "O_CLOEXEC", 0), mode, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise UnsafePathError(target, "is a link") from None
