@@ -27,7 +27,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from .config import load_config
 from .exit.errors import UserError
@@ -122,7 +122,7 @@ def check_centre(plan, centre: int) -> CentreCheck:
             if result.test:
                 test[0]
     except UserError as error:  # FLamby's data missing: what, where, and the commands (the guard's)
-        result.problem = f"{error}" + (f"\n{error.hint}" if error.hint else "")
+        result.problem = str(error)  # with its HINT line
     except Exception as exc:  # noqa: BLE001 - reported in the table, the check goes on with the next
         result.problem = f"{type(exc).__name__}: {exc}"
     result.seconds = time.perf_counter() - tick
@@ -204,9 +204,12 @@ def table(plan, centres: List[CentreCheck], memory: Optional[MemoryEstimate], me
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
+    by_problem: Dict[str, List[int]] = {}  # FLamby's data missing is one problem for every centre: said once
     for c in centres:
         if c.problem is not None:
-            lines.append(f"centre {c.centre}: {c.problem}")
+            by_problem.setdefault(c.problem, []).append(c.centre)
+    for problem, numbers in by_problem.items():
+        lines.append(f"{'centre' if len(numbers) == 1 else 'centres'} {', '.join(map(str, numbers))}: {problem}")
     if memory is not None:
         lines.append(f"memory per rank ({memory.method}, one training step on {memory.batch} samples of centre "
                      f"{memory.centre}; FedML's and MPI's own memory not counted):")

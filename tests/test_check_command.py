@@ -4,6 +4,7 @@ import re
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -115,6 +116,22 @@ def test_fed_heart_disease_with_a_missing_path_names_flamby_s_command(tmp_path):
                   "--set", f"data_args.data_path={tmp_path / 'gone'}")
     assert done.returncode == 2
     assert f"python download.py --output-folder {tmp_path / 'gone'}" in done.stderr
+
+
+def test_a_problem_of_every_centre_is_said_once_with_its_hint_once(tmp_path):
+    """Fed-IXI with no data_path and no download recorded: FLamby finds no data for any centre. It
+    was said per centre, each with its three-line hint twice (3 x 2 copies)."""
+    from flamby_mpi.datasets.flamby_datasets import flamby_location_record
+    from support.optional import import_or_skip
+
+    import_or_skip("flamby.datasets.fed_ixi")
+    if any(Path(flamby_location_record("fed_ixi", debug)).exists() for debug in (False, True)):
+        pytest.skip("this FLamby has a recorded Fed-IXI download")
+    done = _check(tmp_path, "--cf", str(REPO / "config" / "fed_ixi.yaml"))
+    out = done.stdout + done.stderr
+    assert done.returncode == 2, out
+    assert re.search(r"^centres 0, 1, 2: the data of fed_ixi was not found", out, re.M), out
+    assert out.count("python download.py --output-folder DIR") == 1 and out.count("HINT:") == 1, out
 
 
 def _submit(tmp_path, *args):
