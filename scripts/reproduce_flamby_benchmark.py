@@ -105,11 +105,31 @@ def run_one(args, strategy: str, seed: int, settings: Dict[str, str], out: Path)
         except subprocess.TimeoutExpired:
             code = "timeout"
     if code != 0 or not result_file.exists():
-        sys.exit(f"reproduce: {strategy} seed {seed} failed ({code}); see {out / 'console.log'}")
+        said = what_the_run_said(out / "console.log")
+        sys.exit(f"reproduce: {strategy} seed {seed} failed ({code}); see {out / 'console.log'}"
+                 + (f"\n{said}" if said else ""))
     result = json.loads(result_file.read_text())
     print(f"  {strategy:<11} seed {seed}: pooled {result['metrics']['pooled']:.4f} ({time.time() - tick:.0f} s)",
           flush=True)
     return result
+
+
+def what_the_run_said(console_log: Path) -> str:
+    """The launcher's error and its hint in a failed run's console.log: what to fix, said here
+    rather than only in the file (a missing data path fails the sweep's first run)."""
+    try:
+        lines = console_log.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    for i, line in enumerate(lines):
+        if line.startswith("flamby-mpi: error"):
+            block = [line]
+            for more in lines[i + 1:]:
+                if more.startswith(("[flamby-mpi]", "flamby-mpi: ", "Abort(", "WARNING ")):
+                    break
+                block.append(more)
+            return "\n".join(block)
+    return ""
 
 
 def summarise(values: List[float]):

@@ -2,6 +2,7 @@
 import csv
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -84,3 +85,24 @@ def test_usage_mistakes_are_said_in_one_line_before_any_run(bad, said, capsys):
         script.main(bad)
     assert ended.value.code == 2
     assert said in capsys.readouterr().err
+
+
+def test_a_failed_run_s_error_and_hint_are_said_not_only_logged(tmp_path):
+    """Fed-Heart-Disease without --data-path, and no download recorded by FLamby: the sweep's first
+    run fails, and what to do was only in that run's console.log ('see console.log')."""
+    from flamby_mpi.datasets.flamby_datasets import flamby_location_record
+    from support.optional import import_or_skip
+
+    import_or_skip("flamby.datasets.fed_heart_disease")
+    if any(Path(flamby_location_record("fed_heart_disease", debug)).exists() for debug in (False, True)):
+        pytest.skip("this FLamby has a recorded Fed-Heart-Disease download")
+    _published(tmp_path / "published", [1], {1: "0.75"})
+    out, home = tmp_path / "out", tmp_path / "home"
+    home.mkdir()
+    args = [sys.executable, str(SCRIPT), "--dataset", "fed_heart_disease", "--results-dir", str(tmp_path / "published"),
+            "--output-dir", str(out), "--seeds", "1", "--strategies", "FedAvg", "--num-updates", "5",
+            "--backend", "inprocess"]
+    job = run_job(args, tmp_path, env_for(home), 300)
+    assert job.returncode == 1, job.output
+    assert "reproduce: FedAvg seed 1 failed (2); see" in job.stderr, job.stderr
+    assert "flamby-mpi: error" in job.stderr and "python download.py --output-folder DIR" in job.stderr, job.stderr
