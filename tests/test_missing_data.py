@@ -97,6 +97,8 @@ def test_without_data_path_the_advice_names_flamby_s_location_record(tmp_path, c
     assert "Traceback" not in captured.err
     assert f"the location recorded in {record / 'dataset_location.yaml'}" in captured.err
     assert "python download.py --output-folder DIR" in captured.err
+    # FLamby's own print before it fails ("USING DEBUG MODE DATASET", once per centre) is left out
+    assert "DEBUG MODE" not in captured.out + captured.err, captured.out
 
 
 @pytest.mark.mpi

@@ -4,7 +4,9 @@ from __future__ import annotations
 import builtins
 import contextlib
 import importlib
+import io
 import os
+import sys
 from typing import Dict, Optional, Tuple
 
 from ..exit.errors import UserError
@@ -214,13 +216,22 @@ def flamby_construction_guard(name: str, data_path: Optional[str] = None, debug:
                         hint=_licence_advice(name, LICENCE_PROMPT_AT_LOAD.get(name, "see FLamby's README")))
 
     builtins.input = refuse_prompt
+    # FLamby prints "WARNING USING DEBUG MODE DATASET EVEN THOUGH DEBUG WAS SET TO FALSE" when it finds
+    # no record of a download, then fails: on every rank, before the message below says what is
+    # missing. What FLamby prints is shown once it is known not to be that.
+    printed = io.StringIO()
+    data_missing = False
     try:
-        yield
+        with contextlib.redirect_stdout(printed):
+            yield
     except (ValueError, FileNotFoundError) as exc:
         text = str(exc)
         if any(s in text for s in _DATA_MISSING):
+            data_missing = True
             raise UserError(f"the data of {name} was not found in {looked_in(name, data_path, debug)}: {text}",
                             hint=download_advice(name, data_path)) from exc
         raise
     finally:
         builtins.input = original_input
+        if printed.getvalue() and not data_missing:
+            sys.stdout.write(printed.getvalue())
