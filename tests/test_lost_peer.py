@@ -11,7 +11,15 @@ import time
 
 import pytest
 
-from support.mpi import DEFAULT_CONFIG, LAUNCHER, kill_group, mpiexec, rank_pid, wait_until_gone
+from support.mpi import (
+    DEFAULT_CONFIG,
+    LAUNCHER,
+    kill_group,
+    mpich_segments,
+    mpiexec,
+    rank_pid,
+    wait_until_gone,
+)
 from support.mpi import test_env as job_env
 from support.separate import SeparateRanks
 
@@ -84,6 +92,7 @@ def test_client_killed_under_mpirun_ends_the_job(workdir):
     out = cwd / "out"
     cmd = [mpiexec(), "-n", "5", sys.executable, str(LAUNCHER), "--cf", str(DEFAULT_CONFIG), "--run_id", marker,
            "--set", f"common_args.output_dir={out}", *LONG]
+    segments = mpich_segments()
     job = subprocess.Popen(cmd, cwd=cwd, env=job_env(home), stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -93,5 +102,6 @@ def test_client_killed_under_mpirun_ends_the_job(workdir):
         assert time.monotonic() - killed_at < ENDS_WITHIN_S
         assert code != 0
         assert wait_until_gone(marker) == []
+        assert mpich_segments() <= segments  # the killed job's /dev/shm segment is gone with it
     finally:
         kill_group(job)

@@ -9,7 +9,15 @@ import time
 import pytest
 import torch
 
-from support.mpi import DEFAULT_CONFIG, LAUNCHER, kill_group, mpiexec, run_mpi, wait_until_gone
+from support.mpi import (
+    DEFAULT_CONFIG,
+    LAUNCHER,
+    kill_group,
+    mpich_segments,
+    mpiexec,
+    run_mpi,
+    wait_until_gone,
+)
 from support.mpi import test_env as job_env
 
 pytestmark = pytest.mark.mpi
@@ -176,6 +184,7 @@ def test_the_in_process_backend_under_mpiexec_is_refused_by_every_rank(workdir):
 def test_client_failing_in_round_2_ends_the_job_with_its_traceback(workdir):
     cwd, home, marker = workdir
     updates, batch = 10, 16
+    segments = mpich_segments()
     job, out = _run(workdir, deadline_s=90,
                     extra=FAST + ["--set", "data_args.dataset=support.faulty_dataset",
                                   "--set", f"train_args.num_updates={updates}"],
@@ -186,6 +195,7 @@ def test_client_failing_in_round_2_ends_the_job_with_its_traceback(workdir):
     assert job.stderr.count("Traceback (most recent call last)") == 1
     assert not (out / "results.json").exists()
     assert job.leftovers == []
+    assert mpich_segments() <= segments  # MPI_Abort left MPICH's /dev/shm segment behind
 
 
 def test_server_failure_ends_the_job(workdir):

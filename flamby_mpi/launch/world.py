@@ -25,6 +25,7 @@ from ..exit.errors import RankMismatchError, UserError, WorldSizeError
 
 # rank -> role, written once in the registry; CLIENT and SERVER are re-exported by flamby_mpi.launch
 from ..registry import CLIENT, SERVER, role_of  # noqa: F401
+from . import mpich_shm
 
 ABORT_GRACE_S = 0.5
 
@@ -119,6 +120,7 @@ def form_world(comm, **fields) -> World:
     host = socket.gethostname()
     rank = comm.Get_rank()
     hosts = allgather(comm, host)
+    mpich_shm.unlink_mapped_segments()  # every rank has started MPI: a killed job leaves no segment
     return World(comm=comm, rank=rank, size=comm.Get_size(), host=host,
                  local_rank=local_rank_from_hosts(hosts, rank), **fields)
 

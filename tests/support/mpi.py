@@ -126,3 +126,9 @@ def rank_pid(marker: str, rank: int) -> Optional[int]:
         if f"PMI_RANK={rank}".encode() in environ:
             return int(pid)
     return None
+
+
+def mpich_segments() -> set:
+    """MPICH's shared-memory segments on this host (flamby_mpi/launch/mpich_shm.py): a job that
+    ends, however it ends, must leave none of its own."""
+    return {p.name for p in Path("/dev/shm").glob("mpich_shm_*")}
