@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from .config import load_config
+from .config import load_config, resume_target_problem
 from .exit.errors import UserError
 from .exit.failures import fail
 from .runtime import memory_fit
@@ -229,8 +229,9 @@ def table(plan, centres: List[CentreCheck], memory: Optional[MemoryEstimate], me
             lines.append(f"  one host running every rank: {_mib(every)}")
             if ranks_per_host:
                 first = fit.host_bytes([(r,) for r in range(min(ranks_per_host, plan.world_size))], clients)
+                only_clients = fit.host_bytes([(1,)] * min(ranks_per_host, clients), clients)  # the job has no more
                 lines.append(f"  a host running {ranks_per_host} rank(s): {_mib(first)} with the server, "
-                             f"{_mib(fit.host_bytes([(1,)] * ranks_per_host, clients))} with clients only")
+                             f"{_mib(only_clients)} with clients only")
         if recorded:
             lines.append(f"  {recorded}")
     elif memory_problem is not None:
@@ -264,12 +265,24 @@ def output_directory_line(directory, resume: bool, overwrite: bool) -> Tuple[boo
     return False, f"output directory: {problem}"
 
 
+def _needs_a_gpu_this_host_lacks(plan) -> bool:
+    """A dataset whose FLamby code calls .cuda() (Fed-LIDC-IDRI), checked on a host without a GPU."""
+    if not plan.dataset.needs_cuda:
+        return False
+    import torch
+
+    return not torch.cuda.is_available()
+
+
 def run_check(config_path: str, overrides: List[str], ranks_per_host: Optional[int] = None,
               run_id: Optional[str] = None, resume: bool = False, overwrite: bool = False) -> Tuple[int, str]:
     """(exit code, the table) for this config and these --set values (and the launcher's --run_id,
     --resume, --overwrite, for the output directory). Raises UserError for a config or plan the
     ranks would refuse."""
     config = load_config(config_path, overrides)
+    missing_target = resume_target_problem(config, run_id) if resume else None
+    if missing_target is not None:  # as the launcher refuses it, before the queue wait
+        raise missing_target
     try:
         from .plan import make_plan  # torch, and the dataset's module (FLamby and its extras)
     except ImportError as exc:
@@ -282,17 +295,23 @@ def run_check(config_path: str, overrides: List[str], ranks_per_host: Optional[i
         plan = plan.with_run_id(run_id)
     directory = plan.output_dir if plan.output_dir is not None else plan.configured_output_dir
     directory_ready, directory_line = output_directory_line(directory, resume, overwrite)
-    memory, memory_problem = None, None
+    memory, memory_problem, gpu_elsewhere = None, None, _needs_a_gpu_this_host_lacks(plan)
     first = plan.centres[0]
-    try:
-        memory = estimate_memory(plan, first)
-    except UserError:
-        pass  # the first centre's data: its row says what is missing
-    except Exception as exc:  # noqa: BLE001 - a model that cannot take a step is a finding
-        memory_problem = f"one training step failed: {type(exc).__name__}: {exc}"
+    if gpu_elsewhere:  # a login node without a GPU: the data can still be checked, the step cannot run
+        memory_problem = (f"memory per rank not measured: one training step needs a GPU, which this host does "
+                          f"not have ({plan.dataset.needs_cuda}); the run checks that every client rank has one "
+                          f"before it starts")
+    else:
+        try:
+            memory = estimate_memory(plan, first)
+        except UserError:
+            pass  # the first centre's data: its row says what is missing
+        except Exception as exc:  # noqa: BLE001 - a model that cannot take a step is a finding
+            memory_problem = f"one training step failed: {type(exc).__name__}: {exc}"
     recorded = record(plan, memory) if memory is not None and memory.fit is not None else ""
     centres = [check_centre(plan, c) for c in plan.centres]
-    ready = memory is not None and all(c.problem is None for c in centres) and directory_ready
+    ready = ((memory is not None or gpu_elsewhere) and all(c.problem is None for c in centres)
+             and directory_ready)
     text = table(plan, centres, memory, memory_problem, ranks_per_host, recorded) + "\n" + directory_line
     return (0 if ready else 2), text
 
@@ -300,6 +319,7 @@ def run_check(config_path: str, overrides: List[str], ranks_per_host: Optional[i
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m flamby_mpi check",
+        allow_abbrev=False,  # --rank (a launcher option) was taken for --ranks-per-host
         description="Check on a login node that a run is ready to queue: every listed centre's data "
                     "readable, the dataset's extras installed, and memory per rank from one training "
                     "step on one batch. Exit 0: ready; 2: not (the table says what).")

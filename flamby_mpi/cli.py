@@ -22,6 +22,7 @@ from .config import (
     describe_options,
     ignored_keys_warning,
     load_config,
+    resume_target_problem,
     run_id_problem,
 )
 from .exit.errors import PeerRefusalError, RankMismatchError, UserError
@@ -109,10 +110,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         _warn_ignored_keys(config, args, announced_rank)
         from .plan import make_plan  # imports torch: after the cheap checks
 
-        if args.resume and not (args.run_id or config.common_args.run_id or config.common_args.output_dir):
-            raise UserError("--resume needs to know which run to continue",
-                            hint="give the run's --run_id (its outputs are in runs/<run_id>), or set "
-                                 "common_args.output_dir")
+        missing_target = resume_target_problem(config, args.run_id) if args.resume else None
+        if missing_target is not None:
+            raise missing_target
         plan = make_plan(config, run_id=args.run_id, quiet=args.quiet, resume=args.resume,
                          overwrite=args.overwrite)
         import_gc.resume()  # the imports are done; before this rank waits on any other

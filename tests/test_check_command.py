@@ -80,6 +80,20 @@ def test_a_centre_whose_data_fails_is_named_and_the_exit_is_2(tmp_path):
     assert "centre 2: FileNotFoundError: /data/centre2/train.csv" in done.stdout
 
 
+def test_resume_without_a_run_to_continue_is_refused_as_the_launcher_refuses_it(tmp_path):
+    """check --resume (and so submit.py --resume) with no run id said ready; the job then failed on
+    every rank after its queue wait (in a batch job the run id is a new slurm-<id>)."""
+    done = _check(tmp_path, "--cf", str(DEFAULT_CONFIG), "--resume")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "--resume needs to know which run to continue" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_launcher_option_is_not_taken_for_an_abbreviation_of_a_check_option(tmp_path):
+    """--rank 7 (pasted from a separate-terminal command) was read as --ranks-per-host 7."""
+    done = _check(tmp_path, "--cf", str(DEFAULT_CONFIG), "--rank", "7")
+    assert done.returncode == 2 and "unrecognized arguments: --rank 7" in done.stderr, done.stderr
+
+
 def test_the_module_form_and_user_mistakes(tmp_path):
     done = _check(tmp_path, "--cf", str(DEFAULT_CONFIG), "--set", "data_args.centers=[9]",
                   module=("-m", "flamby_mpi.check"))

@@ -128,6 +128,25 @@ def test_lidc_idri_on_cpu_is_refused_before_training(workdir, lidc, using_gpu):
     assert not (cwd / "out").exists()  # either way refused before the output directory is made
 
 
+def test_the_check_of_lidc_idri_on_a_host_without_a_gpu_checks_the_data_and_says_why_not_memory(tmp_path, lidc):
+    """A login node seldom has a GPU: the check showed torch's raw 'Found no NVIDIA driver' from its
+    training step and said not ready. The data is checked, and the memory line says why it was not
+    measured, as the run's own refusal does."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible here")
+    home = tmp_path / "home"
+    home.mkdir()
+    args = _write("fed_lidc_idri", tmp_path / "data")
+    job = run_job([sys.executable, "-m", "flamby_mpi", "check", "--cf", str(REPO / "config" / "fed_lidc_idri.yaml"),
+                   *args, "--set", "data_args.centers=[0]"], tmp_path, env_for(home), 180)
+    assert job.returncode == 0, job.output
+    assert "NVIDIA" not in job.output and "Traceback" not in job.output
+    assert "memory per rank not measured: one training step needs a GPU" in job.stdout and ".cuda()" in job.stdout
+    assert "ok" in [line.split()[-1] for line in job.stdout.splitlines() if line.startswith("0 ")]
+
+
 @pytest.mark.heavy
 @pytest.mark.mpi
 def test_lidc_idri_one_round_under_mpi_equals_the_in_process_twin(workdir, lidc):
