@@ -26,7 +26,8 @@ from .config import (
     run_id_problem,
 )
 from .exit.errors import PeerRefusalError, RankMismatchError, UserError
-from .exit.failures import fail
+from .exit.failures import fail, where
+from .exit.failures import reported as failures_reported
 from .launch import (
     CLIENT,
     SERVER,
@@ -125,7 +126,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         return error.exit_code
     from .driver import run
 
-    return run(plan, transport)
+    code = run(plan, transport)
+    _point_to_the_server_if_silent(transport, code)
+    return code
+
+
+def _point_to_the_server_if_silent(transport, code: int):
+    """A refusal found after the join (the data missing, the output directory taken) is said once,
+    by rank 0: under mpirun on the one console, but with one terminal per rank the clients' own
+    terminals showed only 'joined' and an exit code. Each says where the reason is."""
+    world = getattr(transport, "world", None)
+    if code in (0, 130, 143) or world is None or not world.joined_separately or world.rank == 0:
+        return
+    if not failures_reported():
+        fail(f"the run ended with exit code {code}; the server's terminal (rank 0) says why",
+             code, where(world.rank, world.host))
 
 
 def _warn_ignored_keys(config, args, announced_rank: Optional[int]):

@@ -168,6 +168,20 @@ def test_client_failing_after_joining_ends_every_process(workdir, ranks):
     assert r.leftovers() == []
 
 
+def test_a_refusal_after_the_join_is_pointed_at_on_every_client_terminal(workdir, ranks):
+    """Centre 1's data missing is found after the join and said once, by rank 0 (the one console
+    of mpirun). With one terminal per rank the clients showed 'joined' and exited 2 unexplained."""
+    r = ranks(common=FAST + ["--set", "data_args.dataset=support.faulty_dataset"], env={"FAULT_MISSING_CENTER": "1"})
+    for k in range(5):
+        r.start(k)
+    assert r.wait(120) == {f"rank{k}": 2 for k in range(5)}, r.all_logs()
+    assert "the data of centre 1 is missing (injected)" in r.log("rank0")
+    for k in range(1, 5):
+        assert f"error on rank {k} (client" in r.log(f"rank{k}") and "rank 0) says why" in r.log(f"rank{k}")
+        assert "Traceback" not in r.log(f"rank{k}")
+    assert r.leftovers() == []
+
+
 def test_rank_role_mistakes_are_explained(workdir, ranks):
     r = ranks()
     r.start(0, role="client", name="bad-role")

@@ -36,8 +36,17 @@ def bug(what: str) -> str:
     return f"{what}; ending the whole job. Original error:\n{traceback.format_exc()}"
 
 
+_reports = 0  # in this process: a rank that ends with a code but said nothing says where to look
+
+
+def reported() -> bool:
+    return _reports > 0
+
+
 def report(text: str):
     """Shown once on the console (stderr) and kept in the rank's log file once it is set up."""
+    global _reports
+    _reports += 1
     print(text, file=sys.stderr, flush=True)
     if logging.getLogger().handlers:  # the root logger writes the rank's log file (logs.py)
         # Outside flamby_mpi: not echoed to stderr (logs.FAILURE_LOGGER: a full log stays silent on it).

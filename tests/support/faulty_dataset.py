@@ -5,7 +5,9 @@ variables, so tests can check that one failing rank ends the whole MPI job:
 - FAULT_CENTER=k and FAULT_AFTER_ITEMS=n: centre k's training data raises after
   n samples were read (n = 2 * num_updates * batch_size fails in round 2);
 - FAULT_SERVER_METRIC=1: the metric raises when the server computes the pooled metric;
-- FAULT_LOAD_CENTER=k: building centre k's data raises FileNotFoundError (a missing file).
+- FAULT_LOAD_CENTER=k: building centre k's data raises FileNotFoundError (a missing file);
+- FAULT_MISSING_CENTER=k: building centre k's data raises a UserError (data a user must fetch:
+  said once, by rank 0).
 """
 import os
 
@@ -44,6 +46,10 @@ class FaultyCenter(torch.utils.data.Dataset):
 
 
 def FedClass(center=0, train=True, pooled=False):
+    if str(center) == os.environ.get("FAULT_MISSING_CENTER"):
+        from flamby_mpi.exit.errors import UserError
+
+        raise UserError(f"the data of centre {center} is missing (injected)", hint="fetch it")
     if str(center) == os.environ.get("FAULT_LOAD_CENTER"):
         raise FileNotFoundError(f"/data/centre{center}/train.csv")
     inner = _module.FedClass(center=center, train=train, pooled=pooled)
