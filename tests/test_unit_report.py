@@ -2,9 +2,11 @@
 and the `python -m flamby_mpi.report` command. Run directories are small fakes written here,
 following the output contract (docs/running.md, "Outputs"), rounds.csv included."""
 import csv
+import gzip
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -127,6 +129,85 @@ def test_draw_run_without_rounds_csv(tmp_path):
 def test_draw_refuses_an_unknown_picture_type(tmp_path):
     with pytest.raises(UserError, match="unknown picture type"):
         report.draw([report.load_run(make_run(tmp_path, "a"))], tmp_path / "one.txt")
+
+
+# Every type matplotlib's Agg canvas saves (FigureCanvasAgg.get_supported_filetypes()), each with
+# what its file starts with: vector ones (pdf, svg, ps) and TIFF are written by backends that refuse
+# a writer of safe_files; raw and rgba are bare pixels, checked by test_every_advertised_type_is_drawn.
+PICTURE_MAGIC = {
+    "avif": (4, b"ftyp"), "eps": (0, b"%!PS-Adobe-3.0 EPSF"), "gif": (0, b"GIF8"), "jpeg": (0, b"\xff\xd8\xff"),
+    "jpg": (0, b"\xff\xd8\xff"), "pdf": (0, b"%PDF-"), "pgf": (0, b"%% Creator: Matplotlib"),
+    "png": (0, PNG_SIGNATURE), "ps": (0, b"%!PS-Adobe-3.0"), "raw": None, "rgba": None, "svg": (0, b"<?xml"),
+    "svgz": (0, b"\x1f\x8b"), "tif": (0, b"II*\x00"), "tiff": (0, b"II*\x00"), "webp": (8, b"WEBP"),
+}
+
+
+def _tex_for_pgf() -> bool:
+    """matplotlib measures a PGF picture's text with TeX (rcParams["pgf.texsystem"], xelatex)."""
+    import matplotlib
+
+    return shutil.which(matplotlib.rcParams["pgf.texsystem"]) is not None
+
+
+def _advertised_types(tmp_path) -> list:
+    """The types the hint of an unknown --out suffix lists."""
+    with pytest.raises(UserError) as refused:
+        report.draw([report.load_run(make_run(tmp_path, "hint"))], tmp_path / "one.txt")
+    hint = str(refused.value).splitlines()[1]
+    return [word.strip(",.") for word in hint.split() if word.startswith(".")]
+
+
+def test_the_hint_advertises_every_type_that_can_be_drawn(tmp_path):
+    drawable = sorted(t for t in PICTURE_MAGIC if t != "pgf" or _tex_for_pgf())
+    assert _advertised_types(tmp_path) == drawable
+
+
+@pytest.mark.parametrize("fmt", sorted(PICTURE_MAGIC))
+def test_every_advertised_type_is_drawn(tmp_path, fmt):
+    """A real report (three panels) in each type --out's hint lists, written whole under its name
+    (nothing else left in the directory); .pgf where TeX is missing is refused in one line instead."""
+    run = report.load_run(make_run(tmp_path, "a"))
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    out = pictures / f"report.{fmt}"
+    if fmt == "pgf" and not _tex_for_pgf():
+        with pytest.raises(UserError, match=r"report\.pgf: a \.pgf picture needs \w+") as refused:
+            report.draw([run], out)
+        assert len(str(refused.value).splitlines()) == 2  # the message and its HINT
+        assert ".pgf" not in str(refused.value).splitlines()[1]
+        assert list(pictures.iterdir()) == []
+        return
+    assert report.draw([run], out) == out
+    assert [p.name for p in pictures.iterdir()] == [out.name]
+    data = out.read_bytes()
+    if PICTURE_MAGIC[fmt] is None:  # raw, rgba: 4 bytes a pixel, no header
+        assert len(data) > 100_000 and len(data) % 4 == 0 and len(set(data[::4])) > 1
+    else:
+        offset, magic = PICTURE_MAGIC[fmt]
+        assert data[offset:offset + len(magic)] == magic, data[:16]
+    if fmt == "svg":
+        assert b"<svg" in data[:1000]
+    if fmt == "svgz":
+        assert b"<svg" in gzip.decompress(data)[:1000]
+
+
+def test_a_vector_picture_replaces_a_link_at_its_name(tmp_path):
+    """The picture is written as every output (safe_files.write_atomic): a link planted at its
+    name is replaced, never written through."""
+    elsewhere = tmp_path / "elsewhere.pdf"
+    elsewhere.write_bytes(b"not yours")
+    out = tmp_path / "report.pdf"
+    out.symlink_to(elsewhere)
+    report.draw([report.load_run(make_run(tmp_path, "a"))], out)
+    assert not out.is_symlink() and out.read_bytes().startswith(b"%PDF-")
+    assert elsewhere.read_bytes() == b"not yours"
+
+
+def test_module_draws_a_pdf(tmp_path):
+    result = run_module(make_run(tmp_path, "a"), "--out", "a.pdf", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "a.pdf").read_bytes().startswith(b"%PDF-")
+    assert "picture: a.pdf" in result.stdout
 
 
 def test_write_report_writes_report_png(tmp_path):

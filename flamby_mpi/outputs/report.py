@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import math
 import os
 import re
+import shutil
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -251,6 +253,7 @@ def draw(runs: Sequence[Run], out_path) -> Path:
     if not runs:
         raise ValueError("draw() needs at least one run")
     out_path = Path(out_path)
+    fmt = _picture_format(out_path)
     matplotlib, Figure, FigureCanvasAgg = _matplotlib()
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
@@ -393,23 +396,46 @@ def draw(runs: Sequence[Run], out_path) -> Path:
         # tight_layout leaves a placeholder layout engine behind, and savefig lays out every text
         # once more for any engine: with none the picture is the same bytes, drawn once.
         fig.set_layout_engine(None)
-        _save(fig, out_path)
+        _save(fig, out_path, fmt)
     finally:
         fig.clear()
     return out_path
 
 
-def _save(fig, out_path: Path):
+def _drawable_types() -> List[str]:
+    """The picture types --out may end with: every one matplotlib saves, but .pgf only where its TeX
+    program (rcParams["pgf.texsystem"], xelatex) is installed: matplotlib measures a PGF picture's
+    text with it and fails without it."""
+    matplotlib, _, FigureCanvasAgg = _matplotlib()
+    have_tex = shutil.which(matplotlib.rcParams["pgf.texsystem"]) is not None
+    return sorted(t for t in FigureCanvasAgg.get_supported_filetypes() if t != "pgf" or have_tex)
+
+
+def _picture_format(out_path: Path) -> str:
+    """The format out_path's suffix names; checked before drawing, so a wrong --out costs no drawing."""
     fmt = out_path.suffix.lstrip(".").lower()
-    supported = fig.canvas.get_supported_filetypes()
-    if fmt not in supported:
-        raise UserError(f"cannot draw {out_path}: unknown picture type {out_path.suffix or '(none)'}",
-                        f"end --out with one of {', '.join('.' + f for f in sorted(supported))}")
+    drawable = _drawable_types()
+    hint = f"end --out with one of {', '.join('.' + t for t in drawable)}"
+    if fmt == "pgf" and fmt not in drawable:
+        matplotlib, _, _ = _matplotlib()
+        tex = matplotlib.rcParams["pgf.texsystem"]
+        raise UserError(f"cannot draw {out_path}: a .pgf picture needs {tex} (matplotlib measures its "
+                        f"text with it), which is not installed", hint)
+    if fmt not in drawable:
+        raise UserError(f"cannot draw {out_path}: unknown picture type {out_path.suffix or '(none)'}", hint)
     if not out_path.parent.is_dir():
         raise UserError(f"cannot write {out_path}: no directory {out_path.parent}")
+    return fmt
+
+
+def _save(fig, out_path: Path, fmt: str):
+    # Drawn into memory first: the backends of pdf, svg, ps, pgf and raw take only a path or a real
+    # file, and TIFF's (PIL) seeks: safe_files' writer is neither. A picture is a few MB at most.
+    picture = io.BytesIO()
+    fig.savefig(picture, format=fmt, dpi=110)
     # Written as every output (safe_files.write_atomic): a fresh temporary name, then a rename, so a
     # reader never sees half a picture and a link planted at the name is replaced, not written through.
-    safe_files.write_atomic(out_path.parent, out_path.name, lambda handle: fig.savefig(handle, format=fmt, dpi=110))
+    safe_files.write_atomic(out_path.parent, out_path.name, picture.getvalue())
 
 
 def write_report(output_dir) -> Optional[Path]:
