@@ -267,6 +267,21 @@ def test_module_bad_run_directory_is_one_message_exit_2(tmp_path, which):
     assert not (tmp_path / "comparison.png").exists()
 
 
+@pytest.mark.parametrize("name", ["pictures", "pictures.png"])
+def test_module_out_naming_a_directory_says_so(tmp_path, name):
+    """Not 'unknown picture type (none)', nor a traceback from the rename over a directory
+    named like a picture."""
+    directory = tmp_path / name
+    directory.mkdir()
+    result = run_module(make_run(tmp_path, "a"), "--out", directory, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stdout == "" and "Traceback" not in result.stderr
+    first, hint = result.stderr.splitlines()
+    assert first == f"flamby-mpi: error: cannot write {directory}: it is a directory"
+    assert hint == f"HINT: name a picture file, e.g. --out {directory / 'comparison.png'}"
+    assert list(directory.iterdir()) == []
+
+
 def test_import_does_not_import_matplotlib():
     code = ("import sys, flamby_mpi.outputs.report; "
             "heavy = [m for m in ('matplotlib', 'torch', 'fedml', 'mpi4py', 'numpy') if m in sys.modules]; "

@@ -413,6 +413,9 @@ def _drawable_types() -> List[str]:
 
 def _picture_format(out_path: Path) -> str:
     """The format out_path's suffix names; checked before drawing, so a wrong --out costs no drawing."""
+    if out_path.is_dir():  # first: a directory named like a picture would fail only at the rename
+        raise UserError(f"cannot write {out_path}: it is a directory",
+                        f"name a picture file, e.g. --out {out_path / DEFAULT_COMPARISON}")
     fmt = out_path.suffix.lstrip(".").lower()
     drawable = _drawable_types()
     hint = f"end --out with one of {', '.join('.' + t for t in drawable)}"
