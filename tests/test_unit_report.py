@@ -116,6 +116,19 @@ def test_load_run_errors_name_the_directory(tmp_path):
         report.load_run(tmp_path)
 
 
+def test_load_run_says_a_file_is_not_a_run_directory(tmp_path):
+    """Not 'no run directory': the path is there. Its directory is the hint when it is a run's file."""
+    results = make_run(tmp_path, "a") / "results.json"
+    with pytest.raises(UserError) as refused:
+        report.load_run(results)
+    assert str(refused.value).splitlines() == [f"{results} is a file, not a run directory",
+                                               f"HINT: give the run's directory: {results.parent}"]
+    notes = tmp_path / "notes.txt"
+    notes.write_text("")
+    with pytest.raises(UserError, match=r"notes\.txt is a file, not a run directory\nHINT: give the output"):
+        report.load_run(notes)
+
+
 def test_draw_one_run(tmp_path):
     out = report.draw([report.load_run(make_run(tmp_path, "a"))], tmp_path / "one.png")
     assert_png(out)
@@ -254,9 +267,11 @@ def test_module_out_option(tmp_path):
     assert not (tmp_path / "comparison.png").exists()
 
 
-@pytest.mark.parametrize("which", ["missing", "no_results"])
+@pytest.mark.parametrize("which", ["missing", "no_results", "a_file"])
 def test_module_bad_run_directory_is_one_message_exit_2(tmp_path, which):
-    target = tmp_path / "absent" if which == "missing" else tmp_path
+    target = {"missing": tmp_path / "absent", "no_results": tmp_path, "a_file": tmp_path / "notes.txt"}[which]
+    if which == "a_file":
+        target.write_text("")
     result = run_module(make_run(tmp_path, "a"), target, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stdout == ""
@@ -264,6 +279,9 @@ def test_module_bad_run_directory_is_one_message_exit_2(tmp_path, which):
     assert result.stderr.count("flamby-mpi: error") == 1
     assert "Traceback" not in result.stderr
     assert str(target) in result.stderr.splitlines()[0]
+    said = {"missing": "no run directory", "no_results": "has no results.json",
+            "a_file": "is a file, not a run directory"}
+    assert said[which] in result.stderr.splitlines()[0]
     assert not (tmp_path / "comparison.png").exists()
 
 

@@ -129,6 +129,8 @@ def load_run(run_dir) -> Run:
     """Reads a finished run's directory. UserError when it is missing or has no usable results.json;
     a missing or unreadable metrics.csv or rounds.csv only leaves its panels out (see Run.notes)."""
     path = Path(run_dir)
+    if path.is_file():
+        raise UserError(f"{path} is a file, not a run directory", _file_hint(path))
     if not path.is_dir():
         raise UserError(f"no run directory {path}", _RUN_HINT)
     results_path = path / "results.json"
@@ -156,6 +158,13 @@ def load_run(run_dir) -> Run:
     except (OSError, ValueError) as error:
         run.notes.append(f"rounds.csv unreadable ({error}): train loss and time per round not drawn")
     return run
+
+
+def _file_hint(path: Path) -> str:
+    """A file of a run given for its directory (results.json, most likely): that directory."""
+    if (path.parent / "results.json").is_file():
+        return f"give the run's directory: {path.parent}"
+    return _RUN_HINT
 
 
 def _test_order(name: str):
