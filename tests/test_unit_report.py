@@ -129,6 +129,20 @@ def test_load_run_says_a_file_is_not_a_run_directory(tmp_path):
         report.load_run(notes)
 
 
+@pytest.mark.parametrize("results, problem", [
+    ({}, "it has no metrics (the final metric per test set)"),
+    ({"run_id": "a", "metrics": None}, "its metrics is null, not an object of the final metric per test set"),
+    ({"metrics": [0.5]}, "its metrics is a list, not an object of the final metric per test set")])
+def test_load_run_refuses_results_without_metrics(tmp_path, results, problem):
+    """Not an empty table and exit 0: the final metrics are what a finished run's results.json holds."""
+    path = make_run(tmp_path, "a")
+    (path / "results.json").write_text(json.dumps(results))
+    with pytest.raises(UserError) as refused:
+        report.load_run(path)
+    assert str(refused.value).splitlines()[0] == (f"{path / 'results.json'} is not a finished run's "
+                                                  f"results.json: {problem}")
+
+
 def test_draw_one_run(tmp_path):
     out = report.draw([report.load_run(make_run(tmp_path, "a"))], tmp_path / "one.png")
     assert_png(out)
@@ -267,11 +281,15 @@ def test_module_out_option(tmp_path):
     assert not (tmp_path / "comparison.png").exists()
 
 
-@pytest.mark.parametrize("which", ["missing", "no_results", "a_file"])
+@pytest.mark.parametrize("which", ["missing", "no_results", "a_file", "no_metrics"])
 def test_module_bad_run_directory_is_one_message_exit_2(tmp_path, which):
-    target = {"missing": tmp_path / "absent", "no_results": tmp_path, "a_file": tmp_path / "notes.txt"}[which]
+    target = {"missing": tmp_path / "absent", "no_results": tmp_path, "a_file": tmp_path / "notes.txt",
+              "no_metrics": tmp_path / "empty"}[which]
     if which == "a_file":
         target.write_text("")
+    if which == "no_metrics":
+        target.mkdir()
+        (target / "results.json").write_text("{}")
     result = run_module(make_run(tmp_path, "a"), target, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stdout == ""
@@ -280,7 +298,7 @@ def test_module_bad_run_directory_is_one_message_exit_2(tmp_path, which):
     assert "Traceback" not in result.stderr
     assert str(target) in result.stderr.splitlines()[0]
     said = {"missing": "no run directory", "no_results": "has no results.json",
-            "a_file": "is a file, not a run directory"}
+            "a_file": "is a file, not a run directory", "no_metrics": "is not a finished run's results.json"}
     assert said[which] in result.stderr.splitlines()[0]
     assert not (tmp_path / "comparison.png").exists()
 

@@ -126,8 +126,9 @@ def read_rounds(path: Path) -> List[Dict]:
 
 
 def load_run(run_dir) -> Run:
-    """Reads a finished run's directory. UserError when it is missing or has no usable results.json;
-    a missing or unreadable metrics.csv or rounds.csv only leaves its panels out (see Run.notes)."""
+    """Reads a finished run's directory. UserError when it is missing, a file, or has no usable
+    results.json (one without metrics is not a finished run's); a missing or unreadable metrics.csv
+    or rounds.csv only leaves its panels out (see Run.notes)."""
     path = Path(run_dir)
     if path.is_file():
         raise UserError(f"{path} is a file, not a run directory", _file_hint(path))
@@ -142,6 +143,9 @@ def load_run(run_dir) -> Run:
         raise UserError(f"cannot read {results_path}: {error}", _RUN_HINT) from None
     if not isinstance(results, dict):
         raise UserError(f"{results_path} is not a JSON object", _RUN_HINT)
+    problem = _metrics_problem(results)
+    if problem:  # the table would be empty, and the picture of nothing
+        raise UserError(f"{results_path} is not a finished run's results.json: {problem}", _RUN_HINT)
     run = Run(path=path, results=results)
     metrics_path = path / "metrics.csv"
     try:
@@ -158,6 +162,25 @@ def load_run(run_dir) -> Run:
     except (OSError, ValueError) as error:
         run.notes.append(f"rounds.csv unreadable ({error}): train loss and time per round not drawn")
     return run
+
+
+def _metrics_problem(results: Dict) -> Optional[str]:
+    """What is wrong with results.json's metrics (the final metric per test set, which a finished
+    run always writes), or None."""
+    if "metrics" not in results:
+        return "it has no metrics (the final metric per test set)"
+    metrics = results["metrics"]
+    if not isinstance(metrics, dict):
+        return f"its metrics is {_json_kind(metrics)}, not an object of the final metric per test set"
+    return None
+
+
+def _json_kind(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return {list: "a list", str: "a string"}.get(type(value), "a number")
 
 
 def _file_hint(path: Path) -> str:
