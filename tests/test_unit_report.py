@@ -24,7 +24,7 @@ ROUNDS_HEADER = ["round", "centre", "local_train_s", "wait_s", "bytes_sent", "by
 
 
 def make_run(parent: Path, run_id: str, strategy: str = "FedAvg", shift: float = 0.0,
-             rounds_csv: bool = True, num_rounds: int = 3, centres: int = 2) -> Path:
+             rounds_csv: bool = True, num_rounds: int = 3, centres: int = 2, dataset: str = "synthetic") -> Path:
     """A finished run of `num_rounds` rounds and `centres` centres, evaluated after every round;
     centre 1 does not train in round 2 (client sampling)."""
     path = parent / run_id
@@ -33,7 +33,7 @@ def make_run(parent: Path, run_id: str, strategy: str = "FedAvg", shift: float =
     final["average"] = round(sum(final.values()) / centres, 4)
     final["pooled"] = round(final["average"] + 0.01, 4)
     (path / "results.json").write_text(json.dumps({
-        "run_id": run_id, "dataset": "synthetic", "strategy": strategy, "seed": 0,
+        "run_id": run_id, "dataset": dataset, "strategy": strategy, "seed": 0,
         "num_clients": centres, "rounds_completed": num_rounds, "metrics": final,
         "timing": {"startup_s": 1.0, "train_s": 2.0, "total_s": 3.0}}))
     with open(path / "metrics.csv", "w", newline="") as f:
@@ -272,6 +272,24 @@ def test_module_overlays_two_runs_and_prints_the_table(tmp_path):
     pooled = [line for line in result.stdout.splitlines() if line.startswith("pooled")]
     assert pooled[0].split() == ["pooled", "0.6600", "0.7100"]
     assert "no rounds.csv" in result.stderr
+
+
+def test_module_notes_runs_of_different_datasets(tmp_path):
+    """Compared all the same (the user asked), but each dataset has its own metric (AUC, Dice, ...)."""
+    heart = make_run(tmp_path, "heart", dataset="fed_heart_disease")
+    ixi = make_run(tmp_path, "ixi", dataset="fed_ixi")
+    result = run_module(ixi, heart, make_run(tmp_path, "heart2", dataset="fed_heart_disease"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if "datasets" in line]
+    assert notes == ["flamby-mpi: note: these runs are of different datasets (fed_heart_disease, fed_ixi): "
+                     "each has its own metric, so a row of the table compares different measures"]
+    assert "pooled" in result.stdout
+
+
+def test_module_says_nothing_of_datasets_for_runs_of_one(tmp_path):
+    result = run_module(make_run(tmp_path, "a"), make_run(tmp_path, "b"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
 
 
 def test_module_out_option(tmp_path):

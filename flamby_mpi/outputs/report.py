@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from .. import not_run_yet
-from ..exit.errors import UserError
+from ..exit.errors import UserError, plain
 from ..exit.failures import fail
 from ..storage import safe_files
 
@@ -221,6 +221,16 @@ def format_comparison(runs: Sequence[Run]) -> str:
         cells = [_shown(run.final_metrics.get(name)) if name in run.final_metrics else "-" for run in runs]
         lines.append("  ".join([f"{name:<{first}}", *(f"{c:<{w}}" for c, w in zip(cells, widths, strict=True))]))
     return "\n".join(line.rstrip() for line in lines)
+
+
+def mixed_datasets_note(runs: Sequence[Run]) -> Optional[str]:
+    """A note when the runs are of different datasets: each has its own metric (AUC, Dice, ...), so
+    a row of the table puts different measures side by side. Compared all the same: the user asked."""
+    datasets = sorted({plain(run.results["dataset"]) for run in runs if "dataset" in run.results})
+    if len(datasets) < 2:
+        return None
+    return (f"these runs are of different datasets ({', '.join(datasets)}): each has its own metric, "
+            "so a row of the table compares different measures")
 
 
 def _mean(values) -> Optional[float]:
@@ -530,6 +540,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for run in runs:
             for note in run.notes:
                 print(f"flamby-mpi: note: {run.path}: {note}", file=sys.stderr)
+        datasets_note = mixed_datasets_note(runs)
+        if datasets_note:
+            print(f"flamby-mpi: note: {datasets_note}", file=sys.stderr)
         out = draw(runs, args.out)
     except UserError as error:
         return fail(str(error), error.exit_code)
