@@ -86,6 +86,21 @@ def test_load_run_reads_results_metrics_and_rounds(tmp_path):
     assert run.notes == []
 
 
+def test_label_names_the_directory_when_the_run_id_is_automatic(tmp_path, monkeypatch):
+    """common_args.output_dir without --run_id: the run id is a timestamp, the directory's name is
+    the user's; runs/<run_id> (the run id is the name) is labelled as before."""
+    path = make_run(tmp_path, "fedprox", strategy="FedProx")
+    results = json.loads((path / "results.json").read_text())
+    results["run_id"] = "20261206-101010-ab12"
+    (path / "results.json").write_text(json.dumps(results))
+    assert report.load_run(path).label == "FedProx (fedprox)"
+    monkeypatch.chdir(path)
+    assert report.load_run(".").label == "FedProx (fedprox)"  # the directory's own name, not ""
+    del results["run_id"]
+    (path / "results.json").write_text(json.dumps(results))
+    assert report.load_run(path).label == "FedProx (fedprox)"
+
+
 def test_time_split_is_over_the_centres_that_trained(tmp_path):
     run = report.load_run(make_run(tmp_path, "a"))
     split = report.time_split(run.rounds)

@@ -62,7 +62,14 @@ class Run:
     @property
     def label(self) -> str:
         private = " with DP" if isinstance(self.results.get("differential_privacy"), dict) else ""
-        return f"{self.results.get('strategy', '?')}{private} ({self.results.get('run_id', self.path.name)})"
+        return f"{self.results.get('strategy', '?')}{private} ({self.name})"
+
+    @property
+    def name(self) -> str:
+        """The run directory's name: its run id in runs/<run_id>; where common_args.output_dir named
+        it without --run_id, the user's name, not the automatic timestamp run id, which tells
+        compared runs apart poorly. Made absolute first: "." has no name of its own."""
+        return Path(os.path.abspath(self.path)).name or str(self.results.get("run_id", self.path))
 
     @property
     def final_metrics(self) -> Dict[str, Optional[float]]:
