@@ -124,8 +124,15 @@ if [ "${runs:-1}" -gt 1 ] || [ "${FLAMBY_MPI_RESUME:-0}" = 1 ]; then
     set -- "${args[@]}"
     # The decision and the run directory (the job's command line's: a user's own --set
     # common_args.output_dir wins), from the rule both job scripts share (flamby_mpi/restart.py).
-    decision=$(PYTHONPATH="$home${PYTHONPATH:+:$PYTHONPATH}" "$python" -m flamby_mpi.restart "$output_dir" \
-               "$config" "${defaults[@]}" "$@" 2>/dev/null) || decision="afresh $output_dir"
+    # When it cannot decide (a command line or config the launcher would refuse), its reason goes
+    # to the job's log and the job stops: starting afresh instead would leave behind the run it
+    # may have checkpointed elsewhere (a --set common_args.output_dir it could not read).
+    if ! decision=$(PYTHONPATH="$home${PYTHONPATH:+:$PYTHONPATH}" "$python" -m flamby_mpi.restart \
+                    "$output_dir" "$config" "${defaults[@]}" "$@"); then
+        echo "flamby-mpi: PBS job $PBS_JOBID started again (run ${runs:-?}), but what to do with its run" \
+             "cannot be decided (above): stopping, without starting it afresh" >&2
+        exit 2
+    fi
     run_dir=${decision#* }
     case "${decision%% *}" in
         finished)

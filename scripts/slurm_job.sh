@@ -147,8 +147,15 @@ if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then
     set -- "${args[@]}"
     # The decision and the run directory (the job's command line's: a user's own --set
     # common_args.output_dir wins), from the rule both job scripts share (flamby_mpi/restart.py).
-    decision=$(PYTHONPATH="$home${PYTHONPATH:+:$PYTHONPATH}" "$python" -m flamby_mpi.restart "$output_dir" \
-               "$config" "${defaults[@]}" "$@" 2>/dev/null) || decision="afresh $output_dir"
+    # When it cannot decide (a command line or config the launcher would refuse), its reason goes
+    # to the job's log and the job stops: starting afresh instead would leave behind the run it
+    # may have checkpointed elsewhere (a --set common_args.output_dir it could not read).
+    if ! decision=$(PYTHONPATH="$home${PYTHONPATH:+:$PYTHONPATH}" "$python" -m flamby_mpi.restart \
+                    "$output_dir" "$config" "${defaults[@]}" "$@"); then
+        echo "flamby-mpi: SLURM job $SLURM_JOB_ID restarted (restart $SLURM_RESTART_COUNT), but what to do" \
+             "with its run cannot be decided (above): stopping, without starting it afresh" >&2
+        exit 2
+    fi
     run_dir=${decision#* }
     case "${decision%% *}" in
         finished)

@@ -508,3 +508,26 @@ def test_a_users_overwrite_was_for_the_first_start_only(script, env, tmp_path):
     done, calls = _restarted(wrapper, tmp_path, env, run_dir, "checkpoint")
     assert done.returncode == 0, done.stdout + done.stderr
     assert calls.rstrip().endswith("--resume") and "--overwrite" not in calls, calls
+
+
+@pytest.mark.parametrize("script, env", [
+    (SLURM_SCRIPT, {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "5", "SLURM_RESTART_COUNT": "1"}),
+    (PBS_SCRIPT, {"PBS_JOBID": "7.pbs", "FLAMBY_MPI_NP": "5", "run_count": "2"}),
+])
+@pytest.mark.parametrize("mistake, reason", [
+    (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--set", "comm_round=3"], "expected section.key=value"),
+])
+def test_a_restarted_job_that_cannot_decide_says_why_and_stops(script, env, mistake, reason, tmp_path):
+    """flamby_mpi.restart's reason used to go to /dev/null and the job started afresh beside the
+    checkpoint it should have resumed: now the reason is in the job's log, and it exits 2."""
+    env = dict(env)
+    wrapper = tmp_path / "job.sh"
+    wrapper.write_text(f"#!/bin/bash\nexec bash {script} \"$@\" {shlex.join(mistake)}\n")
+    run_dir = tmp_path / ("runs/slurm-7" if script == SLURM_SCRIPT else "runs/pbs-7")
+    run_dir.mkdir(parents=True)
+    done, calls = _restarted(wrapper, tmp_path, env, run_dir, "checkpoint")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert reason in done.stderr and "cannot be decided (above): stopping" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and "usage:" not in done.stderr
+    assert "mpiexec" not in calls and "afresh" not in done.stdout
