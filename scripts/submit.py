@@ -66,7 +66,24 @@ MIN_STOP_BEFORE_S = 60
 
 def stop_before_s(preemption_grace_s: float) -> int:
     """Seconds before the time limit at which SLURM signals a --requeue job (--signal=B:TERM@s)."""
-    return max(MIN_STOP_BEFORE_S, math.ceil(preemption_grace_s) + STOP_MARGIN_S)
+    return max(MIN_STOP_BEFORE_S, least_stop_before_s(preemption_grace_s))
+
+
+def least_stop_before_s(preemption_grace_s: float) -> int:
+    """The shortest --stop-before that leaves the job its grace to stop at a round boundary with a
+    checkpoint and the margin to exit and requeue itself: sooner, the time limit can end it first."""
+    return math.ceil(preemption_grace_s) + STOP_MARGIN_S
+
+
+def chosen_stop_before(given: Optional[int], preemption_grace_s: float) -> int:
+    """--stop-before, or its default; raises UserError for a value under the least."""
+    if given is None:
+        return stop_before_s(preemption_grace_s)
+    least = least_stop_before_s(preemption_grace_s)
+    if given < least:
+        raise UserError(f"--stop-before {given}: give the seconds before the time limit, at least "
+                        f"common_args.preemption_grace_s + {STOP_MARGIN_S} = {least}")
+    return given
 
 
 def slurm_command(ranks: int, config: str, launch_args: List[str], options: List[str],
@@ -113,8 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "requeues it; PBS: qsub -r y (rerunnable)")
     parser.add_argument("--stop-before", type=int, default=None, metavar="SECONDS",
                         help="with --requeue on SLURM: how long before the time limit the job is told "
-                             "to stop (default: common_args.preemption_grace_s + "
-                             f"{STOP_MARGIN_S}, at least {MIN_STOP_BEFORE_S})")
+                             f"to stop, at least common_args.preemption_grace_s + {STOP_MARGIN_S} "
+                             f"(default: that, and at least {MIN_STOP_BEFORE_S})")
     parser.add_argument("--skip-check", action="store_true",
                         help="do not run the readiness check (python -m flamby_mpi check: data, extras, "
                              "memory per rank) before submitting")
@@ -241,16 +258,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not args.requeue or args.scheduler != "slurm":
             parser.error("--stop-before is for --requeue on SLURM (PBS has no signal before the "
                          "walltime ends)")
-        if args.stop_before < 1:
-            parser.error(f"--stop-before {args.stop_before}: give the seconds before the time limit, "
-                         f"at least common_args.preemption_grace_s + {STOP_MARGIN_S}")
     try:
         loaded, ranks = check_launch_command(config, launch_args)
         if args.scheduler == "slurm":
             stop_before = None
-            if args.requeue:
-                stop_before = (args.stop_before if args.stop_before is not None
-                               else stop_before_s(loaded.common_args.preemption_grace_s))
+            if args.requeue:  # the grace is the config's, --set included
+                stop_before = chosen_stop_before(args.stop_before, loaded.common_args.preemption_grace_s)
             command = slurm_command(ranks, config, launch_args, args.option, stop_before)
         else:
             command = pbs_command(ranks, config, launch_args, args.option,

@@ -352,14 +352,34 @@ def test_submit_requeue_makes_pbs_jobs_rerunnable(capsys, monkeypatch):
 @pytest.mark.parametrize("args, message", [
     (["--stop-before", "60"], "--stop-before is for --requeue on SLURM"),
     (["--requeue", "--scheduler", "pbs", "--stop-before", "60"], "--stop-before is for --requeue on SLURM"),
-    (["--requeue", "--stop-before", "0"], "give the seconds before the time limit"),
+    (["--requeue", "--stop-before", "0"], "at least common_args.preemption_grace_s + 30 = 60"),
+    (["--requeue", "--stop-before", "-5"], "at least common_args.preemption_grace_s + 30 = 60"),
+    # Accepted before (--signal=B:TERM@5): the job had no time to stop with a checkpoint.
+    (["--requeue", "--stop-before", "5"], "--stop-before 5: give the seconds before the time limit, "
+                                          "at least common_args.preemption_grace_s + 30 = 60"),
+    (["--requeue", "--stop-before", "59"], "at least common_args.preemption_grace_s + 30 = 60"),
+    (["--requeue", "--stop-before", "70", "--set", "common_args.preemption_grace_s=40.5"],
+     "--stop-before 70: give the seconds before the time limit, at least common_args.preemption_grace_s "
+     "+ 30 = 71"),
     (["--requeue", "--stop-before", "soon"], "invalid int value"),
 ])
 def test_submit_refuses_a_bad_stop_before(args, message, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
-    with pytest.raises(SystemExit) as exited:
-        submit.main(["--dry-run", *args, "config/fedml_config.yaml"])
-    assert exited.value.code == 2 and message in capsys.readouterr().err
+    # submit.py's own options go anywhere: after CONFIG here, with the job's --set
+    try:
+        code = submit.main(["--dry-run", "--skip-check", "config/fedml_config.yaml", *args])
+    except SystemExit as exited:  # argparse's own refusals
+        code = exited.code
+    captured = capsys.readouterr()
+    assert code == 2 and message in captured.err and captured.out == "", captured.err
+
+
+def test_submit_takes_a_stop_before_of_grace_plus_the_margin(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    code, command, err = _submit(capsys, "--requeue", "--stop-before", "40", "config/fedml_config.yaml",
+                                 "--set", "common_args.preemption_grace_s=10")
+    assert code == 0, err
+    assert command[2:4] == ["--requeue", "--signal=B:TERM@40"]
 
 
 def _stand_ins(tmp_path, scontrol_job="JobState=RUNNING Requeue=1", run_count=None):
