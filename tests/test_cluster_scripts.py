@@ -116,6 +116,29 @@ def test_submit_reports_config_errors(capsys, monkeypatch):
     assert code == 2 and "cannot contain spaces" in err
 
 
+def test_submit_says_one_client_in_the_singular(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    code, command, err = _submit(capsys, "config/fedml_config.yaml", "--set", "data_args.synthetic_num_centers=1")
+    assert code == 0, err
+    assert "# 2 ranks (1 server + 1 client)" in err.splitlines() and command[1] == "--ntasks=2"
+
+
+@pytest.mark.parametrize("content, message, hint", [
+    (None, "config file not found", "HINT: pass an existing file as CONFIG, e.g. config/fedml_config.yaml"),
+    (b"a: \0", "is a binary file", "HINT: pass a YAML config as CONFIG, e.g. config/fedml_config.yaml"),
+    (b"a: \xff", "is not UTF-8 text", "HINT: save it as UTF-8, or pass the right file as CONFIG"),
+])
+def test_a_config_file_problem_hints_at_config_not_at_cf(content, message, hint, capsys, monkeypatch, tmp_path):
+    """launch_client.py's hints say `--cf`; submit.py takes the config as CONFIG (and refuses --cf)."""
+    monkeypatch.chdir(REPO)
+    config = tmp_path / "job.yaml"
+    if content is not None:
+        config.write_bytes(content)
+    code, _, err = _submit(capsys, str(config))
+    assert code == 2 and message in err and hint in err.splitlines(), err
+    assert "--cf" not in err
+
+
 def test_submit_command_line_runs_without_installing_anything(tmp_path):
     done = subprocess.run([sys.executable, str(SUBMIT), "--dry-run", "--skip-check", "--scheduler", "pbs",
                            "config/fed_heart_disease.yaml"], capture_output=True, text=True,
