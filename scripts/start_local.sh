@@ -7,11 +7,13 @@
 #
 # In tmux (when installed and FLAMBY_MPI_NO_TMUX is unset): one session named after the run,
 # one pane per rank, attached when run from a terminal. Otherwise: background processes,
-# one log per rank in runs/<RUN_ID>/terminals/rank<K>.log; the script waits for all of them
-# and exits non-zero if any rank failed.
+# one log per rank in runs/<RUN_ID>/terminals/rank<K>.log; the script waits for all of them,
+# exits non-zero if any rank failed, and else names the run's results.json (in runs/<RUN_ID>,
+# or common_args.output_dir).
 set -euo pipefail
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+# The comment block above, up to the first line that is not a comment.
+usage() { sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 2; }
 [ $# -ge 1 ] || usage
 case "$1" in -h|--help) usage ;; esac
 config=$1; shift
@@ -25,18 +27,35 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 python=${FLAMBY_MPI_PYTHON:-python}
 [ -f "$config" ] || { echo "start_local.sh: config not found: $config" >&2; exit 2; }
 
-# Number of clients = number of centres of the config's dataset (asks the project itself; the
-# whole run plan is checked, as each rank will, so a config problem is reported once, here).
-clients=$("$python" - "$config" "${extra[@]}" <<'PY'
+# The run's plan, asked of the project itself and checked as each rank will check it, so that a
+# problem is reported once, here, before anything is made: the run id (the launcher's rule; it
+# names directories), then the whole config. It gives the number of clients (the centres of the
+# config's dataset) and the output directory the ranks will write to, one per line.
+plan=$("$python" - "$config" "$run_id" "${extra[@]}" <<'PY'
 import sys
+from flamby_mpi.config import load_config, parse_override, run_id_problem
 from flamby_mpi.exit.errors import UserError
-from flamby_mpi.world_size import set_overrides, world_size_of
+from flamby_mpi.world_size import set_overrides
+
+config, run_id, overrides = sys.argv[1], sys.argv[2], set_overrides(sys.argv[3:])
 try:
-    print(world_size_of(sys.argv[1], set_overrides(sys.argv[2:]), check_plan=True) - 1)
+    problem = run_id_problem(run_id)
+    if problem:
+        raise UserError(f"RUN_ID: {problem}")
+    for text in overrides:
+        parse_override(text)  # a malformed --set is reported before the config file's problems
+    from flamby_mpi.plan import make_plan  # imports torch: after the cheap checks
+
+    plan = make_plan(load_config(config, overrides), run_id=run_id)
 except UserError as error:
-    sys.exit(f"start_local.sh: {error}")
+    print(f"start_local.sh: {error}", file=sys.stderr)
+    sys.exit(2)
+print(plan.world_size - 1)
+print(plan.output_dir)
 PY
 )
+clients=${plan%%$'\n'*}
+output_dir=${plan#*$'\n'}
 quoted_extra=$(printf ' %q' "${extra[@]}")
 command_for() {  # rank role
   printf 'cd %q && %q %q --cf %q --run_id %q --rank %s --role %s%s' \
@@ -70,5 +89,5 @@ status=0
 for k in "${!pids[@]}"; do
   if ! wait "${pids[$k]}"; then echo "rank $k failed (see $logs/rank$k.log)" >&2; status=1; fi
 done
-[ $status -eq 0 ] && echo "run $run_id finished: runs/$run_id/results.json"
+[ $status -eq 0 ] && echo "run $run_id finished: $output_dir/results.json"
 exit $status

@@ -1,0 +1,63 @@
+"""The helper scripts run on one machine, as a user types them, without MPI: scripts/start_local.sh
+(its ranks replaced by a stand-in python that records them; tests/test_separate_processes.py runs
+the real ones) and scripts/standin_data.py's command-line mistakes (FLamby is not needed for them).
+A mistake is one line and exit 2, and leaves nothing made behind."""
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from support.mpi import DEFAULT_CONFIG, REPO
+from support.mpi import test_env as job_env  # aliased: pytest would collect test_env
+
+START_LOCAL = REPO / "scripts" / "start_local.sh"
+
+
+def _start_local(tmp_path, *args):
+    """Runs start_local.sh in tmp_path/cwd with background ranks whose python only records its
+    command line (start_local.sh's own checks run the real one); (done, recorded rank commands)."""
+    cwd, bin_dir, calls = tmp_path / "cwd", tmp_path / "bin", tmp_path / "ranks.txt"
+    cwd.mkdir()
+    bin_dir.mkdir()
+    python = bin_dir / "python"
+    python.write_text(f'#!/bin/bash\n[ "$1" = - ] && exec {shlex.quote(sys.executable)} "$@"\n'
+                      f'echo "$*" >> {shlex.quote(str(calls))}\n')
+    python.chmod(0o755)
+    env = job_env(tmp_path, {"FLAMBY_MPI_NO_TMUX": "1", "FLAMBY_MPI_PYTHON": str(python)})
+    done = subprocess.run(["bash", str(START_LOCAL), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+    return done, calls.read_text().splitlines() if calls.exists() else []
+
+
+@pytest.mark.parametrize("output_dir", [None, "elsewhere/results dir"])
+def test_start_local_names_the_results_where_the_ranks_write_them(output_dir, tmp_path):
+    """With common_args.output_dir it used to name runs/<RUN_ID>/results.json all the same."""
+    extra = ["--", "--set", f"common_args.output_dir={output_dir}"] if output_dir else []
+    done, ranks = _start_local(tmp_path, str(DEFAULT_CONFIG), "r1", *extra)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(ranks) == 5 and all("--run_id r1" in rank for rank in ranks), ranks
+    results = f"{output_dir or 'runs/r1'}/results.json"
+    assert done.stdout.splitlines()[-1] == f"run r1 finished: {results}", done.stdout
+
+
+@pytest.mark.parametrize("run_id", ["../evil", ".hidden", "a/b"])
+def test_start_local_refuses_a_run_id_before_making_anything(run_id, tmp_path):
+    """`../evil` used to make runs/../evil/terminals before the ranks refused the id."""
+    done, ranks = _start_local(tmp_path, str(DEFAULT_CONFIG), run_id)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.splitlines() == [f"start_local.sh: RUN_ID: run id {run_id!r} cannot name files: it must "
+                                        "be 1 to 200 printable characters, without '/', '\\' or '..' and not "
+                                        "starting with '.' (for example heart_fedavg_1)"], done.stderr
+    assert ranks == [] and list((tmp_path / "cwd").iterdir()) == [] and not (tmp_path / "evil").exists()
+
+
+@pytest.mark.parametrize("args", [[], ["--help"]])
+def test_start_local_usage_is_its_header_comment(args, tmp_path):
+    """It used to end with the script's first command, `set -euo pipefail`."""
+    done, _ = _start_local(tmp_path, *args)
+    assert done.returncode == 2
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("Start the server and N clients")
+    assert "usage: scripts/start_local.sh CONFIG" in done.stdout
+    assert not any("set -euo" in line or line.startswith("#") for line in lines), done.stdout
