@@ -5,6 +5,7 @@ A mistake is one line and exit 2, and leaves nothing made behind."""
 import shlex
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -61,3 +62,74 @@ def test_start_local_usage_is_its_header_comment(args, tmp_path):
     assert lines[0].startswith("Start the server and N clients")
     assert "usage: scripts/start_local.sh CONFIG" in done.stdout
     assert not any("set -euo" in line or line.startswith("#") for line in lines), done.stdout
+
+
+# --- scripts/standin_data.py ---------------------------------------------------------------------
+
+STANDIN_DATA = REPO / "scripts" / "standin_data.py"
+
+
+def _standin_data(tmp_path, *args):
+    return subprocess.run([sys.executable, str(STANDIN_DATA), *args], cwd=tmp_path, env=job_env(tmp_path),
+                          capture_output=True, text=True, timeout=120)
+
+
+def _load_standin_data():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("standin_data", STANDIN_DATA)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("directory, message", [
+    ("a file", "standin_data.py: {} is not a directory; give a new or empty directory"),
+    ("a file/data", "standin_data.py: cannot make {}: Not a directory"),
+    ("/proc/standin", "standin_data.py: cannot make {}: No such file or directory"),
+])
+def test_standin_data_says_why_a_directory_cannot_take_it(directory, message, tmp_path):
+    """Each used to end in a traceback (NotADirectoryError, FileNotFoundError)."""
+    (tmp_path / "a file").write_text("mine\n")
+    path = tmp_path / directory
+    done = _standin_data(tmp_path, "fed_ixi", str(path))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [message.format(path)] and done.stdout == ""
+    assert (tmp_path / "a file").read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("value, reason", [
+    ("-3", "argument --seed: -3 is outside 0 to 2**63 - 1"),
+    (str(2**63), f"argument --seed: {2**63} is outside 0 to 2**63 - 1"),
+    ("x", "argument --seed: invalid int value: 'x'"),
+])
+def test_standin_data_refuses_a_seed_numpy_would_not_take(value, reason, tmp_path):
+    """--seed -3 used to fail in numpy with a traceback, after making DIR."""
+    done = _standin_data(tmp_path, "fed_ixi", str(tmp_path / "data"), "--seed", value)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.splitlines()[-1] == f"standin_data.py: error: {reason}"
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_failed_standin_leaves_no_directory_it_made_empty(tmp_path, monkeypatch):
+    """Only what the script made, and only while empty: the user's empty directory stays, and so does
+    a directory the writer had begun to fill."""
+    standin_data = _load_standin_data()
+    written = []
+
+    def failing(directory, seed):
+        for name in written:
+            (directory / name).write_text("part")
+        raise SystemExit(2)  # as a writer ends when FLamby is missing
+
+    monkeypatch.setitem(sys.modules, "standin.fed_ixi", types.SimpleNamespace(write=failing))
+    for directory in (tmp_path / "new" / "deeper" / "data", tmp_path / "user's"):
+        if directory.name == "user's":
+            directory.mkdir()
+        with pytest.raises(SystemExit):
+            standin_data.main(["fed_ixi", str(directory)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["user's"]
+    written.append("begun.txt")
+    with pytest.raises(SystemExit):
+        standin_data.main(["fed_ixi", str(tmp_path / "new" / "data")])
+    assert (tmp_path / "new" / "data" / "begun.txt").exists()
