@@ -7,7 +7,8 @@
 #
 # Submit from the project directory (relative config paths are read from there).
 # qsub passes no arguments to a job script, so they travel in FLAMBY_MPI_ARGS
-# (split on spaces: no spaces or commas inside values):
+# (split on spaces, and by qsub -v on commas: no spaces or commas inside values;
+# a list such as data_args.centers goes in the config file):
 #   PBS Pro: qsub -l select=1:ncpus=<N+1>:mpiprocs=<N+1> \
 #                 -v FLAMBY_MPI_ARGS="CONFIG --set section.key=value" scripts/pbs_job.sh
 #   Torque:  qsub -l nodes=1:ppn=<N+1> -F "CONFIG --set section.key=value" scripts/pbs_job.sh
