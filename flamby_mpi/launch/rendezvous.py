@@ -423,7 +423,8 @@ def _live_server(files: RendezvousFiles, announce: Callable[[str], None]) -> Tup
             return True, None
         if not announced:
             announce(f"found {files.info} (pid {info['pid']} on {info['host']}): watching its heartbeat for "
-                     f"up to {STALE_AFTER_S:g} s before replacing it as left by a crashed run")
+                     f"up to {STALE_AFTER_S:g} s: a server still beating is running this run (refused), "
+                     f"a silent one was left by a crashed run (replaced)")
             announced = True
         time.sleep(POLL_S)
 
