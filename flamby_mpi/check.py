@@ -102,7 +102,10 @@ def _sample_shapes(sample) -> str:
     shapes = []
     for part in parts[:2]:
         shape = getattr(part, "shape", None)
-        shapes.append("x".join(map(str, shape)) if shape is not None else type(part).__name__)
+        if shape is None:
+            shapes.append(type(part).__name__)
+        else:  # a 0-d tensor (Fed-Camelyon16's label) has no dimension to show
+            shapes.append("x".join(map(str, shape)) or "scalar")
     return " / ".join(shapes)
 
 

@@ -188,3 +188,13 @@ def test_submit_refuses_a_run_that_is_not_ready(tmp_path):
     assert skipped.returncode == 0, skipped.stderr
     assert "readiness check" not in skipped.stderr
     assert calls.read_text().startswith("--ntasks=5 ")
+
+
+def test_a_sample_s_shapes_show_a_scalar_label_by_name():
+    """Fed-Camelyon16's label is a 0-d tensor: the column showed '361x2048 / ' with nothing after."""
+    import torch
+
+    from flamby_mpi.check import _sample_shapes
+
+    assert _sample_shapes((torch.zeros(361, 2048), torch.tensor(1.0))) == "361x2048 / scalar"
+    assert _sample_shapes((torch.zeros(3), 7)) == "3 / int"
