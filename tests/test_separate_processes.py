@@ -182,6 +182,21 @@ def test_a_refusal_after_the_join_is_pointed_at_on_every_client_terminal(workdir
     assert r.leftovers() == []
 
 
+def test_a_client_with_another_config_is_told_which_keys_differ_and_its_own_log_level_may(workdir, ranks):
+    """A refused client heard only 'its configuration differs'. Now the keys are named; a rank's own
+    log level (and waits) may differ. The run then completes with the corrected client."""
+    r = ranks(common=FAST + ["--set", "comm_args.join_timeout_s=120"])
+    r.start(0)
+    r.start(1, name="other-rounds", extra=["--set", "train_args.comm_round=4"])
+    assert r.wait(60, names=["other-rounds"]) == {"other-rounds": 2}, r.all_logs()
+    assert "configuration differs from the server's in train_args.comm_round (" in r.log("other-rounds")
+    r.start(1, extra=["--set", "tracking_args.log_level=info"])
+    for k in (2, 3, 4):
+        r.start(k)
+    assert r.wait(150, names=[f"rank{k}" for k in range(5)]) == {f"rank{k}": 0 for k in range(5)}, r.all_logs()
+    assert r.leftovers() == []
+
+
 def test_rank_role_mistakes_are_explained(workdir, ranks):
     r = ranks()
     r.start(0, role="client", name="bad-role")

@@ -141,7 +141,7 @@ def make_hello(secret: str, server_nonce: str, port: str, rank: int, fingerprint
 
 
 def read_hello(document: Dict[str, Any]) -> Hello:
-    return Hello(rank=_field(document, "rank", int), fingerprint=_field(document, "fingerprint", str, 64),
+    return Hello(rank=_field(document, "rank", int), fingerprint=_field(document, "fingerprint", str, 2048),
                  turn=_field(document, "turn", str, 64), host=_field(document, "host", str),
                  pid=_field(document, "pid", int), nonce=_field(document, "nonce", str, 64),
                  proof=_field(document, "proof", str, 64))

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -38,13 +37,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from ..config import run_id_problem
 from ..exit.errors import UserError, clip, plain
 from ..exit.fast_exit import end_thread
 from ..storage import safe_files
-from . import handshake, run_secret
+from . import handshake, join_config, run_secret
 
 log = logging.getLogger("flamby_mpi.rendezvous")
 
@@ -292,10 +291,6 @@ class Freshness:
 
     def stale(self) -> bool:
         return self.last is not None and not self.live() and self.unchanged_s() > STALE_AFTER_S
-
-
-def config_fingerprint(config_yaml: str) -> str:
-    return hashlib.sha256(config_yaml.encode()).hexdigest()[:16]
 
 
 class Publication:
@@ -615,9 +610,10 @@ class ServerJoin:
 
     def __init__(self, MPI, files: RendezvousFiles, port: str, secret: str, expected_ranks: Set[int],
                  fingerprint: str, announce: Callable[[str], None], publication: Optional[Publication] = None,
-                 abandon: Optional[Callable[[str], None]] = None):
+                 abandon: Optional[Callable[[str], None]] = None, key_names: Sequence[str] = ()):
         self.MPI, self.files, self.port, self.secret = MPI, files, port, secret
         self.expected, self.fingerprint, self.announce = set(expected_ranks), fingerprint, announce
+        self.key_names = tuple(key_names)  # of the fingerprint's digests (join_config): named when they differ
         self.publication, self.abandon = publication, abandon
         self.joined: Dict[int, str] = {}
         self._served_turns: Set[str] = set()
@@ -711,7 +707,7 @@ class ServerJoin:
             reason = "it did not prove that it holds this run's secret"
         else:
             self._served_turns.add(hello.turn)  # its turn file may outlive the handshake a moment
-            reason = _refusal(hello, self.expected, self.joined, self.fingerprint)
+            reason = _refusal(hello, self.expected, self.joined, self.fingerprint, self.key_names)
         # What is left of the deadline goes with the answer, in seconds (no wall clock crosses hosts):
         # a joined client then waits for the server's verdict that long on its own clock.
         remaining = max(0.0, self._deadline - time.monotonic())
@@ -766,14 +762,14 @@ class ServerJoin:
 
 
 def _refusal(hello: handshake.Hello, expected: Set[int], joined: Dict[int, str],
-             fingerprint: str) -> Optional[str]:
+             fingerprint: str, key_names: Sequence[str] = ()) -> Optional[str]:
     """Why a client that proved the secret cannot join (None: it can)."""
     if hello.rank in joined:
         return f"rank {hello.rank} has already joined ({joined[hello.rank]})"
     if hello.rank not in expected:
         return f"rank {hello.rank} is not a client rank of this run (1..{max(expected)})"
     if hello.fingerprint != fingerprint:
-        return "its configuration differs from the server's (same --cf and --set on every rank)"
+        return join_config.refusal(key_names, fingerprint, hello.fingerprint)
     return None
 
 

@@ -20,7 +20,7 @@ from typing import Callable, List, Optional
 from ..exit.errors import UserError
 from ..exit.failures import EXIT_FAILURE, EXIT_USER_ERROR, fail, where
 from ..storage import run_directory
-from . import liveness, rendezvous, run_secret
+from . import join_config, liveness, rendezvous, run_secret
 from .environment import started_by_mpi_launcher
 from .world import World, form_world
 
@@ -81,7 +81,7 @@ def join_world(plan, cli_rank: int) -> World:
 
     run_id, timeout = plan.run_id, plan.join_timeout_s
     files = rendezvous.RendezvousFiles(plan.rendezvous_dir, run_id)
-    fingerprint = rendezvous.config_fingerprint(plan.config_yaml())
+    fingerprint = join_config.fingerprint(plan.config_yaml())
     announce = _announcer(cli_rank)
     deadline = time.monotonic() + timeout
     host = socket.gethostname()
@@ -101,7 +101,8 @@ def join_world(plan, cli_rank: int) -> World:
             fail(text, EXIT_USER_ERROR, where(cli_rank, host), end=os._exit)
 
         joining = rendezvous.ServerJoin(MPI, files, port, publication.secret, set(range(1, size)),
-                                        fingerprint, announce, publication=publication, abandon=abandon)
+                                        fingerprint, announce, publication=publication, abandon=abandon,
+                                        key_names=join_config.key_names(plan.config_yaml()))
         announce(f"run {run_id}: waiting up to {timeout:g} s for {size - 1} clients "
                  f"(rendezvous {files.info}); start each with: python launch_client.py --cf <config> "
                  f"--run_id {run_id} --rank K --role client")
