@@ -27,11 +27,11 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
-from .config import load_config, resume_target_problem
+from .config import load_config, require_resume_target
 from .exit.errors import UserError
-from .exit.failures import fail
+from .exit.failures import by_text, fail
 from .runtime import memory_fit
 
 MIB = 1024 * 1024
@@ -207,11 +207,8 @@ def table(plan, centres: List[CentreCheck], memory: Optional[MemoryEstimate], me
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
-    by_problem: Dict[str, List[int]] = {}  # FLamby's data missing is one problem for every centre: said once
-    for c in centres:
-        if c.problem is not None:
-            by_problem.setdefault(c.problem, []).append(c.centre)
-    for problem, numbers in by_problem.items():
+    # FLamby's data missing is one problem for every centre: said once
+    for problem, numbers in by_text((c.centre, c.problem) for c in centres if c.problem is not None).items():
         lines.append(f"{'centre' if len(numbers) == 1 else 'centres'} {', '.join(map(str, numbers))}: {problem}")
     if memory is not None:
         lines.append(f"memory per rank ({memory.method}, one training step on {memory.batch} samples of centre "
@@ -283,9 +280,7 @@ def run_check(config_path: str, overrides: List[str], ranks_per_host: Optional[i
     --resume, --overwrite, for the output directory). Raises UserError for a config or plan the
     ranks would refuse."""
     config = load_config(config_path, overrides)
-    missing_target = resume_target_problem(config, run_id) if resume else None
-    if missing_target is not None:  # as the launcher refuses it, before the queue wait
-        raise missing_target
+    require_resume_target(config, run_id, resume)  # as the launcher refuses it, before the queue wait
     try:
         from .plan import make_plan  # torch, and the dataset's module (FLamby and its extras)
     except ImportError as exc:

@@ -22,7 +22,7 @@ from .config import (
     describe_options,
     ignored_keys_warning,
     load_config,
-    resume_target_problem,
+    require_resume_target,
     run_id_problem,
 )
 from .exit.errors import PeerRefusalError, RankMismatchError, UserError
@@ -111,9 +111,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         _warn_ignored_keys(config, args, announced_rank)
         from .plan import make_plan  # imports torch: after the cheap checks
 
-        missing_target = resume_target_problem(config, args.run_id) if args.resume else None
-        if missing_target is not None:
-            raise missing_target
+        require_resume_target(config, args.run_id, args.resume)
         plan = make_plan(config, run_id=args.run_id, quiet=args.quiet, resume=args.resume,
                          overwrite=args.overwrite)
         import_gc.resume()  # the imports are done; before this rank waits on any other

@@ -726,15 +726,15 @@ def load_config(path: str, overrides: List[str] = ()) -> RunConfig:
     return build_config(read_yaml(path), overrides, source=plain(path))
 
 
-def resume_target_problem(config: RunConfig, run_id: Optional[str]) -> Optional[UserError]:
-    """--resume with nothing naming the run to continue (no --run_id, common_args.run_id or
-    output_dir): the launcher refuses it at once, and the readiness check must too (in a batch job
-    the run id would be a new slurm-<job id>, where no run is)."""
-    if run_id or config.common_args.run_id or config.common_args.output_dir:
-        return None
-    return UserError("--resume needs to know which run to continue",
-                     hint="give the run's --run_id (its outputs are in runs/<run_id>), or set "
-                          "common_args.output_dir")
+def require_resume_target(config: RunConfig, run_id: Optional[str], resume: bool):
+    """Raises UserError for --resume with nothing naming the run to continue (no --run_id,
+    common_args.run_id or output_dir): the launcher refuses it at once, and the readiness check
+    must too (in a batch job the run id would be a new slurm-<job id>, where no run is)."""
+    if not resume or run_id or config.common_args.run_id or config.common_args.output_dir:
+        return
+    raise UserError("--resume needs to know which run to continue",
+                    hint="give the run's --run_id (its outputs are in runs/<run_id>), or set "
+                         "common_args.output_dir")
 
 
 def ignored_keys_warning(config: RunConfig) -> Optional[str]:

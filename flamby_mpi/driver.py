@@ -324,10 +324,7 @@ def _preflight(plan: RunPlan, transport, device, console) -> Tuple[Optional[obje
                                          f"Original error:\n{text}", failures.where(rank, transport.host)))
     user_problems = [(rank, text) for rank, is_user, text in problems if is_user]
     if transport.rank == 0:
-        by_message = {}
-        for rank, text in user_problems:
-            by_message.setdefault(text, []).append(rank)
-        for text, ranks in by_message.items():
+        for text, ranks in failures.by_text(user_problems).items():
             at = "every rank" if len(ranks) == plan.world_size else "rank " + ", ".join(map(str, ranks))
             failures.report(failures.message(text, at))
     bugs = len(user_problems) < len(problems)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
-from typing import Callable, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from ..registry import role_of
 
@@ -34,6 +34,15 @@ def message(text: str, at: Optional[str] = None) -> str:
 def bug(what: str) -> str:
     """The text for an unexpected exception being handled: what failed, then its traceback."""
     return f"{what}; ending the whole job. Original error:\n{traceback.format_exc()}"
+
+
+def by_text(problems: Iterable[Tuple[int, str]]) -> Dict[str, List[int]]:
+    """(rank or centre, message) pairs as message -> who has it, in first-seen order: a problem
+    several share is said once, naming them."""
+    grouped: Dict[str, List[int]] = {}
+    for who, text in problems:
+        grouped.setdefault(text, []).append(who)
+    return grouped
 
 
 _reports = 0  # in this process: a rank that ends with a code but said nothing says where to look

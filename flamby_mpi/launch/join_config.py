@@ -34,12 +34,18 @@ def agreed_items(config_yaml: str) -> List[Tuple[str, str]]:
 
 
 def fingerprint(config_yaml: str) -> str:
-    return "".join(hashlib.sha256(f"{name}={value}".encode()).hexdigest()[:DIGEST_HEX]
-                   for name, value in agreed_items(config_yaml))
+    return fingerprint_and_names(config_yaml)[0]
 
 
 def key_names(config_yaml: str) -> Tuple[str, ...]:
-    return tuple(name for name, _ in agreed_items(config_yaml))
+    return fingerprint_and_names(config_yaml)[1]
+
+
+def fingerprint_and_names(config_yaml: str) -> Tuple[str, Tuple[str, ...]]:
+    """The fingerprint and the names of its keys, in its order, from one reading of the config."""
+    items = agreed_items(config_yaml)
+    digests = "".join(hashlib.sha256(f"{name}={value}".encode()).hexdigest()[:DIGEST_HEX] for name, value in items)
+    return digests, tuple(name for name, _ in items)
 
 
 def differing_keys(names: Sequence[str], own: str, claimed: str) -> Optional[List[str]]:

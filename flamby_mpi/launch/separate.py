@@ -81,7 +81,7 @@ def join_world(plan, cli_rank: int) -> World:
 
     run_id, timeout = plan.run_id, plan.join_timeout_s
     files = rendezvous.RendezvousFiles(plan.rendezvous_dir, run_id)
-    fingerprint = join_config.fingerprint(plan.config_yaml())
+    fingerprint, key_names = join_config.fingerprint_and_names(plan.config_yaml())
     announce = _announcer(cli_rank)
     deadline = time.monotonic() + timeout
     host = socket.gethostname()
@@ -102,7 +102,7 @@ def join_world(plan, cli_rank: int) -> World:
 
         joining = rendezvous.ServerJoin(MPI, files, port, publication.secret, set(range(1, size)),
                                         fingerprint, announce, publication=publication, abandon=abandon,
-                                        key_names=join_config.key_names(plan.config_yaml()))
+                                        key_names=key_names)
         announce(f"run {run_id}: waiting up to {timeout:g} s for {size - 1} clients "
                  f"(rendezvous {files.info}); start each with: python launch_client.py --cf <config> "
                  f"--run_id {run_id} --rank K --role client")

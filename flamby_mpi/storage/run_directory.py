@@ -447,9 +447,6 @@ def claim(plan, transport) -> Claim:
         safe_files.set_run_directory(plan.output_dir)  # here on every rank: never made again by a write
         return claim_here
     if transport.rank == 0:
-        by_message: Dict[str, List[int]] = {}
-        for rank, text, _ in problems:
-            by_message.setdefault(text, []).append(rank)
-        for text, ranks in by_message.items():
+        for text, ranks in failures.by_text((rank, text) for rank, text, _ in problems).items():
             failures.report(failures.message(text, "rank " + ", ".join(map(str, ranks))))
     return Claim(max(code for _, _, code in problems))
