@@ -20,6 +20,7 @@ import pytest
 
 from support.mpi import DEFAULT_CONFIG, REPO, run_job
 from support.mpi import test_env as job_env  # aliased: pytest would collect test_env
+from support.scripts import load_script
 
 SLURM_SCRIPT = REPO / "scripts" / "slurm_job.sh"
 PBS_SCRIPT = REPO / "scripts" / "pbs_job.sh"
@@ -65,16 +66,7 @@ def test_pbs_header():
     assert "NOT TESTED ON A REAL PBS" in text
 
 
-def _load_submit():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("submit", SUBMIT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-submit = _load_submit()
+submit = load_script("submit")
 
 
 def _submit(capsys, *args):
@@ -495,6 +487,21 @@ def _restarted(script, tmp_path, env, run_dir, state):
     return done, log.read_text() if log.exists() else ""
 
 
+def _with_args(script, tmp_path, extra):
+    """A job script that runs `script` with the submitted arguments and then `extra` (a user's own,
+    given last)."""
+    wrapper = tmp_path / "job.sh"
+    wrapper.write_text(f"#!/bin/bash\nexec bash {script} \"$@\" {shlex.join(extra)}\n")
+    return wrapper
+
+
+# A restarted job of each scheduler, and the run directory it looks in by default.
+RESTARTED = [
+    (SLURM_SCRIPT, {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "5", "SLURM_RESTART_COUNT": "1"}, "runs/slurm-7"),
+    (PBS_SCRIPT, {"PBS_JOBID": "7.pbs", "FLAMBY_MPI_NP": "5", "run_count": "2"}, "runs/pbs-7"),
+]
+
+
 @pytest.mark.parametrize("script, env, run_dir", [
     (SLURM_SCRIPT, {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "5", "SLURM_RESTART_COUNT": "1"}, "runs/slurm-7"),
     (PBS_SCRIPT, {"PBS_JOBID": "7.pbs", "FLAMBY_MPI_NP": "5", "run_count": "2"}, "runs/pbs-7"),
@@ -508,10 +515,7 @@ def test_a_restarted_job_resumes_starts_afresh_or_does_nothing(script, env, run_
     mine = env.pop("FLAMBY_MPI_ARGS_EXTRA", None)
     (tmp_path / run_dir).mkdir(parents=True)
     if mine:  # the user's --set goes after the script's: theirs wins
-        script_args = ["--set", f"common_args.output_dir={mine}"]
-        wrapper = tmp_path / "job.sh"
-        wrapper.write_text(f"#!/bin/bash\nexec bash {script} \"$@\" {' '.join(script_args)}\n")
-        script = wrapper
+        script = _with_args(script, tmp_path, ["--set", f"common_args.output_dir={mine}"])
     done, calls = _restarted(script, tmp_path, env, tmp_path / run_dir, state)
     assert done.returncode == 0, done.stdout + done.stderr
     if state == "finished":
@@ -536,40 +540,28 @@ def test_a_first_start_never_resumes(tmp_path):
     assert done.returncode == 0 and "mpiexec" in calls and "--resume" not in calls, done.stdout
 
 
-@pytest.mark.parametrize("script, env", [
-    (SLURM_SCRIPT, {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "5", "SLURM_RESTART_COUNT": "1"}),
-    (PBS_SCRIPT, {"PBS_JOBID": "7.pbs", "FLAMBY_MPI_NP": "5", "run_count": "2"}),
-])
-def test_a_users_overwrite_was_for_the_first_start_only(script, env, tmp_path):
+@pytest.mark.parametrize("script, env, run_dir", RESTARTED)
+def test_a_users_overwrite_was_for_the_first_start_only(script, env, run_dir, tmp_path):
     """Submitted with --overwrite (over an older run), restarted after a checkpoint: it resumes its
     own run (--resume and --overwrite together would be refused), never deletes it."""
-    env = dict(env)
-    wrapper = tmp_path / "job.sh"
-    wrapper.write_text(f"#!/bin/bash\nexec bash {script} \"$@\" --overwrite\n")
-    run_dir = tmp_path / ("runs/slurm-7" if script == SLURM_SCRIPT else "runs/pbs-7")
-    run_dir.mkdir(parents=True)
-    done, calls = _restarted(wrapper, tmp_path, env, run_dir, "checkpoint")
+    (tmp_path / run_dir).mkdir(parents=True)
+    done, calls = _restarted(_with_args(script, tmp_path, ["--overwrite"]), tmp_path, dict(env), tmp_path / run_dir,
+                             "checkpoint")
     assert done.returncode == 0, done.stdout + done.stderr
     assert calls.rstrip().endswith("--resume") and "--overwrite" not in calls, calls
 
 
-@pytest.mark.parametrize("script, env", [
-    (SLURM_SCRIPT, {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "5", "SLURM_RESTART_COUNT": "1"}),
-    (PBS_SCRIPT, {"PBS_JOBID": "7.pbs", "FLAMBY_MPI_NP": "5", "run_count": "2"}),
-])
+@pytest.mark.parametrize("script, env, run_dir", RESTARTED)
 @pytest.mark.parametrize("mistake, reason", [
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["--set", "comm_round=3"], "expected section.key=value"),
 ])
-def test_a_restarted_job_that_cannot_decide_says_why_and_stops(script, env, mistake, reason, tmp_path):
+def test_a_restarted_job_that_cannot_decide_says_why_and_stops(script, env, run_dir, mistake, reason, tmp_path):
     """flamby_mpi.restart's reason used to go to /dev/null and the job started afresh beside the
     checkpoint it should have resumed: now the reason is in the job's log, and it exits 2."""
-    env = dict(env)
-    wrapper = tmp_path / "job.sh"
-    wrapper.write_text(f"#!/bin/bash\nexec bash {script} \"$@\" {shlex.join(mistake)}\n")
-    run_dir = tmp_path / ("runs/slurm-7" if script == SLURM_SCRIPT else "runs/pbs-7")
-    run_dir.mkdir(parents=True)
-    done, calls = _restarted(wrapper, tmp_path, env, run_dir, "checkpoint")
+    (tmp_path / run_dir).mkdir(parents=True)
+    done, calls = _restarted(_with_args(script, tmp_path, mistake), tmp_path, dict(env), tmp_path / run_dir,
+                             "checkpoint")
     assert done.returncode == 2, done.stdout + done.stderr
     assert reason in done.stderr and "cannot be decided (above): stopping" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and "usage:" not in done.stderr

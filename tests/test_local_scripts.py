@@ -11,6 +11,7 @@ import pytest
 
 from support.mpi import DEFAULT_CONFIG, REPO
 from support.mpi import test_env as job_env  # aliased: pytest would collect test_env
+from support.scripts import load_script
 
 START_LOCAL = REPO / "scripts" / "start_local.sh"
 
@@ -75,12 +76,7 @@ def _standin_data(tmp_path, *args):
 
 
 def _load_standin_data():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("standin_data", STANDIN_DATA)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("standin_data")
 
 
 @pytest.mark.parametrize("directory, message", [

@@ -1,6 +1,5 @@
 """scripts/submit.py and the memory check: the ranks per node it knows from its arguments, and the
 readiness check printing what such a node needs (a real submit.py --dry-run, a real check)."""
-import importlib.util
 import json
 import subprocess
 import sys
@@ -9,16 +8,14 @@ import pytest
 
 from support.mpi import REPO
 from support.mpi import test_env as env_for
+from support.scripts import load_script
 
 SUBMIT = REPO / "scripts" / "submit.py"
 
 
 @pytest.fixture(scope="module")
 def submit():
-    spec = importlib.util.spec_from_file_location("submit_for_memory_tests", SUBMIT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("submit", "submit_for_memory_tests")
 
 
 @pytest.mark.parametrize("scheduler, options, expected", [

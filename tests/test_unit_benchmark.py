@@ -1,7 +1,6 @@
 """scripts/benchmark.py's pure parts: section choice, ratios against targets, tables, csv and png.
 No job runs here and nothing is timed: the measurements themselves belong to the benchmark."""
 import csv
-import importlib.util
 import json
 import statistics
 import sys
@@ -10,19 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from support.mpi import REPO
+from support.scripts import load_script
 
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-benchmark = _load("benchmark")
-report = _load("benchmark_report")
+benchmark = load_script("benchmark", register=True)
+report = load_script("benchmark_report", register=True)
 
 
 def test_sections_are_chosen_by_name_and_unknown_ones_are_refused():

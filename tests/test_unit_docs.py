@@ -1,7 +1,6 @@
 """The documentation in step with the code and with itself (no MPI): the configuration page is
 the one scripts/config_docs.py writes from the config schema, every relative link in the README and
 docs/ reaches an existing file and heading, and the README stays a front door."""
-import importlib.util
 import re
 import subprocess
 import sys
@@ -9,16 +8,14 @@ import sys
 import pytest
 
 from support.mpi import REPO
+from support.scripts import load_script
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 _LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 
 def _config_docs():
-    spec = importlib.util.spec_from_file_location("config_docs", REPO / "scripts" / "config_docs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("config_docs")
 
 
 def _prose(text, keep_code=False):
