@@ -11,8 +11,9 @@ submit.py's own options (--scheduler, --option, --requeue, --stop-before, --skip
 recognised anywhere on the line (up to a `--`, after which everything is the
 job's); the first other argument is CONFIG and the rest go to launch_client.py.
 Options for sbatch/qsub go one per --option (repeatable), written with "=" or
-as the next argument:
+as the next argument; an option and its argument in one value are passed apart:
     python scripts/submit.py CONFIG --option=--time=04:00:00 --option --partition=gpu
+    python scripts/submit.py CONFIG --scheduler pbs --option='-l walltime=4:00:00'   (qsub -l walltime=...)
 Before anything is submitted, the job's whole launch_client.py command line is
 checked here with launch_client.py's own parser and config code: an unknown
 flag, a bad --set or config key, --rank/--role (the scheduler starts every
@@ -35,6 +36,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -140,28 +142,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _slurm_value(options: List[str], long: str, short: Optional[str] = None) -> Optional[str]:
-    """The last value of an sbatch option among --option values (`--nodes=2`, `-N 2`, `-N2`)."""
-    found = None
+# An --option value that is an option and its argument apart: `-l walltime=4:00:00`, `-t 10`, `--time 10`.
+_OPTION_AND_ARGUMENT = re.compile(r"(-[^\s=]+)\s+(\S.*)", re.DOTALL)
+
+
+def scheduler_words(options: List[str]) -> List[str]:
+    """The --option values as sbatch/qsub arguments. A value that holds an option and its argument
+    apart is two arguments, as a shell would pass them: getopt reads the one argument `-t 10` as
+    -t with " 10" (sbatch: "Invalid --time specification") and `--time 10` as an unknown option.
+    Spaces after the option's "=" or within its argument stay (`--comment=a b`; `-J my job` is
+    -J and "my job")."""
+    words: List[str] = []
     for option in options:
-        head, eq, value = option.partition("=")
-        if head == long and eq:
-            found = value
-        elif short and option.startswith(short):
-            found = option[len(short):].strip() or found
+        apart = _OPTION_AND_ARGUMENT.fullmatch(option)
+        words += list(apart.groups()) if apart else [option]
+    return words
+
+
+def _slurm_value(words: List[str], long: str, short: Optional[str] = None) -> Optional[str]:
+    """The last value of an sbatch option among its arguments (scheduler_words): `--nodes=2`,
+    `--nodes 2`, `-N 2`, `-N2`."""
+    found = None
+    for i, word in enumerate(words):
+        head, eq, value = word.partition("=")
+        following = words[i + 1] if i + 1 < len(words) else None
+        if head == long:
+            found = value if eq else following
+        elif short and word == short:
+            found = following
+        elif short and word.startswith(short):
+            found = word[len(short):]
     return found
 
 
-def ranks_per_node(scheduler: str, ranks: int, options: List[str]) -> Optional[int]:
+def ranks_per_node(scheduler: str, ranks: int, words: List[str]) -> Optional[int]:
     """The most ranks one node runs, where submit.py's arguments say it: the PBS/Torque jobs it
     writes ask for one node; SLURM's --ntasks-per-node, or --nodes (filled in block order, so the
     first node gets the most). None when SLURM is left to choose."""
     if scheduler != "slurm":
         return ranks
-    per_node = _slurm_value(options, "--ntasks-per-node")
+    per_node = _slurm_value(words, "--ntasks-per-node")
     if per_node is not None and per_node.isdigit() and int(per_node) > 0:
         return min(int(per_node), ranks)
-    nodes = _slurm_value(options, "--nodes", "-N")
+    nodes = _slurm_value(words, "--nodes", "-N")
     if nodes is not None:
         fewest = nodes.split("-")[0]  # a range min-max: with the fewest nodes, the most ranks per node
         if fewest.isdigit() and int(fewest) > 0:
@@ -268,15 +291,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not args.requeue or args.scheduler != "slurm":
             parser.error("--stop-before is for --requeue on SLURM (PBS has no signal before the "
                          "walltime ends)")
+    words = scheduler_words(args.option)
     try:
         loaded, ranks = check_launch_command(config, launch_args)
         if args.scheduler == "slurm":
             stop_before = None
             if args.requeue:  # the grace is the config's, --set included
                 stop_before = chosen_stop_before(args.stop_before, loaded.common_args.preemption_grace_s)
-            command = slurm_command(ranks, config, launch_args, args.option, stop_before)
+            command = slurm_command(ranks, config, launch_args, words, stop_before)
         else:
-            command = pbs_command(ranks, config, launch_args, args.option,
+            command = pbs_command(ranks, config, launch_args, words,
                                   torque=args.scheduler == "torque", rerunnable=args.requeue)
     except UserError as error:
         print(f"submit.py: error: {error}", file=sys.stderr)
@@ -287,7 +311,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     clients = ranks - 1
     print(f"# {ranks} ranks (1 server + {clients} client{'' if clients == 1 else 's'})", file=sys.stderr)
     if not args.skip_check:
-        per_node = ranks_per_node(args.scheduler, ranks, args.option)
+        per_node = ranks_per_node(args.scheduler, ranks, words)
         if per_node is None:
             print("# ranks per node: SLURM chooses (--option=--ntasks-per-node=K or --option=--nodes=M says); "
                   "the check shows what one host running every rank needs", file=sys.stderr)

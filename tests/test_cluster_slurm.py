@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import subprocess
 import sys
 
 import pytest
@@ -239,3 +240,24 @@ def test_time_limit_signal_to_the_batch_shell_checkpoints_and_requeues_the_job(c
     assert (out_dir / "checkpoints" / f"round_{stopped.group(1)}" / "manifest.json").exists()
     assert not (out_dir / "results.json").exists()
     assert wait_until_gone(marker) == []
+
+
+def test_submit_passes_an_option_and_its_argument_in_one_value_to_sbatch_as_two(cluster, workdir):
+    """`submit.py --option='-t 10'` as users write it from qsub's `-l walltime=...`: sbatch takes the
+    single argument `-t 10` as "Invalid --time specification". The job is held, looked at, cancelled."""
+    cwd, home, marker = workdir
+    env = dict(_python_env(home, marker), **cluster.env)
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "submit.py"), "--skip-check",
+                           "--option=-t 10", "--option", "-J my job", "--option=--comment=two words",
+                           "--option=--hold", str(DEFAULT_CONFIG), *SMALL],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+    submitted = re.search(r"Submitted batch job (\d+)", done.stdout)
+    assert done.returncode == 0 and submitted, f"{done.stdout}\n{done.stderr}"
+    job_id = int(submitted.group(1))
+    try:
+        shown = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%j|%l|%k|%r"], env=env,
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+        assert shown == "my job|10:00|two words|JobHeldUser", shown
+    finally:
+        cluster.scancel(job_id)
+        cluster.wait(job_id, 60)

@@ -26,9 +26,21 @@ def submit():
     ("slurm", ["--nodes=2", "--ntasks-per-node=2"], 2),  # the explicit count wins
     ("slurm", ["--nodes=x", "--ntasks-per-node=0"], None),  # sbatch's to refuse; nothing assumed here
     ("slurm", ["--time=01:00:00", "--nodelist=n1"], None),
+    ("slurm", ["--nodes 2"], 4), ("slurm", ["-N", "3"], 3), ("slurm", ["--ntasks-per-node", "2"], 2),
+    ("slurm", ["-N 2", "--comment=-N 7"], 4),  # a value's own text is no option
 ])
 def test_ranks_per_node_from_the_arguments(submit, scheduler, options, expected):
-    assert submit.ranks_per_node(scheduler, 7, options) == expected
+    assert submit.ranks_per_node(scheduler, 7, submit.scheduler_words(options)) == expected
+
+
+@pytest.mark.parametrize("options, words", [
+    (["-l walltime=4:00:00"], ["-l", "walltime=4:00:00"]),
+    (["-t 10", "--time  10"], ["-t", "10", "--time", "10"]),
+    (["-J my job", "--comment=two words", "-t10", "--hold"], ["-J", "my job", "--comment=two words", "-t10", "--hold"]),
+    ([" -t 10", "-t "], [" -t 10", "-t "]),  # not an option and its argument: the scheduler's to refuse
+])
+def test_an_option_and_its_argument_in_one_value_are_two_arguments(submit, options, words):
+    assert submit.scheduler_words(options) == words
 
 
 def test_submit_prints_what_a_node_needs_next_to_the_check(tmp_path):
