@@ -570,7 +570,15 @@ def parse_override(text: str) -> Tuple[str, str, Any]:
     return section, key, value
 
 
-def _config_text(data: bytes, path: str) -> str:
+def _pass_hint(what: str, given_as: str, example: bool = True) -> str:
+    """"pass WHAT with --cf, e.g. --cf config/fedml_config.yaml", in the terms of the command that
+    took the config: launch_client.py and check take `--cf FILE`, scripts/submit.py a positional CONFIG."""
+    flag = given_as.startswith("-")
+    hint = f"pass {what} {'with' if flag else 'as'} {given_as}"
+    return f"{hint}, e.g. {given_as + ' ' if flag else ''}config/fedml_config.yaml" if example else hint
+
+
+def _config_text(data: bytes, path: str, given_as: str) -> str:
     """The file's bytes as text: a config is UTF-8 (a BOM is allowed); anything else is refused
     with what it looks like, not a UnicodeDecodeError."""
     if data.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
@@ -578,41 +586,42 @@ def _config_text(data: bytes, path: str) -> str:
                         hint="save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)")
     if b"\0" in data:
         raise UserError(f"{path} is a binary file (it contains NUL bytes), not a YAML config",
-                        hint="pass a YAML config with --cf, e.g. --cf config/fedml_config.yaml")
+                        hint=_pass_hint("a YAML config", given_as))
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise UserError(f"{path} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); a config "
-                        "file must be UTF-8 YAML", hint="save it as UTF-8, or pass the right file with --cf") from None
+                        "file must be UTF-8 YAML",
+                        hint="save it as UTF-8, or " + _pass_hint("the right file", given_as, example=False)) from None
 
 
 # Config files larger than this are refused before they are read (docs/configuration.md): a
 # config is a few hundred bytes, and parsing YAML is slow and memory-hungry for huge files.
 MAX_CONFIG_BYTES = 10_000_000
-_CF_HINT = "pass an existing file with --cf, e.g. --cf config/fedml_config.yaml"
 
 
-def _read_config_file(path: str) -> bytes:
+def _read_config_file(path: str, given_as: str) -> bytes:
     """The bytes of the config file, once it is known to be a regular file (a FIFO or a device
     could block or never end; a directory is not a config)."""
     name = plain(path)
+    cf_hint = _pass_hint("an existing file", given_as)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO opens without waiting
     except FileNotFoundError:
-        raise UserError(f"config file not found: {name}", hint=_CF_HINT) from None
+        raise UserError(f"config file not found: {name}", hint=cf_hint) from None
     except OSError as exc:  # permission denied, name too long, a loop of links
-        raise UserError(f"cannot open config file {name}: {exc.strerror}", hint=_CF_HINT) from None
+        raise UserError(f"cannot open config file {name}: {exc.strerror}", hint=cf_hint) from None
     except ValueError as exc:  # a NUL in the name
-        raise UserError(f"cannot open config file {name}: {exc}", hint=_CF_HINT) from None
+        raise UserError(f"cannot open config file {name}: {exc}", hint=cf_hint) from None
     try:
         info = os.fstat(fd)
         if stat.S_ISDIR(info.st_mode):
-            raise UserError(f"config file {name} is a directory", hint=_CF_HINT)
+            raise UserError(f"config file {name} is a directory", hint=cf_hint)
         if not stat.S_ISREG(info.st_mode):
-            raise UserError(f"config file {name} is not a regular file", hint=_CF_HINT)
+            raise UserError(f"config file {name} is not a regular file", hint=cf_hint)
         if info.st_size > MAX_CONFIG_BYTES:
-            raise _too_big(name, info.st_size)
+            raise _too_big(name, info.st_size, given_as)
     except BaseException:
         os.close(fd)
         raise
@@ -620,23 +629,25 @@ def _read_config_file(path: str) -> bytes:
         try:
             data = file.read(MAX_CONFIG_BYTES + 1)  # a file that grew, or whose size stat does not tell
         except OSError as exc:
-            raise UserError(f"cannot read config file {name}: {exc.strerror}", hint=_CF_HINT) from None
+            raise UserError(f"cannot read config file {name}: {exc.strerror}", hint=cf_hint) from None
     if len(data) > MAX_CONFIG_BYTES:
-        raise _too_big(name, len(data))
+        raise _too_big(name, len(data), given_as)
     return data
 
 
-def _too_big(path: str, size: int) -> UserError:
+def _too_big(path: str, size: int, given_as: str) -> UserError:
     return UserError(f"config file {path} is {size} bytes, over the limit of 10 MB ({MAX_CONFIG_BYTES} "
-                     "bytes) for a config", hint="pass the run's YAML config with --cf; data goes in "
-                                                  "data_args.data_path, not in the config")
+                     "bytes) for a config",
+                     hint=_pass_hint("the run's YAML config", given_as, example=False)
+                     + "; data goes in data_args.data_path, not in the config")
 
 
-def read_yaml(path: str) -> Dict[str, Any]:
+def read_yaml(path: str, given_as: str = "--cf") -> Dict[str, Any]:
     """The config file's mapping of sections. An empty file is a mistake (a file truncated or
-    written by a failed command), not a request for every default: `{}` is that."""
+    written by a failed command), not a request for every default: `{}` is that. given_as: how
+    the command took the file, for the hints (`--cf`, or submit.py's `CONFIG`)."""
     name = plain(path)
-    text = _config_text(_read_config_file(path), name)
+    text = _config_text(_read_config_file(path, given_as), name, given_as)
     empty_hint = "start from config/fedml_config.yaml (or write {} in the file to run with every default)"
     if not text.strip():
         raise UserError(f"config file {name} is empty", hint=empty_hint)
@@ -722,8 +733,8 @@ def build_config(raw: Dict[str, Any], overrides: List[str] = (), source: str = "
     return config
 
 
-def load_config(path: str, overrides: List[str] = ()) -> RunConfig:
-    return build_config(read_yaml(path), overrides, source=plain(path))
+def load_config(path: str, overrides: List[str] = (), given_as: str = "--cf") -> RunConfig:
+    return build_config(read_yaml(path, given_as), overrides, source=plain(path))
 
 
 def require_resume_target(config: RunConfig, run_id: Optional[str], resume: bool):

@@ -261,18 +261,8 @@ def check_launch_command(config: str, launch_args: List[str]):
         raise UserError(f"--run_id: {run_id_problem(args.run_id)}")
     for text in args.set:
         parse_override(text)  # a malformed --set is reported before the config file's problems
-    try:
-        loaded = load_config(config, args.set)
-    except UserError as error:
-        raise as_config_argument(error) from None
+    loaded = load_config(config, args.set, given_as="CONFIG")
     return loaded, world_size_for(loaded)
-
-
-def as_config_argument(error: UserError) -> UserError:
-    """The config's error with its hint in submit.py's terms: load_config's hints say how to give
-    launch_client.py a config (`with --cf, e.g. --cf FILE`), submit.py takes it as CONFIG."""
-    error.hint = error.hint.replace("with --cf, e.g. --cf ", "as CONFIG, e.g. ").replace("with --cf", "as CONFIG")
-    return error
 
 
 def main(argv: Optional[List[str]] = None) -> int:
