@@ -45,6 +45,10 @@ def test_mpirun_with_open_mpi_finishes(prefix, workdir):
     assert results["world_size"] == 5 and results["rounds_completed"] == 2
     assert set(results["metrics"]) >= {"client_test_0", "client_test_3", "average", "pooled"}
     assert "final metrics" in job.stdout
+    # Open MPI gives its ranks a terminal for stdout; mpirun's own output here is a pipe, as a
+    # SLURM/PBS log is a file: plain progress lines, no redraws (docs/running.md).
+    assert "\x1b[K" not in job.stdout and "\r" not in job.stdout, repr(job.stdout[-500:])
+    assert "round 2/2 done" in job.stdout
     assert job.leftovers == []
 
 

@@ -95,6 +95,46 @@ def test_a_file_gets_a_line_every_tenth_or_thirty_seconds_and_the_last_round():
     assert len(slow.splitlines()) == 4  # every 30 s although far from 10%
 
 
+# A stand-in for Open MPI's launcher: it gives its child a pseudo-terminal for stdout whatever its
+# own stdout is; the child says on stderr what reaches_a_terminal decides.
+_LAUNCHER_STANDIN = """
+import os, pty, subprocess, sys
+child = ("import sys; from flamby_mpi.outputs.progress import reaches_a_terminal; "
+         "print(reaches_a_terminal(sys.stdout), file=sys.stderr)")
+master, slave = pty.openpty()
+done = subprocess.run([sys.executable, "-c", child], stdout=slave, stderr=subprocess.PIPE, text=True)
+sys.stderr.write(done.stderr)
+"""
+
+
+@pytest.mark.parametrize("open_mpi, launchers_output, shown_on_a_terminal", [
+    (True, "file", False),  # mpirun ... > log (SLURM/PBS logs): plain lines, not redraws
+    (True, "terminal", True),
+    (False, "file", True),  # not Open MPI's: a terminal is one
+])
+def test_under_open_mpi_a_terminal_is_one_only_where_the_launcher_writes_to_one(
+        open_mpi, launchers_output, shown_on_a_terminal, tmp_path):
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from support.mpi import REPO
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMPI_")}
+    env["PYTHONPATH"] = str(REPO)
+    if open_mpi:
+        env["OMPI_COMM_WORLD_SIZE"] = "2"
+    master, slave = pty.openpty() if launchers_output == "terminal" else (None, None)
+    with open(tmp_path / "log", "w") as log:
+        done = subprocess.run([sys.executable, "-c", _LAUNCHER_STANDIN], stdout=slave if slave else log,
+                              stderr=subprocess.PIPE, text=True, env=env, timeout=60)
+    for fd in (master, slave):
+        if fd is not None:
+            os.close(fd)
+    assert done.stderr.strip() == str(shown_on_a_terminal), done.stderr
+
+
 def test_quiet_shows_only_the_final_table(tmp_path, capsys):
     from flamby_mpi.cli import main
 

@@ -2,13 +2,14 @@
 
 On a terminal the line is redrawn in place after every round. When the output is
 a file (SLURM/PBS logs, a pipe) a plain line is written when another 10% of the
-rounds is done or 30 s have passed, and always for the last round, so that logs
-stay short. Every round is also kept in the rank's log file. `--quiet` shows none
+rounds is done (every round below 20 rounds) or 30 s have passed, and always for
+the last round, so that logs stay short. Every round is also kept in the rank's log file. `--quiet` shows none
 of it.
 """
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from typing import Callable, Optional, TextIO
@@ -23,6 +24,23 @@ def _clock_text(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
 
 
+def reaches_a_terminal(stream: TextIO) -> bool:
+    """Whether what is written to the stream is shown on a terminal. Open MPI's mpirun gives the
+    ranks it starts a pseudo-terminal for stdout whatever its own stdout is (a file, a pipe: a
+    SLURM/PBS log would fill with redraws), so a rank of Open MPI's (OMPI_COMM_WORLD_SIZE) asks
+    where its parent, the launcher (prterun, prted), writes: /proc/<parent>/fd/1. Cannot tell:
+    plain lines, which read well on a terminal too."""
+    if not (hasattr(stream, "isatty") and stream.isatty()):
+        return False
+    if "OMPI_COMM_WORLD_SIZE" not in os.environ:
+        return True
+    try:
+        launchers_output = os.readlink(f"/proc/{os.getppid()}/fd/1")
+    except OSError:
+        return False
+    return launchers_output.startswith(("/dev/pts/", "/dev/tty"))
+
+
 class Progress:
     def __init__(self, total_rounds: int, stream: Optional[TextIO] = None, quiet: bool = False,
                  every_fraction: float = 0.1, every_s: float = 30.0,
@@ -30,7 +48,7 @@ class Progress:
         self.total = total_rounds
         self.stream = stream or sys.stdout
         self.quiet = quiet
-        self.interactive = (not quiet) and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.interactive = (not quiet) and reaches_a_terminal(self.stream)
         self.every_rounds = max(1, int(total_rounds * every_fraction))
         self.every_s = every_s
         self.clock = clock
