@@ -13,7 +13,7 @@ Sections (each a function registered in SECTIONS; each prints what it runs and h
               in-process twin (comm_args.backend=inprocess) against FLamby's in-RAM FedAvg
               (../shared/bench/flamby_inram_fedavg.py), runs alternated. Needs FLamby importable
               (e.g. PYTHONPATH=/path/to/flamby-site) and ../shared/data/fed_heart_disease; skipped
-              with the reason otherwise. Target: mpirun at most 1.5x FLamby's in-RAM FedAvg.
+              with the reason otherwise. Target: mpirun at most 1.0x FLamby's in-RAM FedAvg.
   startup     time from the job's launch to its first round (results.json timing.first_round_unix)
               against the floor: as many ranks only importing torch and mpi4py and meeting in a
               Barrier (`mpirun -np N python -c ...`, timed from outside), at 5 and 33 ranks; and

@@ -2,6 +2,7 @@
 failed instead under CI: tests/support/optional.py)."""
 import csv
 import json
+import re
 import sys
 
 import pytest
@@ -47,6 +48,23 @@ def test_fedavg_on_fed_heart_disease_reproduces_flamby_seed_42(workdir, heart_da
     # server's report then runs it: with the run's temporary MPLCONFIGDIR, not HOME's cache.
     assert (out / "report.png").exists()
     assert not (home / ".cache" / "matplotlib").exists() and not (home / ".config" / "matplotlib").exists()
+    # The sample output of README.md and docs/running.md is this run's: its final table line for
+    # line, and its other lines in their forms (numbers, times, run ids and paths vary).
+    printed = job.stdout.splitlines()
+    table = printed[printed.index("[flamby-mpi] final metrics (fed_heart_disease, FedAvg, 15 rounds):"):][:9]
+
+    def form(line):
+        line = re.sub(r"^\[flamby-mpi\] run \S+:", "[flamby-mpi] run ID:", line)
+        return re.sub(r"\d[\d.:-]*", "#", re.sub(r"\S*/\S*", "PATH", line))
+
+    shown = [form(line) for line in printed]
+    for doc in (REPO / "README.md", REPO / "docs" / "running.md"):
+        text = doc.read_text()
+        assert "\n".join(table) in text, doc
+        start = text.index("[flamby-mpi] run ")
+        for line in text[start:text.index("```", start)].splitlines():
+            if line.startswith("[flamby-mpi] "):
+                assert any(s.startswith(form(line.removesuffix("..."))) for s in shown), f"{doc}: {line!r}"
 
 
 @pytest.mark.parametrize("seed", [42, 43])
