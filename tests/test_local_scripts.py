@@ -16,15 +16,18 @@ from support.scripts import load_script
 START_LOCAL = REPO / "scripts" / "start_local.sh"
 
 
-def _start_local(tmp_path, *args):
+def _start_local(tmp_path, *args, server_exit=0, client_sleep_s=0):
     """Runs start_local.sh in tmp_path/cwd with background ranks whose python only records its
-    command line (start_local.sh's own checks run the real one); (done, recorded rank commands)."""
+    command line (start_local.sh's own checks run the real one), the server then exiting with
+    server_exit and each client sleeping client_sleep_s; (done, recorded rank commands)."""
     cwd, bin_dir, calls = tmp_path / "cwd", tmp_path / "bin", tmp_path / "ranks.txt"
-    cwd.mkdir()
-    bin_dir.mkdir()
+    cwd.mkdir(exist_ok=True)
+    bin_dir.mkdir(exist_ok=True)
     python = bin_dir / "python"
     python.write_text(f'#!/bin/bash\n[ "$1" = - ] && exec {shlex.quote(sys.executable)} "$@"\n'
-                      f'echo "$*" >> {shlex.quote(str(calls))}\n')
+                      f'echo "$*" >> {shlex.quote(str(calls))}\n'
+                      f'case "$*" in *"--role server"*) exit {server_exit} ;; esac\n'
+                      f'exec sleep {client_sleep_s}\n')
     python.chmod(0o755)
     env = job_env(tmp_path, {"FLAMBY_MPI_NO_TMUX": "1", "FLAMBY_MPI_PYTHON": str(python)})
     done = subprocess.run(["bash", str(START_LOCAL), *args], cwd=cwd, env=env, capture_output=True,
@@ -41,6 +44,54 @@ def test_start_local_names_the_results_where_the_ranks_write_them(output_dir, tm
     assert len(ranks) == 5 and all("--run_id r1" in rank for rank in ranks), ranks
     results = f"{output_dir or 'runs/r1'}/results.json"
     assert done.stdout.splitlines()[-1] == f"run r1 finished: {results}", done.stdout
+    # The rank logs are the run's, in its own directory: they used to go to runs/<RUN_ID> whatever
+    # output_dir said.
+    terminals = tmp_path / "cwd" / (output_dir or "runs/r1") / "terminals"
+    assert sorted(p.name for p in terminals.iterdir()) == [f"rank{k}.log" for k in range(5)]
+    assert output_dir is None or not (tmp_path / "cwd" / "runs").exists()
+
+
+def _finished_run(tmp_path, run_id):
+    """runs/<run_id> as a finished run leaves it, with start_local.sh's logs of that run."""
+    out = tmp_path / "cwd" / "runs" / run_id
+    (out / "terminals").mkdir(parents=True)
+    (out / ".flamby-mpi.lock").write_text("")
+    (out / "results.json").write_text('{"rounds_completed": 3}')
+    for k in range(5):
+        (out / "terminals" / f"rank{k}.log").write_text(f"the finished run's rank {k}\n")
+    return out
+
+
+def test_start_local_refuses_a_finished_run_before_starting_a_rank(tmp_path):
+    """The server refused it at once, but its clients waited for it up to join_timeout_s (300 s),
+    and the finished run's rank logs had been overwritten."""
+    out = _finished_run(tmp_path, "r1")
+    done, ranks = _start_local(tmp_path, str(DEFAULT_CONFIG), "r1")
+    assert done.returncode == 2 and ranks == [], done.stdout + done.stderr
+    assert done.stderr.startswith("start_local.sh: ") and "holds a finished run" in done.stderr, done.stderr
+    assert "--overwrite" in done.stderr and "Traceback" not in done.stderr
+    assert [(out / "terminals" / f"rank{k}.log").read_text() for k in range(5)] == [
+        f"the finished run's rank {k}\n" for k in range(5)]
+
+
+def test_start_local_resuming_keeps_the_earlier_sessions_logs(tmp_path):
+    out = _finished_run(tmp_path, "r1")
+    done, ranks = _start_local(tmp_path, str(DEFAULT_CONFIG), "r1", "--", "--resume")
+    assert done.returncode == 0 and len(ranks) == 5, done.stdout + done.stderr
+    for k in range(5):
+        log = (out / "terminals" / f"rank{k}.log").read_text().splitlines()
+        assert log[0] == f"the finished run's rank {k}" and log[1].startswith("=== start_local.sh, run r1, rank")
+
+
+def test_start_local_stops_the_clients_once_the_server_failed(tmp_path):
+    """A client waits for its server up to comm_args.join_timeout_s: a server that failed before they
+    joined left them waiting that long."""
+    done, ranks = _start_local(tmp_path, str(DEFAULT_CONFIG), "r1", server_exit=3, client_sleep_s=240)
+    assert done.returncode == 1 and len(ranks) == 5, done.stdout + done.stderr
+    assert "rank 0 failed with exit code 3" in done.stderr
+    assert "the server failed; clients still running in 10 s are stopped" in done.stderr
+    assert "rank 1 failed with exit code 143" in done.stderr  # SIGTERM
+    assert "finished" not in done.stdout
 
 
 @pytest.mark.parametrize("run_id", ["../evil", ".hidden", "a/b"])
@@ -58,7 +109,7 @@ def test_start_local_refuses_a_run_id_before_making_anything(run_id, tmp_path):
 def test_start_local_usage_is_its_header_comment(args, tmp_path):
     """It used to end with the script's first command, `set -euo pipefail`."""
     done, _ = _start_local(tmp_path, *args)
-    assert done.returncode == 2
+    assert done.returncode == (0 if args else 2)
     lines = done.stdout.splitlines()
     assert lines[0].startswith("Start the server and N clients")
     assert "usage: scripts/start_local.sh CONFIG" in done.stdout
