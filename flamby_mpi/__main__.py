@@ -1,6 +1,7 @@
 """The one entry point: `python -m flamby_mpi`, `python launch_client.py` and the `flamby-mpi`
 console script (pyproject.toml) all run `main()`, so all three end the same way; `python -m
-flamby_mpi check --cf CONFIG` is the readiness check (flamby_mpi/check.py)."""
+flamby_mpi check --cf CONFIG` is the readiness check (flamby_mpi/check.py), `python -m flamby_mpi
+report RUN_DIR...` the same as `python -m flamby_mpi.report`."""
 
 
 def main() -> None:
@@ -26,6 +27,11 @@ def main() -> None:
         from flamby_mpi.check import main as check
 
         exit_now(check(sys.argv[2:]))
+    if sys.argv[1:2] == ["report"]:  # as `check`: `python -m flamby_mpi.report` is the documented form
+        import_gc.resume()
+        from flamby_mpi.outputs.report import main as report
+
+        exit_now(report(sys.argv[2:]))
     from flamby_mpi.exit import preemption
     from flamby_mpi.launch.environment import rank_from_environment
 

@@ -12,6 +12,7 @@ Order of work on every rank, so that mistakes end the job before anything waits:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import List, Optional
 
@@ -43,9 +44,19 @@ from .launch.world import allgather as world_allgather
 from .runtime import import_gc
 
 
+def program_name() -> str:
+    """The command as the user typed it, for --help and argparse's errors: launch_client.py,
+    flamby-mpi (the console script) or python -m flamby_mpi; launch_client.py for any other
+    program that parses a launch command line (scripts/submit.py, flamby_mpi.restart)."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if name == "__main__.py" and os.path.basename(os.path.dirname(sys.argv[0])) == "flamby_mpi":
+        return "python -m flamby_mpi"
+    return name if name == "flamby-mpi" else "launch_client.py"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="launch_client.py",
+        prog=program_name(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run a FLamby cross-silo benchmark as a distributed job: rank 0 is a FedML "
                     "cross-silo server, rank k (1..N) trains FLamby centre k-1 (or the k-th centre "

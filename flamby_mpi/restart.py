@@ -64,7 +64,7 @@ def run_directory(default_dir: str, config: str, args: List[str]) -> Path:
     from .config import expand_dir, load_config
 
     parsed = launch_arguments(config, args)
-    named = load_config(parsed.cf, parsed.set).common_args.output_dir
+    named = load_config(parsed.cf, parsed.set, given_as="CONFIG").common_args.output_dir  # the job scripts' CONFIG
     return expand_dir(named) if named else Path(default_dir)  # `~` as the launcher reads it
 
 

@@ -191,3 +191,26 @@ def test_requires_python_admits_only_what_ci_runs():
     claimed = SpecifierSet(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"])
     assert platform.python_version() in claimed
     assert "3.10.13" not in claimed and "3.12.0" not in claimed
+
+
+def test_each_entry_point_names_itself_in_its_usage_and_the_package_runs_report(tmp_path):
+    """`flamby-mpi --help` and `python -m flamby_mpi --help` said `usage: launch_client.py`, and
+    `python -m flamby_mpi report RUN_DIR` (by analogy with `check`) failed asking for --cf."""
+    from pathlib import Path
+
+    from test_unit_report import make_run
+
+    console_script = Path(sys.executable).parent / "flamby-mpi"  # pip's, in the environment's bin
+    assert console_script.exists(), "the project is installed with pip install -e (README)"
+    env = job_env(tmp_path)
+    for name, command in (("launch_client.py", [sys.executable, str(REPO / "launch_client.py")]),
+                          ("python -m flamby_mpi", [sys.executable, "-m", "flamby_mpi"]),
+                          ("flamby-mpi", [str(console_script)])):
+        done = subprocess.run([*command, "--help"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0 and done.stdout.startswith(f"usage: {name} [-h] --cf CONFIG"), done.stdout[:200]
+    run = make_run(tmp_path, "r1")
+    shown = [subprocess.run([sys.executable, "-m", *module, str(run)], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=120) for module in (["flamby_mpi", "report"], ["flamby_mpi.report"])]
+    assert [done.returncode for done in shown] == [0, 0] and "client_test_1" in shown[0].stdout, shown
+    assert shown[0].stdout == shown[1].stdout

@@ -54,6 +54,9 @@ def test_a_config_that_does_not_load_is_no_decision(tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("common_args: [not, a, mapping")
     assert "bad.yaml" in _undecided(capsys, str(tmp_path / "d"), str(tmp_path / "bad.yaml"))
     assert "config file not found" in _undecided(capsys, str(tmp_path / "d"), str(tmp_path / "missing.yaml"))
+    # The job scripts take the config as CONFIG (sbatch slurm_job.sh CONFIG): the hint says so, not --cf.
+    assert restart.main([str(tmp_path / "d"), str(tmp_path / "missing.yaml")]) == 2
+    assert "HINT: pass an existing file as CONFIG, e.g. config/fedml_config.yaml" in capsys.readouterr().err
     assert "expected section.key=value" in _undecided(capsys, str(tmp_path / "d"), CONFIG, "--set", "comm_round")
     assert not (tmp_path / "d").exists()
 
