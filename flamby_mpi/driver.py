@@ -355,8 +355,9 @@ def _write_and_report(plan: RunPlan, server_run, world_size: int, console, ranks
         sink.close()
     # The numbers first: a disk that fills while the files below are written loses none of them.
     server_run.progress.end_line()
-    console.info("final metrics (%s, %s, %d rounds):\n%s", plan.dataset.name, plan.strategy,
-                 server_run.rounds_completed, format_table(server_run.final_metrics or {}), extra=SHOWN_WHEN_QUIET)
+    rounds = server_run.rounds_completed
+    console.info("final metrics (%s, %s, %d round%s):\n%s", plan.dataset.name, plan.strategy, rounds,
+                 "" if rounds == 1 else "s", format_table(server_run.final_metrics or {}), extra=SHOWN_WHEN_QUIET)
     checkpoints = server_run.checkpoint_summary()
     write_results(plan, server_run, timing, world_size,
                   extra={"backend": plan.backend, "checkpoints": checkpoints,

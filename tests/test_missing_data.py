@@ -81,6 +81,9 @@ def test_a_file_as_data_path_is_refused_as_no_folder(tmp_path, capsys, monkeypat
     code = cli.main(["--cf", str(_config(tmp_path, "fed_ixi")), "--set", f"data_args.data_path={a_file}"])
     err = capsys.readouterr().err
     assert code == 2 and "is a file, not a folder" in err and "python download.py" in err
+    # The download advice used to name the file as the folder to download into and to set.
+    assert "set data_args.data_path to the folder holding fed_ixi's data" in err
+    assert f"--output-folder {a_file}" not in err and f"data_path={a_file} (or" not in err
 
 
 def test_without_data_path_the_advice_names_flamby_s_location_record(tmp_path, capsys, monkeypatch):

@@ -149,6 +149,11 @@ def test_quiet_shows_only_the_final_table(tmp_path, capsys):
     assert "round 2/2 done" in (out / "logs" / "rank0.log").read_text()  # kept in the log file
     assert not (out / "tensorboard").exists()
     assert len((out / "rounds.csv").read_text().splitlines()) == 1 + 2 * 4
+    assert "final metrics (synthetic, FedAvg, 2 rounds):" in shown
+    code = main(["--cf", "config/fedml_config.yaml", "--quiet", "--set", "comm_args.backend=inprocess",
+                 "--set", "train_args.comm_round=1", "--set", "train_args.num_updates=1",
+                 "--set", f"common_args.output_dir={tmp_path / 'one'}"])
+    assert code == 0 and "final metrics (synthetic, FedAvg, 1 round):" in capsys.readouterr().out
 
 
 @pytest.fixture(autouse=True)

@@ -191,8 +191,11 @@ def check_data_path(name: str, data_path: Optional[str]):
     if data_path is None:
         return
     if not os.path.isdir(data_path):
-        what = "is a file, not a folder" if os.path.exists(data_path) else "does not exist"
-        raise UserError(f"the data of {name} was not found: {data_path} (data_args.data_path) {what}",
+        if os.path.exists(data_path):  # the download advice would name the file as its folder
+            raise UserError(f"the data of {name} was not found: {data_path} (data_args.data_path) is a file, "
+                            "not a folder", hint=f"set data_args.data_path to the folder holding {name}'s data; "
+                                                 "to get it: " + download_advice(name))
+        raise UserError(f"the data of {name} was not found: {data_path} (data_args.data_path) does not exist",
                         hint=download_advice(name, data_path))
     missing = [f for f in REQUIRED_FILES.get(name, ()) if not os.path.isfile(os.path.join(data_path, f))]
     if missing:
