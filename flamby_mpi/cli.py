@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "interrupted): its files are deleted once this run holds the directory. "
                             "Without --resume or --overwrite such a directory is refused (exit 2)")
     parser.add_argument("--quiet", action="store_true",
-                        help="show only warnings, errors and the final table (no progress line)")
+                        help="show only warnings, errors, what --resume or --overwrite did, and the final "
+                             "table (no progress line)")
     parser.add_argument("--version", action="version", version=f"flamby-mpi {__version__}")
     return parser
 
