@@ -34,8 +34,9 @@ python=${FLAMBY_MPI_PYTHON:-python}
 # problem is reported once, here, before anything is made: the run id (the launcher's rule; it
 # names directories), then the whole config, then the output directory (an earlier run there
 # without --resume or --overwrite: the server would refuse it while its clients waited for it).
-# It gives the number of clients (the centres of the config's dataset) and the output directory
-# the ranks will write to, one per line.
+# It gives the number of clients (the centres of the config's dataset), whether the run starts
+# with --overwrite (as the ranks' own parser reads the arguments), and the output directory the
+# ranks will write to, one per line.
 plan=$("$python" - "$config" "$run_id" "${extra[@]}" <<'PY'
 import sys
 from flamby_mpi.cli import build_parser
@@ -62,10 +63,13 @@ except UserError as error:
     print(f"start_local.sh: {error}", file=sys.stderr)
     sys.exit(2)
 print(plan.world_size - 1)
+print("overwrite" if given.overwrite else "keep")
 print(plan.output_dir)
 PY
 )
 clients=${plan%%$'\n'*}
+plan=${plan#*$'\n'}
+earlier_logs=${plan%%$'\n'*}
 output_dir=${plan#*$'\n'}
 quoted_extra=$(printf ' %q' "${extra[@]}")
 command_for() {  # rank role
@@ -89,12 +93,11 @@ fi
 # The logs are the run's: in its own output directory, kept across --resume (appended to).
 logs="$output_dir/terminals"
 mkdir -p "$logs"
-case " ${extra[*]:-} " in *" --overwrite "*) append=false ;; *) append=true ;; esac
 declare -A rank_of  # pid -> rank, of the ranks still running
 for k in $(seq 0 "$clients"); do
   role=client; [ "$k" -eq 0 ] && role=server
   log="$logs/rank$k.log"
-  $append || : > "$log"
+  [ "$earlier_logs" = overwrite ] && : > "$log"
   echo "=== start_local.sh, run $run_id, rank $k ($role), $(date '+%Y-%m-%d %H:%M:%S')" >> "$log"
   bash -c "$(command_for "$k" "$role" | sed 's/ && / \&\& exec /')" >> "$log" 2>&1 &
   rank_of[$!]=$k

@@ -83,6 +83,16 @@ def test_start_local_resuming_keeps_the_earlier_sessions_logs(tmp_path):
         assert log[0] == f"the finished run's rank {k}" and log[1].startswith("=== start_local.sh, run r1, rank")
 
 
+@pytest.mark.parametrize("flag", ["--overwrite", "--overw"])  # the ranks' parser takes the abbreviation too
+def test_start_local_overwriting_starts_the_logs_afresh(flag, tmp_path):
+    out = _finished_run(tmp_path, "r1")
+    done, ranks = _start_local(tmp_path, str(DEFAULT_CONFIG), "r1", "--", flag)
+    assert done.returncode == 0 and len(ranks) == 5, done.stdout + done.stderr
+    for k in range(5):
+        log = (out / "terminals" / f"rank{k}.log").read_text().splitlines()
+        assert log[0].startswith(f"=== start_local.sh, run r1, rank {k} "), log
+
+
 def test_start_local_stops_the_clients_once_the_server_failed(tmp_path):
     """A client waits for its server up to comm_args.join_timeout_s: a server that failed before they
     joined left them waiting that long."""

@@ -3,8 +3,8 @@
 On a terminal the line is redrawn in place after every round. When the output is
 a file (SLURM/PBS logs, a pipe) a plain line is written when another 10% of the
 rounds is done (every round below 20 rounds) or 30 s have passed, and always for
-the last round, so that logs stay short. Every round is also kept in the rank's log file. `--quiet` shows none
-of it.
+the last round, so that logs stay short. Every round is also kept in the rank's
+log file. `--quiet` shows none of it.
 """
 from __future__ import annotations
 
