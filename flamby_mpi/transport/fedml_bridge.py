@@ -213,6 +213,7 @@ def _metered_comm_manager(comm, rank: int, size: int):
             # Probing is allowed until the message loop runs (FedML's managers start it last).
             self.main_waiting = threading.Event()
             self.main_waiting.set()
+            self.sends_in_flight = wire.SendsInFlight()
             super().__init__(comm, rank, size)
 
         def _start_receiving(self, name: str):
@@ -243,13 +244,16 @@ def _metered_comm_manager(comm, rank: int, size: int):
                         continue
                     if self.rank != 0:
                         self.main_waiting.clear()
+                    self.sends_in_flight.complete()  # the handler may change what they read
                     self.notify(message)
             finally:
                 self.main_waiting.set()
+            # Not on an error: the job is ending, and a peer gone would leave this wait hanging.
+            self.sends_in_flight.complete()
 
         def send_message(self, msg):
             dest = msg.get(Message.MSG_ARG_KEY_RECEIVER)
-            self.meter.sent(dest, wire.send(self.comm, msg, dest))
+            self.meter.sent(dest, wire.send(self.comm, msg, dest, self.sends_in_flight))
 
     return MeteredMpiCommManager(comm, rank, size)
 

@@ -181,8 +181,10 @@ def available_bytes() -> int:
         return 1 << 62
 
 
-def chunks(buffer, size: int = CHUNK_BYTES):
-    """The buffer as byte views of at most `size` bytes each (one MPI message each)."""
+def chunks(buffer, size: "int | None" = None):
+    """The buffer as byte views of at most `size` bytes each (one MPI message each); by default
+    CHUNK_BYTES, read when called (tests/support/wire_peer.py lowers it)."""
+    size = size or CHUNK_BYTES
     view = memoryview(buffer).cast("B")
     return [view[i:i + size] for i in range(0, len(view), size)] or [view]
 
@@ -198,8 +200,40 @@ def as_if_sent(obj) -> Tuple[object, int]:
     return decode(skeleton, received), wire_bytes(header, buffers)
 
 
-def send(comm, obj, dest: int) -> int:
-    """Sends `obj` to rank `dest` of the mpi4py communicator; the bytes that travelled."""
+class SendsInFlight:
+    """Messages whose buffers MPI may still be reading: sent without waiting, completed together.
+
+    The server sends the global model to every client in turn; waiting for each send before the
+    next kept one client at a time receiving (and, in the first round, faulting in its fresh
+    receive buffers) while the others idled. With the sends in flight the clients receive at the
+    same time, as raw MPI's Isend to every rank does. The caller owns the contract: complete()
+    before anything sent is changed or let go. The bridge completes them before its main thread
+    handles the next message, which is where a rank changes its model (the server aggregates in
+    place, a client loads the next global model), and when its message loop ends."""
+
+    def __init__(self):
+        self._requests: list = []
+        self._kept: list = []  # the buffers of the requests, alive until they complete
+
+    def add(self, requests: list, buffers: list):
+        self._requests += requests
+        self._kept.append(buffers)
+
+    def __len__(self) -> int:
+        return len(self._requests)
+
+    def complete(self):
+        if self._requests:
+            from mpi4py import MPI
+
+            MPI.Request.Waitall(self._requests)
+        self._requests, self._kept = [], []
+
+
+def send(comm, obj, dest: int, in_flight: "SendsInFlight | None" = None) -> int:
+    """Sends `obj` to rank `dest` of the mpi4py communicator; the bytes that travelled. With
+    in_flight, returns once the header is sent and leaves the buffers' sends to in_flight (the
+    receiver gets them in the order sent: MPI does not let messages of one tag overtake)."""
     from mpi4py import MPI
 
     header, buffers = encode(obj)
@@ -207,7 +241,10 @@ def send(comm, obj, dest: int) -> int:
     if buffers:
         requests = [comm.Isend([piece, MPI.BYTE], dest=dest, tag=DATA_TAG)
                     for buffer in buffers for piece in chunks(buffer)]
-        MPI.Request.Waitall(requests)
+        if in_flight is not None:
+            in_flight.add(requests, buffers)
+        else:
+            MPI.Request.Waitall(requests)
     return wire_bytes(header, buffers)
 
 

@@ -1,8 +1,10 @@
 """Both ends of flamby_mpi.transport.wire over real MPI (`mpiexec -n 2`): rank 0 sends, rank 1 receives and
 checks. Messages are cut into 1000-byte pieces here so the path of messages over 2 GiB (several
-MPI messages per buffer) runs in a test of seconds. Then rank 0 attacks with forged headers."""
+MPI messages per buffer) runs in a test of seconds. Then rank 0 sends three messages without
+waiting (wire.SendsInFlight), which must arrive in order and intact, and attacks with forged headers."""
 import struct
 import sys
+import traceback
 
 import numpy as np
 import torch
@@ -12,6 +14,15 @@ from flamby_mpi.transport import wire
 
 wire.CHUNK_BYTES = 1000
 comm = MPI.COMM_WORLD
+
+
+def _abort(*failure):  # a failed check on one rank ends the job at once, not at the test's deadline
+    traceback.print_exception(*failure)
+    sys.stderr.flush()
+    comm.Abort(1)
+
+
+sys.excepthook = _abort
 torch.manual_seed(0)
 message = {"state": {"w": torch.randn(70000), "b": torch.randn(3), "i": torch.arange(40000)},
            "predictions": np.linspace(0, 1, 20000), "round": 7}
@@ -27,9 +38,18 @@ def next_message():
     return wire.receive(comm, 0, status.Get_count(MPI.BYTE))
 
 
+in_flight = [{"n": n, "w": torch.full((50000,), float(n)), "p": np.full(30000, n)} for n in range(3)]
+
+
 if comm.rank == 0:
     sent = wire.send(comm, message, 1)
     comm.send(sent, dest=1, tag=1)
+    sends = wire.SendsInFlight()
+    for outgoing in in_flight:
+        wire.send(comm, outgoing, 1, sends)
+    assert len(sends) == 3 * (200 + 240)  # the buffers' pieces of 1000 bytes, none waited for yet
+    sends.complete()
+    assert len(sends) == 0
     comm.Send([forged(1, [1 << 60]), MPI.BYTE], dest=1, tag=wire.HEAD_TAG)  # an exabyte
     comm.Send([forged(1 << 30, []), MPI.BYTE], dest=1, tag=wire.HEAD_TAG)  # more buffers than bytes
     comm.Send([b"GARBAGE!", MPI.BYTE], dest=1, tag=wire.HEAD_TAG)
@@ -41,6 +61,11 @@ else:
         assert torch.equal(received["state"][key], tensor) and received["state"][key].dtype == tensor.dtype
     assert np.array_equal(received["predictions"], message["predictions"]) and received["round"] == 7
     print(f"received {size} bytes intact", flush=True)
+    for expected in in_flight:
+        got, _ = next_message()
+        assert got["n"] == expected["n"] and torch.equal(got["w"], expected["w"]), (got["n"], expected["n"])
+        assert np.array_equal(got["p"], expected["p"])
+    print("sent in flight: 3 messages in order, intact", flush=True)
     for _ in range(3):
         try:
             next_message()
