@@ -11,6 +11,13 @@ StorageError, a link's UnsafePathError, any bug) in the round loop, so that noth
 is lost and every message still goes out from the round loop alone. The thread touches no MPI,
 draws no random number and runs no training arithmetic: it pickles copies and writes files.
 
+A part saved `live` is not copied: the writer reads the tensors themselves, and the caller
+promises to collect the write before it changes any of them. Rank 0 saves its part that way: its
+model and strategy state change only when it aggregates, and it collects its write first
+(ServerRun._settle_checkpoints). That saves the round a copy of the global model (for a 100 MB
+model, 15-45 ms on the round's path and 100 MB of memory). A client stages: it trains on its
+tensors before its next reply collects the write.
+
 Memory: one cut's copies per rank, kept once written for the next cut to copy into (no fresh pages
 to fault in every round), and bounded by PartSaver's limit (common_args.checkpoint_staging_mb).
 The files are those checkpoint.write_rank_state writes from the live state (the synchronous
@@ -103,6 +110,14 @@ def _copied(tree, storages: dict, spare: list):
     if tree is None or isinstance(tree, (bool, int, float, str, bytes)):  # immutable: shared, not copied
         return tree
     return copy.deepcopy(tree)
+
+
+def on_cpu(tree) -> bool:
+    """Every tensor of a nested dict/list/tuple is in CPU memory (what a live write may read from
+    the writer's thread)."""
+    devices = set()
+    _walk(tree, lambda t: devices.add(t.device.type))
+    return devices <= {"cpu"}
 
 
 def stage(round_idx: int, rank: int, tensors: dict, data: dict, spare: Optional[list] = None) -> StagedCut:
@@ -266,10 +281,12 @@ class PartSaver:
         return self.writer.pending
 
     def save(self, round_idx: int, tensors: dict, data: dict, synchronous: bool = False,
-             after: Optional[Callable[[], None]] = None):
+             after: Optional[Callable[[], None]] = None, live: bool = False):
         """Saves this rank's part of cut round_idx; a part still being written is waited for first
         (at most one staged cut per rank), and kept for collect(). after: run once the part is
-        written, in the writer's thread (or here, when the part is written at once)."""
+        written, in the writer's thread (or here, when the part is written at once). live: the
+        caller collects this part before it changes any of its tensors, so the writer reads them
+        as they are instead of a copy (when they are all in CPU memory)."""
         if self.writer.pending is not None:
             self._done.append(self._collected(self.writer.wait()))
         nbytes = storage_bytes(tensors)
@@ -288,6 +305,12 @@ class PartSaver:
                                "critical_s": seconds, "staged_bytes": 0})
             if after is not None:
                 after()
+            return
+        if live and on_cpu(tensors):
+            tick = time.perf_counter()
+            json_bytes = checkpoint.state_json(data)  # the JSON state changes every round: serialised now
+            self.writer.submit(StagedCut(round_idx, self.rank, tensors, json_bytes, nbytes,
+                                         time.perf_counter() - tick, storages=[]), after)
             return
         spare, self.writer.spare = self.writer.spare, []
         self.writer.submit(stage(round_idx, self.rank, tensors, data, spare), after)

@@ -84,8 +84,8 @@ class ServerRun:
 
     def global_state(self) -> "OrderedDict[str, torch.Tensor]":
         """The global model's own tensors, not a copy: a message carrying them is sent (the MPI
-        transport returns once the bytes are out, the in-process one copies them) before the
-        next aggregation changes them in place."""
+        transport completes its sends before the next message is handled, the in-process one
+        copies them) before the next aggregation changes them in place."""
         return self.model.state_dict()
 
     def global_message(self, round_idx: int, stop: Optional[int] = None) -> GlobalMessage:
@@ -157,8 +157,10 @@ class ServerRun:
         self.progress.round_done(self.rounds_completed, round_s, float(np.mean(losses)), who)
         self.last_round_at = self._round_started = now
         cut = self.rounds_completed
-        if self.plan.checkpoint_due(cut):  # staged now, written while the next round trains
-            self._saver.save(cut, *self.checkpoint_state())
+        if self.plan.checkpoint_due(cut):  # written while the next round trains
+            # Live, not copied: nothing of this state changes before the next aggregation, which
+            # collects the write first (_settle_checkpoints).
+            self._saver.save(cut, *self.checkpoint_state(), live=True)
             # A part too big to stage was written at once: with the clients' parts already
             # confirmed (theirs too big as well), the cut's manifest is written now too.
             self._complete_cuts(round_idx, wait=False, in_background=True)
