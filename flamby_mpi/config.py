@@ -179,10 +179,11 @@ class CommonArgs:
     keep_checkpoints: int = field(default=2, metadata=_meta(
         minimum=1, maximum=1_000_000, help="complete checkpoints kept; older ones are deleted"))
     checkpoint_staging_mb: int = field(default=2048, metadata=_meta(
-        minimum=0, maximum=1_000_000, help="a rank copies its part of a checkpoint into memory of its own (at "
-                                           "most this many MiB) and writes it while the next round trains; a "
-                                           "part bigger than this is written before the rank goes on, as the "
-                                           "round ends (0: always)"))
+        minimum=0, maximum=1_000_000, help="a client copies its part of a checkpoint into memory of its own "
+                                           "(at most this many MiB) and writes it while the next round trains "
+                                           "(rank 0 writes its own from its model, which does not change "
+                                           "meanwhile); a part bigger than this is written before the rank "
+                                           "goes on, as the round ends (0: always)"))
     preemption_grace_s: float = field(default=30.0, metadata=_meta(
         minimum=1.0, maximum=MAX_TIMEOUT_S, help="on SIGTERM or SIGINT the ranks stop at the next round boundary "
                                                  "and save a checkpoint; if that takes longer than this, they "

@@ -98,7 +98,7 @@ def test_over_real_mpi_in_pieces_and_forged_headers_refused(workdir):
                   cwd, mpi_support.test_env(home), deadline_s=120, marker=marker)
     assert job.returncode == 0, job.output
     assert "intact" in job.stdout
-    assert "sent in flight: 3 messages in order, intact" in job.stdout, job.output
+    assert "sent in flight: 6 messages in order, intact" in job.stdout, job.output
     refusals = [line for line in job.stdout.splitlines() if line.startswith("refused: ")]
     assert len(refusals) == 3, job.output
     assert "1152921504606846976 bytes, more than this host can hold" in refusals[0]

@@ -9,14 +9,16 @@ originals), the JSON state serialised. Training may then change the originals in
 `wait()` hands back the files' entries (or raises what the write raised: a full disk's
 StorageError, a link's UnsafePathError, any bug) in the round loop, so that nothing of a failure
 is lost and every message still goes out from the round loop alone. The thread touches no MPI,
-draws no random number and runs no training arithmetic: it pickles copies and writes files.
+draws no random number and runs no training arithmetic: it pickles copies (or a live part, below)
+and writes files.
 
 A part saved `live` is not copied: the writer reads the tensors themselves, and the caller
 promises to collect the write before it changes any of them. Rank 0 saves its part that way: its
 model and strategy state change only when it aggregates, and it collects its write first
 (ServerRun._settle_checkpoints). That saves the round a copy of the global model (for a 100 MB
 model, 15-45 ms on the round's path and 100 MB of memory). A client stages: it trains on its
-tensors before its next reply collects the write.
+tensors before its next reply collects the write. (A rank's tensors outside CPU memory are
+staged all the same: the copy is what brings them to the CPU.)
 
 Memory: one cut's copies per rank, kept once written for the next cut to copy into (no fresh pages
 to fault in every round), and bounded by PartSaver's limit (common_args.checkpoint_staging_mb).

@@ -246,10 +246,13 @@ def _metered_comm_manager(comm, rank: int, size: int):
                         self.main_waiting.clear()
                     self.sends_in_flight.complete()  # the handler may change what they read
                     self.notify(message)
+                    # The handler's sends are all posted (the server's, to every client at once):
+                    # waited for here, where MPI moves them at full speed. In flight, they would
+                    # move only as often as the receive thread probes, and between hosts (TCP) a
+                    # large send moves only while its rank is inside MPI.
+                    self.sends_in_flight.complete()
             finally:
                 self.main_waiting.set()
-            # Not on an error: the job is ending, and a peer gone would leave this wait hanging.
-            self.sends_in_flight.complete()
 
         def send_message(self, msg):
             dest = msg.get(Message.MSG_ARG_KEY_RECEIVER)

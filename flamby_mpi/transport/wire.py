@@ -207,9 +207,11 @@ class SendsInFlight:
     next kept one client at a time receiving (and, in the first round, faulting in its fresh
     receive buffers) while the others idled. With the sends in flight the clients receive at the
     same time, as raw MPI's Isend to every rank does. The caller owns the contract: complete()
-    before anything sent is changed or let go. The bridge completes them before its main thread
-    handles the next message, which is where a rank changes its model (the server aggregates in
-    place, a client loads the next global model), and when its message loop ends."""
+    before anything sent is changed or let go. The bridge completes them once the handler that
+    sent them returns (all of a round's sends are posted by then), and again before its main
+    thread handles the next message, which is where a rank changes its model (the server
+    aggregates in place, a client loads the next global model). On an error it does not wait:
+    the job is ending, and a peer gone would leave the wait hanging."""
 
     def __init__(self):
         self._requests: list = []

@@ -1,7 +1,11 @@
 """Both ends of flamby_mpi.transport.wire over real MPI (`mpiexec -n 2`): rank 0 sends, rank 1 receives and
 checks. Messages are cut into 1000-byte pieces here so the path of messages over 2 GiB (several
 MPI messages per buffer) runs in a test of seconds. Then rank 0 sends three messages without
-waiting (wire.SendsInFlight), which must arrive in order and intact, and attacks with forged headers."""
+waiting (wire.SendsInFlight), which must arrive in order and intact: in 1000-byte pieces, then as
+4 MB buffers that MPI cannot send eagerly, made for the send and let go at once (only what
+SendsInFlight holds, the requests and the buffers, keeps them alive while other 4 MB tensors are
+allocated and filled). Then rank 0 attacks with
+forged headers."""
 import struct
 import sys
 import traceback
@@ -39,6 +43,7 @@ def next_message():
 
 
 in_flight = [{"n": n, "w": torch.full((50000,), float(n)), "p": np.full(30000, n)} for n in range(3)]
+BIG = 1_000_000  # float32: 4 MB
 
 
 if comm.rank == 0:
@@ -50,6 +55,14 @@ if comm.rank == 0:
     assert len(sends) == 3 * (200 + 240)  # the buffers' pieces of 1000 bytes, none waited for yet
     sends.complete()
     assert len(sends) == 0
+    wire.CHUNK_BYTES, small_pieces = 1 << 30, wire.CHUNK_BYTES
+    litter = []
+    for n in range(3):
+        wire.send(comm, {"n": n, "big": torch.full((BIG,), float(n))}, 1, sends)
+        litter.append(torch.full((BIG,), -1.0))  # where a buffer let go too early would be reused
+    assert len(sends) == 3
+    sends.complete()
+    wire.CHUNK_BYTES = small_pieces
     comm.Send([forged(1, [1 << 60]), MPI.BYTE], dest=1, tag=wire.HEAD_TAG)  # an exabyte
     comm.Send([forged(1 << 30, []), MPI.BYTE], dest=1, tag=wire.HEAD_TAG)  # more buffers than bytes
     comm.Send([b"GARBAGE!", MPI.BYTE], dest=1, tag=wire.HEAD_TAG)
@@ -65,7 +78,12 @@ else:
         got, _ = next_message()
         assert got["n"] == expected["n"] and torch.equal(got["w"], expected["w"]), (got["n"], expected["n"])
         assert np.array_equal(got["p"], expected["p"])
-    print("sent in flight: 3 messages in order, intact", flush=True)
+    wire.CHUNK_BYTES, small_pieces = 1 << 30, wire.CHUNK_BYTES  # as the sender's, for these three
+    for n in range(3):
+        got, _ = next_message()
+        assert got["n"] == n and torch.equal(got["big"], torch.full((BIG,), float(n))), got["n"]
+    wire.CHUNK_BYTES = small_pieces
+    print("sent in flight: 6 messages in order, intact", flush=True)
     for _ in range(3):
         try:
             next_message()
