@@ -27,6 +27,7 @@ import os
 import pickle
 import struct
 import sys
+import threading
 from typing import List, Sequence, Tuple
 
 import numpy as np
@@ -207,29 +208,51 @@ class SendsInFlight:
     next kept one client at a time receiving (and, in the first round, faulting in its fresh
     receive buffers) while the others idled. With the sends in flight the clients receive at the
     same time, as raw MPI's Isend to every rank does. The caller owns the contract: complete()
-    before anything sent is changed or let go. The bridge completes them once the handler that
-    sent them returns (all of a round's sends are posted by then), and again before its main
-    thread handles the next message, which is where a rank changes its model (the server
-    aggregates in place, a client loads the next global model). On an error it does not wait:
-    the job is ending, and a peer gone would leave the wait hanging."""
+    before anything sent is changed or let go. The bridge completes them before its main thread
+    handles the next message, which is where a rank changes its model (the server aggregates in
+    place, a client loads the next global model); meanwhile its receive thread test()s them as it
+    probes, which moves them along (between hosts a large send moves only while its rank is in
+    MPI). On an error it does not wait: the job is ending, and a peer gone would leave the wait
+    hanging."""
 
     def __init__(self):
         self._requests: list = []
         self._kept: list = []  # the buffers of the requests, alive until they complete
+        self._lock = threading.Lock()  # a request is completed by one thread at a time
 
     def add(self, requests: list, buffers: list):
-        self._requests += requests
-        self._kept.append(buffers)
+        with self._lock:
+            self._requests += requests
+            self._kept.append(buffers)
 
     def __len__(self) -> int:
         return len(self._requests)
 
     def complete(self):
-        if self._requests:
+        """Waits until every send in flight is done."""
+        with self._lock:
+            if self._requests:
+                from mpi4py import MPI
+
+                MPI.Request.Waitall(self._requests)
+            self._requests, self._kept = [], []
+
+    def test(self) -> bool:
+        """True once nothing is in flight (what is done is let go); never waits: False while
+        another thread adds or completes sends. MPI moves the sends along in the call."""
+        if not self._requests:
+            return True
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
             from mpi4py import MPI
 
-            MPI.Request.Waitall(self._requests)
-        self._requests, self._kept = [], []
+            if not self._requests or MPI.Request.Testall(self._requests):
+                self._requests, self._kept = [], []
+                return True
+            return False
+        finally:
+            self._lock.release()
 
 
 def send(comm, obj, dest: int, in_flight: "SendsInFlight | None" = None) -> int:

@@ -4,10 +4,11 @@ MPI messages per buffer) runs in a test of seconds. Then rank 0 sends three mess
 waiting (wire.SendsInFlight), which must arrive in order and intact: in 1000-byte pieces, then as
 4 MB buffers that MPI cannot send eagerly, made for the send and let go at once (only what
 SendsInFlight holds, the requests and the buffers, keeps them alive while other 4 MB tensors are
-allocated and filled). Then rank 0 attacks with
+allocated and filled), completed by test() alone, as the bridge's receive thread does. Then rank 0 attacks with
 forged headers."""
 import struct
 import sys
+import time
 import traceback
 
 import numpy as np
@@ -61,7 +62,11 @@ if comm.rank == 0:
         wire.send(comm, {"n": n, "big": torch.full((BIG,), float(n))}, 1, sends)
         litter.append(torch.full((BIG,), -1.0))  # where a buffer let go too early would be reused
     assert len(sends) == 3
-    sends.complete()
+    deadline = time.monotonic() + 60
+    while not sends.test():  # what the bridge's receive thread does as it probes: moves them, never waits
+        assert time.monotonic() < deadline, "sends in flight never completed by test()"
+        time.sleep(0.001)
+    assert len(sends) == 0
     wire.CHUNK_BYTES = small_pieces
     comm.Send([forged(1, [1 << 60]), MPI.BYTE], dest=1, tag=wire.HEAD_TAG)  # an exabyte
     comm.Send([forged(1 << 30, []), MPI.BYTE], dest=1, tag=wire.HEAD_TAG)  # more buffers than bytes
