@@ -122,6 +122,14 @@ def on_cpu(tree) -> bool:
     return devices <= {"cpu"}
 
 
+def unstaged(round_idx: int, rank: int, tensors: dict, data: dict, nbytes: int) -> StagedCut:
+    """A part whose tensors are the caller's own, not copies (its JSON state, which changes every
+    round, is serialised now): the caller collects the write before it changes any of them."""
+    tick = time.perf_counter()
+    return StagedCut(round_idx, rank, tensors, checkpoint.state_json(data), nbytes, time.perf_counter() - tick,
+                     storages=[])
+
+
 def stage(round_idx: int, rank: int, tensors: dict, data: dict, spare: Optional[list] = None) -> StagedCut:
     tick = time.perf_counter()
     storages: dict = {}
@@ -309,10 +317,7 @@ class PartSaver:
                 after()
             return
         if live and on_cpu(tensors):
-            tick = time.perf_counter()
-            json_bytes = checkpoint.state_json(data)  # the JSON state changes every round: serialised now
-            self.writer.submit(StagedCut(round_idx, self.rank, tensors, json_bytes, nbytes,
-                                         time.perf_counter() - tick, storages=[]), after)
+            self.writer.submit(unstaged(round_idx, self.rank, tensors, data, nbytes), after)
             return
         spare, self.writer.spare = self.writer.spare, []
         self.writer.submit(stage(round_idx, self.rank, tensors, data, spare), after)

@@ -4,8 +4,8 @@ MPI messages per buffer) runs in a test of seconds. Then rank 0 sends three mess
 waiting (wire.SendsInFlight), which must arrive in order and intact: in 1000-byte pieces, then as
 4 MB buffers that MPI cannot send eagerly, made for the send and let go at once (only what
 SendsInFlight holds, the requests and the buffers, keeps them alive while other 4 MB tensors are
-allocated and filled), completed by test() alone, as the bridge's receive thread does. Then rank 0 attacks with
-forged headers."""
+allocated and filled), completed by test() alone, as the bridge's receive thread does. Then
+rank 0 attacks with forged headers."""
 import struct
 import sys
 import time
