@@ -466,6 +466,40 @@ def test_remove_empty_dir_keeps_a_directory_with_files(run_and_outside):
     assert safe_files.remove(run, "round_1/rank_2.pt", directory_too=True) and not (run / "round_1").exists()
 
 
+def test_remove_files_enters_the_directory_once_and_never_through_a_link(run_and_outside):
+    """A cut's files pruned in one directory: names that are links go as links, a directory under
+    a file's name stays, leftovers go only where the filter accepts them, the directory goes once
+    empty, and a round directory that is a link is not entered at all."""
+    run, outside = run_and_outside
+    round_1 = run / "checkpoints" / "round_1"
+    round_1.mkdir(parents=True)
+    (round_1 / "rank_1.pt").write_bytes(b"pt")
+    (round_1 / "rank_1.json").symlink_to(outside / "victim")
+    (round_1 / ".rank_1.pt.0123456789abcdef.tmp").write_bytes(b"left by a kill")
+    (round_1 / ".rank_1.pt.fedcba9876543210.tmp").mkdir()  # a directory under a leftover's name: kept
+    (round_1 / "rank_2.pt").write_bytes(b"another rank's")
+    before = snapshot(outside)
+    removed = safe_files.remove_files(run, "checkpoints/round_1", ["rank_1.pt", "rank_1.json", "manifest.json"],
+                                      also=lambda name: name.startswith(".rank_1.pt."))
+    assert sorted(removed) == [".rank_1.pt.0123456789abcdef.tmp", "rank_1.json", "rank_1.pt"]
+    assert sorted(p.name for p in round_1.iterdir()) == [".rank_1.pt.fedcba9876543210.tmp", "rank_2.pt"]
+    assert snapshot(outside) == before
+    (round_1 / ".rank_1.pt.fedcba9876543210.tmp").rmdir()
+    assert safe_files.remove_files(run, "checkpoints/round_1", ["rank_2.pt"]) == ["rank_2.pt"]
+    assert not round_1.exists()
+    assert safe_files.remove_files(run, "checkpoints/round_1", ["rank_2.pt"]) == []  # gone: nothing to do
+    # A round directory that is a link: nothing in it or of it is removed.
+    (outside / "round_2").mkdir()
+    (outside / "round_2" / "rank_1.pt").write_bytes(b"not ours")
+    (run / "checkpoints" / "round_2").symlink_to(outside / "round_2", target_is_directory=True)
+    before = snapshot(outside)
+    assert safe_files.remove_files(run, "checkpoints/round_2", ["rank_1.pt"], also=lambda name: True) == []
+    assert snapshot(outside) == before and (run / "checkpoints" / "round_2").is_symlink()
+    for name in ("../victim", "a/b", ".."):
+        with pytest.raises(ValueError):
+            safe_files.remove_files(run, "checkpoints", [name])
+
+
 def test_file_exists_does_not_follow_links(run_and_outside):
     run, outside = run_and_outside
     (run / "results.json").symlink_to(outside / "victim")

@@ -305,20 +305,11 @@ def remove_rank_files(output_dir: Path, round_idx: int, rank: int, manifest_too:
     stops counting as complete before any of its files goes), and the directory once empty.
     Never through a link: a round_<r> that links elsewhere is left alone, and so is what it links to."""
     names = ([MANIFEST] if manifest_too else []) + list(rank_file_names(rank))
-    for name in names:
-        safe_files.remove(output_dir, _in_round(round_idx, name))
     # A write of these files killed midway (SIGKILL, a lost node) left its temporary file: only
     # safe_files.write_atomic makes such names, and this run holds the directory's lock.
     left = re.compile(r"^\.(%s)\.[0-9a-f]{16}\.tmp$" % "|".join(re.escape(name) for name in names))
-    try:
-        found = [name for name, is_dir in safe_files.entries(output_dir, f"checkpoints/round_{round_idx}")
-                 if not is_dir and left.match(name)]
-    except (FileNotFoundError, NotADirectoryError, safe_files.UnsafePathError):
-        found = []
-    for name in found:
-        safe_files.remove(output_dir, _in_round(round_idx, name))
-    # Other ranks' files may still be there (then it stays), or it is gone already.
-    safe_files.remove_empty_dir(output_dir, f"checkpoints/round_{round_idx}")
+    # Other ranks' files may still be there (then the directory stays), or it is gone already.
+    safe_files.remove_files(output_dir, f"checkpoints/round_{round_idx}", names, also=left.match)
 
 
 def remove_rank_checkpoints(output_dir: Path, rank: int, keep=()):
