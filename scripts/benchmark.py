@@ -26,6 +26,11 @@ Sections (each a function registered in SECTIONS; each prints what it runs and h
               against ../shared/bench/raw_mpi_round.py moving the same bytes with the same
               arithmetic, runs alternated. Like raw_mpi_round.py, rounds after the first (a
               warm-up) are timed (rounds.csv's round_s). Target: at most 1.25x.
+  exchange_hosts
+              the exchange section with every rank on a host of its own: five network namespaces
+              of this machine (needs root and `ip`; skipped with the reason otherwise), MPI told
+              to use TCP alone, raw_mpi_round.py placed the same; runs alternated. No target:
+              what a change to the message path does between hosts.
   scaling     4, 8, 16, 32, 64 synthetic centres (up to --max-centres): time to first round,
               seconds per round, peak memory per rank. A point that fails, or would not fit in
               this machine's free memory, is recorded as such. Per round: rounds after the
@@ -72,7 +77,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark_report import (
@@ -270,10 +275,11 @@ def memory_shortfall(ranks: int, private_mb: float = PRIVATE_MB_PER_RANK) -> Opt
 
 def run_project(ranks: int, args: List[str], out: Path, deadline_s: float, config: Optional[Path] = None,
                 mpi: bool = True, sample_memory: bool = False, env: Optional[Dict[str, str]] = None,
-                private_mb: float = PRIVATE_MB_PER_RANK) -> Job:
-    """One run of the launcher (under `mpiexec -n ranks`, or alone for the in-process twin), with its
-    results.json; RunFailed when it does not finish. `env`: variables added to this environment."""
-    command = ([mpiexec(), "-n", str(ranks)] if mpi else []) + [
+                private_mb: float = PRIVATE_MB_PER_RANK, mpi_flags: Sequence[str] = ()) -> Job:
+    """One run of the launcher (under `mpiexec [mpi_flags] -n ranks`, or alone for the in-process
+    twin), with its results.json; RunFailed when it does not finish. `env`: variables added to this
+    environment."""
+    command = ([mpiexec(), *mpi_flags, "-n", str(ranks)] if mpi else []) + [
         sys.executable, str(LAUNCHER), "--cf", str(config or CONFIG), "--quiet",
         "--set", f"common_args.output_dir={out}", *args]
     shortfall = memory_shortfall(ranks, private_mb) if mpi else None
@@ -587,6 +593,77 @@ def exchange(bench: Bench) -> List[Dict]:
                           "included)", median_of(rows, "seconds_per_round_whole_run", case="flamby-mpi"),
                           median_of(rows, "seconds_per_round", case="raw MPI"), None, unit="s/round",
                           centres=clients))
+    return rows
+
+
+def exchange_hosts(bench: Bench) -> List[Dict]:
+    """The exchange section between hosts: rank 0 and each client on a host of its own, five network
+    namespaces of this machine (tests/support/netns.py: needs root and `ip`), MPI told to use TCP
+    alone (UCX_TLS=tcp,self, FI_PROVIDER=tcp; left to itself, UCX sees one machine and moves the
+    bytes through shared memory even between namespaces), against raw_mpi_round.py placed and told
+    the same; runs alternated. No target of its own: what a change to the message path does between
+    hosts, which the one-host sections cannot show (a send in flight moves over TCP only while its
+    rank is inside MPI). Rounds after the first, and the whole run, as in the exchange section."""
+    raw_round = SHARED / "bench" / "raw_mpi_round.py"
+    if not raw_round.exists():
+        return [note_row("exchange_hosts", "skipped", f"{raw_round} (the raw-MPI reference) is not here")]
+    try:
+        import pytest  # the tests' facilities skip by pytest's exceptions
+
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from support.netns import NamespaceHosts
+    except ImportError as error:
+        return [note_row("exchange_hosts", "skipped", f"needs pytest and tests/support/netns.py: {error}")]
+    try:
+        NamespaceHosts.check_available()
+    except (pytest.skip.Exception, pytest.fail.Exception) as why:
+        return [note_row("exchange_hosts", "skipped", str(why))]
+    clients, megabytes, rounds = 4, 100, EXCHANGE_ROUNDS
+    env = {"BIG_MODEL_MB": str(megabytes), "BIG_MODEL_CLIENTS": str(clients), "UCX_TLS": "tcp,self",
+           "FI_PROVIDER": "tcp",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(SHARED), os.environ.get("PYTHONPATH")) if p)}
+    rows = []
+    hosts = NamespaceHosts(clients + 1).start()
+    try:
+        flags = hosts.mpiexec_flags(hosts.host_file([1] * (clients + 1)))
+
+        def ours(pair: int):
+            out = bench.work / f"exchange-hosts-{pair}"
+            job = run_project(clients + 1, [
+                "--set", "data_args.dataset=bench.big_model_dataset", "--set", "train_args.num_updates=1",
+                "--set", f"train_args.comm_round={rounds}",
+                "--set", f"validation_args.frequency_of_the_test={rounds + 1}", *without_checkpoints()],
+                out, 1800, env=env, mpi_flags=flags)
+            whole = job.results["timing"]["train_s"] / job.results["rounds_completed"]
+            value = steady_seconds_per_round(out)
+            rows.append({"section": "exchange_hosts", "case": "flamby-mpi", "centres": clients, "run": pair,
+                         "seconds_per_round": value, "seconds_per_round_whole_run": whole})
+            return f"{value:.3f} s/round after the first ({whole:.3f} s/round over the run)"
+
+        def raw(pair: int):
+            done = subprocess.run([mpiexec(), *flags, "-n", str(clients + 1), sys.executable, str(raw_round),
+                                   str(megabytes)], capture_output=True, text=True, timeout=1800,
+                                  env={**os.environ, **env})
+            if done.returncode != 0:
+                raise RunFailed(f"raw_mpi_round.py between hosts: exit {done.returncode}: {done.stderr[-400:]}")
+            value = float(done.stdout.split(":")[-1].split("s/round")[0])
+            rows.append({"section": "exchange_hosts", "case": "raw MPI", "centres": clients, "run": pair,
+                         "seconds_per_round": value})
+            return f"{value:.3f} s/round"
+
+        failed = run_pairs(bench, f"exchange between {clients + 1} hosts (TCP): {clients} clients x {megabytes} MB",
+                           [("flamby-mpi", ours), ("raw MPI", raw)])
+    finally:
+        hosts.stop()
+    if failed:
+        return rows + [note_row("exchange_hosts", "failed", failed)]
+    reference = median_of(rows, "seconds_per_round", case="raw MPI")
+    rows.append(ratio_row("exchange_hosts", f"{megabytes} MB model x {clients} clients, one host each (TCP), per "
+                          "round after the first, vs raw MPI", median_of(rows, "seconds_per_round", case="flamby-mpi"),
+                          reference, None, unit="s/round", centres=clients))
+    rows.append(ratio_row("exchange_hosts", f"same, over the whole run ({rounds} rounds)",
+                          median_of(rows, "seconds_per_round_whole_run", case="flamby-mpi"), reference, None,
+                          unit="s/round", centres=clients))
     return rows
 
 
@@ -911,6 +988,7 @@ SECTIONS: Dict[str, Callable] = {
     "startup": startup,
     "tiny_round": tiny_round,
     "exchange": exchange,
+    "exchange_hosts": exchange_hosts,
     "scaling": scaling,
     "telemetry": telemetry,
     "checkpoints": checkpoint_cost,

@@ -6,7 +6,15 @@ mpi_host_file.example spreads 5 ranks over them (2 + 2 + 1). The run must
 finish and give the same final model, bit for bit, as a single-host
 `mpiexec -n 5` run with the same seed: with MPICH (`-f`), and with Open MPI
 (`--hostfile`).
+
+MPI is told to use TCP alone (UCX_TLS, FI_PROVIDER): left to itself, UCX sees one machine and
+moves the messages through shared memory even between namespaces, which real hosts cannot do.
+The model carries 2 MB of unused weights (tests/support/heavy_model_dataset.py), so that its
+messages, not the launcher's control traffic, must be what crosses each host's interface. Each
+rank's log says which peers its sends leave in flight: those on its own host, and no other
+(between hosts a send moves only while its rank is inside MPI: fedml_bridge._metered_comm_manager).
 """
+import csv
 import hashlib
 import json
 import os
@@ -34,7 +42,11 @@ from support.openmpi import openmpi_env, openmpi_prefix
 pytestmark = pytest.mark.mpi
 
 SMALL = ["--set", "train_args.comm_round=3", "--set", "train_args.num_updates=5",
-         "--set", "common_args.random_seed=11"]
+         "--set", "common_args.random_seed=11", "--set", "data_args.dataset=support.heavy_model_dataset"]
+MODEL_ENV = {"HEAVY_MODEL_BYTES": "2e6", "HEAVY_MODEL_CENTRES": "4"}
+TCP_ONLY = {"UCX_TLS": "tcp,self", "FI_PROVIDER": "tcp"}
+# The host file's 2 + 2 + 1 slots, filled in rank order by both MPICH and Open MPI.
+HOST_OF_RANK = [0, 0, 1, 1, 2]
 
 
 @pytest.fixture
@@ -107,7 +119,7 @@ def single_host(tmp_path_factory):
     out = root / "out"
     job = run_mpi(5, ["--cf", str(DEFAULT_CONFIG), "--run_id", marker,
                       "--set", f"common_args.output_dir={out}", *SMALL],
-                  root, home, deadline_s=240, marker=marker)
+                  root, home, deadline_s=240, env_extra=MODEL_ENV, marker=marker)
     assert job.returncode == 0, job.output
     return out
 
@@ -118,17 +130,33 @@ def _spread_run(hosts, launcher_cmd, workdir, env):
     out = cwd / "spread"
     before = {h: hosts.bytes_through(h) for h in hosts.hosts}
     cmd = [*launcher_cmd, sys.executable, str(LAUNCHER), "--cf", str(DEFAULT_CONFIG),
-           "--run_id", marker, "--set", f"common_args.output_dir={out}", *SMALL]
+           "--run_id", marker, "--set", f"common_args.output_dir={out}", *SMALL,
+           "--set", "tracking_args.log_level=info"]
     with RankPlaces(hosts, marker) as places:
-        job = run_job(cmd, cwd, env, deadline_s=240, marker=marker)
+        job = run_job(cmd, cwd, {**env, **MODEL_ENV, **TCP_ONLY}, deadline_s=240, marker=marker)
     assert job.returncode == 0, job.output
     assert job.leftovers == []
     # Ranks really ran in the three namespaces, as the host file says: 2 + 2 + 1.
     assert places.ranks_per_host() == Counter({hosts.hosts[0]: 2, hosts.hosts[1]: 2,
                                                hosts.hosts[2]: 1}), places.places
-    # ...and their traffic (MPI messages, the launcher's control) crossed every host's interface.
+    # ...and their MPI messages crossed the hosts' interfaces: every byte a client on another
+    # host than rank 0 sent or received went through its host's and rank 0's host's.
     moved = {h: hosts.bytes_through(h) - before[h] for h in hosts.hosts}
-    assert all(n > 10_000 for n in moved.values()), moved
+    crossing = [0, 0, 0]
+    for row in csv.DictReader((out / "rounds.csv").open()):
+        rank = int(row["centre"]) + 1
+        if HOST_OF_RANK[rank] != HOST_OF_RANK[0]:
+            traffic = int(row["bytes_sent"]) + int(row["bytes_received"])
+            crossing[HOST_OF_RANK[rank]] += traffic
+            crossing[HOST_OF_RANK[0]] += traffic
+    assert min(crossing[1:]) > 10_000_000, crossing  # 3 rounds of 2 MB each way: not control traffic
+    assert all(moved[h] >= crossing[i] for i, h in enumerate(hosts.hosts)), (moved, crossing)
+    # Each rank leaves in flight its sends to the ranks of its own host, to no other.
+    for rank in range(5):
+        same = [r for r in range(5) if r != rank and HOST_OF_RANK[r] == HOST_OF_RANK[rank]]
+        others = [r for r in range(5) if HOST_OF_RANK[r] != HOST_OF_RANK[rank]]
+        assert (f"rank {rank}: its sends to ranks {same} (this host) leave their buffers in flight; "
+                f"to ranks {others} (other hosts)") in (out / "logs" / f"rank{rank}.log").read_text()
     return out
 
 
@@ -160,7 +188,8 @@ def test_open_mpi_hostfile_over_three_namespace_hosts_matches_a_single_host_run(
     host_file = hosts.open_mpi_host_file([2, 2, 1])
     env = openmpi_env(job_env(home), prefix)
     # Open MPI forwards no environment to other hosts unless told (-x).
-    forward = [arg for name in ("MPI4PY_LIBMPI", "PATH", "PYTHONPATH", "HOME") for arg in ("-x", name)]
+    forward = [arg for name in ("MPI4PY_LIBMPI", "PATH", "PYTHONPATH", "HOME", *MODEL_ENV, *TCP_ONLY)
+               for arg in ("-x", name)]
     spread = _spread_run(hosts, [str(prefix / "bin" / "mpirun"), *hosts.mpirun_flags(host_file),
                                  *forward, "-np", "5"], workdir, env)
     # Open MPI's run gives MPICH's single-host model bit for bit: the arithmetic is the project's.

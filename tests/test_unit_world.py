@@ -141,6 +141,19 @@ def test_form_world_gathers_the_hosts_once(monkeypatch):
         world = form_world(FakeComm(rank, TWO_HOSTS), cleanups=[cleanup], joined_separately=True)
         assert (world.rank, world.size, world.host, world.local_rank) == (rank, 5, TWO_HOSTS[rank], local)
         assert world.cleanups == [cleanup] and world.joined_separately
+        # The peers its sends may leave in flight (fedml_bridge): the ranks on its own host.
+        assert world.ranks_on_this_host() == {r for r, host in enumerate(TWO_HOSTS) if host == TWO_HOSTS[rank]}
+
+
+@pytest.mark.parametrize("hosts, rank, expected", [
+    (["vm"] * 5, 0, {0, 1, 2, 3, 4}),
+    (["a", "b", "a", "b", "a"], 1, {1, 3}),
+    (["s", "c1", "c2", "c3", "c4"], 2, {2}),
+    ((), 3, {3}),  # hosts not known (a world made by hand): itself alone, every send completed
+])
+def test_ranks_on_this_host(hosts, rank, expected):
+    host = hosts[rank] if hosts else "vm"
+    assert World(None, rank, 5, host, 0, hosts=tuple(hosts)).ranks_on_this_host() == expected
 
 
 def test_the_world_of_one_process_started_by_hand():

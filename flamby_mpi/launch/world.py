@@ -19,7 +19,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, FrozenSet, List, Optional, Sequence, Tuple
 
 from ..exit.errors import RankMismatchError, UserError, WorldSizeError
 
@@ -42,6 +42,8 @@ class World:
     cleanups: List[Callable[[], None]] = field(default_factory=list)
     # Whether the ranks were connected one by one (separate processes) rather than started together.
     joined_separately: bool = False
+    # Every rank's host name, in rank order (form_world's allgather); empty when not known.
+    hosts: Tuple[str, ...] = ()
 
     def finish(self, success: bool = True):
         if success and self.joined_separately:
@@ -59,6 +61,10 @@ class World:
     @property
     def is_server(self) -> bool:
         return self.rank == 0
+
+    def ranks_on_this_host(self) -> FrozenSet[int]:
+        """The ranks whose host name is this rank's (itself included; itself alone when not known)."""
+        return frozenset(r for r, host in enumerate(self.hosts) if host == self.host) | {self.rank}
 
     def abort(self, code: int):
         """Ends every rank of the job (mpiexec kills the others)."""
@@ -122,7 +128,7 @@ def form_world(comm, **fields) -> World:
     hosts = allgather(comm, host)
     mpich_shm.unlink_mapped_segments()  # every rank has started MPI: a killed job leaves no segment
     return World(comm=comm, rank=rank, size=comm.Get_size(), host=host,
-                 local_rank=local_rank_from_hosts(hosts, rank), **fields)
+                 local_rank=local_rank_from_hosts(hosts, rank), hosts=tuple(hosts), **fields)
 
 
 def singleton_world() -> World:
