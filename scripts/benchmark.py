@@ -293,12 +293,6 @@ def run_project(ranks: int, args: List[str], out: Path, deadline_s: float, confi
     return job
 
 
-def run_job(np_: int, args: List[str], out: Path, deadline_s: float, env: Optional[Dict[str, str]] = None) -> Dict:
-    """One `mpiexec -n np_` job: its results.json plus `wall_s`, the wall time seen from outside."""
-    job = run_project(np_, args, out, deadline_s, env=env)
-    return {**job.results, "wall_s": job.wall_s}
-
-
 def without_checkpoints() -> List[str]:
     """The sections that measure the message path leave checkpoints off (each round would also
     write every rank's state: its cost is a row of its own); a checkout from before checkpoints
@@ -534,6 +528,34 @@ def steady_seconds_per_round(out: Path) -> Optional[float]:
     return statistics.mean(after_first) if after_first else None
 
 
+def big_model_env(clients: int, megabytes: int, extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """What a run of ../shared/bench/big_model_dataset.py (ours or through raw_mpi_round.py) needs."""
+    return {"BIG_MODEL_MB": str(megabytes), "BIG_MODEL_CLIENTS": str(clients), **(extra or {}),
+            "PYTHONPATH": os.pathsep.join(p for p in (str(SHARED), os.environ.get("PYTHONPATH")) if p)}
+
+
+def big_model_run(clients: int, rounds: int, out: Path, env: Dict[str, str], mpi_flags: Sequence[str] = (),
+                  extra_args: Sequence[str] = ()) -> Dict:
+    """One run of the big model (one tiny update a round, so a round is the exchange and FedAvg,
+    no evaluation until the end); results.json."""
+    return run_project(clients + 1, [
+        "--set", "data_args.dataset=bench.big_model_dataset", "--set", "train_args.num_updates=1",
+        "--set", f"train_args.comm_round={rounds}",
+        "--set", f"validation_args.frequency_of_the_test={rounds + 1}", *extra_args],
+        out, 1800, env=env, mpi_flags=mpi_flags).results
+
+
+def raw_round_seconds(clients: int, megabytes: int, mpi_flags: Sequence[str] = (),
+                      env: Optional[Dict[str, str]] = None) -> float:
+    """raw_mpi_round.py's seconds per round (rounds after a warm-up one)."""
+    done = subprocess.run([mpiexec(), *mpi_flags, "-n", str(clients + 1), sys.executable,
+                           str(SHARED / "bench" / "raw_mpi_round.py"), str(megabytes)],
+                          capture_output=True, text=True, timeout=1800, env={**os.environ, **(env or {})})
+    if done.returncode != 0 or "s/round" not in done.stdout:
+        raise RunFailed(f"raw_mpi_round.py: exit {done.returncode}: {done.stderr[-400:]}")
+    return float(done.stdout.split(":")[-1].split("s/round")[0])
+
+
 def exchange(bench: Bench) -> List[Dict]:
     """Seconds per round with a 100 MB model and 4 clients (../shared/bench/big_model_dataset.py: one
     tiny update, so a round is the exchange and FedAvg) against raw_mpi_round.py moving the same bytes
@@ -549,17 +571,11 @@ def exchange(bench: Bench) -> List[Dict]:
     if not raw_round.exists():
         return [note_row("exchange", "skipped", f"{raw_round} (the raw-MPI reference) is not here")]
     clients, megabytes, rounds = 4, 100, EXCHANGE_ROUNDS
-    env = {"BIG_MODEL_MB": str(megabytes), "BIG_MODEL_CLIENTS": str(clients),
-           "PYTHONPATH": os.pathsep.join(p for p in (str(SHARED), os.environ.get("PYTHONPATH")) if p)}
+    env = big_model_env(clients, megabytes)
 
     def ours(pair: int, rounds: int):
         out = bench.work / f"exchange-{pair}-{rounds}"
-        results = run_job(clients + 1, [
-            "--set", "data_args.dataset=bench.big_model_dataset", "--set", "train_args.num_updates=1",
-            "--set", f"train_args.comm_round={rounds}",
-            "--set", f"validation_args.frequency_of_the_test={rounds + 1}", *without_checkpoints()],
-            out, 1800, env=env)
-        return results, out
+        return big_model_run(clients, rounds, out, env, extra_args=without_checkpoints()), out
 
     rows = []
     for pair in range(bench.pairs):
@@ -579,9 +595,7 @@ def exchange(bench: Bench) -> List[Dict]:
                              "seconds_per_round": value, "seconds_per_round_whole_run": whole})
             else:
                 with bench.step(f"exchange: raw MPI, {clients} clients x {megabytes} MB") as said:
-                    raw = subprocess.run([mpiexec(), "-n", str(clients + 1), sys.executable, str(raw_round),
-                                          str(megabytes)], capture_output=True, text=True, timeout=1800)
-                    value = float(raw.stdout.split(":")[-1].split("s/round")[0])
+                    value = raw_round_seconds(clients, megabytes)
                     said["result"] = f"{value:.3f} s/round"
                 rows.append({"section": "exchange", "case": "raw MPI", "centres": clients, "run": pair,
                              "seconds_per_round": value})
@@ -603,50 +617,47 @@ def exchange_hosts(bench: Bench) -> List[Dict]:
     bytes through shared memory even between namespaces), against raw_mpi_round.py placed and told
     the same; runs alternated. No target of its own: what a change to the message path does between
     hosts, which the one-host sections cannot show (a send in flight moves over TCP only while its
-    rank is inside MPI). Rounds after the first, and the whole run, as in the exchange section."""
+    rank is inside MPI). Rounds after the first (rounds.csv's round_s), and the whole run."""
     raw_round = SHARED / "bench" / "raw_mpi_round.py"
     if not raw_round.exists():
         return [note_row("exchange_hosts", "skipped", f"{raw_round} (the raw-MPI reference) is not here")]
+    tests = str(Path(__file__).resolve().parents[1] / "tests")
+    sys.path.insert(0, tests)
     try:
         import pytest  # the tests' facilities skip by pytest's exceptions
 
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
         from support.netns import NamespaceHosts
     except ImportError as error:
         return [note_row("exchange_hosts", "skipped", f"needs pytest and tests/support/netns.py: {error}")]
+    finally:
+        sys.path.remove(tests)
     try:
         NamespaceHosts.check_available()
     except (pytest.skip.Exception, pytest.fail.Exception) as why:
         return [note_row("exchange_hosts", "skipped", str(why))]
     clients, megabytes, rounds = 4, 100, EXCHANGE_ROUNDS
-    env = {"BIG_MODEL_MB": str(megabytes), "BIG_MODEL_CLIENTS": str(clients), "UCX_TLS": "tcp,self",
-           "FI_PROVIDER": "tcp",
-           "PYTHONPATH": os.pathsep.join(p for p in (str(SHARED), os.environ.get("PYTHONPATH")) if p)}
+    env = big_model_env(clients, megabytes, {"UCX_TLS": "tcp,self", "FI_PROVIDER": "tcp"})
     rows = []
-    hosts = NamespaceHosts(clients + 1).start()
+    try:
+        hosts = NamespaceHosts(clients + 1).start()
+    except (OSError, RuntimeError, subprocess.SubprocessError) as error:  # start() removed what it made
+        return [note_row("exchange_hosts", "failed", f"the namespace hosts could not be made: {error}")]
     try:
         flags = hosts.mpiexec_flags(hosts.host_file([1] * (clients + 1)))
 
         def ours(pair: int):
             out = bench.work / f"exchange-hosts-{pair}"
-            job = run_project(clients + 1, [
-                "--set", "data_args.dataset=bench.big_model_dataset", "--set", "train_args.num_updates=1",
-                "--set", f"train_args.comm_round={rounds}",
-                "--set", f"validation_args.frequency_of_the_test={rounds + 1}", *without_checkpoints()],
-                out, 1800, env=env, mpi_flags=flags)
-            whole = job.results["timing"]["train_s"] / job.results["rounds_completed"]
+            results = big_model_run(clients, rounds, out, env, flags, without_checkpoints())
+            whole = results["timing"]["train_s"] / results["rounds_completed"]
             value = steady_seconds_per_round(out)
+            if value is None:  # a checkout from before rounds.csv's round_s: the whole run only
+                value = whole
             rows.append({"section": "exchange_hosts", "case": "flamby-mpi", "centres": clients, "run": pair,
                          "seconds_per_round": value, "seconds_per_round_whole_run": whole})
             return f"{value:.3f} s/round after the first ({whole:.3f} s/round over the run)"
 
         def raw(pair: int):
-            done = subprocess.run([mpiexec(), *flags, "-n", str(clients + 1), sys.executable, str(raw_round),
-                                   str(megabytes)], capture_output=True, text=True, timeout=1800,
-                                  env={**os.environ, **env})
-            if done.returncode != 0:
-                raise RunFailed(f"raw_mpi_round.py between hosts: exit {done.returncode}: {done.stderr[-400:]}")
-            value = float(done.stdout.split(":")[-1].split("s/round")[0])
+            value = raw_round_seconds(clients, megabytes, flags, env)
             rows.append({"section": "exchange_hosts", "case": "raw MPI", "centres": clients, "run": pair,
                          "seconds_per_round": value})
             return f"{value:.3f} s/round"
@@ -939,17 +950,13 @@ def checkpoint_cost(bench: Bench) -> List[Dict]:
     if not raw_round.exists():
         return rows + [note_row("checkpoints", "100 MB skipped", f"{raw_round} is not here")]
     clients, megabytes, rounds = 4, 100, EXCHANGE_ROUNDS
-    env = {"BIG_MODEL_MB": str(megabytes), "BIG_MODEL_CLIENTS": str(clients),
-           "PYTHONPATH": os.pathsep.join(p for p in (str(SHARED), os.environ.get("PYTHONPATH")) if p)}
+    env = big_model_env(clients, megabytes)
 
     def big_run(every: int):
         def run(pair: int):
             out = bench.work / f"ckpt-big-{every}-{pair}"
-            results = run_job(clients + 1, [
-                "--set", "data_args.dataset=bench.big_model_dataset", "--set", "train_args.num_updates=1",
-                "--set", f"train_args.comm_round={rounds}",
-                "--set", f"validation_args.frequency_of_the_test={rounds + 1}",
-                "--set", f"common_args.checkpoint_every={every}"], out, 1800, env=env)
+            results = big_model_run(clients, rounds, out, env,
+                                    extra_args=["--set", f"common_args.checkpoint_every={every}"])
             value = results["timing"]["train_s"] / results["rounds_completed"]
             rows.append({"section": "checkpoints", "case": f"100 MB, checkpoint_every={every}", "run": pair,
                          "seconds_per_round": value, **checkpoint_figures(results)})
@@ -957,9 +964,7 @@ def checkpoint_cost(bench: Bench) -> List[Dict]:
         return run
 
     def raw(pair: int):
-        done = subprocess.run([mpiexec(), "-n", str(clients + 1), sys.executable, str(raw_round), str(megabytes)],
-                              capture_output=True, text=True, timeout=1800)
-        value = float(done.stdout.split(":")[-1].split("s/round")[0])
+        value = raw_round_seconds(clients, megabytes)
         rows.append({"section": "checkpoints", "case": "100 MB, raw MPI", "run": pair, "seconds_per_round": value})
         return f"{value:.3f} s/round"
 

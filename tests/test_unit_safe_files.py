@@ -466,7 +466,7 @@ def test_remove_empty_dir_keeps_a_directory_with_files(run_and_outside):
     assert safe_files.remove(run, "round_1/rank_2.pt", directory_too=True) and not (run / "round_1").exists()
 
 
-def test_remove_files_enters_the_directory_once_and_never_through_a_link(run_and_outside):
+def test_remove_files_removes_only_what_it_is_given_and_never_through_a_link(run_and_outside):
     """A cut's files pruned in one directory: names that are links go as links, a directory under
     a file's name stays, leftovers go only where the filter accepts them, the directory goes once
     empty, and a round directory that is a link is not entered at all."""
@@ -495,9 +495,12 @@ def test_remove_files_enters_the_directory_once_and_never_through_a_link(run_and
     before = snapshot(outside)
     assert safe_files.remove_files(run, "checkpoints/round_2", ["rank_1.pt"], also=lambda name: True) == []
     assert snapshot(outside) == before and (run / "checkpoints" / "round_2").is_symlink()
+    # A bad name among good ones: refused before anything is removed.
+    (run / "checkpoints" / "keep").write_bytes(b"kept")
     for name in ("../victim", "a/b", ".."):
         with pytest.raises(ValueError):
-            safe_files.remove_files(run, "checkpoints", [name])
+            safe_files.remove_files(run, "checkpoints", ["keep", name])
+    assert (run / "checkpoints" / "keep").read_bytes() == b"kept"
 
 
 def test_file_exists_does_not_follow_links(run_and_outside):

@@ -132,6 +132,13 @@ def _parts(relative: Union[str, PurePosixPath, Path]) -> List[str]:
     return parts
 
 
+def _file_name(name: str) -> str:
+    """name, when it names a file of a directory (no "/", not "", "." or ".."); ValueError otherwise."""
+    if _parts(name) != [name]:  # _parts raises ValueError for "", ".", ".." itself
+        raise ValueError(f"not a file name: {name!r}")
+    return name
+
+
 def _parent(parts: List[str]) -> Optional[str]:
     """The directory of a path below a root, relative to it (None: the root itself)."""
     return "/".join(parts[:-1]) if len(parts) > 1 else None
@@ -357,8 +364,7 @@ class Directory:
                      direct: bool = False) -> Dict[str, object]:
         """write_atomic of one file of this directory; durable syncs the file (not the directory:
         sync() once after the last file)."""
-        if _parts(name) != [name]:  # _parts raises ValueError for "", ".", ".." itself
-            raise ValueError(f"not a file name: {name!r}")
+        _file_name(name)
         tmp, hashing = None, None
         try:
             tmp, fd = _new_temporary(self.fd, name, mode)
@@ -560,8 +566,9 @@ def remove_files(root: Union[str, Path], relative: Union[str, Path], names: Iter
     """Unlinks names of the directory root/relative (files or links, never what a link points to),
     then the files there whose name also() accepts, then the directory itself once empty; the
     directory entered once, not once per name. A directory that is missing, or a link, is left
-    alone. Returns the names removed."""
+    alone. Returns the names removed. Every name is checked before anything is removed."""
     parts = _parts(relative)
+    names = [_file_name(name) for name in names]
     try:
         parent = open_dir(root, _parent(parts))
     except (FileNotFoundError, UnsafePathError):
@@ -570,8 +577,12 @@ def remove_files(root: Union[str, Path], relative: Union[str, Path], names: Iter
     try:
         try:
             fd = os.open(parts[-1], _DIR_FLAGS, dir_fd=parent)
-        except OSError:  # missing, a link (ELOOP), not a directory: nothing of ours to remove
+        except (FileNotFoundError, NotADirectoryError):  # missing; a link or a file (O_NOFOLLOW|O_DIRECTORY)
             return removed
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # a link, where a system says so instead
+                return removed
+            raise
         try:
             for name in names:
                 if _unlink(name, fd):
@@ -593,8 +604,6 @@ def remove_files(root: Union[str, Path], relative: Union[str, Path], names: Iter
 
 
 def _unlink(name: str, dir_fd: int) -> bool:
-    if _parts(name) != [name]:
-        raise ValueError(f"not a file name: {name!r}")
     try:
         os.unlink(name, dir_fd=dir_fd)
         return True

@@ -165,10 +165,11 @@ def _metered_comm_manager(comm, rank: int, size: int, in_flight_peers: FrozenSet
     A send to a rank of in_flight_peers returns with its buffers in flight (wire.SendsInFlight);
     a send to any other rank returns once done. The peers are the ranks on this rank's host: there
     MPI moves a large message through shared memory, the receiver copying it, and the clients
-    receive the global model at the same time (100 MB x 4 clients: rounds 0.8x raw MPI's instead
-    of 1.0x). Between hosts (TCP) a send moves only while its rank is inside MPI: left in flight,
-    moved by the receive thread's probes, the rounds were slower than with each send waited for,
-    one client after another (0.9x raw MPI against 1.0x; docs/benchmarks/2026-12-07.md)."""
+    receive the global model at the same time. Between hosts (TCP) a send moves only while its rank
+    is inside MPI: left in flight, moved by the receive thread's probes, the rounds were slower than
+    with each send waited for, one client after another (docs/benchmarks/2026-12-07.md). A host
+    name shared by two machines (containers) or a job told to use TCP on one host only costs
+    speed: the sends are completed all the same before anything they read changes."""
     from fedml.core.distributed.communication.message import Message
     from fedml.core.distributed.communication.mpi.com_manager import MpiCommunicationManager
     from fedml.core.distributed.communication.mpi.mpi_receive_thread import MPIReceiveThread
@@ -176,9 +177,12 @@ def _metered_comm_manager(comm, rank: int, size: int, in_flight_peers: FrozenSet
 
     from . import wire
 
-    others = sorted(set(range(size)) - set(in_flight_peers))
-    log.info("rank %d: its sends to ranks %s (this host) leave their buffers in flight; to ranks %s "
-             "(other hosts) they return once done", rank, sorted(set(in_flight_peers) - {rank}), others)
+    def listed(ranks) -> str:
+        return ", ".join(map(str, sorted(ranks))) or "none"
+
+    log.info("rank %d: its sends to the ranks on this host (%s) leave their buffers in flight; to the "
+             "ranks on other hosts (%s) they return once done", rank, listed(set(in_flight_peers) - {rank}),
+             listed(set(range(size)) - set(in_flight_peers)))
 
     class MeteredReceiveThread(MPIReceiveThread):
         def __init__(self, meter: Meter, main_waiting: threading.Event, sends: "wire.SendsInFlight", *args):
@@ -211,8 +215,7 @@ def _metered_comm_manager(comm, rank: int, size: int, in_flight_peers: FrozenSet
                         if self._stop_event.wait(pause):
                             return
                         # While the main thread's sends are in flight, these probes move them
-                        # (between hosts, a large send moves only while its rank is in MPI), so
-                        # the pause stays short until they are done.
+                        # along, so the pause stays short until they are done.
                         sending = not self.sends.test()
                         long_idle = not sending and time.monotonic() - idle_since > _LONG_IDLE_S
                         pause = min(pause * 2, _LONG_IDLE_PAUSE_S if long_idle else _PAUSE_S)
@@ -267,7 +270,7 @@ def _metered_comm_manager(comm, rank: int, size: int, in_flight_peers: FrozenSet
                     self.sends_in_flight.complete()  # the handler may change what they read
                     # The handler's sends stay in flight: waiting for them here (MPI's blocking
                     # waits poll) took the CPU the receivers copy with, on every rank of a host;
-                    # a round of the 100 MB model took 225-270 ms instead of 196-209 ms.
+                    # the 100 MB model's rounds took 1.1-1.4x longer (docs/benchmarks/2026-12-07.md).
                     self.notify(message)
             finally:
                 self.main_waiting.set()

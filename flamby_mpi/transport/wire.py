@@ -211,9 +211,9 @@ class SendsInFlight:
     before anything sent is changed or let go. The bridge completes them before its main thread
     handles the next message, which is where a rank changes its model (the server aggregates in
     place, a client loads the next global model); meanwhile its receive thread test()s them as it
-    probes, which moves them along. It leaves in flight only the sends to ranks on its own host:
-    between hosts a large send moves only while its rank is inside MPI, and waiting for each was
-    faster there (fedml_bridge._metered_comm_manager). On an error it does not wait: the job is
+    probes, which moves them along. The bridge leaves in flight only its sends to ranks on its own
+    host: between hosts a large send moves only while its rank is inside MPI, and waiting for each
+    was faster there (fedml_bridge._metered_comm_manager). On an error it does not wait: the job is
     ending, and a peer gone would leave the wait hanging."""
 
     def __init__(self):
