@@ -438,8 +438,8 @@ def test_remove_never_reaches_through_a_link(run_and_outside):
     (run / "checkpoints").mkdir()
     (run / "checkpoints" / "round_3").symlink_to(other_round, target_is_directory=True)
     before = snapshot(outside)
-    assert not safe_files.remove(run, "checkpoints/round_3/manifest.json", directory_too=True)
-    assert not safe_files.remove_empty_dir(run, "checkpoints/round_3")
+    assert not safe_files.remove(run, "checkpoints/round_3/manifest.json")
+    assert safe_files.remove_files(run, "checkpoints/round_3", ["manifest.json"], also=lambda name: True) == []
     safe_files.remove_tree(run, "checkpoints/round_3/x")
     assert snapshot(outside) == before and (run / "checkpoints" / "round_3").is_symlink()
     # A link itself is removed as a link, its target left alone.
@@ -458,12 +458,12 @@ def test_remove_tree_removes_links_inside_as_links(run_and_outside):
     assert not (run / "old").exists() and snapshot(outside) == before
 
 
-def test_remove_empty_dir_keeps_a_directory_with_files(run_and_outside):
+def test_remove_files_keeps_a_directory_with_files(run_and_outside):
     run, _ = run_and_outside
     (run / "round_1").mkdir()
     (run / "round_1" / "rank_2.pt").write_bytes(b"another rank's")
-    assert not safe_files.remove_empty_dir(run, "round_1") and (run / "round_1" / "rank_2.pt").exists()
-    assert safe_files.remove(run, "round_1/rank_2.pt", directory_too=True) and not (run / "round_1").exists()
+    assert safe_files.remove_files(run, "round_1", ["rank_1.pt"]) == [] and (run / "round_1" / "rank_2.pt").exists()
+    assert safe_files.remove_files(run, "round_1", ["rank_2.pt"]) == ["rank_2.pt"] and not (run / "round_1").exists()
 
 
 def test_remove_files_removes_only_what_it_is_given_and_never_through_a_link(run_and_outside):

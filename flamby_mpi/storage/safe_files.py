@@ -520,43 +520,16 @@ def entries(root: Union[str, Path], relative: Union[str, Path, None] = None) -> 
     return iter(found)
 
 
-def remove(root: Union[str, Path], relative: Union[str, Path], directory_too: bool = False) -> bool:
-    """Unlinks root/relative (a file or a link: never what a link points to); with directory_too,
-    then removes its directory if empty. Returns whether something was removed."""
+def remove(root: Union[str, Path], relative: Union[str, Path]) -> bool:
+    """Unlinks root/relative (a file or a link: never what a link points to). Returns whether
+    something was removed."""
     parts = _parts(relative)
     try:
         dir_fd = open_dir(root, _parent(parts))
     except (FileNotFoundError, UnsafePathError):
         return False
     try:
-        os.unlink(parts[-1], dir_fd=dir_fd)
-        removed = True
-    except FileNotFoundError:
-        removed = False
-    except IsADirectoryError:
-        removed = False
-    finally:
-        os.close(dir_fd)
-    if directory_too and len(parts) > 1:
-        remove_empty_dir(root, _parent(parts))
-    return removed
-
-
-def remove_empty_dir(root: Union[str, Path], relative: Union[str, Path]) -> bool:
-    """rmdir of root/relative when it is a real, empty directory; a link there is left alone."""
-    parts = _parts(relative)
-    try:
-        dir_fd = open_dir(root, _parent(parts))
-    except (FileNotFoundError, UnsafePathError):
-        return False
-    try:
-        info = os.stat(parts[-1], dir_fd=dir_fd, follow_symlinks=False)
-        if not stat.S_ISDIR(info.st_mode):
-            return False
-        os.rmdir(parts[-1], dir_fd=dir_fd)
-        return True
-    except OSError:  # not empty, gone already
-        return False
+        return _unlink(parts[-1], dir_fd)
     finally:
         os.close(dir_fd)
 
