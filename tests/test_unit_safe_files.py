@@ -543,3 +543,37 @@ def test_a_directory_removed_while_a_file_is_written_in_it_is_said_in_words(tmp_
     assert str(removed.value).startswith(f"{tmp_path / 'run' / 'checkpoints' / 'round_3'} was removed while "
                                          "rank_1.pt was being written in it")
     assert not (tmp_path / "run").exists()  # nothing made again
+
+
+@pytest.mark.parametrize("run_directory_set", [False, True])
+def test_a_directory_removed_while_a_round_directory_is_made_in_it_is_said_in_words(tmp_path, monkeypatch,
+                                                                                       run_directory_set):
+    """rm -rf of a running job's output directory between entering `checkpoints` and making
+    `round_3` in it (mkdir in a removed directory: ENOENT) ended a client with a traceback
+    (CI, test_run_dir_writes). The race is staged for real: the tree goes when round_3 is found
+    missing, just before the mkdir."""
+    import shutil
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    real_open = os.open
+
+    def open_then_lose_the_tree(path, flags, *args, **kwargs):
+        if path == "round_3" and not (run / "checkpoints" / "round_3").exists() and run.exists():
+            shutil.rmtree(run)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(safe_files.os, "open", open_then_lose_the_tree)
+    if run_directory_set:
+        safe_files.set_run_directory(run)
+    try:
+        with pytest.raises(safe_files.DirectoryRemoved) as removed:
+            safe_files.Directory(run, "checkpoints/round_3", create=True)
+    finally:
+        safe_files.set_run_directory(None)
+    assert removed.value.exit_code == 1
+    if run_directory_set:
+        assert str(removed.value).startswith(f"the run's output directory {run} was removed while the run was going")
+    else:
+        assert str(removed.value).startswith(f"{run / 'checkpoints'} was removed while round_3 was being written")
+    assert not run.exists()  # nothing made again

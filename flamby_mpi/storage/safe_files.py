@@ -180,6 +180,9 @@ def open_dir(root: Union[str, Path], relative: Union[str, Path, None] = None, cr
                         os.mkdir(part, mode, dir_fd=fd)
                     except FileExistsError:  # made meanwhile (another thread, another rank)
                         pass
+                    except FileNotFoundError:  # the directory entered last was removed meanwhile
+                        _refuse_to_remake_the_run_directory(root_text, relative)
+                        raise DirectoryRemoved(Path(root_text).joinpath(*parts[:i + 1])) from None
                     except OSError as exc:
                         if is_storage_error(exc):
                             raise StorageError(Path(root_text).joinpath(*parts[:i + 1]), exc,
